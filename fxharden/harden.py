@@ -1,0 +1,291 @@
+"""``harden``: copy -> trace -> resolve rules -> insert quantizers and noise -> recompile.
+
+Also the verbs that act on a hardened model: ``noise_sites``, ``set_noise``, ``seed_noise``,
+``harden_report``.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Optional, Sequence
+
+import torch
+from torch import fx, nn
+
+from .config import HardenConfig, Scaling, SiteKind, WeightNoiseKind
+from .layers import can_harden_weights, harden_layer
+from .noise import Noise, SigmaLike
+from .passes import ensure_container, insert_site_modules, key_for
+from .quant import ActQuant, WeightQuant
+from .sites import Site, find_sites, node_description
+from .trace import OPAQUE_ROOT, capture
+
+__all__ = ["harden", "HardenedModule", "SiteInfo", "HardenReport", "noise_sites", "set_noise",
+           "seed_noise", "harden_report"]
+
+
+@dataclass(frozen=True)
+class SiteInfo:
+    """One row of the harden report (what ``fxharden inspect`` prints)."""
+
+    name: str
+    kind: str
+    op: str
+    quantizer: str
+    noise: bool
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class HardenReport:
+    """What ``harden`` did: every site, and what it left out and why."""
+
+    sites: tuple
+    opaque: Dict[str, str] = field(default_factory=dict)
+    """Submodules that could not be traced and were treated as one layer, with the reason."""
+    skipped: Dict[str, str] = field(default_factory=dict)
+    """Layers whose weights were not quantized/perturbed, with the reason."""
+
+    @property
+    def noise_sites(self) -> List[str]:
+        return [s.name for s in self.sites if s.noise]
+
+
+class HardenedModule(fx.GraphModule):
+    """A ``GraphModule`` that keeps one graph per mode when the model's code differs between
+    ``train()`` and ``eval()`` (e.g. ``F.dropout(x, p, self.training)``), so both modes
+    behave like the original model. ``meta['fxharden']`` holds the config and report."""
+
+    def train(self, mode: bool = True) -> "HardenedModule":
+        super().train(mode)
+        graphs = self.meta.get("fxharden_graphs") if hasattr(self, "meta") else None
+        if graphs is not None and graphs[mode] is not self.graph:
+            self.graph = graphs[mode]
+        return self
+
+    @property
+    def harden_config(self) -> HardenConfig:
+        return self.meta["fxharden"]["config"]
+
+    @property
+    def report(self) -> HardenReport:
+        return self.meta["fxharden"]["report"]
+
+
+def _copy_model(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy``, also for models that cache non-leaf tensors (e.g. attention-bias
+    caches filled by an eval forward), which deepcopy refuses: those are copied detached."""
+    memo: Dict[int, Any] = {}
+
+    def visit(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            if value.grad_fn is not None:
+                memo[id(value)] = value.detach().clone()
+        elif isinstance(value, dict):
+            for v in value.values():
+                visit(v)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                visit(v)
+
+    for module in model.modules():
+        for name, value in vars(module).items():
+            if not name.startswith("_"):  # plain attributes; parameters/buffers are leaves
+                visit(value)
+    return copy.deepcopy(model, memo)
+
+
+def _check_hardened(model: Any) -> HardenedModule:
+    if not isinstance(model, HardenedModule):
+        raise TypeError(f"expected a model returned by fxharden.harden, got {type(model).__name__}; "
+                        "call fxharden.harden(model, ...) first")
+    return model
+
+
+def _weight_modules(site: Site, root: nn.Module) -> List[tuple]:
+    """(dotted name, module) of the layers whose weights a site quantizes."""
+    if site.node.op != "call_module":
+        return []
+    target = str(site.node.target)
+    if site.kind is SiteKind.OPAQUE:
+        return [(f"{target}.{n}" if n else target, m) for n, m in root.get_submodule(target).named_modules()]
+    return [(target, root.get_submodule(target))]
+
+
+def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, attr = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, attr, module)
+
+
+def harden(
+    model: nn.Module,
+    bits: Optional[int] = None,
+    scale: Optional[float] = 1.0,
+    *,
+    sigma: float = 0.0,
+    config: Optional[HardenConfig] = None,
+    **config_kwargs: Any,
+) -> HardenedModule:
+    """Return a copy of ``model`` with fake-quantization and noise nodes in its graph.
+
+    Args:
+        model: any ``nn.Module``; it is never modified.
+        bits: bit width of weights and activations (2..16), or ``None`` for no quantization.
+        scale: the constant step ``s`` of every post-activation quantizer, or ``None`` for
+            dynamic (learned) scaling.
+        sigma: initial noise strength at every noise site.
+        config: a full ``HardenConfig``; excludes ``bits``/``scale``/``sigma``.
+        **config_kwargs: other ``HardenConfig`` fields (``rules``, ``leaf_modules``,
+            ``strict``, ``weight_noise``) for the keyword form.
+
+    Returns:
+        A ``HardenedModule`` in the same train/eval mode as ``model``.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``, or is already hardened.
+        ValueError: invalid bits/scale/sigma (the message says the valid range).
+        UntraceableModelError: with ``strict=True``, when a submodule cannot be traced.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"harden expects a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(model, HardenedModule):
+        raise TypeError("this model is already hardened; harden the original model, or change "
+                        "noise with fxharden.set_noise")
+    if config is None:
+        config = HardenConfig.from_shorthand(bits=bits, scale=scale, sigma=sigma, **config_kwargs)
+    elif bits is not None or sigma != 0.0 or config_kwargs:
+        raise ValueError("pass either config=HardenConfig(...) or the keyword form (bits, scale, sigma, ...), not both")
+
+    model = _copy_model(model)
+    cap = capture(model, config.leaf_modules, config.strict)
+    root = cap.root
+    modules = dict(root.named_modules())
+    container = ensure_container(root)
+    made: Dict[str, nn.Module] = {}  # container key per (site name, role); shared by both graphs
+    skipped: Dict[str, str] = {}
+    infos: Dict[str, SiteInfo] = {}
+    qc, wn = config.quant, config.weight_noise
+
+    def module_for(site: str, role: str, build) -> str:
+        if (site, role) not in made:
+            key = key_for(f"{site}.{role}" if role != "noise" else site, container)
+            container[key] = build()
+            made[(site, role)] = key
+        return f"fxharden.{made[(site, role)]}"
+
+    graphs = {}
+    for mode, graph in cap.graphs.items():
+        if mode is False and graph is cap.graphs[True]:
+            continue
+        sites = find_sites(graph, modules, config, set(cap.opaque))
+        insertions = []
+        for index, site in enumerate(sites):
+            targets = []
+            qname = ""
+            if site.quantize_output:
+                constant = site.kind is SiteKind.ACTIVATION and qc.scaling is Scaling.CONSTANT
+                step = qc.scale if constant else (qc.input_scale if site.kind is SiteKind.INPUT else None)
+                learn = qc.scaling is Scaling.DYNAMIC
+                targets.append(module_for(site.name, "quant", lambda: ActQuant(
+                    qc.bits, site.signed, step=step, learn=learn, calibration_steps=qc.calibration_steps)))
+                qname = str(container[made[(site.name, "quant")]].extra_repr())
+            if site.noise:
+                targets.append(module_for(site.name, "noise", lambda: Noise(site.name, config.noise.seed + index)))
+            if targets:
+                insertions.append((site.node, targets))
+            if site.quantize_weights or wn.kind is not WeightNoiseKind.NONE:
+                qname = _harden_weights(root, site, config, skipped) or qname
+            infos.setdefault(site.name, SiteInfo(site.name, site.kind.value, node_description(site.node, site.module),
+                                                 qname, site.noise, cap.opaque.get(str(site.node.target), "")))
+        insert_site_modules(graph, insertions)
+        graphs[mode] = graph
+    graphs.setdefault(False, graphs[True])
+
+    report = HardenReport(sites=tuple(infos.values()), opaque=dict(cap.opaque), skipped=skipped)
+    hm = HardenedModule(root, graphs[model.training], class_name=f"Hardened{type(model).__name__}")
+    hm.meta["fxharden"] = {"config": config, "report": report}
+    if graphs[True] is not graphs[False]:
+        hm.meta["fxharden_graphs"] = graphs
+    hm.train(model.training)
+    if config.noise.sigma:
+        set_noise(hm, config.noise.sigma)
+    return hm
+
+
+def _harden_weights(root: nn.Module, site: Site, config: HardenConfig, skipped: Dict[str, str]) -> str:
+    qc, wn = config.quant, config.weight_noise
+    desc = ""
+    for name, module in _weight_modules(site, root):
+        if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)) and not can_harden_weights(module):
+            skipped[name] = f"{type(module).__name__} has its own forward; its weights are used as they are"
+            continue
+        if not can_harden_weights(module) or hasattr(module, "hardened_weight"):
+            continue
+        axis = 0 if isinstance(module, nn.modules.conv._ConvNd) else None
+        wq = WeightQuant(qc.w_bits, axis) if site.quantize_weights else None
+        noise = None
+        if wn.kind is not WeightNoiseKind.NONE:
+            noise = Noise(f"{name}.weight", config.noise.seed + 100_003 + len(skipped), kind=wn.kind)
+            noise.set_sigma(wn.sigma)
+        _set_submodule(root, name, harden_layer(module, wq, noise))
+        desc = f"weights {wq.extra_repr()}" if wq is not None else desc
+    return desc
+
+
+def _noise_modules(hm: HardenedModule) -> Dict[str, Noise]:
+    """Activation noise modules by site name, in graph order."""
+    out: Dict[str, Noise] = {}
+    for node in hm.graph.nodes:
+        if node.op == "call_module":
+            mod = hm.get_submodule(node.target)
+            if isinstance(mod, Noise):
+                out[mod.site] = mod
+    return out
+
+
+def noise_sites(model: nn.Module) -> List[str]:
+    """Dotted names of the noise sites of a hardened model, in graph order."""
+    return list(_noise_modules(_check_hardened(model)))
+
+
+def set_noise(model: nn.Module, sigma: SigmaLike, sites: Optional[Iterable[str]] = None) -> None:
+    """Set the noise strength.
+
+    Args:
+        model: a hardened model.
+        sigma: a float >= 0, or one float per batch group (see ``Noise``).
+        sites: ``None`` sets every site (global injection); otherwise only these sites get
+            ``sigma`` and every other site gets 0 (per-layer injection).
+
+    Raises:
+        ValueError: negative/NaN sigma, or a site name that does not exist (the message
+            lists close matches).
+    """
+    mods = _noise_modules(_check_hardened(model))
+    chosen = set(mods) if sites is None else set(_check_sites(mods, [sites] if isinstance(sites, str) else sites))
+    for name, mod in mods.items():
+        mod.set_sigma(sigma if name in chosen else 0.0)
+
+
+def _check_sites(mods: Dict[str, Noise], sites: Sequence[str]) -> List[str]:
+    sites = list(sites)
+    for s in sites:
+        if s not in mods:
+            close = difflib.get_close_matches(s, list(mods), n=5)
+            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise ValueError(f"unknown noise site {s!r}{hint} (fxharden.noise_sites(model) lists all {len(mods)})")
+    return sites
+
+
+def seed_noise(model: nn.Module, seed: int) -> None:
+    """Restart every noise stream (activations and weights) from ``seed`` (site i: seed + i)."""
+    _check_hardened(model)
+    for i, mod in enumerate(m for m in model.modules() if isinstance(m, Noise)):
+        mod.reseed(seed + i)
+
+
+def harden_report(model: nn.Module) -> HardenReport:
+    """The sites of a hardened model and what was left out, with reasons."""
+    return _check_hardened(model).report

@@ -1,0 +1,50 @@
+"""Graph surgery only. Every insertion goes through ``insert_after``."""
+
+from __future__ import annotations
+
+from typing import Dict, List
+
+from torch import fx, nn
+
+__all__ = ["insert_after", "insert_site_modules", "CONTAINER"]
+
+CONTAINER = "fxharden"
+"""Attribute of the hardened module that holds the inserted quantizers and noise modules."""
+
+
+def insert_after(node: fx.Node, target: str) -> fx.Node:
+    """Insert ``call_module(target)(node)`` right after ``node`` and reroute ``node``'s users
+    to the new node (all users but the new node itself)."""
+    graph = node.graph
+    with graph.inserting_after(node):
+        new = graph.call_module(target, (node,))
+    node.replace_all_uses_with(new, delete_user_cb=lambda user: user is not new)
+    return new
+
+
+def key_for(site: str, taken: Dict[str, object]) -> str:
+    """A ``ModuleDict`` key for a dotted site name (dots are not allowed in keys)."""
+    key = site.replace(".", "__") or "root"
+    base, i = key, 1
+    while key in taken:
+        key, i = f"{base}__{i}", i + 1
+    return key
+
+
+def insert_site_modules(graph: fx.Graph, insertions: List[tuple]) -> None:
+    """Apply ``(node, [dotted module targets...])`` insertions: each target is called on the
+    node's output in order (e.g. quantizer then noise). One ``lint`` at the end."""
+    for node, targets in insertions:
+        current = node
+        for target in targets:
+            current = insert_after(current, target)
+    graph.lint()
+
+
+def ensure_container(root: nn.Module) -> nn.ModuleDict:
+    """The ``ModuleDict`` under ``root.fxharden`` (created on first use)."""
+    container = getattr(root, CONTAINER, None)
+    if container is None:
+        container = nn.ModuleDict()
+        root.add_module(CONTAINER, container)
+    return container

@@ -1,0 +1,182 @@
+"""THE quantizer: uniform fake quantization (paper Eq. 3-5) and its two modules.
+
+``q = clamp(round(x * (1/s)) + z, qmin, qmax)`` and back: ``y = (q - z) * s``. Rounding is
+round-half-to-even, the multiplication by ``1/s`` is the arithmetic of PyTorch's fused
+fake-quantize kernels, which are used whenever no gradient with respect to the step is
+needed. The composite path (learned steps) does the same arithmetic with a straight-through
+round, so both paths give identical values. Nothing else in fxharden rounds or clamps.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["qrange", "round_ste", "fake_quantize", "ActQuant", "WeightQuant", "MIN_STEP"]
+
+MIN_STEP = 1e-8
+"""Smallest step a statistics-based scale may take (an all-zero tensor would give 0)."""
+
+
+def qrange(bits: int, signed: bool) -> Tuple[int, int]:
+    """Integer grid ``[qmin, qmax]``: ``[-2^(b-1), 2^(b-1)-1]`` signed, ``[0, 2^b-1]`` unsigned."""
+    if signed:
+        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return 0, 2**bits - 1
+
+
+def round_ste(x: Tensor) -> Tensor:
+    """Round to nearest (half to even) with a straight-through gradient of 1."""
+    return x + (torch.round(x) - x).detach()
+
+
+def fake_quantize(
+    x: Tensor,
+    scale: Tensor,
+    qmin: int,
+    qmax: int,
+    zero_point: int = 0,
+    axis: Optional[int] = None,
+) -> Tensor:
+    """Quantize ``x`` onto the grid ``s * (k - z)``, ``k in [qmin, qmax]``, and dequantize.
+
+    Args:
+        x: float tensor.
+        scale: the step ``s``: a 0-dim tensor (per tensor) or a 1-dim tensor of
+            ``x.shape[axis]`` steps (per channel). All steps must be > 0.
+        qmin, qmax: the integer grid (see ``qrange``).
+        zero_point: the integer ``z`` that represents 0.0.
+        axis: the channel axis for per-channel steps.
+
+    Returns:
+        A tensor like ``x``. The gradient with respect to ``x`` is 1 where
+        ``qmin <= round(x/s) + z <= qmax`` and 0 where the value was clipped; with a learned
+        step (``scale.requires_grad``) the step receives the straight-through gradient.
+    """
+    orig_dtype = x.dtype
+    if orig_dtype != torch.float32:
+        x = x.float()
+    if scale.requires_grad and torch.is_grad_enabled():
+        inv = 1.0 / scale
+        if axis is not None:
+            shape = [1] * x.dim()
+            shape[axis] = -1
+            scale, inv = scale.view(shape), inv.view(shape)
+        q = torch.clamp(round_ste(x * inv) + zero_point, qmin, qmax)
+        y = (q - zero_point) * scale
+    elif axis is None:
+        zp = torch.tensor(zero_point, dtype=torch.int32, device=x.device)
+        y = torch.fake_quantize_per_tensor_affine(x, scale.reshape(()).float(), zp, qmin, qmax)
+    else:
+        zp = torch.full((scale.numel(),), zero_point, dtype=torch.int32, device=x.device)
+        y = torch.fake_quantize_per_channel_affine(x, scale.float(), zp, axis, qmin, qmax)
+    return y if orig_dtype == torch.float32 else y.to(orig_dtype)
+
+
+class ActQuant(nn.Module):
+    """Per-tensor activation quantizer.
+
+    Three behaviours, all with one grid:
+
+    * constant step (``step`` given): the step never changes;
+    * statistics-based (``step=None, learn=False``): the step is the running maximum of
+      ``|x| / qmax`` over the first ``calibration_steps`` batches, then fixed;
+    * dynamic (``step=None, learn=True``): initialised like the statistics-based one, then a
+      learned parameter (the straight-through estimator gives it a gradient).
+
+    Calibration happens in training mode, and also in eval mode for a quantizer that has
+    never seen data (so a fresh model can be swept without training first).
+    """
+
+    def __init__(
+        self,
+        bits: int,
+        signed: bool,
+        step: Optional[float] = None,
+        learn: bool = False,
+        calibration_steps: int = 30,
+    ) -> None:
+        super().__init__()
+        self.bits, self.signed = bits, signed
+        self.qmin, self.qmax = qrange(bits, signed)
+        self.calibration_steps = 0 if step is not None else calibration_steps
+        self.learn = learn and step is None
+        init = torch.tensor(float(step) if step is not None else 1.0)
+        if self.learn:
+            self.scale = nn.Parameter(init)
+        else:
+            self.register_buffer("scale", init)
+        self.register_buffer("observed", torch.tensor(0, dtype=torch.int64))
+        self._observed = 0  # mirror of the buffer, read without a device sync
+
+    def extra_repr(self) -> str:
+        kind = "constant" if self.calibration_steps == 0 else ("learned" if self.learn else "statistics")
+        grid = "signed" if self.signed else "unsigned"
+        return f"bits={self.bits}, {grid}, step={kind}"
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: D401
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._observed = int(self.observed)
+
+    @torch.no_grad()
+    def _observe(self, x: Tensor) -> None:
+        peak = x.detach().abs().amax() if self.signed else x.detach().amax().clamp_min(0)
+        step = (peak.float() / self.qmax).clamp_min(MIN_STEP)
+        if self._observed == 0:
+            self.scale.copy_(step)
+        else:
+            torch.maximum(self.scale, step, out=self.scale.data)
+        self._observed += 1
+        self.observed.fill_(self._observed)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self._observed < self.calibration_steps and (self.training or self._observed == 0):
+            self._observe(x)
+        scale = self.scale
+        if self.learn:
+            scale = scale.abs().clamp_min(MIN_STEP)
+        return fake_quantize(x, scale, self.qmin, self.qmax)
+
+
+class WeightQuant(nn.Module):
+    """Symmetric signed weight quantizer, step ``max|w| / qmax`` from the current weights.
+
+    ``axis=0`` gives one step per output channel (convolutions), ``axis=None`` one step per
+    tensor (linear layers). The step follows the weights as they train. Without autograd
+    (evaluation, sweeps) the quantized tensor is cached until the weight changes.
+    """
+
+    def __init__(self, bits: int, axis: Optional[int]) -> None:
+        super().__init__()
+        self.bits, self.axis = bits, axis
+        self.qmin, self.qmax = qrange(bits, signed=True)
+        self._cache: Optional[Tuple[tuple, Tensor]] = None
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, {'per-channel' if self.axis is not None else 'per-tensor'}"
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_cache"] = None
+        return state
+
+    def step(self, w: Tensor) -> Tensor:
+        """The quantization step(s) for weight ``w``."""
+        w = w.detach()
+        if self.axis is None:
+            peak = w.abs().amax()
+        else:
+            peak = w.abs().transpose(0, self.axis).reshape(w.shape[self.axis], -1).amax(dim=1)
+        return (peak.float() / self.qmax).clamp_min(MIN_STEP)
+
+    def forward(self, w: Tensor) -> Tensor:
+        cacheable = not (torch.is_grad_enabled() and w.requires_grad)
+        if cacheable:
+            key = (w.data_ptr(), w._version, w.device, w.dtype)
+            if self._cache is not None and self._cache[0] == key:
+                return self._cache[1]
+        out = fake_quantize(w, self.step(w), self.qmin, self.qmax, axis=self.axis)
+        self._cache = (key, out) if cacheable else None
+        return out

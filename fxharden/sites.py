@@ -1,0 +1,209 @@
+"""Which graph nodes are sites, what kind they are, and what the rules say about each.
+
+Analysis only: nothing here changes a graph. Nodes are matched by module type or by
+``node.target``, never by substrings of ``node.name``.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from .config import HardenConfig, LayerConfig, SiteKind
+
+__all__ = ["Site", "find_sites", "node_description"]
+
+_ACT_TYPES: tuple = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU,
+    nn.SiLU, nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Hardtanh,
+    nn.Softplus, nn.Softsign, nn.Tanhshrink, nn.LogSigmoid, nn.GLU, nn.Threshold,
+)
+_UNSIGNED_TYPES: tuple = (nn.ReLU, nn.ReLU6, nn.Sigmoid, nn.Hardsigmoid)
+_POOL_TYPES: tuple = (
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.LPPool1d, nn.LPPool2d,
+)
+_NORM_TYPES: tuple = (
+    nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm,
+    nn.LocalResponseNorm,
+)
+_CONV_TYPES: tuple = (nn.modules.conv._ConvNd,)
+_LINEAR_TYPES: tuple = (nn.Linear, nn.Bilinear)
+
+_UNSIGNED_FUNCS = {F.relu, F.relu_, torch.relu, torch.relu_, F.relu6, torch.sigmoid, F.sigmoid, F.hardsigmoid,
+                   "relu", "relu_", "sigmoid", "sigmoid_"}
+_ACT_FUNCS = _UNSIGNED_FUNCS | {
+    F.gelu, F.silu, F.mish, F.hardswish, F.leaky_relu, F.elu, F.selu, F.celu, F.softplus, F.hardtanh,
+    F.tanh, torch.tanh, F.glu, "tanh", "tanh_", "gelu", "silu",
+}
+_FUNC_KINDS: Dict[Any, SiteKind] = {
+    **{f: SiteKind.CONV for f in (F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d)},
+    F.linear: SiteKind.LINEAR,
+    **{f: SiteKind.MATMUL for f in (torch.matmul, operator.matmul, torch.bmm, torch.mm, torch.einsum,
+                                     F.scaled_dot_product_attention, "matmul", "bmm")},
+    **{f: SiteKind.POOL for f in (F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d,
+                                  F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
+                                  F.adaptive_max_pool1d, F.adaptive_max_pool2d)},
+    **{f: SiteKind.NORM for f in (F.batch_norm, F.layer_norm, F.group_norm, F.instance_norm)},
+    **{f: SiteKind.ADD for f in (operator.add, operator.iadd, torch.add, "add", "add_")},
+    **{f: SiteKind.ACTIVATION for f in _ACT_FUNCS},
+}
+# ops whose result is not a float tensor, or that only reshape/select: never sites
+_NOT_SITES = {
+    getattr, operator.getitem, torch._assert, "size", "dim", "numel", "type", "to", "contiguous",
+    "view", "reshape", "permute", "transpose", "flatten", "unsqueeze", "squeeze", "expand", "chunk",
+    "split", "unbind", "__getitem__", torch.flatten, torch.reshape, torch.permute, torch.transpose,
+    torch.cat, torch.stack, torch.chunk, torch.split, torch.unbind, operator.eq, operator.ne,
+    operator.lt, operator.gt, operator.floordiv, torch.zeros, torch.ones,
+    torch.arange, "float", "type_as", "clone", "detach",
+}
+
+
+def _timm_activation_types() -> tuple:
+    try:
+        from timm.layers import activations, activations_me
+    except ImportError:
+        return ()
+    types = []
+    for mod in (activations, activations_me):
+        types += [v for v in vars(mod).values() if isinstance(v, type) and issubclass(v, nn.Module)
+                  and v.__module__ == mod.__name__]
+    return tuple(types)
+
+
+_ACT_TYPES = _ACT_TYPES + _timm_activation_types()
+
+
+@dataclass
+class Site:
+    """One place in the graph where fxharden acts."""
+
+    name: str
+    """Stable dotted name (``layer1.0.conv1``, ``layer1.0.relu_1``, ``input``)."""
+    node: fx.Node
+    kind: SiteKind
+    noise: bool
+    """Insert a noise node after this node."""
+    quantize_output: bool
+    """Insert an activation quantizer after this node (activations and the input)."""
+    quantize_weights: bool
+    """Swap the conv/linear module for one with quantized weights."""
+    signed: bool
+    """Grid of the output quantizer."""
+    module: Optional[nn.Module] = None
+
+
+def _kind(node: fx.Node, modules: Dict[str, nn.Module], opaque: set) -> Optional[SiteKind]:
+    if node.op == "placeholder":
+        return SiteKind.INPUT
+    if node.op == "call_module":
+        if node.target in opaque:
+            return SiteKind.OPAQUE
+        m = modules[node.target]
+        for types, kind in ((_CONV_TYPES, SiteKind.CONV), (_LINEAR_TYPES, SiteKind.LINEAR),
+                            (_ACT_TYPES, SiteKind.ACTIVATION), (_POOL_TYPES, SiteKind.POOL),
+                            (_NORM_TYPES, SiteKind.NORM)):
+            if isinstance(m, types):
+                return kind
+        if isinstance(m, (nn.Identity, nn.Dropout, nn.Flatten, nn.Unflatten)) or type(m).__name__ == "DropPath":
+            return None
+        return SiteKind.OTHER
+    if node.op in ("call_function", "call_method"):
+        target = node.target
+        if target in _NOT_SITES:
+            return None
+        kind = _FUNC_KINDS.get(target)
+        if kind is SiteKind.ADD and not all(isinstance(a, fx.Node) for a in node.args[:2]):
+            return SiteKind.OTHER  # x + constant is not a residual add
+        return kind or SiteKind.OTHER
+    return None
+
+
+def _unsigned(node: fx.Node, modules: Dict[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        return isinstance(modules.get(node.target), _UNSIGNED_TYPES)
+    return node.target in _UNSIGNED_FUNCS
+
+
+def _matches_type(key: Any, node: fx.Node, module: Optional[nn.Module]) -> bool:
+    if isinstance(key, type):
+        return module is not None and isinstance(module, key)
+    return node.op in ("call_function", "call_method") and node.target == key
+
+
+def _resolve(cfg: HardenConfig, name: str, node: fx.Node, module: Optional[nn.Module],
+             kind: SiteKind) -> Optional[LayerConfig]:
+    """Precedence (later wins): kind defaults < by_type < by_regex < by_name; None = leave alone."""
+    rule: Optional[LayerConfig] = LayerConfig(noise=kind in cfg.noise.kinds, quantize=True)
+    for key, value in cfg.rules.by_type:
+        if _matches_type(key, node, module):
+            rule = value
+    for pattern, value in cfg.rules.by_regex:
+        if re.fullmatch(pattern, name):
+            rule = value
+    for key, value in cfg.rules.by_name:
+        if key == name:
+            rule = value
+    return rule
+
+
+def node_description(node: fx.Node, module: Optional[nn.Module]) -> str:
+    """Short human description of what a node computes (for ``inspect``)."""
+    if node.op == "placeholder":
+        return f"input {node.target}"
+    if module is not None:
+        return type(module).__name__
+    target = node.target
+    return target if isinstance(target, str) else getattr(target, "__name__", repr(target))
+
+
+def _base_name(node: fx.Node) -> str:
+    if node.op == "placeholder":
+        return "input"
+    if node.op == "call_module":
+        return str(node.target)
+    base = re.sub(r"_\d+$", "", node.name)
+    scope = node.meta.get("scope", "")
+    return f"{scope}.{base}" if scope else base
+
+
+def find_sites(graph: fx.Graph, modules: Dict[str, nn.Module], cfg: HardenConfig, opaque: set) -> List[Site]:
+    """All sites of ``graph`` in graph order with their resolved behaviour.
+
+    Args:
+        graph: a graph captured by ``trace.capture``.
+        modules: ``dict(root.named_modules())``.
+        cfg: the harden configuration (kinds, rules, quantization).
+        opaque: names of call_module targets that are opaque layers.
+    """
+    sites: List[Site] = []
+    counts: Dict[str, int] = {}
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    for node in graph.nodes:
+        kind = _kind(node, modules, opaque)
+        if kind is None:
+            continue
+        if kind is SiteKind.INPUT and len(placeholders) > 1:
+            continue  # several inputs: no single 'input' site; rules can still add others
+        base = _base_name(node)
+        count = counts.get(base, 0)
+        counts[base] = count + 1
+        name = base if count == 0 else f"{base}_{count}"
+        module = modules.get(node.target) if node.op == "call_module" else None
+        rule = _resolve(cfg, name, node, module, kind)
+        quant = cfg.quant is not None and rule is not None and rule.quantize
+        sites.append(Site(
+            name=name, node=node, kind=kind, module=module,
+            noise=rule is not None and rule.noise,
+            quantize_output=quant and kind in (SiteKind.INPUT, SiteKind.ACTIVATION),
+            quantize_weights=quant and cfg.quant.quantize_weights and kind in (SiteKind.CONV, SiteKind.LINEAR, SiteKind.OPAQUE),
+            signed=not _unsigned(node, modules),
+        ))
+    return sites

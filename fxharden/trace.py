@@ -1,0 +1,175 @@
+"""Graph capture. Every tracer call in fxharden lives here.
+
+One ``Tracer`` subclass with timm's not-traceable modules and functions plugged in. It
+records the dotted module scope of every node (``node.meta["scope"]``) so sites get stable
+names (``layer1.0.conv1``, ``layer1.0.add``), and it remembers the innermost submodule
+whose forward failed, so an untraceable submodule can become one opaque layer instead of
+refusing the whole model.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+from torch import fx, nn
+
+__all__ = ["UntraceableModelError", "Capture", "capture", "OPAQUE_ROOT"]
+
+OPAQUE_ROOT = "model"
+"""Attribute under which a model whose own ``forward`` cannot be traced is wrapped."""
+
+_TORCH_DIR = os.path.dirname(torch.__file__)
+
+
+class UntraceableModelError(RuntimeError):
+    """A model (or one of its submodules) could not be traced by torch.fx.
+
+    Attributes:
+        module: dotted name of the innermost submodule that failed ('' for the root).
+        module_type: its class name.
+        location: ``file:line`` of the model code that failed, when known.
+    """
+
+    def __init__(self, module: str, module_type: str, location: str, cause: BaseException) -> None:
+        self.module, self.module_type, self.location = module, module_type, location
+        where = f"submodule {module!r} ({module_type})" if module else f"the model's own forward ({module_type})"
+        super().__init__(
+            f"torch.fx cannot trace {where}: {type(cause).__name__}: {cause}\n"
+            f"  at {location}\n"
+            "  Fixes: pass it as a leaf so it becomes one opaque layer "
+            f"(harden(..., leaf_modules=[{module_type}]) or leaf_modules=[{module!r}]), "
+            "or wrap the offending function with torch.fx.wrap, "
+            "or call harden(..., strict=False) to treat untraceable submodules as opaque layers."
+        )
+
+
+def _user_location(err: BaseException) -> str:
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if not f.filename.startswith(_TORCH_DIR)]
+    if not frames:
+        return "<unknown>"
+    f = frames[-1]
+    return f"{f.filename}:{f.lineno}: {(f.line or '').strip()}"
+
+
+def _timm_notrace() -> tuple:
+    try:
+        from timm.layers import _fx as timm_fx
+    except ImportError:  # timm is optional for tracing
+        return (), ()
+    return tuple(timm_fx.get_notrace_modules()), tuple(timm_fx.get_notrace_functions())
+
+
+class _Tracer(fx.Tracer):
+    def __init__(self, leaf_types: tuple, leaf_names: frozenset, autowrap: tuple) -> None:
+        super().__init__(autowrap_functions=autowrap)
+        self.leaf_types, self.leaf_names = leaf_types, leaf_names
+        self.scopes: List[str] = []
+        self.culprit: Optional[str] = None
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if qualname in self.leaf_names or isinstance(m, self.leaf_types):
+            return True
+        return super().is_leaf_module(m, qualname)
+
+    def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
+        qualname = self.path_of_module(m)
+        if self.is_leaf_module(m, qualname):
+            return super().call_module(m, forward, args, kwargs)
+        self.scopes.append(qualname)
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.culprit is None:
+                self.culprit = qualname
+            raise
+        finally:
+            self.scopes.pop()
+
+    def create_node(self, *args: Any, **kwargs: Any) -> fx.Node:
+        node = super().create_node(*args, **kwargs)
+        node.meta["scope"] = self.scopes[-1] if self.scopes else ""
+        return node
+
+
+class _OpaqueRoot(nn.Module):
+    """Holds a model whose own forward cannot be traced; the model becomes one layer."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        setattr(self, OPAQUE_ROOT, model)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self, OPAQUE_ROOT)(*args, **kwargs)
+
+
+@dataclass
+class Capture:
+    """The result of ``capture``: one graph per mode and what had to be left opaque."""
+
+    root: nn.Module
+    graphs: Dict[bool, fx.Graph]
+    """``{True: train-mode graph, False: eval-mode graph}``; the same object when they agree."""
+    opaque: Dict[str, str] = field(default_factory=dict)
+    """Dotted module name -> why it is one opaque layer."""
+
+
+def _trace_once(root: nn.Module, leaf_types: tuple, leaf_names: frozenset, autowrap: tuple) -> fx.Graph:
+    tracer = _Tracer(leaf_types, leaf_names, autowrap)
+    try:
+        return tracer.trace(root)
+    except Exception as err:
+        err.fxharden_culprit = tracer.culprit  # type: ignore[attr-defined]
+        raise
+
+
+def capture(model: nn.Module, leaf_modules: Sequence[Any] = (), strict: bool = False) -> Capture:
+    """Trace ``model`` in train and in eval mode.
+
+    Args:
+        model: the module to trace; its train/eval mode is restored afterwards.
+        leaf_modules: classes or dotted names the tracer must not enter.
+        strict: raise ``UntraceableModelError`` instead of making failing submodules opaque.
+
+    Returns:
+        A ``Capture``. When the model's own forward cannot be traced (and not strict), the
+        root is wrapped so that the whole model is one opaque layer named ``"model"``.
+    """
+    nt_modules, nt_functions = _timm_notrace()
+    from .layers import HARDENED_LAYERS
+
+    leaf_types = tuple(m for m in leaf_modules if isinstance(m, type)) + nt_modules + HARDENED_LAYERS
+    names = {m for m in leaf_modules if isinstance(m, str)}
+    opaque: Dict[str, str] = {}
+    root = model
+    was_training = model.training
+    try:
+        graphs: Dict[bool, fx.Graph] = {}
+        for mode in (True, False):
+            model.train(mode)
+            while True:
+                try:
+                    graphs[mode] = _trace_once(root, leaf_types, frozenset(names | set(opaque)), nt_functions)
+                    break
+                except Exception as err:
+                    culprit = getattr(err, "fxharden_culprit", None)
+                    if strict:
+                        name = culprit or ""
+                        mtype = type(model.get_submodule(name)).__name__
+                        raise UntraceableModelError(name, mtype, _user_location(err), err) from err
+                    if culprit is None or root is not model:
+                        if root is not model:
+                            raise
+                        root = _OpaqueRoot(model)
+                        opaque.clear()
+                        opaque[OPAQUE_ROOT] = f"{type(err).__name__}: {err} at {_user_location(err)}"
+                        continue
+                    opaque[culprit] = f"{type(err).__name__}: {err} at {_user_location(err)}"
+    finally:
+        model.train(was_training)
+    if graphs[True].python_code("self").src == graphs[False].python_code("self").src:
+        graphs[False] = graphs[True]
+    return Capture(root=root, graphs=graphs, opaque=opaque)
