@@ -25,6 +25,8 @@ __all__ = [
     "HardenConfig",
     "check_sigma",
     "DEFAULT_NOISE_KINDS",
+    "config_to_dict",
+    "config_from_dict",
 ]
 
 MIN_BITS, MAX_BITS = 2, 16
@@ -284,3 +286,78 @@ class HardenConfig:
 
     def replace(self, **changes: Any) -> "HardenConfig":
         return replace(self, **changes)
+
+
+def _ref_to_str(obj: Any) -> str:
+    if isinstance(obj, str):
+        return obj
+    return f"{obj.__module__}:{obj.__qualname__}"
+
+
+def _ref_from_str(ref: str) -> Any:
+    if ":" not in ref:
+        return ref  # a dotted module name or a method name such as "relu"
+    import importlib
+
+    module, _, qualname = ref.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _layer_to_dict(value: Optional[LayerConfig]) -> Optional[dict]:
+    return None if value is None else {"noise": value.noise, "quantize": value.quantize}
+
+
+def config_to_dict(cfg: HardenConfig) -> dict:
+    """A JSON-serialisable dict of ``cfg`` (inverse: ``config_from_dict``). Classes and
+    functions in rules are stored as ``"module:qualname"``."""
+    q = cfg.quant
+    return {
+        "quant": None if q is None else {
+            "bits": q.bits, "scaling": q.scaling.value, "scale": q.scale, "input_scale": q.input_scale,
+            "weight_bits": q.weight_bits, "calibration_steps": q.calibration_steps,
+            "quantize_weights": q.quantize_weights,
+        },
+        "noise": {"sigma": cfg.noise.sigma, "kinds": sorted(k.value for k in cfg.noise.kinds),
+                  "seed": cfg.noise.seed},
+        "weight_noise": {"kind": cfg.weight_noise.kind.value, "sigma": cfg.weight_noise.sigma,
+                         "relative": cfg.weight_noise.relative},
+        "rules": {
+            attr: [[_ref_to_str(k), _layer_to_dict(v)] for k, v in getattr(cfg.rules, attr)]
+            for attr in ("by_type", "by_regex", "by_name")
+        },
+        "leaf_modules": [_ref_to_str(m) for m in cfg.leaf_modules],
+        "strict": cfg.strict,
+    }
+
+
+def config_from_dict(data: Mapping[str, Any]) -> HardenConfig:
+    """Rebuild a ``HardenConfig`` from ``config_to_dict`` output.
+
+    Raises:
+        ValueError: the dict does not describe a valid configuration.
+    """
+    try:
+        q = data.get("quant")
+        rules = data.get("rules", {})
+
+        def layer(v: Optional[dict]) -> Optional[LayerConfig]:
+            return None if v is None else LayerConfig(**v)
+
+        return HardenConfig(
+            quant=None if q is None else QuantConfig(**{**q, "scaling": Scaling(q["scaling"])}),
+            noise=NoiseConfig(sigma=data["noise"]["sigma"], kinds=frozenset(data["noise"]["kinds"]),
+                              seed=data["noise"].get("seed", 0)),
+            weight_noise=WeightNoiseConfig(**data.get("weight_noise", {})),
+            rules=SiteRules(
+                by_type=tuple((_ref_from_str(k), layer(v)) for k, v in rules.get("by_type", [])),
+                by_regex=tuple((k, layer(v)) for k, v in rules.get("by_regex", [])),
+                by_name=tuple((k, layer(v)) for k, v in rules.get("by_name", [])),
+            ),
+            leaf_modules=tuple(_ref_from_str(m) for m in data.get("leaf_modules", [])),
+            strict=bool(data.get("strict", False)),
+        )
+    except (KeyError, TypeError, AttributeError, ImportError) as err:
+        raise ValueError(f"not a valid fxharden harden config: {type(err).__name__}: {err}") from None

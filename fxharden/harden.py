@@ -104,6 +104,14 @@ def _check_hardened(model: Any) -> HardenedModule:
     return model
 
 
+def _user_leaves(graph: fx.Graph, modules: Dict[str, nn.Module], config: HardenConfig) -> set:
+    """call_module targets that the user declared leaf modules (they count as opaque layers)."""
+    types = tuple(m for m in config.leaf_modules if isinstance(m, type))
+    names = {m for m in config.leaf_modules if isinstance(m, str)}
+    return {n.target for n in graph.nodes if n.op == "call_module"
+            and (n.target in names or isinstance(modules[n.target], types))}
+
+
 def _weight_modules(site: Site, root: nn.Module) -> List[tuple]:
     """(dotted name, module) of the layers whose weights a site quantizes."""
     if site.node.op != "call_module":
@@ -179,7 +187,7 @@ def harden(
     for mode, graph in cap.graphs.items():
         if mode is False and graph is cap.graphs[True]:
             continue
-        sites = find_sites(graph, modules, config, set(cap.opaque))
+        sites = find_sites(graph, modules, config, set(cap.opaque) | _user_leaves(graph, modules, config))
         insertions = []
         for index, site in enumerate(sites):
             targets = []

@@ -64,7 +64,9 @@ def fake_quantize(
             shape = [1] * x.dim()
             shape[axis] = -1
             scale, inv = scale.view(shape), inv.view(shape)
-        q = torch.clamp(round_ste(x * inv) + zero_point, qmin, qmax)
+        q = round_ste(x * inv) + zero_point
+        inside = (q >= qmin) & (q <= qmax)  # inclusive, like the fused kernels' gradient mask
+        q = torch.where(inside, q, torch.clamp(q.detach(), qmin, qmax))
         y = (q - zero_point) * scale
     elif axis is None:
         zp = torch.tensor(zero_point, dtype=torch.int32, device=x.device)

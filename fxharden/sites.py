@@ -104,14 +104,14 @@ def _kind(node: fx.Node, modules: Dict[str, nn.Module], opaque: set) -> Optional
     if node.op == "placeholder":
         return SiteKind.INPUT
     if node.op == "call_module":
-        if node.target in opaque:
-            return SiteKind.OPAQUE
         m = modules[node.target]
         for types, kind in ((_CONV_TYPES, SiteKind.CONV), (_LINEAR_TYPES, SiteKind.LINEAR),
                             (_ACT_TYPES, SiteKind.ACTIVATION), (_POOL_TYPES, SiteKind.POOL),
                             (_NORM_TYPES, SiteKind.NORM)):
             if isinstance(m, types):
                 return kind
+        if node.target in opaque:
+            return SiteKind.OPAQUE
         if isinstance(m, (nn.Identity, nn.Dropout, nn.Flatten, nn.Unflatten)) or type(m).__name__ == "DropPath":
             return None
         return SiteKind.OTHER
@@ -181,7 +181,8 @@ def find_sites(graph: fx.Graph, modules: Dict[str, nn.Module], cfg: HardenConfig
         graph: a graph captured by ``trace.capture``.
         modules: ``dict(root.named_modules())``.
         cfg: the harden configuration (kinds, rules, quantization).
-        opaque: names of call_module targets that are opaque layers.
+        opaque: names of call_module targets that are opaque layers (untraceable submodules
+            and user leaf modules of no known kind).
     """
     sites: List[Site] = []
     counts: Dict[str, int] = {}

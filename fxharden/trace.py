@@ -9,6 +9,7 @@ refusing the whole model.
 
 from __future__ import annotations
 
+import inspect
 import os
 import traceback
 from dataclasses import dataclass, field
@@ -95,15 +96,23 @@ class _Tracer(fx.Tracer):
         return node
 
 
-class _OpaqueRoot(nn.Module):
-    """Holds a model whose own forward cannot be traced; the model becomes one layer."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        setattr(self, OPAQUE_ROOT, model)
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return getattr(self, OPAQUE_ROOT)(*args, **kwargs)
+def _opaque_root(model: nn.Module) -> tuple:
+    """A root holding ``model`` as one layer, and the graph that calls it with the positional
+    parameters of ``model.forward``."""
+    root = nn.Module()
+    setattr(root, OPAQUE_ROOT, model)
+    graph = fx.Graph()
+    params = [p for p in inspect.signature(model.forward).parameters.values()
+              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    args = []
+    for p in params:
+        node = graph.placeholder(p.name, default_value=p.default if p.default is not p.empty else inspect.Signature.empty)
+        node.meta["scope"] = ""
+        args.append(node)
+    call = graph.call_module(OPAQUE_ROOT, tuple(args))
+    call.meta["scope"] = ""
+    graph.output(call)
+    return root, graph
 
 
 @dataclass
@@ -144,7 +153,6 @@ def capture(model: nn.Module, leaf_modules: Sequence[Any] = (), strict: bool = F
     leaf_types = tuple(m for m in leaf_modules if isinstance(m, type)) + nt_modules + HARDENED_LAYERS
     names = {m for m in leaf_modules if isinstance(m, str)}
     opaque: Dict[str, str] = {}
-    root = model
     was_training = model.training
     try:
         graphs: Dict[bool, fx.Graph] = {}
@@ -152,7 +160,7 @@ def capture(model: nn.Module, leaf_modules: Sequence[Any] = (), strict: bool = F
             model.train(mode)
             while True:
                 try:
-                    graphs[mode] = _trace_once(root, leaf_types, frozenset(names | set(opaque)), nt_functions)
+                    graphs[mode] = _trace_once(model, leaf_types, frozenset(names | set(opaque)), nt_functions)
                     break
                 except Exception as err:
                     culprit = getattr(err, "fxharden_culprit", None)
@@ -160,16 +168,13 @@ def capture(model: nn.Module, leaf_modules: Sequence[Any] = (), strict: bool = F
                         name = culprit or ""
                         mtype = type(model.get_submodule(name)).__name__
                         raise UntraceableModelError(name, mtype, _user_location(err), err) from err
-                    if culprit is None or root is not model:
-                        if root is not model:
-                            raise
-                        root = _OpaqueRoot(model)
-                        opaque.clear()
-                        opaque[OPAQUE_ROOT] = f"{type(err).__name__}: {err} at {_user_location(err)}"
-                        continue
+                    if culprit is None:
+                        root, graph = _opaque_root(model)
+                        reason = f"{type(err).__name__}: {err} at {_user_location(err)}"
+                        return Capture(root=root, graphs={True: graph, False: graph}, opaque={OPAQUE_ROOT: reason})
                     opaque[culprit] = f"{type(err).__name__}: {err} at {_user_location(err)}"
     finally:
         model.train(was_training)
     if graphs[True].python_code("self").src == graphs[False].python_code("self").src:
         graphs[False] = graphs[True]
-    return Capture(root=root, graphs=graphs, opaque=opaque)
+    return Capture(root=model, graphs=graphs, opaque=opaque)

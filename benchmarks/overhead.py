@@ -1,0 +1,150 @@
+"""Cost of hardening: eval forward and train step of hardened vs plain models, as ratios.
+
+Measured in one interleaved run (each repetition times every variant back to back, the
+median is reported), so machine-load drift affects all variants alike. Variants:
+
+* plain       the fp32 model
+* noise       ``harden(bits=None, sigma=0.1)``: Gaussian noise after every layer
+* q8+noise    ``harden(bits=8, scale=1.0, sigma=0.1)``: the paper's placement
+* naive       ``x + randn_like(x) * sigma`` and a fake-quant after every node (the baseline
+              a user writes by hand), built with the same tracer
+* brevitas    Brevitas 8-bit layers with a noise module after every layer (when installed)
+
+Run:  python benchmarks/overhead.py [--device cpu|cuda] [--reps 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torchvision
+from torch import fx, nn
+
+import fxharden
+from fxharden.models import LeNet5
+
+
+class NaiveNoiseQuant(nn.Module):
+    def __init__(self, sigma: float) -> None:
+        super().__init__()
+        self.sigma = sigma
+
+    def forward(self, x):
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            return x
+        x = torch.fake_quantize_per_tensor_affine(x, 0.05, 0, -128, 127)
+        return x + torch.randn_like(x) * self.sigma
+
+
+def naive(model: nn.Module, sigma: float) -> nn.Module:
+    """A fake-quant and noise module after every node, the hand-written way."""
+    gm = fx.symbolic_trace(model)
+    gm.add_module("naive", NaiveNoiseQuant(sigma))
+    for node in list(gm.graph.nodes):
+        if node.op in ("placeholder", "call_module", "call_function", "call_method") and node.target is not torch.flatten:
+            with gm.graph.inserting_after(node):
+                new = gm.graph.call_module("naive", (node,))
+            node.replace_all_uses_with(new, delete_user_cb=lambda u: u is not new)
+    gm.recompile()
+    return gm
+
+
+def brevitas_model(name: str, sigma: float):
+    """Brevitas 8-bit version of the same network with a noise module after every layer."""
+    try:
+        import brevitas.nn as qnn
+    except ImportError:
+        return None
+
+    class Noise(nn.Module):
+        def forward(self, x):
+            x = x.value if hasattr(x, "value") else x
+            return x + torch.randn_like(x) * sigma
+
+    def seq(*layers):
+        out = [qnn.QuantIdentity(bit_width=8, return_quant_tensor=False), Noise()]
+        for layer in layers:
+            out += [layer, Noise()]
+        return nn.Sequential(*out)
+
+    if name == "lenet5":
+        return seq(
+            qnn.QuantConv2d(3, 6, 5, weight_bit_width=8), qnn.QuantReLU(bit_width=8), nn.MaxPool2d(2),
+            qnn.QuantConv2d(6, 16, 5, weight_bit_width=8), qnn.QuantReLU(bit_width=8), nn.MaxPool2d(2),
+            nn.Flatten(), qnn.QuantLinear(400, 120, bias=True, weight_bit_width=8), qnn.QuantReLU(bit_width=8),
+            qnn.QuantLinear(120, 84, bias=True, weight_bit_width=8), qnn.QuantReLU(bit_width=8),
+            qnn.QuantLinear(84, 10, bias=True, weight_bit_width=8),
+        )
+    return None  # ResNet-18 in Brevitas needs a hand-written residual model; not compared here
+
+
+def timed(fn, sync) -> float:
+    sync()
+    t = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - t
+
+
+def compare(variants: dict, x: torch.Tensor, reps: int, train: bool, sync) -> dict:
+    times = {k: [] for k in variants}
+    for m in variants.values():
+        m.train(train)
+    opt_steps = {}
+    for k, m in variants.items():
+        params = [p for p in m.parameters() if p.requires_grad]
+        opt = torch.optim.SGD(params, lr=1e-6) if train else None
+
+        def step(m=m, opt=opt):
+            if opt is None:
+                with torch.no_grad():
+                    m(x)
+            else:
+                opt.zero_grad(set_to_none=True)
+                m(x).float().logsumexp(1).mean().backward()
+                opt.step()
+        opt_steps[k] = step
+    for _ in range(3):
+        for step in opt_steps.values():
+            step()
+    for _ in range(reps):
+        for k, step in opt_steps.items():
+            times[k].append(timed(step, sync))
+    base = statistics.median(times["plain"])
+    return {k: (statistics.median(v) / base, statistics.median(v)) for k, v in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--reps", type=int, default=30)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}")
+    for name, build, batch in (("lenet5", LeNet5, 256),
+                               ("resnet18", lambda: torchvision.models.resnet18(num_classes=10), 64)):
+        torch.manual_seed(0)
+        model = build().to(device)
+        x = torch.randn(batch, 3, 32, 32, device=device)
+        variants = {
+            "plain": model,
+            "noise": fxharden.harden(model, bits=None, sigma=0.1),
+            "q8+noise": fxharden.harden(model, bits=8, scale=1.0, sigma=0.1),
+            "naive": naive(model, 0.1),
+        }
+        bm = brevitas_model(name, 0.1)
+        if bm is not None:
+            variants["brevitas"] = bm.to(device)
+        for train in (False, True):
+            res = compare(variants, x, args.reps, train, sync)
+            what = "train step" if train else "eval forward"
+            cells = "  ".join(f"{k} {r:.2f}x" for k, (r, _) in res.items())
+            print(f"{name:9s} batch {batch:3d} {what:12s} plain {res['plain'][1] * 1e3:7.2f} ms  {cells}")
+
+
+if __name__ == "__main__":
+    main()
