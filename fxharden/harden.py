@@ -104,6 +104,31 @@ def _check_hardened(model: Any) -> HardenedModule:
     return model
 
 
+def _copy_targets(root: nn.Module, hm: nn.Module, graph: fx.Graph) -> None:
+    """Copy into ``hm`` what ``graph`` references but the graph ``hm`` was built from does
+    not (e.g. tensor constants recorded only while tracing the other mode)."""
+    for node in graph.nodes:
+        if node.op not in ("get_attr", "call_module"):
+            continue
+        *path, attr = str(node.target).split(".")
+        src, dst = root, hm
+        for part in path:
+            src = getattr(src, part)
+            if not hasattr(dst, part):
+                dst.add_module(part, nn.Module())
+            dst = getattr(dst, part)
+        if not hasattr(dst, attr):
+            value = getattr(src, attr)
+            if isinstance(value, nn.Module):
+                dst.add_module(attr, value)
+            elif isinstance(value, nn.Parameter):
+                dst.register_parameter(attr, value)
+            elif isinstance(value, torch.Tensor):
+                dst.register_buffer(attr, value)
+            else:
+                setattr(dst, attr, value)
+
+
 def _user_leaves(graph: fx.Graph, modules: Dict[str, nn.Module], config: HardenConfig) -> set:
     """call_module targets that the user declared leaf modules (they count as opaque layers)."""
     types = tuple(m for m in config.leaf_modules if isinstance(m, type))
@@ -216,6 +241,7 @@ def harden(
     hm.meta["fxharden"] = {"config": config, "report": report}
     if graphs[True] is not graphs[False]:
         hm.meta["fxharden_graphs"] = graphs
+        _copy_targets(root, hm, graphs[not model.training])
     hm.train(model.training)
     if config.noise.sigma:
         set_noise(hm, config.noise.sigma)

@@ -126,10 +126,18 @@ class Capture:
     """Dotted module name -> why it is one opaque layer."""
 
 
+def _default_args(root: nn.Module) -> Dict[str, Any]:
+    """Parameters of ``forward`` with a constant default (``mask=None``, ``flag=False``) are
+    traced at that default, the way the model is normally called."""
+    params = inspect.signature(root.forward).parameters.values()
+    return {p.name: p.default for p in params
+            if p.default is not p.empty and (p.default is None or isinstance(p.default, (bool, int, float, str)))}
+
+
 def _trace_once(root: nn.Module, leaf_types: tuple, leaf_names: frozenset, autowrap: tuple) -> fx.Graph:
     tracer = _Tracer(leaf_types, leaf_names, autowrap)
     try:
-        return tracer.trace(root)
+        return tracer.trace(root, concrete_args=_default_args(root))
     except Exception as err:
         err.fxharden_culprit = tracer.culprit  # type: ignore[attr-defined]
         raise
