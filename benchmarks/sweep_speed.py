@@ -1,0 +1,146 @@
+"""Speed of the sweep engine, as measured ratios.
+
+(a) Throughput at one batch size: a bare loop of hardened-model forwards (data already on
+    the device, no accuracy bookkeeping) versus the sweep engine at the same batch size, one
+    point per forward (target >= 0.9x) and with its automatic batching of points (replicated
+    batches, one sigma per group). Interleaved repetitions, median reported.
+(b) Wall time to μ: the adaptive, batched ``fxharden.sweep`` (5 repeats) versus a plain loop
+    over a fixed 20-point grid (one point at a time, ``.item()`` per batch, then the same fit),
+    for LeNet-5 (and ResNet-18 with --resnet18), briefly trained first so that μ exists.
+
+Data: real CIFAR-10 through $FXHARDEN_DATA (or --data) when present, else generated images.
+
+Run:  python benchmarks/sweep_speed.py [--device cuda] [--images 2000] [--resnet18]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import numpy as np
+import torch
+
+import fxharden
+from fxharden.data import DataNotFoundError, load_cifar10, synthetic_dataset
+from fxharden.metrics import fit_midpoint
+from fxharden.models import build_model
+from fxharden.sweep import FORWARD_IMAGES, sweep
+from fxharden.train import TrainConfig, train
+
+
+def datasets(root, images: int):
+    try:
+        train_set, test_set = load_cifar10("train", root), load_cifar10("test", root)
+        return "CIFAR-10", train_set, test_set.subset(min(images, len(test_set)))
+    except DataNotFoundError:
+        full = synthetic_dataset(5000 + images, seed=1)  # one seed: train and test share the class prototypes
+        return "synthetic", full.subset(torch.arange(5000)), full.subset(torch.arange(5000, 5000 + images))
+
+
+def trained(name: str, train_set, epochs: int, device: str):
+    torch.manual_seed(0)
+    hm = fxharden.harden(build_model(name), bits=8, scale=1.0 if name == "lenet5" else None)
+    lr = {"lenet5": 1e-3, "resnet18": 1e-2}.get(name, 1e-3)
+    cfg = TrainConfig(epochs=epochs, batch_size=128, lr=lr, device=device, eval_each_epoch=False)
+    return train(hm, train_set, config=cfg).model.eval()
+
+
+def throughput(hm, data, batch: int, device: torch.device, reps: int) -> None:
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    xs = [x for x, _ in data.batches(batch, device=device)]
+    n = sum(len(x) for x in xs)
+    sigmas = [0.05 * (k + 1) for k in range(4)]
+    auto = max(1, FORWARD_IMAGES.get(device.type, 2048) // batch)
+
+    def bare() -> float:
+        fxharden.set_noise(hm, 0.1)
+        sync()
+        t = time.perf_counter()
+        with torch.inference_mode():
+            for _ in range(len(sigmas) * 2):
+                for x in xs:
+                    hm(x)
+        sync()
+        fxharden.set_noise(hm, 0.0)
+        return len(sigmas) * 2 * n / (time.perf_counter() - t)
+
+    def engine(per_forward: int):
+        def run() -> float:
+            r = sweep(hm, data, sigmas=sigmas, repeats=2, batch_size=batch, points_per_forward=per_forward,
+                      device=str(device))
+            return r.timing["images"] / r.timing["eval_seconds"]
+        return run
+
+    runs = {"bare loop": bare, "engine, 1 point/forward": engine(1), f"engine, {auto} points/forward": engine(auto)}
+    for f in runs.values():
+        f()  # warm up
+    got = {k: [] for k in runs}
+    for _ in range(reps):
+        for k, f in runs.items():
+            got[k].append(f())
+    base = statistics.median(got["bare loop"])
+    print(f"(a) throughput at batch {batch} on {device}, {n} images, median of {reps}:")
+    for k, v in got.items():
+        print(f"    {k:28s} {statistics.median(v):12,.0f} images/s   {statistics.median(v) / base:5.2f}x")
+
+
+def plain_fixed_grid(hm, data, batch: int, device: torch.device, repeats: int):
+    """What one writes by hand: 20 points, one at a time, a host sync per batch."""
+    grid = np.geomspace(1e-3, 10, 20)
+    hm.eval().to(device)
+    means = []
+    t = time.perf_counter()
+    for sigma in grid:
+        accs = []
+        for r in range(repeats):
+            fxharden.set_noise(hm, float(sigma))
+            fxharden.seed_noise(hm, r)
+            correct = 0
+            with torch.no_grad():
+                for x, y in data.batches(batch, device=device):
+                    correct += (hm(x).argmax(1) == y).sum().item()
+            accs.append(correct / len(data))
+        means.append(float(np.mean(accs)))
+    fxharden.set_noise(hm, 0.0)
+    fit = fit_midpoint(grid, means, chance=0.1)
+    return time.perf_counter() - t, fit, 20 * repeats * len(data)
+
+
+def time_to_mu(name: str, hm, data, batch: int, device: torch.device) -> None:
+    t = time.perf_counter()
+    r = sweep(hm, data, repeats=5, batch_size=batch, device=str(device))
+    fast = time.perf_counter() - t
+    slow, fit, images = plain_fixed_grid(hm, data, batch, device, 5)
+    print(f"(b) {name}: wall time to μ on {len(data)} images, 5 repeats (clean accuracy {r.clean_accuracy:.3f})")
+    print(f"    adaptive+batched sweep  {fast:8.2f} s  {len(r.points):2d} points  {r.timing['images']:>10,} images  "
+          f"μ = {r.fit.mu:.4g} ± {r.fit.mu_err:.2g} ({r.fit.status.value}), crossing {r.fit.mu_crossing:.4g}")
+    print(f"    plain 20-point loop     {slow:8.2f} s  20 points  {images:>10,} images  "
+          f"μ = {fit.mu:.4g} ± {fit.mu_err:.2g} ({fit.status.value}), crossing {fit.mu_crossing:.4g}")
+    print(f"    speed-up {slow / fast:.1f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--images", type=int, default=2000, help="test images for (b)")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=2, help="training epochs before (b)")
+    parser.add_argument("--data", default=None, help="CIFAR-10 folder (default: $FXHARDEN_DATA)")
+    parser.add_argument("--resnet18", action="store_true", help="also time ResNet-18")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    kind, train_set, test_set = datasets(args.data or os.environ.get("FXHARDEN_DATA"), args.images)
+    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, data {kind}")
+    for name in ["lenet5"] + (["resnet18"] if args.resnet18 else []):
+        hm = trained(name, train_set, args.epochs, str(device))
+        if name == "lenet5":
+            throughput(hm, test_set, args.batch, device, args.reps)
+        time_to_mu(name, hm, test_set, args.batch, device)
+
+
+if __name__ == "__main__":
+    main()
