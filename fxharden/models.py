@@ -122,7 +122,7 @@ def _paper(mflops: float, mparams: float, noisy_layers: int, peak_accuracy: floa
 
 
 RECIPES: Dict[str, Recipe] = {
-    "lenet5": Recipe("lenet5", "LeNet-5", lenet5, lr=1e-3, lr_quantized=1e-3, cpu_epochs=10,
+    "lenet5": Recipe("lenet5", "LeNet-5", lenet5, lr=1e-3, lr_quantized=1e-3, cpu_epochs=25,
                      paper=_paper(0.66, 0.06, 12, 75.0, 0.286, 2.59)),
     "vgg11": Recipe("vgg11", "VGG-11", vgg11, lr=1e-3, lr_quantized=1e-4, cpu_epochs=2,
                     paper=_paper(276.56, 132.86, 27, 87.7, 0.154, 2.957)),

@@ -144,7 +144,7 @@ def test_recipes_hold_the_paper_settings():
     assert (lenet.lr, lenet.lr_quantized, vgg.lr, vgg.lr_quantized, res.lr, res.lr_quantized) == \
         (1e-3, 1e-3, 1e-3, 1e-4, 0.01, 0.01)
     assert vgg.lr_for(quantized=True) == 1e-4 and vgg.lr_for(quantized=False) == 1e-3
-    assert [r.cpu_epochs for r in (lenet, vgg, res)] == [10, 2, 2]
+    assert [r.cpu_epochs for r in (lenet, vgg, res)] == [25, 2, 2]
     for r in RECIPES.values():
         assert isinstance(r, Recipe) and r.batch_size == 128 and r.optimizer is Optimizer.ADAM == "adam"
         assert r.schedule == "cosine" and r.paper_epochs == 500 and hash(r)
