@@ -7,6 +7,7 @@ Also the verbs that act on a hardened model: ``noise_sites``, ``set_noise``, ``s
 from __future__ import annotations
 
 import copy
+import zlib
 import difflib
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Sequence
@@ -261,7 +262,7 @@ def _harden_weights(root: nn.Module, site: Site, config: HardenConfig, skipped: 
         wq = WeightQuant(qc.w_bits, axis) if site.quantize_weights else None
         noise = None
         if wn.kind is not WeightNoiseKind.NONE:
-            noise = Noise(f"{name}.weight", config.noise.seed + 100_003 + len(skipped), kind=wn.kind)
+            noise = Noise(f"{name}.weight", config.noise.seed + zlib.crc32(name.encode()), kind=wn.kind)
             noise.set_sigma(wn.sigma)
         _set_submodule(root, name, harden_layer(module, wq, noise))
         desc = f"weights {wq.extra_repr()}" if wq is not None else desc

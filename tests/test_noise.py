@@ -140,3 +140,14 @@ def test_weight_noise_additive_and_lognormal():
         x = torch.randn(4, 8)
         assert not torch.equal(hm(x), model(x))
         assert torch.allclose(hm(x), model(x), atol=1.0)
+
+
+def test_weight_noise_streams_differ_between_layers():
+    cfg = fxharden.HardenConfig(quant=None, weight_noise=WeightNoiseConfig(kind=WeightNoiseKind.ADDITIVE, sigma=0.1))
+    model = nn.Sequential(nn.Linear(6, 6), nn.Linear(6, 6))
+    with torch.no_grad():
+        model[1].weight.copy_(model[0].weight)
+    hm = fxharden.harden(model, config=cfg)
+    d0 = hm.get_submodule("0").hardened_weight() - model[0].weight
+    d1 = hm.get_submodule("1").hardened_weight() - model[1].weight
+    assert not torch.allclose(d0, d1)  # independent draws, not one shared stream

@@ -153,7 +153,7 @@ def test_dynamic_scale_is_learned():
     q(x)
     assert isinstance(q.scale, torch.nn.Parameter)
     opt = torch.optim.SGD(q.parameters(), lr=0.01)
-    before = float(q.scale)
+    before = float(q.scale.detach())
     for _ in range(5):
         opt.zero_grad()
         ((q(x) - x * 1.5) ** 2).mean().backward()
