@@ -9,6 +9,7 @@ that was trained. Writes are atomic: a crash never leaves a truncated checkpoint
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ import torch
 from .config import HardenConfig, config_from_dict, config_to_dict
 from .harden import HardenedModule, harden
 
-__all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "atomic_write_bytes", "FORMAT"]
+__all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "atomic_write_bytes", "atomic_write_json", "FORMAT"]
 
 FORMAT = "fxharden-checkpoint-v1"
 
@@ -37,14 +38,16 @@ class Checkpoint:
     """Training state: epoch, optimizer, scheduler, RNG, metrics (whatever was saved)."""
 
 
-def atomic_write_bytes(path: Union[str, Path], write) -> None:
+def atomic_write_bytes(path: Union[str, Path], write) -> Path:
     """Call ``write(file_object)`` on a temporary file next to ``path``, then rename it over
-    ``path`` (atomic on POSIX): readers see the old file or the new one, never a partial one."""
+    ``path`` (atomic on POSIX): readers see the old file or the new one, never a partial one.
+    The file is readable by all (0644), not only by its owner like a fresh temporary file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o644)
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -53,6 +56,13 @@ def atomic_write_bytes(path: Union[str, Path], write) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    return path
+
+
+def atomic_write_json(path: Union[str, Path], data: Any, indent: int = 1) -> Path:
+    """``data`` as JSON at ``path``, atomically (see ``atomic_write_bytes``)."""
+    text = json.dumps(data, indent=indent, allow_nan=True).encode()
+    return atomic_write_bytes(path, lambda f: f.write(text))
 
 
 def save_checkpoint(

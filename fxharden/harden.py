@@ -21,7 +21,7 @@ from .noise import Noise, SigmaLike
 from .passes import ensure_container, insert_site_modules, key_for
 from .quant import ActQuant, WeightQuant
 from .sites import Site, find_sites, node_description
-from .trace import OPAQUE_ROOT, capture
+from .trace import capture
 
 __all__ = ["harden", "HardenedModule", "SiteInfo", "HardenReport", "noise_sites", "set_noise",
            "seed_noise", "harden_report"]

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
-from .checkpoint import atomic_write_bytes
+from .checkpoint import atomic_write_bytes, atomic_write_json
 from .executors import Executor, ExecutorKind, make_executor
 from .experiment import Budget, Cell, DataSpec, DatasetKind, Experiment, PaperValue, Variant, load_experiment
 from .results import SweepMode, SweepPoint, SweepResult
@@ -35,11 +35,6 @@ __all__ = ["reproduce", "run_cell", "distributed_sweep", "ReproduceResult", "Cur
 RESULT = "result.json"
 CELL_FORMAT = "fxharden-cell-v1"
 PathLike = Union[str, os.PathLike]
-
-
-def _write_json(path: Path, data: Any) -> None:
-    text = json.dumps(data, indent=1, allow_nan=True).encode()
-    atomic_write_bytes(path, lambda f: f.write(text))
 
 
 def run_cell(cell: Cell, workdir: str, ship_checkpoint: bool = False) -> Dict[str, Any]:
@@ -346,7 +341,7 @@ def reproduce(
     cells = exp.cells(budget, DataSpec(kind, root=str(data) if data is not None else None), device)
     _check_data(cells[0].data)
     out = Path(out)
-    _write_json(out / "experiment.json", {"name": exp.name, "source": exp.source, "budget": budget.value,
+    atomic_write_json(out / "experiment.json", {"name": exp.name, "source": exp.source, "budget": budget.value,
                                           "data": cells[0].data.identity(), "cells": [c.key for c in cells]})
     done: Dict[str, Dict[str, Any]] = {}
     for c in cells:
@@ -375,7 +370,7 @@ def reproduce(
                     blob = record.pop("checkpoint_bytes", None)
                     if blob is not None:
                         atomic_write_bytes(cell_dir / record["checkpoint"], lambda f: f.write(blob))
-                    _write_json(cell_dir / RESULT, record)
+                    atomic_write_json(cell_dir / RESULT, record)
                     done[outcome.key] = record
                     res.computed.append(outcome.key)
                 else:
@@ -391,7 +386,7 @@ def reproduce(
                 ex.close()
     failures = out / "failures.json"
     if res.failed:
-        _write_json(failures, {k: {"attempts": attempts[k], "traceback": tb} for k, tb in res.failed.items()})
+        atomic_write_json(failures, {k: {"attempts": attempts[k], "traceback": tb} for k, tb in res.failed.items()})
     elif failures.exists():
         failures.unlink()
     for v in exp.variants:

@@ -53,15 +53,8 @@ class SweepMode(str, Enum):
 
 
 def write_file(path: PathLike, write) -> Path:
-    """``write(binary file)`` to ``path`` atomically (``atomic_write_bytes``), readable by all
-    (mode 0644 rather than the temporary file's 0600)."""
-
-    def body(f) -> None:
-        os.fchmod(f.fileno(), 0o644)
-        write(f)
-
-    atomic_write_bytes(path, body)
-    return Path(path)
+    """``write(binary file)`` to ``path`` atomically (``checkpoint.atomic_write_bytes``)."""
+    return atomic_write_bytes(path, write)
 
 
 def versions() -> Dict[str, str]:

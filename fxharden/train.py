@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import FORMAT, atomic_write_bytes, save_checkpoint
+from .checkpoint import FORMAT, atomic_write_json, save_checkpoint
 from .config import check_sigma
 from .data import as_batches
 from .harden import HardenedModule, harden, noise_sites, seed_noise
@@ -396,8 +396,7 @@ def train(
         save_checkpoint(out / CHECKPOINT, model, arch or "", arch_kwargs, {**state, **extra})
         log = {"arch": arch, "arch_kwargs": arch_kwargs or {}, **state, "train_config": extra["train_config"],
                "history": extra["history"]}
-        text = json.dumps(log, indent=2).encode()
-        atomic_write_bytes(out / LOG, lambda f: f.write(text))
+        atomic_write_json(out / LOG, log, indent=2)
 
     start, bar = time.perf_counter(), _progress(progress)
     was_deterministic = torch.are_deterministic_algorithms_enabled()
