@@ -24,7 +24,7 @@ import torchvision
 from torch import fx, nn
 
 import fxharden
-from fxharden.models import LeNet5
+from fxharden.zoo.networks import LeNet5
 
 
 class NaiveNoiseQuant(nn.Module):

@@ -24,11 +24,11 @@ import numpy as np
 import torch
 
 import fxharden
-from fxharden.data import DataNotFoundError, load_cifar10, synthetic_dataset
-from fxharden.metrics import fit_midpoint
-from fxharden.models import build_model
-from fxharden.sweep import FORWARD_IMAGES, sweep
-from fxharden.train import TrainConfig, train
+from fxharden.zoo.data import DataNotFoundError, load_cifar10, synthetic_dataset
+from fxharden.measure.metrics import fit_midpoint
+from fxharden.zoo.models import build_model
+from fxharden.measure.sweep import FORWARD_IMAGES, sweep
+from fxharden.training.train import TrainConfig, train
 
 
 def datasets(root, images: int):

@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 import fxharden
-from fxharden.models import build_model
-from fxharden.train import resolve_device
+from fxharden.zoo.models import build_model
+from fxharden.devices import resolve_device
 
 TARGETS = {"resnet18": 2.0, "lenet5": 4.0}
 MODES = {

@@ -2,62 +2,48 @@
 
 Rewrites a model's torch.fx graph with fake-quantization and noise-injection nodes, trains
 it to be robust, and measures robustness as the midpoint noise level.
+
+The package is layered (each layer imports only the ones before it):
+``core`` (the graph transformation) < ``zoo`` (model and data sources) < ``measure``
+(sweeps, the midpoint fit, results) < ``training`` < ``experiments`` (TOML experiments,
+executors) < ``cli``. This module is the public surface; names load on first use so that
+``import fxharden`` and ``fxharden --help`` stay fast.
 """
 
-from .config import (
-    HardenConfig,
-    LayerConfig,
-    NoiseConfig,
-    QuantConfig,
-    Scaling,
-    SiteKind,
-    SiteRules,
-    WeightNoiseConfig,
-    WeightNoiseKind,
-)
-from .harden import HardenedModule, HardenReport, harden, harden_report, noise_sites, seed_noise, set_noise
-from .trace import UntraceableModelError
-from .metrics import FitStatus, MidpointFit, fit_midpoint
-from .results import SweepResult, load_result
-from .sweep import SweepConfig, SweepMode, sweep
-from .train import NoiseSchedule, TrainConfig, TrainResult, train
-from .reproduce import ReproduceResult, reproduce
-from .checkpoint import load_checkpoint, save_checkpoint
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "FitStatus",
-    "MidpointFit",
-    "NoiseSchedule",
-    "ReproduceResult",
-    "SweepConfig",
-    "SweepMode",
-    "SweepResult",
-    "TrainConfig",
-    "TrainResult",
-    "fit_midpoint",
-    "load_checkpoint",
-    "load_result",
-    "reproduce",
-    "save_checkpoint",
-    "sweep",
-    "train",
-    "HardenConfig",
-    "HardenReport",
-    "HardenedModule",
-    "LayerConfig",
-    "NoiseConfig",
-    "QuantConfig",
-    "Scaling",
-    "SiteKind",
-    "SiteRules",
-    "UntraceableModelError",
-    "WeightNoiseConfig",
-    "WeightNoiseKind",
-    "harden",
-    "harden_report",
-    "noise_sites",
-    "seed_noise",
-    "set_noise",
-]
+_EXPORTS = {
+    "core.config": ("HardenConfig", "LayerConfig", "NoiseConfig", "QuantConfig", "Scaling", "SiteKind", "SiteRules",
+                    "WeightNoiseConfig", "WeightNoiseKind"),
+    "core.harden": ("HardenedModule", "HardenReport", "harden", "harden_report", "noise_sites", "seed_noise",
+                    "set_noise"),
+    "core.trace": ("UntraceableModelError",),
+    "measure.metrics": ("FitStatus", "MidpointFit", "fit_midpoint"),
+    "measure.results": ("SweepResult", "SweepMode", "load_result"),
+    "measure.sweep_config": ("SweepConfig",),
+    "measure.sweep": ("sweep",),
+    "training.train": ("NoiseSchedule", "TrainConfig", "TrainResult", "train"),
+    "experiments.reproduce": ("ReproduceResult", "reproduce"),
+    "zoo.checkpoint": ("load_checkpoint", "save_checkpoint"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fxharden' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list:
+    return sorted(set(globals()) | set(__all__))

@@ -18,9 +18,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .executors import ExecutorKind
-from .experiment import Budget
-from .models import Optimizer
+from .experiments.executors import ExecutorKind
+from .experiments.experiment import Budget
+from .zoo.recipes import Optimizer
 
 app = typer.Typer(
     name="fxharden",
@@ -55,8 +55,8 @@ class Split(str, Enum):
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
     """Turn the API's user-facing errors into a one-paragraph message and exit code 2."""
-    from .data import DataNotFoundError
-    from .trace import UntraceableModelError
+    from .zoo.data import DataNotFoundError
+    from .core.trace import UntraceableModelError
 
     try:
         yield
@@ -67,7 +67,7 @@ def user_errors() -> Iterator[None]:
 
 def harden_options(bits: Optional[int], scale: Optional[float], dynamic: bool):
     """The ``HardenConfig`` of ``--bits/--scale/--dynamic`` (``None``: noise sites only)."""
-    from .config import HardenConfig
+    from .core.config import HardenConfig
 
     if bits is None:
         if dynamic or scale is not None:
@@ -80,7 +80,7 @@ def harden_options(bits: Optional[int], scale: Optional[float], dynamic: bool):
 
 def resolve_device(device: Device) -> str:
     """``"cpu"`` or ``"cuda"``; ``auto`` picks CUDA when available."""
-    from .train import resolve_device as pick
+    from .devices import resolve_device as pick
 
     return str(pick(None if device is Device.AUTO else device.value))
 
@@ -91,10 +91,10 @@ def resolve_models(names: List[str], harden_config, seed: int = 0, num_classes: 
     torchvision) built with seeded random weights and hardened with ``harden_config``."""
     import torch
 
-    from .checkpoint import is_checkpoint, load_checkpoint
-    from .config import HardenConfig
-    from .harden import harden
-    from .models import build_model
+    from .zoo.checkpoint import is_checkpoint, load_checkpoint
+    from .core.config import HardenConfig
+    from .core.harden import harden
+    from .zoo.models import build_model
 
     out = []
     for name in names:
@@ -117,7 +117,7 @@ def load_data(data: Optional[Path], split: Split, download: bool, synthetic: boo
               seed: int):
     """The evaluation data: generated (``--synthetic``) or CIFAR-10 from ``--data`` /
     ``$FXHARDEN_DATA`` (``--download`` lets torchvision fetch it)."""
-    from .data import load_cifar10, synthetic_dataset
+    from .zoo.data import load_cifar10, synthetic_dataset
 
     if synthetic:
         if data is not None or download:
@@ -230,9 +230,9 @@ def sweep_command(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Measure accuracy versus noise strength and the midpoint noise level μ."""
-    from .plots import save_plots
-    from .results import RESULTS_CSV, RESULTS_JSON
-    from .sweep import SweepConfig, SweepMode, sweep
+    from .measure.plots import save_plots
+    from .measure.results import RESULTS_CSV, RESULTS_JSON
+    from .measure.sweep import SweepConfig, SweepMode, sweep
 
     with user_errors():
         harden_config = harden_options(bits, scale, dynamic)
@@ -260,7 +260,7 @@ def sweep_command(
 
 
 def _is_checkpoint(name: str) -> bool:
-    from .checkpoint import is_checkpoint
+    from .zoo.checkpoint import is_checkpoint
 
     return is_checkpoint(name)
 
@@ -277,7 +277,7 @@ def inspect_command(
     dynamic: bool = typer.Option(False, "--dynamic", help="Learned (dynamic) quantization steps instead of --scale."),
 ) -> None:
     """List the sites harden puts quantizers and noise at, and what it left out and why."""
-    from .harden import harden_report
+    from .core.harden import harden_report
 
     with user_errors():
         (label, hm), = resolve_models([model], harden_options(bits, scale, dynamic))
@@ -334,28 +334,26 @@ def train_command(
     """Train a model with QAT and/or noisy training; checkpoints carry the harden config."""
     import torch
 
-    from .config import HardenConfig
-    from .data import load_cifar10
-    from .experiment import DataSpec, DatasetKind
-    from .harden import harden
-    from .models import RECIPES, build_model
-    from .train import NoiseSchedule, TrainConfig, train
+    from .core.config import HardenConfig
+    from .zoo.data import DatasetKind, load_cifar10, load_splits
+    from .core.harden import harden
+    from .zoo.models import build_model
+    from .zoo.recipes import training_defaults
+    from .training.train import NoiseSchedule, TrainConfig, train
 
     with user_errors():
         harden_config = harden_options(bits, scale, dynamic) or HardenConfig(quant=None)
-        recipe = RECIPES.get(model.lower().replace("-", "").replace("_", ""))
+        d = training_defaults(model, bits is not None)
         config = TrainConfig(
-            epochs=epochs or (recipe.cpu_epochs if recipe else 1), batch_size=batch_size,
-            lr=lr or (recipe.lr_for(bits is not None) if recipe else 1e-3),
-            optimizer=optimizer or (recipe.optimizer if recipe else Optimizer.ADAM), seed=seed,
-            device=resolve_device(device), train_sigma=NoiseSchedule(train_sigma, ramp_epochs), max_steps=max_steps)
+            epochs=epochs or d.epochs, batch_size=batch_size, lr=lr or d.lr, optimizer=optimizer or d.optimizer,
+            seed=seed, device=resolve_device(device), train_sigma=NoiseSchedule(train_sigma, ramp_epochs),
+            max_steps=max_steps)
         if synthetic and (data is not None or download):
             raise typer.BadParameter("--synthetic generates its own data; leave out --data/--download")
         if download:
             load_cifar10("train", data, download=True)
-        spec = DataSpec(DatasetKind.SYNTHETIC if synthetic else DatasetKind.CIFAR10, str(data) if data else None,
-                        train_images, test_images)
-        train_set, test_set = spec.load()
+        train_set, test_set = load_splits(DatasetKind.SYNTHETIC if synthetic else DatasetKind.CIFAR10, data,
+                                          train_images=train_images, test_images=test_images)
         torch.manual_seed(seed)
         net = harden(build_model(model, num_classes=train_set.num_classes), config=harden_config)
         result = train(net, train_set, test_set, config, out, resume=resume, arch=model,
@@ -399,8 +397,8 @@ def reproduce_command(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Print a line per finished cell."),
 ) -> None:
     """Reproduce a paper experiment: train and sweep every cell, write tables and plots."""
-    from .experiment import load_experiment
-    from .reproduce import reproduce
+    from .experiments.experiment import load_experiment
+    from .experiments.reproduce import reproduce
 
     with user_errors():
         exp = load_experiment(recipe)

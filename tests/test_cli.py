@@ -7,11 +7,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fxharden.checkpoint import save_checkpoint
+from fxharden.zoo.checkpoint import save_checkpoint
 from fxharden.cli import app
-from fxharden.harden import harden
-from fxharden.models import LeNet5
-from fxharden.results import load_result
+from fxharden.core.harden import harden
+from fxharden.zoo.networks import LeNet5
+from fxharden.measure.results import load_result
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 runner = CliRunner()

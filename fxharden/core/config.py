@@ -1,0 +1,371 @@
+"""Typed configuration: what to quantize, where to inject noise, which layers to touch.
+
+Everything here is a frozen dataclass or an enum. Strings are accepted only at the edges
+(CLI, TOML files) and turned into these types at once by the ``parse`` helpers below.
+No torch.fx in this module.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from typing import Any, Callable, Mapping, Optional, Union
+
+__all__ = [
+    "Scaling",
+    "SiteKind",
+    "WeightNoiseKind",
+    "QuantConfig",
+    "NoiseConfig",
+    "WeightNoiseConfig",
+    "LayerConfig",
+    "SiteRules",
+    "HardenConfig",
+    "check_sigma",
+    "DEFAULT_NOISE_KINDS",
+    "config_to_dict",
+    "config_from_dict",
+]
+
+MIN_BITS, MAX_BITS = 2, 16
+
+
+class Scaling(str, Enum):
+    """How the step ``s`` of an activation quantizer is chosen (paper Sec. III-B)."""
+
+    CONSTANT = "constant"
+    """One fixed step ``s`` for every quantizer that follows an activation function."""
+    DYNAMIC = "dynamic"
+    """Each quantizer has its own step, initialised from statistics and then learned."""
+
+
+class SiteKind(str, Enum):
+    """The kind of graph node a site sits on; rules select sites by kind."""
+
+    INPUT = "input"
+    CONV = "conv"
+    LINEAR = "linear"
+    MATMUL = "matmul"
+    ACTIVATION = "activation"
+    POOL = "pool"
+    NORM = "norm"
+    ADD = "add"
+    OPAQUE = "opaque"
+    """A submodule that could not be traced and is treated as one layer."""
+    OTHER = "other"
+
+
+DEFAULT_NOISE_KINDS = frozenset(
+    {SiteKind.INPUT, SiteKind.CONV, SiteKind.LINEAR, SiteKind.ACTIVATION, SiteKind.POOL, SiteKind.OPAQUE}
+)
+"""The paper's placement: the output of every input, conv, linear, activation and pooling layer."""
+
+
+class WeightNoiseKind(str, Enum):
+    """Noise models applied to weights (related work, paper Sec. II)."""
+
+    NONE = "none"
+    ADDITIVE = "additive"
+    """Noisy Machines: ``w + N(0, sigma^2)``."""
+    LOGNORMAL = "lognormal"
+    """BayesFT memristor drift: ``w * exp(lambda)``, ``lambda ~ N(0, sigma^2)``."""
+
+
+def _check_finite_nonneg(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    if math.isnan(value) or math.isinf(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def check_sigma(sigma: float) -> float:
+    """Validate a noise strength: a finite float >= 0."""
+    return _check_finite_nonneg("sigma", sigma)
+
+
+def check_bits(bits: Optional[int]) -> Optional[int]:
+    """Validate a bit width: ``None`` (no quantization) or an int in 2..16."""
+    if bits is None:
+        return None
+    if isinstance(bits, bool) or not isinstance(bits, int):
+        raise TypeError(f"bits must be an int in {MIN_BITS}..{MAX_BITS} or None, got {bits!r}")
+    if not MIN_BITS <= bits <= MAX_BITS:
+        raise ValueError(
+            f"bits must be between {MIN_BITS} and {MAX_BITS} (or None for no quantization), got {bits}"
+        )
+    return bits
+
+
+def check_scale(scale: Optional[float], name: str = "scale") -> Optional[float]:
+    """Validate a quantization step: ``None`` or a finite float > 0."""
+    if scale is None:
+        return None
+    value = _check_finite_nonneg(name, scale)
+    if value == 0:
+        raise ValueError(f"{name} must be > 0 (it is the quantization step s), got {scale!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """Uniform fake quantization of weights and activations (paper Eq. 3-5).
+
+    Weights: symmetric signed grid, one step per output channel for convolutions and one
+    per tensor for linear layers, computed from the current weights' range.
+    Activations: one step per tensor, at the model input and after each activation function,
+    on an unsigned grid after ReLU-like functions and a signed grid elsewhere.
+    """
+
+    bits: int = 8
+    """Bit width of weights and activations (2..16)."""
+    scaling: Scaling = Scaling.CONSTANT
+    """Constant step for every post-activation quantizer, or learned (dynamic) steps."""
+    scale: Optional[float] = 1.0
+    """The constant step ``s`` (only with ``Scaling.CONSTANT``). Not a range: an 8-bit
+    unsigned grid covers ``[0, 255 s]``, a 4-bit one ``[0, 15 s]``."""
+    input_scale: Optional[float] = None
+    """Step of the model-input quantizer; ``None`` takes it from input statistics."""
+    weight_bits: Optional[int] = None
+    """Bit width of weights if it differs from ``bits``; ``None`` means ``bits``."""
+    calibration_steps: int = 30
+    """Statistics-initialised steps use the running max of this many first batches."""
+    quantize_weights: bool = True
+    """Quantize conv/linear weights (per-channel / per-tensor, symmetric)."""
+
+    def __post_init__(self) -> None:
+        check_bits(self.bits)
+        if self.bits is None:
+            raise ValueError("QuantConfig.bits cannot be None; pass quant=None to disable quantization")
+        if self.weight_bits is not None:
+            check_bits(self.weight_bits)
+        object.__setattr__(self, "scaling", Scaling(self.scaling))
+        if self.scaling is Scaling.CONSTANT:
+            if self.scale is None:
+                raise ValueError("constant scaling needs a step: set scale=<float>, or use Scaling.DYNAMIC")
+            check_scale(self.scale)
+        elif self.scale is not None:
+            raise ValueError(
+                f"scale={self.scale} is only used with constant scaling; use scale=None for dynamic scaling"
+            )
+        check_scale(self.input_scale, "input_scale")
+        if self.calibration_steps < 1:
+            raise ValueError(f"calibration_steps must be >= 1, got {self.calibration_steps}")
+
+    @property
+    def w_bits(self) -> int:
+        return self.weight_bits if self.weight_bits is not None else self.bits
+
+
+@dataclass(frozen=True)
+class NoiseConfig:
+    """Additive Gaussian noise ``N(0, sigma^2)`` on layer outputs (paper Fig. 1).
+
+    Noise is forward-only: the gradient passes through unchanged.
+    """
+
+    sigma: float = 0.0
+    """Initial noise strength at every site (change it later with ``set_noise``)."""
+    kinds: frozenset = DEFAULT_NOISE_KINDS
+    """Which site kinds get a noise node; add ``SiteKind.ADD`` for residual adds."""
+    seed: int = 0
+    """Base seed of the per-site ``torch.Generator`` streams (site ``i`` uses ``seed + i``)."""
+
+    def __post_init__(self) -> None:
+        check_sigma(self.sigma)
+        object.__setattr__(self, "kinds", frozenset(SiteKind(k) for k in self.kinds))
+
+
+@dataclass(frozen=True)
+class WeightNoiseConfig:
+    """Noise on weights, sampled afresh at every forward pass (Noisy Machines, BayesFT)."""
+
+    kind: WeightNoiseKind = WeightNoiseKind.NONE
+    """Additive Gaussian or multiplicative log-normal drift."""
+    sigma: float = 0.0
+    """Standard deviation of the additive noise or of the log-normal exponent."""
+    relative: bool = False
+    """Additive only: scale sigma by each tensor's max |w| (Noisy Machines' convention)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", WeightNoiseKind(self.kind))
+        check_sigma(self.sigma)
+
+
+@dataclass(frozen=True)
+class LayerConfig:
+    """What a rule does to a matched site. A rule whose value is ``None`` leaves the site alone."""
+
+    noise: bool = True
+    """Insert a noise node at this site's output."""
+    quantize: bool = True
+    """Quantize this site (its weights for conv/linear, its output for activations/input)."""
+
+
+TypeKey = Union[type, Callable[..., Any], str]
+
+
+@dataclass(frozen=True)
+class SiteRules:
+    """Per-layer overrides, resolved with this precedence (later wins):
+
+    1. the defaults: sites whose kind is in ``NoiseConfig.kinds`` get noise, quantizers
+       go where the method puts them;
+    2. ``by_type``: keyed by module class (matches subclasses) or by function/method
+       target (``torch.add``, ``"relu"`` for ``x.relu()``);
+    3. ``by_regex``: keyed by a regular expression matched (``re.fullmatch``) against the
+       dotted site name;
+    4. ``by_name``: keyed by the exact dotted site name.
+
+    A value of ``None`` means "leave this layer alone": no noise, no quantization.
+    """
+
+    by_type: tuple = ()
+    by_regex: tuple = ()
+    by_name: tuple = ()
+
+    @staticmethod
+    def _items(value: Any) -> tuple:
+        if isinstance(value, Mapping):
+            return tuple(value.items())
+        return tuple(value)
+
+    def __post_init__(self) -> None:
+        for attr in ("by_type", "by_regex", "by_name"):
+            items = self._items(getattr(self, attr))
+            for key, val in items:
+                if val is not None and not isinstance(val, LayerConfig):
+                    raise TypeError(f"SiteRules.{attr}[{key!r}] must be a LayerConfig or None, got {val!r}")
+            object.__setattr__(self, attr, items)
+        for pattern, _ in self.by_regex:
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise ValueError(f"SiteRules.by_regex: invalid regular expression {pattern!r}: {err}") from None
+
+
+@dataclass(frozen=True)
+class HardenConfig:
+    """Everything ``harden`` needs. ``harden(model, bits=..., scale=...)`` builds one of these."""
+
+    quant: Optional[QuantConfig] = field(default_factory=QuantConfig)
+    """Quantization, or ``None`` for noise sites only."""
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    weight_noise: WeightNoiseConfig = field(default_factory=WeightNoiseConfig)
+    rules: SiteRules = field(default_factory=SiteRules)
+    leaf_modules: tuple = ()
+    """Module classes (or dotted names) the tracer must not enter: they become one layer."""
+    strict: bool = False
+    """Raise ``UntraceableModelError`` instead of treating untraceable submodules as opaque."""
+
+    def __post_init__(self) -> None:
+        if self.quant is not None and not isinstance(self.quant, QuantConfig):
+            raise TypeError(f"quant must be a QuantConfig or None, got {self.quant!r}")
+        object.__setattr__(self, "leaf_modules", tuple(self.leaf_modules))
+
+    @classmethod
+    def from_shorthand(
+        cls,
+        bits: Optional[int] = None,
+        scale: Optional[float] = 1.0,
+        sigma: float = 0.0,
+        **kwargs: Any,
+    ) -> "HardenConfig":
+        """The keyword form of ``harden``: ``bits=None`` disables quantization,
+        ``scale=None`` selects dynamic scaling, otherwise ``scale`` is the constant step."""
+        check_bits(bits)
+        quant = None
+        if bits is not None:
+            scaling = Scaling.DYNAMIC if scale is None else Scaling.CONSTANT
+            quant = QuantConfig(bits=bits, scaling=scaling, scale=scale)
+        else:
+            check_scale(scale)
+        return cls(quant=quant, noise=NoiseConfig(sigma=sigma), **kwargs)
+
+    def replace(self, **changes: Any) -> "HardenConfig":
+        return replace(self, **changes)
+
+
+def _ref_to_str(obj: Any) -> str:
+    if isinstance(obj, str):
+        return obj
+    return f"{obj.__module__}:{obj.__qualname__}"
+
+
+_MOVED_MODULES = {
+    **{f"fxharden.{m}": f"fxharden.core.{m}" for m in ("config", "quant", "noise", "layers", "trace", "sites",
+                                                        "passes", "harden")},
+    "fxharden.models": "fxharden.zoo.networks", "fxharden.data": "fxharden.zoo.data",
+}
+"""Where the modules named in configs saved by fxharden 0.1 (a flat package) live now."""
+
+
+def _ref_from_str(ref: str) -> Any:
+    if ":" not in ref:
+        return ref  # a dotted module name or a method name such as "relu"
+    import importlib
+
+    module, _, qualname = ref.partition(":")
+    obj: Any = importlib.import_module(_MOVED_MODULES.get(module, module))
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _layer_to_dict(value: Optional[LayerConfig]) -> Optional[dict]:
+    return None if value is None else {"noise": value.noise, "quantize": value.quantize}
+
+
+def config_to_dict(cfg: HardenConfig) -> dict:
+    """A JSON-serialisable dict of ``cfg`` (inverse: ``config_from_dict``). Classes and
+    functions in rules are stored as ``"module:qualname"``."""
+    q = cfg.quant
+    return {
+        "quant": None if q is None else {
+            "bits": q.bits, "scaling": q.scaling.value, "scale": q.scale, "input_scale": q.input_scale,
+            "weight_bits": q.weight_bits, "calibration_steps": q.calibration_steps,
+            "quantize_weights": q.quantize_weights,
+        },
+        "noise": {"sigma": cfg.noise.sigma, "kinds": sorted(k.value for k in cfg.noise.kinds),
+                  "seed": cfg.noise.seed},
+        "weight_noise": {"kind": cfg.weight_noise.kind.value, "sigma": cfg.weight_noise.sigma,
+                         "relative": cfg.weight_noise.relative},
+        "rules": {
+            attr: [[_ref_to_str(k), _layer_to_dict(v)] for k, v in getattr(cfg.rules, attr)]
+            for attr in ("by_type", "by_regex", "by_name")
+        },
+        "leaf_modules": [_ref_to_str(m) for m in cfg.leaf_modules],
+        "strict": cfg.strict,
+    }
+
+
+def config_from_dict(data: Mapping[str, Any]) -> HardenConfig:
+    """Rebuild a ``HardenConfig`` from ``config_to_dict`` output.
+
+    Raises:
+        ValueError: the dict does not describe a valid configuration.
+    """
+    try:
+        q = data.get("quant")
+        rules = data.get("rules", {})
+
+        def layer(v: Optional[dict]) -> Optional[LayerConfig]:
+            return None if v is None else LayerConfig(**v)
+
+        return HardenConfig(
+            quant=None if q is None else QuantConfig(**{**q, "scaling": Scaling(q["scaling"])}),
+            noise=NoiseConfig(sigma=data["noise"]["sigma"], kinds=frozenset(data["noise"]["kinds"]),
+                              seed=data["noise"].get("seed", 0)),
+            weight_noise=WeightNoiseConfig(**data.get("weight_noise", {})),
+            rules=SiteRules(
+                by_type=tuple((_ref_from_str(k), layer(v)) for k, v in rules.get("by_type", [])),
+                by_regex=tuple((k, layer(v)) for k, v in rules.get("by_regex", [])),
+                by_name=tuple((k, layer(v)) for k, v in rules.get("by_name", [])),
+            ),
+            leaf_modules=tuple(_ref_from_str(m) for m in data.get("leaf_modules", [])),
+            strict=bool(data.get("strict", False)),
+        )
+    except (KeyError, TypeError, AttributeError, ImportError) as err:
+        raise ValueError(f"not a valid fxharden harden config: {type(err).__name__}: {err}") from None

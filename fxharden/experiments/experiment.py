@@ -1,0 +1,407 @@
+"""TOML experiment files -> typed ``Experiment`` -> cells, the work units of ``reproduce``.
+
+An experiment is a set of *curves* (``Variant``: model, bit width, scaling, noisy training),
+a sweep grid, training budgets (the paper's and a CPU-sized one) and the paper's reported
+numbers. A *cell* is one network to train and evaluate:
+
+* ordinary curve (``train_sigma`` fixed, 0 = no noisy training): one cell per seed; each
+  network is swept over the whole grid and the uncertainty of a point is taken across seeds;
+* matched curve (``train_sigma = "matched"``, the paper's noisy training, Fig. 3 and
+  Table II): sigma_train = sigma_inference, so every sigma point is its own network, trained
+  at that sigma and evaluated at that sigma only; one cell per (sigma, seed).
+
+``fxharden.reproduce.reproduce`` runs the cells through an executor (one result file per
+cell) and assembles curves, tables and plots. The TOML format is documented by example in
+``recipes/quickstart.toml``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, replace
+from enum import Enum
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+
+from ..core.config import HardenConfig, check_bits, check_scale, check_sigma, config_to_dict
+from ..training.train import TrainConfig
+from ..zoo.data import DatasetKind, load_splits
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    try:
+        import tomli as tomllib
+    except ModuleNotFoundError:
+        tomllib = None
+
+__all__ = ["Budget", "DatasetKind", "Variant", "BudgetSpec", "SweepSpec", "PaperValue", "DataSpec", "Cell",
+           "Experiment", "ExperimentError", "load_experiment", "parse_experiment"]
+
+PathLike = Union[str, os.PathLike]
+
+
+class ExperimentError(ValueError):
+    """An experiment file that cannot be used; the message names the file and the key."""
+
+
+class Budget(str, Enum):
+    """Which training budget of an experiment to run."""
+
+    PAPER = "paper"
+    """The paper's schedule (500 epochs, 10 networks per point)."""
+    CPU = "cpu"
+    """A budget that fits a laptop CPU (few epochs, subsets, fewer seeds)."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One curve of an experiment."""
+
+    model: str
+    bits: Optional[int] = None
+    """Bit width of weights and activations; ``None`` = fp32 (no quantization)."""
+    scale: Optional[float] = None
+    """Constant step ``s`` of the activation quantizers; ``None`` (with ``bits``) = dynamic."""
+    train_sigma: float = 0.0
+    """Noise during training for an ordinary curve (0 = no noisy training)."""
+    matched: bool = False
+    """Noisy training with sigma_train = sigma_inference: one network per sigma point."""
+    lr: Optional[float] = None
+    """Learning rate; ``None``: the model recipe's (``lr`` or ``lr_quantized``)."""
+
+    def __post_init__(self) -> None:
+        check_bits(self.bits)
+        check_scale(self.scale)
+        check_sigma(self.train_sigma)
+        if self.bits is None and self.scale is not None:
+            raise ValueError(f"{self.model}: fp32 has no quantization step; drop scale={self.scale}")
+        if self.matched and self.train_sigma:
+            raise ValueError("a matched curve trains each network at its own sigma; drop train_sigma")
+
+    @property
+    def scaling(self) -> str:
+        return "-" if self.bits is None else ("dynamic" if self.scale is None else f"s={self.scale:g}")
+
+    @property
+    def training(self) -> str:
+        return "matched" if self.matched else ("off" if not self.train_sigma else f"σ={self.train_sigma:g}")
+
+    @property
+    def key(self) -> str:
+        """File-name-safe identifier, e.g. ``lenet5-b8-s1``, ``lenet5-fp32-matched``."""
+        q = "fp32" if self.bits is None else f"b{self.bits}-" + ("dyn" if self.scale is None else f"s{self.scale:g}")
+        t = "-matched" if self.matched else (f"-nt{self.train_sigma:g}" if self.train_sigma else "")
+        return f"{self.model}-{q}{t}" + (f"-lr{self.lr:g}" if self.lr is not None else "")
+
+    @property
+    def label(self) -> str:
+        q = "fp32" if self.bits is None else f"{self.bits}-bit {self.scaling}"
+        t = ", noisy training σ_train=σ" if self.matched else (f", trained at σ={self.train_sigma:g}"
+                                                             if self.train_sigma else "")
+        return f"{self.model} {q}{t}"
+
+    def harden_config(self) -> HardenConfig:
+        return HardenConfig.from_shorthand(bits=self.bits, scale=self.scale)
+
+
+@dataclass(frozen=True)
+class BudgetSpec:
+    """How much training one budget spends."""
+
+    epochs: Optional[int] = None
+    """``None``: the model recipe's ``paper_epochs`` / ``cpu_epochs``."""
+    seeds: int = 1
+    """Networks per point (the paper: 10)."""
+    train_images: Optional[int] = None
+    """Use the first N training images (``None``: all)."""
+    test_images: Optional[int] = None
+    repeats: Optional[int] = None
+    """Noise draws per point and network; ``None``: the sweep's."""
+    sigmas: Optional[Tuple[float, ...]] = None
+    """Override of the sweep grid for this budget."""
+    matched_sigmas: Optional[Tuple[float, ...]] = None
+    max_steps: Optional[int] = None
+    batch_size: Optional[int] = None
+    """Training batch size; ``None``: the model recipe's (128)."""
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """The noise grid every curve is measured on."""
+
+    sigmas: Tuple[float, ...]
+    """Grid of the ordinary curves (each network swept over all of it)."""
+    matched_sigmas: Tuple[float, ...] = ()
+    """Grid of the matched curves (one network per point); empty = ``sigmas``."""
+    repeats: int = 5
+    batch_size: int = 256
+
+
+@dataclass(frozen=True)
+class PaperValue:
+    """A number the paper reports for a curve (accuracy in percent)."""
+
+    accuracy: Optional[float] = None
+    mu: Optional[float] = None
+    mu_err_pct: Optional[float] = None
+    """Relative error of μ in percent, as printed in Table I."""
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Which data a cell trains and evaluates on (loaded inside the worker)."""
+
+    kind: DatasetKind = DatasetKind.CIFAR10
+    root: Optional[str] = None
+    """CIFAR-10 folder; ``None``: ``$FXHARDEN_DATA`` (never part of a cell's identity)."""
+    train_images: Optional[int] = None
+    test_images: Optional[int] = None
+    synthetic_images: int = 512
+    """Synthetic only: images generated in total (a quarter is the test split)."""
+
+    def load(self):
+        """``(train, test)`` ``TensorImageDataset``s (``fxharden.zoo.data.load_splits``)."""
+        return load_splits(self.kind, self.root, train_images=self.train_images, test_images=self.test_images,
+                           synthetic_images=self.synthetic_images)
+
+    def identity(self) -> Dict[str, Any]:
+        return {"kind": self.kind.value, "train_images": self.train_images, "test_images": self.test_images,
+                "synthetic_images": self.synthetic_images if self.kind is DatasetKind.SYNTHETIC else None}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One network to train and evaluate: the unit of work, of resume and of parallelism."""
+
+    variant: Variant
+    seed: int
+    train_sigma: float
+    """The sigma this network is trained at."""
+    eval_sigmas: Tuple[float, ...]
+    """The sigmas it is swept at (a matched cell: its own sigma only)."""
+    train: TrainConfig
+    harden: HardenConfig
+    data: DataSpec
+    repeats: int
+    sweep_batch_size: int = 256
+
+    def identity(self) -> Dict[str, Any]:
+        """Everything that determines the cell's result (not where data or devices are)."""
+        t = {k: v for k, v in self.train.to_dict().items() if k not in ("device", "precision", "deterministic")}
+        return {"model": self.variant.model, "seed": self.seed, "train_sigma": self.train_sigma,
+                "eval_sigmas": list(self.eval_sigmas), "train": t, "harden": config_to_dict(self.harden),
+                "data": self.data.identity(), "repeats": self.repeats, "sweep_batch_size": self.sweep_batch_size}
+
+    @property
+    def key(self) -> str:
+        """Directory name: readable prefix + hash of the identity (changed settings = new cell)."""
+        digest = hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:10]
+        t = f"-at{self.train_sigma:g}" if self.variant.matched else ""
+        return f"{self.variant.key}{t}-seed{self.seed}-{digest}"
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A parsed experiment file."""
+
+    name: str
+    variants: Tuple[Variant, ...]
+    sweep: SweepSpec
+    budgets: Tuple[Tuple[Budget, BudgetSpec], ...]
+    paper: Tuple[Tuple[str, PaperValue], ...] = ()
+    """``(variant key, value)`` pairs."""
+    dataset: DatasetKind = DatasetKind.CIFAR10
+    default_budget: Budget = Budget.CPU
+    description: str = ""
+    architectures: bool = False
+    """Also write the Table II columns (FLOPs, parameters, noise sites) of every model."""
+    source: str = ""
+
+    def budget(self, budget: Optional[Budget] = None) -> BudgetSpec:
+        budget = Budget(budget or self.default_budget)
+        found = dict(self.budgets).get(budget)
+        if found is None:
+            raise ExperimentError(f"{self.source or self.name}: no [budget.{budget.value}] section; "
+                                  f"it defines {[b.value for b, _ in self.budgets]}")
+        return found
+
+    def paper_value(self, variant: Variant) -> Optional[PaperValue]:
+        return dict(self.paper).get(variant.key)
+
+    def cells(self, budget: Optional[Budget] = None, data: Optional[DataSpec] = None,
+              device: Optional[str] = None) -> List[Cell]:
+        """Every cell of the experiment under ``budget``, curve by curve, seed by seed."""
+        from ..zoo.recipes import training_defaults
+
+        spec = self.budget(budget)
+        data = replace(data or DataSpec(self.dataset), train_images=spec.train_images, test_images=spec.test_images)
+        grid = spec.sigmas or self.sweep.sigmas
+        matched = spec.matched_sigmas or self.sweep.matched_sigmas or grid
+        repeats = spec.repeats or self.sweep.repeats
+        paper_budget = Budget(budget or self.default_budget) is Budget.PAPER
+        cells = []
+        for v in self.variants:
+            d = training_defaults(v.model, v.bits is not None, paper_budget)
+            train = TrainConfig(epochs=spec.epochs or d.epochs, lr=v.lr or d.lr, batch_size=spec.batch_size or d.batch_size,
+                                optimizer=d.optimizer.value, max_steps=spec.max_steps, device=device,
+                                eval_each_epoch=False)
+            for sigma in (matched if v.matched else (v.train_sigma,)):
+                for seed in range(spec.seeds):
+                    cells.append(Cell(v, seed, sigma, (sigma,) if v.matched else tuple(grid),
+                                      replace(train, seed=seed, train_sigma=sigma), v.harden_config(), data,
+                                      repeats, self.sweep.batch_size))
+        return cells
+
+
+# ---------------------------------------------------------------------- TOML -> Experiment
+
+def _floats(value: Any, where: str) -> Tuple[float, ...]:
+    """A list of sigmas, or ``{min, max, points}`` for a log-spaced grid."""
+    if isinstance(value, Mapping):
+        unknown = set(value) - {"min", "max", "points"}
+        if unknown or not {"min", "max", "points"} <= set(value):
+            raise ExperimentError(f"{where}: a grid table needs exactly min, max and points, got {sorted(value)}")
+        lo, hi, n = float(value["min"]), float(value["max"]), int(value["points"])
+        if not (0 < lo < hi) or n < 2:
+            raise ExperimentError(f"{where}: need 0 < min < max and points >= 2, got {dict(value)}")
+        return tuple(float(f"{lo * (hi / lo) ** (i / (n - 1)):.4g}") for i in range(n))
+    if not isinstance(value, list) or not value or not all(isinstance(v, (int, float)) and v > 0 for v in value):
+        raise ExperimentError(f"{where}: expected a non-empty list of sigmas > 0 or {{min, max, points}}, got {value!r}")
+    return tuple(sorted(float(v) for v in value))
+
+
+def _as_list(value: Any) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def _bits(value: Any, where: str) -> Optional[int]:
+    if value == "fp32":
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise ExperimentError(f"{where}: bits must be \"fp32\" or an integer 2..16, got {value!r}")
+
+
+def _scaling(value: Any, where: str) -> Optional[float]:
+    if value == "dynamic":
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    raise ExperimentError(f"{where}: scaling must be \"dynamic\" or a constant step s > 0, got {value!r}")
+
+
+def _training(value: Any, where: str) -> Tuple[float, bool]:
+    if value == "matched":
+        return 0.0, True
+    if value == "off":
+        return 0.0, False
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+        return float(value), False
+    raise ExperimentError(f"{where}: train_sigma entries must be \"off\", \"matched\" or a sigma >= 0, got {value!r}")
+
+
+def _check_keys(table: Mapping, allowed: Iterable[str], where: str) -> None:
+    unknown = sorted(set(table) - set(allowed))
+    if unknown:
+        raise ExperimentError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(allowed)}")
+
+
+def _variants(group: Mapping, where: str) -> List[Variant]:
+    _check_keys(group, ("models", "bits", "scaling", "train_sigma", "lr"), where)
+    if "models" not in group:
+        raise ExperimentError(f"{where}: needs models = [\"lenet5\", ...]")
+    out = []
+    for model in _as_list(group["models"]):
+        for b in _as_list(group.get("bits", "fp32")):
+            bits = _bits(b, f"{where}.bits")
+            scalings = [None] if bits is None else [_scaling(s, f"{where}.scaling")
+                                                    for s in _as_list(group.get("scaling", "dynamic"))]
+            for scale in scalings:
+                for t in _as_list(group.get("train_sigma", "off")):
+                    sigma, matched = _training(t, f"{where}.train_sigma")
+                    try:
+                        out.append(Variant(str(model), bits, scale, sigma, matched, group.get("lr")))
+                    except (TypeError, ValueError) as err:
+                        raise ExperimentError(f"{where}: {err}") from None
+    return out
+
+
+def _budget(table: Mapping, where: str) -> BudgetSpec:
+    _check_keys(table, [f.name for f in BudgetSpec.__dataclass_fields__.values()], where)
+    kw = dict(table)
+    for key in ("sigmas", "matched_sigmas"):
+        if key in kw:
+            kw[key] = _floats(kw[key], f"{where}.{key}")
+    spec = BudgetSpec(**kw)
+    if spec.seeds < 1 or (spec.epochs is not None and spec.epochs < 1):
+        raise ExperimentError(f"{where}: seeds and epochs must be >= 1")
+    return spec
+
+
+def parse_experiment(data: Mapping[str, Any], source: str = "<experiment>") -> Experiment:
+    """Turn the dict of an experiment TOML file into an ``Experiment`` (see ``recipes/``).
+
+    Raises:
+        ExperimentError: a missing or unknown key or a bad value; the message names it.
+    """
+    _check_keys(data, ("name", "description", "dataset", "budget", "architectures", "sweep", "grid", "paper"),
+                source)
+    for key in ("name", "sweep", "grid", "budget"):
+        if key not in data:
+            raise ExperimentError(f"{source}: missing [{key}]" if key != "name" else f"{source}: missing name = \"...\"")
+    sweep = data["sweep"]
+    _check_keys(sweep, ("sigmas", "matched_sigmas", "repeats", "batch_size"), f"{source} [sweep]")
+    grid = _floats(sweep.get("sigmas"), f"{source} [sweep].sigmas")
+    matched = _floats(sweep["matched_sigmas"], f"{source} [sweep].matched_sigmas") if "matched_sigmas" in sweep else ()
+    budgets = data["budget"]
+    default = budgets.get("default", Budget.CPU.value) if isinstance(budgets, Mapping) else None
+    try:
+        default, dataset = Budget(default), DatasetKind(data.get("dataset", "cifar10"))
+        named = {Budget(k): _budget(v, f"{source} [budget.{k}]") for k, v in budgets.items() if k != "default"}
+    except ValueError as err:
+        if isinstance(err, ExperimentError):
+            raise
+        raise ExperimentError(f"{source}: {err}; budgets are {[b.value for b in Budget]}, datasets "
+                              f"{[d.value for d in DatasetKind]}") from None
+    variants: Dict[str, Variant] = {}
+    for i, group in enumerate(_as_list(data["grid"])):
+        for v in _variants(group, f"{source} [[grid]] #{i + 1}"):
+            variants.setdefault(v.key, v)
+    paper = []
+    for i, row in enumerate(_as_list(data.get("paper", []))):
+        where = f"{source} [[paper]] #{i + 1}"
+        _check_keys(row, ("model", "bits", "scaling", "train_sigma", "accuracy", "mu", "mu_err_pct", "source"), where)
+        bits = _bits(row.get("bits", "fp32"), where)
+        sigma, is_matched = _training(row.get("train_sigma", "off"), where)
+        scale = _scaling(row.get("scaling", "dynamic"), where) if bits is not None else None
+        key = Variant(str(row["model"]), bits, scale, sigma, is_matched).key
+        paper.append((key, PaperValue(row.get("accuracy"), row.get("mu"), row.get("mu_err_pct"),
+                                      row.get("source", ""))))
+    return Experiment(name=str(data["name"]), variants=tuple(variants.values()),
+                      sweep=SweepSpec(grid, matched, int(sweep.get("repeats", 5)), int(sweep.get("batch_size", 256))),
+                      budgets=tuple(named.items()), paper=tuple(paper), dataset=dataset, default_budget=default,
+                      description=str(data.get("description", "")), architectures=bool(data.get("architectures")),
+                      source=source)
+
+
+def load_experiment(path: PathLike) -> Experiment:
+    """Read an experiment TOML file.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ExperimentError: invalid TOML or an invalid experiment (the message says where).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no experiment file at {path}; the paper's experiments are in recipes/*.toml")
+    if tomllib is None:
+        raise ImportError("reading experiment files on Python 3.10 needs tomli: pip install tomli")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ExperimentError(f"{path}: not valid TOML ({err})") from None
+    return parse_experiment(data, str(path))

@@ -1,0 +1,144 @@
+"""What ``reproduce`` writes for people: results.md / results.csv (one row per curve, beside
+the paper's numbers), architectures.md (Table II columns) and the figures (accuracy vs σ per
+model, peak accuracy vs μ)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Dict, List
+
+from .._files import atomic_write_text
+from ..measure.plots import new_figure, save_figure, save_plots
+from .curves import Curve
+from .experiment import Budget, Experiment, PaperValue
+
+__all__ = ["write_tables", "write_architectures", "write_figures"]
+
+
+def _fmt_mu(curve: Curve) -> str:
+    fit = curve.result.fit
+    if fit is not None and fit.ok:
+        return f"{fit.mu:.3g} ± {fit.mu_err:.2g}"
+    if fit is not None and math.isfinite(fit.mu_crossing):
+        return f"~{fit.mu_crossing:.3g} ({fit.status.value})"
+    return f"({fit.status.value if fit is not None else 'no fit'})"
+
+
+_COLUMNS = ["curve", "model", "bits", "scaling", "noisy training", "networks", "peak acc %", "μ", "fit",
+            "paper acc %", "paper μ"]
+
+
+def _rows(curves: List[Curve]) -> List[List[Any]]:
+    rows = []
+    for c in curves:
+        v, fit, p = c.variant, c.result.fit, c.paper
+        mu = "" if p is None or p.mu is None else f"{p.mu:g}" + (f" (±{p.mu_err_pct:g}%)" if p.mu_err_pct else "")
+        rows.append([v.key, v.model, "fp32" if v.bits is None else v.bits, v.scaling, v.training,
+                     len(c.result.clean_accuracies), f"{100 * c.peak_accuracy:.1f}", _fmt_mu(c),
+                     fit.status.value if fit is not None else "", "" if p is None or p.accuracy is None
+                     else f"{p.accuracy:g}", mu])
+    return rows
+
+
+def write_tables(exp: Experiment, curves: List[Curve], out: Path, budget: Budget, failed: Dict[str, str]) -> Dict[str, Path]:
+    import csv
+    import io
+
+    rows = _rows(curves)
+    md = [f"# {exp.name} ({budget.value} budget)", "", exp.description.strip(), "",
+          "| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
+    md += ["| " + " | ".join(str(x) for x in r) + " |" for r in rows]
+    md += ["", "μ: midpoint noise level (fit of Eq. 1; `~x (status)` = model-free crossing estimate when the "
+           "fit is not OK). Matched curves: every point is its own network, trained and evaluated at that σ."]
+    if failed:
+        md += ["", f"**{len(failed)} cell(s) failed** (see failures.json): " + ", ".join(sorted(failed))]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["curve", "model", "bits", "scaling", "noisy_training", "networks", "peak_accuracy", "mu", "mu_err",
+                "mu_crossing", "fit_status", "paper_accuracy", "paper_mu", "paper_mu_err_pct"])
+    for c in curves:
+        f, p = c.result.fit, c.paper or PaperValue()
+        w.writerow([c.variant.key, c.variant.model, "fp32" if c.variant.bits is None else c.variant.bits,
+                    c.variant.scaling, c.variant.training, len(c.result.clean_accuracies), c.peak_accuracy,
+                    f.mu if f else "", f.mu_err if f else "", f.mu_crossing if f else "", f.status.value if f else "",
+                    p.accuracy if p.accuracy is not None else "", p.mu if p.mu is not None else "",
+                    p.mu_err_pct if p.mu_err_pct is not None else ""])
+    files = {"markdown": out / "results.md", "csv": out / "results.csv"}
+    text, table = "\n".join(md) + "\n", buf.getvalue()
+    atomic_write_text(files["markdown"], text)
+    atomic_write_text(files["csv"], table)
+    if exp.architectures:
+        files["architectures"] = write_architectures(exp, out)
+    return files
+
+
+def write_architectures(exp: Experiment, out: Path) -> Path:
+    from ..zoo.recipes import find_recipe
+    from ..zoo.summary import architecture_summary
+
+    lines = ["| model | MFLOPs | paper | M params | paper | noisy layers | paper |", "|---|---|---|---|---|---|---|"]
+    for model in dict.fromkeys(v.model for v in exp.variants):
+        s = architecture_summary(model)
+        recipe = find_recipe(model)
+        paper = recipe.paper if recipe is not None else {}
+        lines.append(f"| {model} | {s['mflops']:.2f} | {paper.get('mflops', '')} | {s['mparams']:.2f} | "
+                     f"{paper.get('mparams', '')} | {s['noisy_layers']} | {paper.get('noisy_layers', '')} |")
+    text = "\n".join(lines + ["", "FLOPs of one 3x32x32 input with the 10-class head (the paper's VGG-11 and "
+                               "ResNet-18 numbers match the 1000-class head)."]) + "\n"
+    atomic_write_text(out / "architectures.md", text)
+    return out / "architectures.md"
+
+
+def write_figures(curves: List[Curve], out: Path) -> Dict[str, Path]:
+    import numpy as np
+
+
+    files: Dict[str, Path] = {}
+    for c in curves:
+        save_plots(c.result, out / "curves" / c.variant.key)
+    models = list(dict.fromkeys(c.variant.model for c in curves))
+    for model in models:
+        fig = new_figure(7.0, 4.4)
+        ax = fig.add_subplot()
+        for i, c in enumerate(x for x in curves if x.variant.model == model):
+            sig, acc, err = c.result.curve()
+            color, style = f"C{i % 10}", "--" if c.variant.matched or c.variant.train_sigma else "-"
+            ax.errorbar(sig, acc, yerr=err, fmt="o", ms=3, capsize=2, color=color, label=c.variant.label)
+            fit = c.result.fit
+            if fit is not None and math.isfinite(fit.mu):
+                xs = np.geomspace(sig.min(), sig.max(), 200)
+                ax.plot(xs, fit.curve(xs), style, lw=1.1, color=color)
+        ax.set_xscale("log")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("noise strength σ (σ_train = σ for noisy training)")
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"{model}: accuracy vs σ", fontsize=10)
+        ax.legend(fontsize=6, loc="lower left")
+        ax.grid(True, alpha=0.3)
+        files[f"curves_{model}"] = save_figure(fig, out / "plots" / f"accuracy_vs_sigma_{model}.png")
+    fig = new_figure(6.4, 4.4)
+    ax = fig.add_subplot()
+    for i, model in enumerate(models):
+        for c in (x for x in curves if x.variant.model == model):
+            fit = c.result.fit
+            mu, err, fmt = (fit.mu, fit.mu_err, "o") if fit is not None and fit.ok else \
+                (fit.mu_crossing if fit is not None else math.nan, None, "x")
+            if math.isfinite(mu):
+                ax.errorbar(mu, 100 * c.peak_accuracy, xerr=err, fmt=fmt, color=f"C{i}", ms=4)
+                ax.annotate(c.variant.key.removeprefix(model + "-"), (mu, 100 * c.peak_accuracy), fontsize=6,
+                            xytext=(3, 3), textcoords="offset points")
+            p = c.paper
+            if p is not None and p.mu is not None and p.accuracy is not None:
+                ax.plot(p.mu, p.accuracy, "s", mfc="none", color=f"C{i}", ms=5)
+        ax.plot([], [], "o", color=f"C{i}", label=f"{model} (measured)")
+    ax.plot([], [], "x", color="gray", label="crossing estimate (fit not OK)")
+    ax.plot([], [], "s", mfc="none", color="gray", label="paper")
+    ax.set_xscale("log")
+    ax.set_xlabel("midpoint noise level μ")
+    ax.set_ylabel("peak accuracy (%)")
+    ax.set_title("accuracy vs robustness (Pareto)", fontsize=10)
+    ax.legend(fontsize=7)
+    ax.grid(True, alpha=0.3)
+    files["pareto"] = save_figure(fig, out / "plots" / "pareto.png")
+    return files

@@ -1,0 +1,228 @@
+"""``reproduce``: run an experiment's cells, assemble its curves, write tables and plots.
+
+Output directory layout (the same for every executor)::
+
+    experiment.json            the experiment, budget and data as run
+    cells/<cell key>/          checkpoint.pt, train_log.json, sweep/ (resumable progress),
+                               result.json (written atomically by the driver: the cell is done)
+    curves/<curve key>/        results.json / results.csv / accuracy_vs_sigma.png of a curve
+    results.md, results.csv    one row per curve, side by side with the paper's numbers
+    architectures.md           Table II columns (when the experiment asks for them)
+    plots/                     accuracy vs sigma per model, peak accuracy vs μ (Pareto)
+    failures.json              cells that failed after their retries, with tracebacks
+
+A cell whose ``result.json`` exists is never run again; a cell interrupted mid-training
+resumes from its last epoch checkpoint, mid-sweep from its recorded points.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+from .._files import atomic_write_bytes, atomic_write_json
+from ..measure.results import RESULTS_JSON, load_result
+from .executors import Executor, ExecutorKind, make_executor
+from .experiment import Budget, Cell, DataSpec, DatasetKind, Experiment, load_experiment
+
+from .curves import Curve, merge_curve
+from .report import write_figures, write_tables
+
+__all__ = ["reproduce", "run_cell", "ReproduceResult", "Curve", "RESULT"]
+
+RESULT = "result.json"
+SWEEP_DIR = "sweep"
+CELL_FORMAT = "fxharden-cell-v1"
+PathLike = Union[str, os.PathLike]
+
+
+def run_cell(cell: Cell, workdir: str, ship_checkpoint: bool = False) -> Dict[str, Any]:
+    """Train one cell's network (resuming from ``workdir`` if a checkpoint is there), sweep it
+    at ``cell.eval_sigmas`` and return the result record (the driver writes it).
+
+    The record holds the cell's summary; its swept points live once, in the sweep's
+    ``results.json`` (``record["sweep"]``, relative to the cell directory). With
+    ``ship_checkpoint`` the bytes of the checkpoint and of that file travel back in
+    ``record["files"]`` (for workers that do not share the driver's file system).
+    """
+    import torch
+
+    from ..core.config import config_to_dict
+    from ..core.harden import harden
+    from ..zoo.models import build_model
+    from ..measure.sweep import SweepConfig, sweep
+    from ..training.train import CHECKPOINT, train
+
+    out = Path(workdir)
+    train_data, test_data = cell.data.load()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cell.seed)
+        model = harden(build_model(cell.variant.model, num_classes=train_data.num_classes), config=cell.harden)
+    trained = train(model, train_data, test_data, cell.train, out, resume=True, arch=cell.variant.model,
+                    arch_kwargs={"num_classes": train_data.num_classes})
+    swept = sweep(trained.model, test_data, out=out / SWEEP_DIR,
+                  config=SweepConfig(sigmas=cell.eval_sigmas, repeats=cell.repeats, seed=cell.seed,
+                                     batch_size=cell.sweep_batch_size, device=cell.train.device))
+    record = {
+        "format": CELL_FORMAT, "key": cell.key, "identity": cell.identity(), "variant": asdict(cell.variant),
+        "seed": cell.seed, "train_sigma": cell.train_sigma, "test_accuracy": trained.test_accuracy,
+        "clean_accuracy": swept.clean_accuracy, "chance": swept.chance, "num_images": swept.num_images,
+        "sites": swept.sites, "harden": config_to_dict(cell.harden),
+        "sweep": f"{SWEEP_DIR}/{RESULTS_JSON}",
+        "fit": swept.fit.to_dict() if swept.fit is not None else None,
+        "train": {"seconds": trained.seconds, "steps": trained.steps, "epochs": len(trained.history),
+                  "loss": trained.history[-1].loss if trained.history else None},
+        "sweep_seconds": swept.timing.get("seconds"), "checkpoint": CHECKPOINT,
+    }
+    if ship_checkpoint:
+        record["files"] = {name: (out / name).read_bytes() for name in (CHECKPOINT, record["sweep"])}
+    return record
+
+
+def cell_points(record: Dict[str, Any], cell_dir: Path) -> List[Dict[str, Any]]:
+    """The swept points of a finished cell, ``[{"sigma", "correct": [per repeat], "total"}]``:
+    read from the cell's sweep results (records written before that change carry them inline)."""
+    if "points" in record:
+        return record["points"]
+    swept = load_result(cell_dir / record["sweep"])
+    return [{"sigma": p.sigma, "correct": list(p.correct[0]), "total": p.total} for p in swept.site_points()]
+
+
+@dataclass
+class ReproduceResult:
+    """What ``reproduce`` did and where it wrote it."""
+
+    experiment: Experiment
+    out: Path
+    curves: List[Curve]
+    computed: List[str] = field(default_factory=list)
+    """Cells run by this call."""
+    reused: List[str] = field(default_factory=list)
+    """Cells found finished in ``out`` and not run again."""
+    failed: Dict[str, str] = field(default_factory=dict)
+    """Cells that failed after all their attempts: key -> traceback."""
+    files: Dict[str, Path] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def _check_data(spec: DataSpec) -> None:
+    """Fail before any cell starts when the data are missing (the error says where to put them)."""
+    if spec.kind is DatasetKind.CIFAR10:
+        from ..zoo.data import load_cifar10
+
+        load_cifar10("test", spec.root)
+
+
+def reproduce(
+    experiment: Union[PathLike, Experiment],
+    out: PathLike,
+    *,
+    jobs: int = 1,
+    executor: Union[ExecutorKind, str, Executor, None] = None,
+    budget: Union[Budget, str, None] = None,
+    data: Optional[PathLike] = None,
+    synthetic: bool = False,
+    device: Optional[str] = None,
+    address: Optional[str] = None,
+    retries: Optional[int] = None,
+    num_gpus: float = 0,
+    progress: bool = True,
+) -> ReproduceResult:
+    """Train and sweep every cell of an experiment, then write its tables and plots.
+
+    Args:
+        experiment: a TOML file (``recipes/*.toml``) or a parsed ``Experiment``.
+        out: output directory; rerunning with the same one skips finished cells.
+        jobs: cells in parallel (local processes, or Ray tasks sized to fill this machine).
+        executor: ``"local"`` (default), ``"ray"``, or an ``Executor`` instance.
+        budget: ``"paper"`` or ``"cpu"``; ``None``: the experiment's default.
+        data: CIFAR-10 folder (default ``$FXHARDEN_DATA``).
+        synthetic: use generated data instead of CIFAR-10 (smoke runs).
+        device: training/sweep device; ``None``: CUDA when available.
+        address: Ray cluster address (``executor="ray"``).
+        retries: extra attempts per failing cell (default: 0 local, 2 Ray).
+        num_gpus: GPUs per Ray task (a fraction packs several cells on one GPU).
+        progress: print one line per finished cell.
+
+    Returns:
+        A ``ReproduceResult``; failed cells are listed in ``failed`` (and failures.json)
+        while the finished ones are in the tables.
+
+    Raises:
+        DataNotFoundError: CIFAR-10 is not where ``data``/``$FXHARDEN_DATA`` point.
+        ExperimentError: an invalid experiment file.
+        ImportError: ``executor="ray"`` without Ray installed (names the extra).
+    """
+    start = time.perf_counter()
+    exp = experiment if isinstance(experiment, Experiment) else load_experiment(experiment)
+    budget = Budget(budget or exp.default_budget)
+    kind = DatasetKind.SYNTHETIC if synthetic else exp.dataset
+    cells = exp.cells(budget, DataSpec(kind, root=str(data) if data is not None else None), device)
+    _check_data(cells[0].data)
+    out = Path(out)
+    atomic_write_json(out / "experiment.json", {"name": exp.name, "source": exp.source, "budget": budget.value,
+                                          "data": cells[0].data.identity(), "cells": [c.key for c in cells]})
+    done: Dict[str, Dict[str, Any]] = {}
+    for c in cells:
+        path = out / "cells" / c.key / RESULT
+        if path.is_file():
+            record = json.loads(path.read_text())
+            done[c.key] = {**record, "points": cell_points(record, path.parent)}
+    todo = [c for c in cells if c.key not in done]
+    res = ReproduceResult(exp, out, [], reused=list(done))
+    console = None
+    if progress:
+        from rich.console import Console
+
+        console = Console(stderr=True)
+        console.print(f"{exp.name}: {len(cells)} cells ({len(done)} already done), budget {budget.value}")
+    attempts: Dict[str, int] = {}
+    if todo:
+        own = not isinstance(executor, Executor)
+        ex = make_executor(ExecutorKind(executor or "local"), jobs, address, retries, num_gpus) if own else executor
+        try:
+            for c in todo:
+                ex.submit(c.key, run_cell, c, str(out / "cells" / c.key), not ex.shared_filesystem)
+            for outcome in ex.as_completed():
+                cell_dir = out / "cells" / outcome.key
+                if outcome.ok:
+                    record = outcome.value
+                    for name, blob in record.pop("files", {}).items():
+                        atomic_write_bytes(cell_dir / name, lambda f, blob=blob: f.write(blob))
+                    atomic_write_json(cell_dir / RESULT, record)
+                    done[outcome.key] = {**record, "points": cell_points(record, cell_dir)}
+                    res.computed.append(outcome.key)
+                else:
+                    res.failed[outcome.key] = outcome.error or ""
+                    attempts[outcome.key] = outcome.attempts
+                if console is not None:
+                    n = len(res.computed) + len(res.failed)
+                    what = (f"acc {done[outcome.key]['test_accuracy']:.3f}" if outcome.ok else
+                            f"[red]FAILED after {outcome.attempts} attempt(s)[/red]")
+                    console.print(f"[{n}/{len(todo)}] {outcome.key}: {what}")
+        finally:
+            if own:
+                ex.close()
+    failures = out / "failures.json"
+    if res.failed:
+        atomic_write_json(failures, {k: {"attempts": attempts[k], "traceback": tb} for k, tb in res.failed.items()})
+    elif failures.exists():
+        failures.unlink()
+    for v in exp.variants:
+        curve = merge_curve(v, [c for c in cells if c.variant == v], done)
+        if curve is not None:
+            curve.paper = exp.paper_value(v)
+            curve.result.save(out / "curves" / v.key)
+            res.curves.append(curve)
+    res.files = write_tables(exp, res.curves, out, budget, res.failed)
+    if res.curves:
+        res.files.update(write_figures(res.curves, out))
+    res.seconds = time.perf_counter() - start
+    if console is not None:
+        console.print(f"wrote {res.files['markdown']} ({len(res.computed)} cells run, {len(res.reused)} reused, "
+                      f"{len(res.failed)} failed) in {res.seconds:.0f} s")
+    return res

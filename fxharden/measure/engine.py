@@ -1,0 +1,182 @@
+"""The sweep engine: evaluation data kept on the device, and chunks of (site, σ, repeat)
+items measured in one replicated forward pass each, reused from the point store on resume.
+
+Seeding: before a chunk runs on network ``n`` every noise stream is restarted with
+``seed_noise(model, chunk_seed(seed, n, chunk_key(items)))``, so a point's accuracies depend
+only on the seed, the network, the data and its chunk, never on what ran before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..core.harden import HardenedModule, noise_sites, seed_noise
+from ..core.noise import Noise
+from .results import PointStore, SweepMode
+from .sweep_config import SweepConfig
+
+__all__ = ["EvalData", "Engine", "Level", "Item", "chunk_key", "chunk_seed", "weights_sha256", "CACHE_BYTES"]
+
+CACHE_BYTES = 2 << 30
+"""Evaluation data up to this size stay on the device as normalised batches between passes."""
+
+Level = Tuple[Optional[str], float]  # (site, or None for global noise; sigma)
+Item = Tuple[Optional[str], float, int]  # (site, sigma, repeat)
+
+
+class EvalData:
+    """The evaluation batches on the device: kept after the first pass when they fit in
+    ``CACHE_BYTES``, otherwise read from the source again on every pass."""
+
+    def __init__(self, data: Any, batch_size: int, max_images: Optional[int], device: torch.device) -> None:
+        from ..zoo.data import TensorImageDataset, as_batches
+
+        if isinstance(data, TensorImageDataset) and max_images is not None and max_images < len(data):
+            data, max_images = data.subset(max_images), None
+        self._source = lambda: as_batches(data, batch_size, device)
+        self.max_images, self.device = max_images, device
+        self.cache: Optional[List[Tuple[Tensor, Tensor]]] = []
+        self.num_images, size, labels = 0, 0, hashlib.sha256()
+        total = torch.zeros((), dtype=torch.float64, device=device)
+        for x, y in self._read():
+            self.num_images += len(y)
+            labels.update(y.detach().cpu().numpy().tobytes())
+            total += x.double().sum()
+            size += x.numel() * x.element_size()
+            if self.cache is not None:
+                self.cache.append((x, y))
+                self.cache = self.cache if size <= CACHE_BYTES else None
+        if self.num_images == 0:
+            raise ValueError("the evaluation data are empty; pass a dataset with at least one image")
+        self.identity = {"images": self.num_images, "labels_sha256": labels.hexdigest(), "inputs_sum": float(total)}
+
+    def _read(self) -> Iterator[Tuple[Tensor, Tensor]]:
+        seen = 0
+        for x, y in self._source():
+            if self.max_images is not None and seen + len(y) > self.max_images:
+                x, y = x[:self.max_images - seen], y[:self.max_images - seen]
+            if len(y):
+                yield x, y
+            seen += len(y)
+            if self.max_images is not None and seen >= self.max_images:
+                return
+
+    def __iter__(self) -> Iterator[Tuple[Tensor, Tensor]]:
+        return iter(self.cache) if self.cache is not None else self._read()
+
+
+def weights_sha256(hm: HardenedModule) -> str:
+    skip = {f"{name}.sigma" for name, m in hm.named_modules() if isinstance(m, Noise)}
+    h = hashlib.sha256()
+    for key, t in sorted(hm.state_dict().items()):
+        if key not in skip:
+            h.update(key.encode())
+            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def chunk_key(items: Sequence[Item]) -> str:
+    return hashlib.sha256(json.dumps([[s, repr(float(g)), r] for s, g, r in items]).encode()).hexdigest()[:32]
+
+
+def chunk_seed(seed: int, network: int, key: str) -> int:
+    return int(hashlib.sha256(f"{seed}/{network}/{key}".encode()).hexdigest()[:15], 16)
+
+
+class Engine:
+    """Measures chunks of items on every network; chunks already in the store are reused."""
+
+    def __init__(self, nets: List[HardenedModule], data: EvalData, sites: List[str], cfg: SweepConfig, per_forward: int,
+                 progress: Optional[Callable[[int, int], None]]) -> None:
+        self.nets, self.data, self.sites, self.cfg, self.R, self.progress = nets, data, sites, cfg, per_forward, progress
+        self.mods = [{m.site: m for m in hm.modules() if isinstance(m, Noise) and m.site in names}
+                     for hm, names in ((hm, set(noise_sites(hm))) for hm in nets)]
+        self.store: Optional[PointStore] = None
+        self.done: Dict[str, Dict[str, Any]] = {}
+        self.counts: Dict[Level, List[List[int]]] = {}
+        self.images_done = self.images_total = 0
+        self.stats = {"forwards": 0, "images": 0, "points_measured": 0, "points_reused": 0, "eval_seconds": 0.0}
+
+    def attach(self, store: PointStore) -> None:
+        self.store, self.done = store, store.load()
+
+    def _set_sigmas(self, n: int, items: Sequence[Item]) -> None:
+        for site, mod in self.mods[n].items():
+            if self.cfg.mode is SweepMode.GLOBAL:
+                vec = [g if site in self.sites else 0.0 for _, g, _ in items]
+            else:
+                vec = [g if s == site else 0.0 for s, g, _ in items]
+            mod.set_sigma(vec[0] if len(set(vec)) == 1 else vec)
+
+    def warm_up(self) -> int:
+        """One clean forward of the first batch per network (a statistics-based quantizer that
+        never saw data calibrates on it, the same in every run); returns the class count."""
+        x, out = next(iter(self.data))[0], None
+        for n, hm in enumerate(self.nets):
+            self._set_sigmas(n, [(None, 0.0, 0)])
+            with torch.inference_mode():
+                out = hm(x)
+            if not isinstance(out, Tensor) or out.dim() != 2:
+                raise TypeError(f"the model must return logits (batch, classes) to be swept, got {type(out).__name__}"
+                                f"{tuple(out.shape) if isinstance(out, Tensor) else ''}")
+        return out.shape[1]
+
+    def _run(self, n: int, items: Sequence[Item], seed: int) -> List[int]:
+        hm, R, t0 = self.nets[n], len(items), time.perf_counter()
+        self._set_sigmas(n, items)
+        seed_noise(hm, seed)
+        correct = torch.zeros(R, dtype=torch.long, device=self.data.device)
+        with torch.inference_mode():
+            for x, y in self.data:
+                out = hm(x.repeat(R, *([1] * (x.dim() - 1))) if R > 1 else x)
+                correct += (out.argmax(1).view(R, -1) == y).sum(1)
+                self.stats["forwards"] += 1
+                self.stats["images"] += R * len(y)
+        counts = correct.tolist()  # the one host sync of the chunk
+        self.stats["eval_seconds"] += time.perf_counter() - t0
+        return counts
+
+    def _chunk(self, key: str, n: int, items: Sequence[Item], seed: int) -> List[int]:
+        rec, tally = self.done.get(f"{key}/{n}"), key != "clean"  # the clean pass is not a sweep point
+        if rec is not None and rec["total"] == self.data.num_images:
+            self.stats["points_reused"] += len(items) * tally
+            return rec["correct"]
+        correct = self._run(n, items, seed)
+        self.stats["points_measured"] += len(items) * tally
+        if self.store is not None:
+            self.store.append({"key": f"{key}/{n}", "items": [list(i) for i in items], "correct": correct,
+                               "total": self.data.num_images})
+        return correct
+
+    def clean(self) -> List[float]:
+        """The accuracy at sigma 0 of every network, unreplicated."""
+        return [self._chunk("clean", n, [(None, 0.0, 0)], 0)[0] / self.data.num_images for n in range(len(self.nets))]
+
+    def measure(self, levels: Sequence[Level]) -> None:
+        """Measure ``levels`` (each with every repeat) on every network, in chunks of ``R`` items."""
+        items = [(s, g, r) for s, g in levels if (s, g) not in self.counts for r in range(self.cfg.repeats)]
+        for start in range(0, len(items), self.R):
+            chunk = items[start:start + self.R]
+            key = chunk_key(chunk)
+            for n in range(len(self.nets)):
+                correct = self._chunk(key, n, chunk, chunk_seed(self.cfg.seed, n, key))
+                for (s, g, r), c in zip(chunk, correct):
+                    self.counts.setdefault((s, g), [[0] * self.cfg.repeats for _ in self.nets])[n][r] = int(c)
+                self.images_done += len(chunk) * self.data.num_images
+                self.images_total = max(self.images_total, self.images_done)
+                if self.progress is not None:
+                    self.progress(self.images_done, self.images_total)
+
+    def expect(self, levels: int) -> None:
+        """Progress estimate: the images done plus ``levels`` more levels."""
+        self.images_total = self.images_done + levels * self.cfg.repeats * len(self.nets) * self.data.num_images
+
+    def mean(self, level: Level) -> float:
+        return float(np.mean(self.counts[level])) / self.data.num_images

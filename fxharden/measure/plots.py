@@ -1,0 +1,125 @@
+"""PNG plots of a sweep: accuracy versus sigma with the fitted curve, and per-layer μ.
+
+Figures are drawn with matplotlib's object API on an Agg canvas: no pyplot, no global
+backend switch, safe in headless runs and in notebooks alike.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Dict, Optional, Union
+
+import numpy as np
+
+from .._files import atomic_write_bytes
+from .results import SweepMode, SweepResult
+
+__all__ = ["plot_accuracy", "plot_per_layer", "save_plots", "new_figure", "save_figure", "ACCURACY_PNG", "PER_LAYER_PNG"]
+
+ACCURACY_PNG, PER_LAYER_PNG = "accuracy_vs_sigma.png", "per_layer_mu.png"
+
+PathLike = Union[str, os.PathLike]
+
+
+def new_figure(width: float, height: float):
+    """A matplotlib figure that never touches a display (Agg canvas), sized in inches."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def plot_accuracy(result: SweepResult, path: PathLike, site: Optional[str] = None) -> Path:
+    """Accuracy versus sigma (log axis) with error bars, the fitted curve and μ marked.
+
+    Args:
+        result: a sweep result.
+        path: the PNG to write.
+        site: per-layer mode: the site to plot; ``None`` plots the global curve, or in
+            per-layer mode the curves of the (at most 8) most sensitive sites.
+
+    Returns:
+        ``path`` as a ``Path``.
+    """
+    fig = new_figure(6.4, 4.2)
+    ax = fig.add_subplot()
+    if result.mode is SweepMode.GLOBAL or site is not None:
+        curves = [(site, result.fit if site is None else result.per_site.get(site))]
+    else:
+        curves = [(s, f) for s, f in result.ranking()[:8]]
+    for i, (name, fit) in enumerate(curves):
+        sig, acc, err = result.curve(name)
+        keep = sig > 0  # a log axis has no sigma 0; the clean accuracy is drawn as a line
+        sig, acc, err = sig[keep], acc[keep], err[keep]
+        if not len(sig):
+            continue
+        color = f"C{i % 10}"
+        label = "global noise" if name is None else name
+        if fit is not None:
+            label += f": μ = {fit.mu:.3g} ± {fit.mu_err:.2g}" if math.isfinite(fit.mu) else ": no μ"
+            label += "" if fit.ok else f" ({fit.status.value})"
+        ax.errorbar(sig, acc, yerr=err, fmt="o", ms=3.5, capsize=2, color=color, label=label)
+        if fit is not None and math.isfinite(fit.mu):
+            xs = np.geomspace(sig.min(), sig.max(), 200)
+            ax.plot(xs, fit.curve(xs), "-", lw=1.2, color=color)
+            ax.axvline(fit.mu, ls="--", lw=0.9, color=color)
+    ax.axhline(result.chance, ls=":", lw=0.9, color="gray", label=f"chance ({result.chance:.3g})")
+    ax.axhline(result.clean_accuracy, ls=":", lw=0.9, color="black",
+               label=f"clean ({result.clean_accuracy:.3g})")
+    ax.set_xscale("log")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("noise strength σ")
+    ax.set_ylabel("accuracy")
+    title = "global noise" if result.mode is SweepMode.GLOBAL else (site or "per-layer noise (most sensitive sites)")
+    ax.set_title(f"{title}: {result.num_images} images, {len(result.networks)} network(s)", fontsize=10)
+    ax.legend(fontsize=7, loc="lower left")
+    ax.grid(True, which="major", alpha=0.3)
+    return save_figure(fig, path)
+
+
+def plot_per_layer(result: SweepResult, path: PathLike) -> Path:
+    """Bar chart of μ per site, most sensitive (smallest μ) first; sites without a μ are
+    drawn as hatched bars at the largest sigma, labelled with their fit status.
+
+    Raises:
+        ValueError: ``result`` is not a per-layer sweep.
+    """
+    if result.mode is not SweepMode.PER_LAYER:
+        raise ValueError("plot_per_layer needs a per-layer sweep (mode=SweepMode.PER_LAYER / --per-layer)")
+    ranked = result.ranking()
+    top = max(result.sigmas) if result.points else 1.0
+    fig = new_figure(max(6.4, 0.32 * len(ranked) + 2), 4.2)
+    ax = fig.add_subplot()
+    for i, (name, fit) in enumerate(ranked):
+        if math.isfinite(fit.mu):
+            ax.bar(i, fit.mu, yerr=fit.mu_err if math.isfinite(fit.mu_err) else None, color="C0" if fit.ok else "C1",
+                   capsize=2)
+        else:
+            ax.bar(i, top, color="none", edgecolor="gray", hatch="//")
+            ax.annotate(fit.status.value, (i, top), rotation=90, ha="center", va="top", fontsize=7)
+    ax.set_xticks(range(len(ranked)), [n for n, _ in ranked], rotation=70, ha="right", fontsize=7)
+    heights = [fit.mu if math.isfinite(fit.mu) else top for _, fit in ranked] or [top]
+    if max(heights) > 30 * min(heights):  # μ spans decades: log axis
+        ax.set_yscale("log")
+    ax.set_ylabel("midpoint noise level μ")
+    ax.set_title("per-layer μ (smallest = most sensitive); orange: fit not OK", fontsize=10)
+    ax.grid(True, axis="y", alpha=0.3)
+    return save_figure(fig, path)
+
+
+def save_plots(result: SweepResult, out: PathLike) -> Dict[str, Path]:
+    """Write every plot that applies to ``result`` into directory ``out``."""
+    out = Path(out)
+    paths = {"accuracy": plot_accuracy(result, out / ACCURACY_PNG)}
+    if result.mode is SweepMode.PER_LAYER:
+        paths["per_layer"] = plot_per_layer(result, out / PER_LAYER_PNG)
+    return paths
+
+
+def save_figure(fig, path: PathLike) -> Path:
+    """Write ``fig`` as PNG to ``path`` atomically."""
+    return atomic_write_bytes(path, lambda f: fig.savefig(f, format="png"))

@@ -1,0 +1,161 @@
+"""Robustness sweeps: accuracy versus noise strength sigma, and the midpoint noise level μ.
+
+``sweep`` measures the accuracy of one or several hardened networks at many noise levels,
+globally (the same sigma at every noise site) or per layer ("walking noise": sigma at one
+site, 0 elsewhere), and fits the midpoint noise level μ (``fxharden.measure.metrics``).
+
+How it is fast:
+
+* points are batched: each data batch is replicated ``R`` times and group ``r`` of the
+  replicated batch gets its own sigma (``set_noise`` with one value per group), so one
+  forward pass measures ``R`` (site, sigma, repeat) items;
+* no host sync per batch: correct counts accumulate on the device and are read once per
+  chunk of items; the data are normalised and moved to the device once;
+* adaptive grid: a coarse log-spaced pass in ascending sigma that stops raising sigma once
+  accuracy is at chance (and continues past ``sigma_max`` while it is not, up to
+  ``extend_to``), then refinement rounds that add points where accuracy crosses half way
+  (first the 90%..10% part of the drop, then the bracket of the crossing).
+
+Seeding scheme: the items to measure are cut into chunks of at most ``R`` in a deterministic
+order. Before a chunk runs on network ``n``, every noise stream is restarted with
+``seed_noise(model, h(seed, n, chunk))``, ``h`` a hash of the chunk's items (site, sigma,
+repeat). A point's accuracies depend only on the seed, the network, the data and its chunk,
+never on what ran before, so a sweep resumed from its output directory gives the same
+results as an uninterrupted one. The clean pass uses ``seed_noise(model, 0)``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import time
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+
+from ..core.config import HardenConfig, config_to_dict
+from ..core.harden import noise_sites
+from ..core.noise import Noise
+from ..zoo.models import ModelLike, resolve_networks
+from .engine import Engine, EvalData, weights_sha256
+from .grid import run_grid
+from .results import FORMAT, PointStore, SweepMode, SweepPoint, SweepResult
+from .sweep_config import FORWARD_IMAGES, SweepConfig
+
+__all__ = ["SweepMode", "SweepConfig", "sweep", "resolve_networks", "FORWARD_IMAGES"]
+
+
+def _select_sites(all_sites: List[str], patterns: Optional[Tuple[str, ...]]) -> List[str]:
+    chosen = set(all_sites if patterns is None else ())
+    for p in patterns or ():
+        hits = [s for s in all_sites if s == p or re.fullmatch(p, s)]
+        if not hits:
+            close = difflib.get_close_matches(p, all_sites, n=5)
+            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise ValueError(f"sites: {p!r} matches no noise site{hint} (the model has {len(all_sites)}: "
+                             f"{', '.join(all_sites[:8])}{', ...' if len(all_sites) > 8 else ''})")
+        chosen.update(hits)
+    if not chosen:
+        raise ValueError("the model has no noise sites to sweep; check the harden config's noise kinds and rules")
+    return [s for s in all_sites if s in chosen]
+
+
+def sweep(
+    model: Union[ModelLike, Sequence[ModelLike], Mapping[str, ModelLike]],
+    data: Any,
+    sigmas: Optional[Sequence[float]] = None,
+    repeats: int = 5,
+    mode: SweepMode = SweepMode.GLOBAL,
+    *,
+    config: Optional[SweepConfig] = None,
+    bits: Optional[int] = None,
+    scale: Optional[float] = 1.0,
+    harden_config: Optional[HardenConfig] = None,
+    out: Union[str, os.PathLike, None] = None,
+    progress: Optional[Callable[[int, int], None]] = None,
+    **config_kwargs: Any,
+) -> SweepResult:
+    """Measure accuracy versus noise strength and fit the midpoint noise level μ.
+
+    Args:
+        model: a plain model (hardened here with ``bits``/``scale`` or ``harden_config``;
+            noise sites only by default), a ``HardenedModule``, a checkpoint path, or a list
+            (or ``{label: model}`` dict) of them, e.g. one network per training seed: the
+            uncertainty is then taken across networks. Runs in eval mode under
+            ``torch.inference_mode``; hardened models get their mode, device and noise back.
+        data: a ``fxharden.zoo.data`` dataset, a torch ``Dataset``/``DataLoader`` of ``(x, y)``,
+            or an ``(x, y)`` pair of tensors; evaluated in order, without shuffling.
+        sigmas, repeats, mode: shorthand for the ``SweepConfig`` fields of those names.
+        config: a full ``SweepConfig``; excludes the shorthand and ``config_kwargs``.
+        bits, scale, harden_config: how a plain model is hardened (see ``harden``).
+        out: directory for resumable progress: every finished chunk is appended to
+            ``out/points.jsonl``; rerunning with the same directory measures only what is
+            missing. At the end ``results.json`` and ``results.csv`` are written there.
+        progress: called as ``progress(done, total)`` after every chunk: images processed
+            (replicas and reused chunks included) and the current estimate of the total.
+        **config_kwargs: other ``SweepConfig`` fields.
+
+    Returns:
+        A ``SweepResult``: every point, the clean accuracy, the fits.
+
+    Raises:
+        ValueError: a bad setting, unknown sites, empty data, or ``out`` holding a sweep
+            with other settings (``SweepMismatchError``).
+    """
+    if config is None:
+        config = SweepConfig(sigmas=tuple(sigmas) if sigmas is not None else None, repeats=repeats, mode=mode,
+                             **config_kwargs)
+    elif sigmas is not None or repeats != 5 or mode != SweepMode.GLOBAL or config_kwargs:
+        raise ValueError("pass either config=SweepConfig(...) or the keyword form (sigmas, repeats, mode, ...), "
+                         "not both")
+    if bits is not None:
+        if harden_config is not None:
+            raise ValueError("pass either harden_config=HardenConfig(...) or bits/scale, not both")
+        harden_config = HardenConfig.from_shorthand(bits=bits, scale=scale)
+    from ..devices import resolve_device
+
+    cfg, dev, t0 = config, resolve_device(config.device), time.perf_counter()
+    labelled = resolve_networks(model, harden_config)
+    nets = [hm for _, hm in labelled]
+    saved = [(hm.training, next(iter(hm.parameters()), torch.empty(0)).device,
+              {m: (m.sigma.clone(), m.seed) for m in hm.modules() if isinstance(m, Noise)}) for hm in nets]
+    try:
+        sites = _select_sites(noise_sites(nets[0]), cfg.sites)
+        for hm in nets:
+            hm.eval().to(dev)
+        data = EvalData(data, cfg.batch_size, cfg.max_images, dev)
+        per_forward = cfg.points_per_forward or max(1, FORWARD_IMAGES.get(dev.type, 2048) // cfg.batch_size)
+        engine = Engine(nets, data, sites, cfg, per_forward, progress)
+        classes = engine.warm_up()
+        settings = {**cfg.to_dict(), "device": dev.type, "points_per_forward": per_forward}
+        identity = {"format": FORMAT, "settings": settings, "data": data.identity, "networks": [
+            {"harden": config_to_dict(hm.harden_config), "weights_sha256": weights_sha256(hm)} for hm in nets]}
+        if out is not None:
+            engine.attach(PointStore(out, identity))
+        clean = engine.clean()
+        chance = cfg.chance if cfg.chance is not None else 1.0 / classes
+        keys: List[Optional[str]] = [None] if cfg.mode is SweepMode.GLOBAL else list(sites)
+        run_grid(engine, cfg, keys, float(np.mean(clean)), chance)
+    finally:
+        for hm, (training, device, noise) in zip(nets, saved):
+            hm.train(training).to(device)
+            for m, (sigma, seed) in noise.items():
+                m.set_sigma(sigma.cpu() if sigma.dim() else float(sigma))
+                m.reseed(seed)
+    stats, seconds = engine.stats, time.perf_counter() - t0
+    points = [SweepPoint(s, g, tuple(tuple(c) for c in counts), data.num_images)
+              for (s, g), counts in sorted(engine.counts.items(), key=lambda kv: (kv[0][0] or "", kv[0][1]))]
+    result = SweepResult(
+        mode=cfg.mode, points=points, sites=sites, clean_accuracy=float(np.mean(clean)),
+        clean_accuracies=clean, chance=chance, num_images=data.num_images, networks=[lb for lb, _ in labelled],
+        config=settings, harden_configs=[n["harden"] for n in identity["networks"]], seed=cfg.seed,
+        seeding="seed_noise(model, sha256(seed/network/chunk)) before each chunk (see fxharden.sweep)",
+        fingerprint=engine.store.fingerprint if engine.store is not None else "",
+        timing={**stats, "seconds": seconds, "images_per_second": stats["images"] / max(stats["eval_seconds"], 1e-9)},
+    ).refit()
+    if out is not None:
+        result.save(out)
+    return result

@@ -1,0 +1,106 @@
+"""``SweepConfig``: what a sweep measures (grid, repeats, mode, sites) and how (batching,
+seed, device)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+
+from ..core.config import check_sigma
+from .results import SweepMode
+
+__all__ = ["SweepConfig", "FORWARD_IMAGES", "round_sigma"]
+
+FORWARD_IMAGES = {"cpu": 2048, "cuda": 16384}
+"""Images per forward pass (replicas included) when ``points_per_forward`` is automatic."""
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """Everything ``sweep`` needs besides the networks and the data."""
+
+    sigmas: Optional[Tuple[float, ...]] = None
+    """Explicit noise levels (>= 0; fits use those > 0). ``None``: a log grid from
+    ``sigma_min`` to ``sigma_max``. The clean accuracy (sigma 0) is always measured."""
+    sigma_min: float = 1e-3
+    sigma_max: float = 10.0
+    points: int = 20
+    """Size of the default grid of a fixed-grid (non-adaptive) sweep."""
+    repeats: int = 5
+    """Noise draws per point and network."""
+    mode: SweepMode = SweepMode.GLOBAL
+    sites: Optional[Tuple[str, ...]] = None
+    """Only these noise sites (exact names or ``re.fullmatch`` patterns); ``None``: all."""
+    batch_size: int = 256
+    """Data images per batch (one forward pass holds ``points_per_forward`` replicas of it)."""
+    points_per_forward: Optional[int] = None
+    """Items (site, sigma, repeat) per forward pass; ``None``: ``FORWARD_IMAGES // batch_size``."""
+    seed: int = 0
+    device: Optional[str] = None
+    """``"cpu"``, ``"cuda"``, ``"cuda:1"``; ``None``/``"auto"``: CUDA when available."""
+    adaptive: Optional[bool] = None
+    """Coarse pass, then refinement around μ; ``None``: adaptive unless ``sigmas`` is given."""
+    coarse_points: int = 7
+    """Adaptive: points of the coarse log grid (an explicit ``sigmas`` replaces it)."""
+    refine_points: int = 4
+    """Adaptive: points added per site and refinement round."""
+    refine_rounds: int = 2
+    extend_to: Optional[float] = 1000.0
+    """Adaptive: keep raising sigma past the grid (same log step) while accuracy is above
+    chance, up to this sigma; ``None``: never."""
+    chance: Optional[float] = None
+    """Accuracy of guessing; ``None``: ``1 / number of classes`` (from the model output)."""
+    max_images: Optional[int] = None
+    """Use only the first ``max_images`` images of the data."""
+
+    def __post_init__(self) -> None:
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
+        set_("mode", SweepMode(self.mode))
+        set_("adaptive", self.sigmas is None if self.adaptive is None else bool(self.adaptive))
+        if self.sigmas is not None:
+            set_("sigmas", tuple(sorted({check_sigma(float(s)) for s in self.sigmas})))
+            if not self.sigmas or self.sigmas[-1] <= 0:
+                raise ValueError(f"sigmas must hold at least one noise level > 0, got {list(self.sigmas)}")
+        for name in ("sigma_min", "sigma_max") + (("extend_to",) if self.extend_to is not None else ()):
+            if check_sigma(getattr(self, name)) <= 0:
+                raise ValueError(f"{name} must be > 0 (the grid is logarithmic), got {getattr(self, name)}")
+        if self.sigma_min >= self.sigma_max:
+            raise ValueError(f"sigma_min ({self.sigma_min}) must be below sigma_max ({self.sigma_max})")
+        for name, low in (("points", 2), ("repeats", 1), ("batch_size", 1), ("coarse_points", 2),
+                          ("refine_points", 1), ("refine_rounds", 0), ("points_per_forward", 1), ("max_images", 1)):
+            value = getattr(self, name)
+            if (value is not None or name in ("points", "repeats", "batch_size")) and \
+                    (not isinstance(value, int) or isinstance(value, bool) or value < low):
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if self.chance is not None and not 0 <= self.chance < 1:
+            raise ValueError(f"chance must be in [0, 1), got {self.chance}")
+        if self.sites is not None:
+            set_("sites", (self.sites,) if isinstance(self.sites, str) else tuple(self.sites))
+            for pattern in self.sites:
+                try:
+                    re.compile(pattern)
+                except re.error as err:
+                    raise ValueError(f"sites: {pattern!r} is neither a site name nor a regular expression "
+                                     f"({err})") from None
+
+    def grid(self) -> Tuple[float, ...]:
+        """The fixed grid, or the coarse grid of an adaptive sweep."""
+        if self.sigmas is not None:
+            return self.sigmas
+        n = self.coarse_points if self.adaptive else self.points
+        return tuple(round_sigma(s) for s in np.geomspace(self.sigma_min, self.sigma_max, n))
+
+    def to_dict(self) -> Dict[str, Any]:
+        """A JSON-serialisable dict (enums as values)."""
+        out = asdict(self)
+        out.update(mode=self.mode.value, sigmas=list(self.sigmas) if self.sigmas is not None else None,
+                   sites=list(self.sites) if self.sites is not None else None)
+        return out
+
+
+def round_sigma(s: float) -> float:
+    """``s`` to 4 significant digits (grid points print and store exactly)."""
+    return float(f"{s:.4g}")

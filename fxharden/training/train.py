@@ -1,0 +1,451 @@
+"""QAT and noisy training of a hardened model, with atomic per-epoch checkpoints and resume.
+
+``train`` runs Adam (or SGD) with cosine learning-rate decay through the straight-through
+estimator: constant quantization steps are buffers and stay fixed, dynamic steps are
+parameters and are learned. Activation noise is injected during training only when the config
+asks for it (``train_sigma``); weight noise keeps the harden config's setting. The final
+evaluation is clean (sigma 0).
+
+Determinism: every random stream of epoch ``e`` (shuffling, dropout, noise) is derived from
+``(seed, e)``, and the checkpoint of epoch ``e`` holds model, optimizer and scheduler, so a
+run resumed from it repeats the uninterrupted run bit for bit on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from .._files import atomic_write_json
+from ..devices import resolve_device
+from ..zoo.checkpoint import FORMAT, save_checkpoint
+from ..core.config import check_sigma
+from ..zoo.data import as_batches
+from ..core.harden import HardenedModule, harden, noise_sites, seed_noise
+from ..zoo.recipes import Optimizer
+from ..core.noise import Noise
+from ..core.quant import ActQuant
+
+__all__ = ["Optimizer", "LRSchedule", "Precision", "NoiseSchedule", "TrainConfig", "EpochLog", "TrainResult",
+           "train", "evaluate", "CHECKPOINT", "LOG"]
+
+CHECKPOINT, LOG = "checkpoint.pt", "train_log.json"
+"""File names inside a training run's output directory."""
+
+
+class LRSchedule(str, Enum):
+    """How the learning rate changes over the run."""
+
+    COSINE = "cosine"
+    """Cosine decay from ``lr`` to 0 over all steps (the paper's schedule)."""
+    CONSTANT = "constant"
+
+
+class Precision(str, Enum):
+    """Arithmetic of forward and backward passes. Quantizers always compute in float32."""
+
+    AUTO = "auto"
+    """bf16 autocast on CUDA, float32 elsewhere."""
+    FP32 = "fp32"
+    BF16 = "bf16"
+    FP16 = "fp16"
+    """fp16 autocast with a gradient scaler (CUDA only)."""
+
+
+@dataclass(frozen=True)
+class NoiseSchedule:
+    """Noise injected during training (noisy training, paper Sec. IV-B).
+
+    Either one ``sigma`` for every noise site, or ``per_site`` sigmas (other sites get 0).
+    With ``ramp_epochs = k > 0`` the strength grows linearly from 0 in epoch 0 to its full
+    value in epoch k and later.
+    """
+
+    sigma: float = 0.0
+    """Noise strength at every site."""
+    ramp_epochs: int = 0
+    """Epochs of the linear ramp from 0; 0 means full strength from the start."""
+    per_site: Tuple[Tuple[str, float], ...] = ()
+    """``(site name, sigma)`` pairs (or a dict); when given, ``sigma`` must be 0."""
+
+    def __post_init__(self) -> None:
+        check_sigma(self.sigma)
+        items = self.per_site.items() if isinstance(self.per_site, Mapping) else self.per_site
+        object.__setattr__(self, "per_site", tuple((str(s), check_sigma(v)) for s, v in items))
+        if self.per_site and self.sigma:
+            raise ValueError("NoiseSchedule: give either sigma (all sites) or per_site sigmas, not both")
+        if self.ramp_epochs < 0:
+            raise ValueError(f"ramp_epochs must be >= 0, got {self.ramp_epochs}")
+
+    def factor(self, epoch: int) -> float:
+        """Fraction of the full strength used in ``epoch`` (0-based)."""
+        return 1.0 if self.ramp_epochs == 0 else min(1.0, epoch / self.ramp_epochs)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything ``train`` needs besides the model and the data."""
+
+    epochs: int = 1
+    batch_size: int = 128
+    lr: float = 1e-3
+    """Initial learning rate (paper: 1e-3 LeNet-5 and fp32 VGG-11, 1e-4 quantized VGG-11, 1e-2 ResNet-18)."""
+    optimizer: Optimizer = Optimizer.ADAM
+    """Adam (the paper) or SGD with ``momentum``."""
+    schedule: LRSchedule = LRSchedule.COSINE
+    weight_decay: float = 0.0
+    """L2 weight decay; never applied to learned quantization steps."""
+    momentum: float = 0.9
+    seed: int = 0
+    """Seeds shuffling, dropout and training noise (the caller seeds the initial weights)."""
+    device: Optional[str] = None
+    """``"cpu"``, ``"cuda"``, ``"cuda:1"``...; ``None`` picks CUDA when available."""
+    precision: Precision = Precision.AUTO
+    train_sigma: Union[float, NoiseSchedule, Mapping[str, float]] = 0.0
+    """Noise during training: a float, a ``NoiseSchedule`` or a ``{site: sigma}`` map; 0 = off.
+    Stored as a ``NoiseSchedule`` (read it as ``config.noise``)."""
+    max_steps: Optional[int] = None
+    """Stop after this many optimizer steps in total (smoke tests, benchmarks)."""
+    eval_batch_size: int = 512
+    eval_each_epoch: bool = True
+    """Measure clean test accuracy after every epoch (when test data is given)."""
+    deterministic: Optional[bool] = None
+    """``torch.use_deterministic_algorithms`` while training; ``None``: on CPU only."""
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"TrainConfig.lr must be a finite number > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ValueError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"TrainConfig.max_steps must be >= 1 or None, got {self.max_steps}")
+        for name, enum in (("optimizer", Optimizer), ("schedule", LRSchedule), ("precision", Precision)):
+            try:
+                object.__setattr__(self, name, enum(getattr(self, name)))
+            except ValueError:
+                raise ValueError(f"TrainConfig.{name} must be one of {[e.value for e in enum]}, "
+                                 f"got {getattr(self, name)!r}") from None
+        sigma = self.train_sigma
+        if isinstance(sigma, Mapping):
+            sigma = NoiseSchedule(per_site=sigma)
+        elif not isinstance(sigma, NoiseSchedule):
+            sigma = NoiseSchedule(sigma=sigma)
+        object.__setattr__(self, "train_sigma", sigma)
+        if self.device is not None:
+            torch.device(self.device)  # raises on a malformed device string
+
+    @property
+    def noise(self) -> NoiseSchedule:
+        """``train_sigma`` as a ``NoiseSchedule``."""
+        return self.train_sigma  # type: ignore[return-value]
+
+    def to_dict(self) -> Dict[str, Any]:
+        """A JSON-serialisable dict (enums as their values)."""
+        out = {**asdict(self), "optimizer": self.optimizer.value, "schedule": self.schedule.value,
+               "precision": self.precision.value}
+        out["train_sigma"] = {"sigma": self.noise.sigma, "ramp_epochs": self.noise.ramp_epochs,
+                              "per_site": dict(self.noise.per_site)}
+        return out
+
+
+@dataclass(frozen=True)
+class EpochLog:
+    """One entry of ``train_log.json``'s history."""
+
+    epoch: int
+    steps: int
+    loss: float
+    train_accuracy: float
+    test_accuracy: Optional[float]
+    lr: float
+    sigma: float
+    """Global training sigma of this epoch (0 with per-site sigmas)."""
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    """What ``train`` returns. The model is in eval mode, its noise as it was before training."""
+
+    model: HardenedModule
+    history: List[EpochLog]
+    test_accuracy: Optional[float]
+    """Clean (sigma 0) accuracy on the test data after training, in [0, 1]."""
+    steps: int
+    seconds: float
+    resumed_from: Optional[int] = None
+    """Epochs already done in the checkpoint this run resumed from (``None``: fresh run)."""
+    checkpoint: Optional[Path] = None
+
+
+def _num_batches(data: Any, batch_size: int) -> int:
+    """Batches per epoch with ``drop_last`` (a set smaller than a batch still gives one)."""
+    if isinstance(data, torch.utils.data.DataLoader):
+        return len(data)
+    n = len(data[0]) if isinstance(data, (tuple, list)) else len(data)
+    return n // batch_size if n >= batch_size else 1
+
+
+def _autocast(device: torch.device, precision: Precision):
+    if precision is Precision.AUTO:
+        precision = Precision.BF16 if device.type == "cuda" else Precision.FP32
+    if precision is Precision.FP32:
+        return contextlib.nullcontext(), None
+    if precision is Precision.FP16 and device.type != "cuda":
+        raise ValueError("precision=fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+    dtype = torch.bfloat16 if precision is Precision.BF16 else torch.float16
+    return torch.autocast(device.type, dtype=dtype), torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+
+
+def _activation_noise(model: HardenedModule, schedule: NoiseSchedule) -> Dict[str, Noise]:
+    """The activation noise modules by site (weight noise is left alone); checks per-site names."""
+    names = set(noise_sites(model))
+    mods = {m.site: m for m in model.modules() if isinstance(m, Noise) and m.site in names}
+    for site, _ in schedule.per_site:
+        if site not in mods:
+            close = difflib.get_close_matches(site, list(mods), n=3)
+            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise ValueError(f"train_sigma names unknown noise site {site!r}{hint} "
+                             f"(fxharden.noise_sites(model) lists all {len(mods)})")
+    return mods
+
+
+def _set_noise(mods: Dict[str, Noise], sigmas: Mapping[str, Any], seeds: Optional[Mapping[str, int]] = None) -> None:
+    for site, mod in mods.items():
+        sigma = sigmas[site]
+        mod.set_sigma(float(sigma) if isinstance(sigma, (int, float)) or sigma.dim() == 0 else sigma)
+        if seeds is not None:
+            mod.reseed(seeds[site])
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 10_007) % (2**63)
+
+
+def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    steps = {id(m.scale) for m in model.modules() if isinstance(m, ActQuant) and isinstance(m.scale, nn.Parameter)}
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if id(p) not in steps], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if id(p) in steps], "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
+    if cfg.optimizer is Optimizer.SGD:
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    return torch.optim.Adam(groups, lr=cfg.lr)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Any, batch_size: int = 512, device: Optional[str] = None) -> float:
+    """Accuracy in [0, 1] of ``model`` in eval mode, with its current noise, on ``data``."""
+    dev = resolve_device(device) if device is not None else next(model.parameters()).device
+    was, correct, total = model.training, 0, 0
+    model.eval()
+    try:
+        for x, y in as_batches(data, batch_size, dev):
+            correct += int((model(x).argmax(1) == y).sum())
+            total += len(y)
+    finally:
+        model.train(was)
+    return correct / max(total, 1)
+
+
+def _clean_accuracy(model: HardenedModule, mods: Dict[str, Noise], data: Any, cfg: TrainConfig,
+                    dev: torch.device) -> float:
+    saved = {s: m.sigma.clone() for s, m in mods.items()}
+    _set_noise(mods, dict.fromkeys(mods, 0.0))
+    try:
+        return evaluate(model, data, cfg.eval_batch_size, str(dev))
+    finally:
+        _set_noise(mods, saved)
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("loss {task.fields[loss]:.3f} acc {task.fields[acc]:.3f}"), TimeRemainingColumn(),
+                    transient=True)
+
+
+_NOT_COMPARED = ("device", "precision", "eval_batch_size", "eval_each_epoch", "deterministic")
+
+
+def _load_resume(out: Optional[Path], resume: bool, cfg: TrainConfig) -> Optional[Dict[str, Any]]:
+    if out is None:
+        if resume:
+            raise ValueError("resume=True needs out=<output directory of the run to continue>")
+        return None
+    path = out / CHECKPOINT
+    if not path.exists():
+        return None
+    if not resume:
+        raise FileExistsError(f"{path} exists; pass resume=True (CLI: --resume) to continue that run, "
+                              "or choose another output directory")
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path} is not an fxharden checkpoint; remove it or choose another output directory")
+    stored, now = payload["state"].get("train_config") or {}, json.loads(json.dumps(cfg.to_dict()))
+    diff = sorted(k for k in now if k not in _NOT_COMPARED and stored.get(k) != now[k])
+    if diff:
+        raise ValueError(f"cannot resume {path}: it was trained with other settings ({', '.join(diff)} differ); "
+                         "use the original settings, or another output directory")
+    return payload
+
+
+def train(
+    model: nn.Module,
+    data_train: Any,
+    data_test: Any = None,
+    config: TrainConfig = TrainConfig(),
+    out: Union[str, Path, None] = None,
+    *,
+    resume: bool = False,
+    arch: Optional[str] = None,
+    arch_kwargs: Optional[Dict[str, Any]] = None,
+    progress: bool = False,
+) -> TrainResult:
+    """Train a hardened model (QAT through the straight-through estimator, optional noise).
+
+    Args:
+        model: a ``HardenedModule`` (trained in place), or a plain model, which is hardened
+            without quantization first (so ``train_sigma`` has noise sites to use).
+        data_train: anything ``fxharden.zoo.data.as_batches`` accepts; a ``TensorImageDataset``
+            (uint8 in memory, normalised per batch on the device) is the fast path.
+        data_test: the same kind; its clean accuracy is measured after training.
+        config: the training settings.
+        out: directory for ``checkpoint.pt`` (written atomically after every epoch) and
+            ``train_log.json``; ``None`` keeps nothing on disk.
+        resume: continue from ``out/checkpoint.pt`` (model, optimizer, scheduler, epoch);
+            a finished run is returned as it is.
+        arch, arch_kwargs: the ``fxharden.zoo.models.build_model`` name and builder arguments of the model,
+            stored in the checkpoint so ``load_checkpoint`` / ``fxharden sweep`` rebuild it.
+        progress: show a rich progress bar with loss and accuracy.
+
+    Raises:
+        FileExistsError: ``out`` holds a checkpoint and ``resume`` is False.
+        ValueError: a bad setting, or a checkpoint trained with other settings.
+    """
+    cfg, out = config, (Path(out) if out is not None else None)
+    dev = resolve_device(cfg.device)
+    model = model if isinstance(model, HardenedModule) else harden(model)
+    mods = _activation_noise(model, cfg.noise)
+    caller_sigma = {s: m.sigma.clone() for s, m in mods.items()}
+    caller_seed = {s: m.seed for s, m in mods.items()}
+    payload = _load_resume(out, resume, cfg)
+    if payload is not None:
+        model.load_state_dict(payload["model"])
+    model.to(dev)
+    total = cfg.epochs * _num_batches(data_train, cfg.batch_size)
+    total = min(total, cfg.max_steps or total)
+    optimizer = _make_optimizer(model, cfg)
+    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+                 if cfg.schedule is LRSchedule.COSINE else torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0))
+    autocast, scaler = _autocast(dev, cfg.precision)
+    state: Dict[str, Any] = {"epoch": 0, "step": 0, "finished": False, "history": []}
+    if payload is not None:
+        state = {k: payload["state"][k] for k in state}
+        optimizer.load_state_dict(payload["state"]["optimizer"])
+        scheduler.load_state_dict(payload["state"]["scheduler"])
+        if scaler is not None and payload["state"].get("scaler"):
+            scaler.load_state_dict(payload["state"]["scaler"])
+    history = [EpochLog(**h) for h in state.pop("history")]
+    resumed_from = state["epoch"] if payload is not None else None
+
+    def step(x: Tensor, y: Tensor) -> Tuple[Tensor, Tensor]:
+        with autocast:
+            logits = model(x)
+            loss = nn.functional.cross_entropy(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        scheduler.step()
+        return loss.detach(), logits.detach()
+
+    def save() -> None:
+        _set_noise(mods, caller_sigma)  # the checkpoint keeps the caller's noise setting
+        extra = {"history": [asdict(h) for h in history], "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+                 "train_config": json.loads(json.dumps(cfg.to_dict()))}
+        save_checkpoint(out / CHECKPOINT, model, arch or "", arch_kwargs, {**state, **extra})
+        log = {"arch": arch, "arch_kwargs": arch_kwargs or {}, **state, "train_config": extra["train_config"],
+               "history": extra["history"]}
+        atomic_write_json(out / LOG, log, indent=2)
+
+    start, bar = time.perf_counter(), _progress(progress)
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    cuda = [torch.cuda.current_device() if dev.index is None else dev.index] if dev.type == "cuda" else []
+    try:
+        torch.use_deterministic_algorithms(cfg.deterministic if cfg.deterministic is not None
+                                           else dev.type == "cpu", warn_only=True)
+        with torch.random.fork_rng(devices=cuda), (bar or contextlib.nullcontext()):
+            task = bar.add_task("train", total=total, completed=state["step"], loss=math.nan, acc=math.nan) \
+                if bar else None
+            while not state["finished"]:
+                epoch, t0 = state["epoch"], time.perf_counter()
+                seed = _epoch_seed(cfg.seed, epoch)
+                torch.manual_seed(seed)
+                seed_noise(model, seed)
+                f, per_site = cfg.noise.factor(epoch), dict(cfg.noise.per_site)
+                _set_noise(mods, {s: f * (per_site.get(s, 0.0) if per_site else cfg.noise.sigma) for s in mods})
+                batches = as_batches(data_train, cfg.batch_size, dev, shuffle=True,
+                                     generator=torch.Generator().manual_seed(seed), drop_last=True)
+                report = None if bar is None else (lambda l, a: bar.update(
+                    task, completed=state["step"], description=f"epoch {epoch + 1}/{cfg.epochs}", loss=l, acc=a))
+                loss, acc = _epoch(model, batches, step, state, total, report)
+                test_acc = _clean_accuracy(model, mods, data_test, cfg, dev) \
+                    if data_test is not None and cfg.eval_each_epoch else None
+                history.append(EpochLog(epoch + 1, state["step"], loss, acc, test_acc, scheduler.get_last_lr()[0],
+                                        f * cfg.noise.sigma, time.perf_counter() - t0))
+                state["epoch"] = epoch + 1
+                state["finished"] = state["epoch"] >= cfg.epochs or state["step"] >= total
+                if out is not None:
+                    save()
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+        _set_noise(mods, caller_sigma, caller_seed)
+    model.eval()
+    acc = history[-1].test_accuracy if history else None
+    if data_test is not None and acc is None:
+        acc = _clean_accuracy(model, mods, data_test, cfg, dev)
+    return TrainResult(model=model, history=history, test_accuracy=acc, steps=state["step"],
+                       seconds=time.perf_counter() - start, resumed_from=resumed_from,
+                       checkpoint=(out / CHECKPOINT) if out is not None else None)
+
+
+def _epoch(model: nn.Module, batches, step: Callable, state: Dict[str, Any], total: int,
+           report: Optional[Callable[[float, float], Any]]) -> Tuple[float, float]:
+    """One pass over ``batches`` (stops at ``total`` steps); mean training loss and accuracy."""
+    model.train()
+    loss_sum: Any = 0.0
+    correct: Any = 0
+    seen = 0
+    for x, y in batches:
+        loss, logits = step(x, y)
+        state["step"] += 1
+        loss_sum = loss * len(y) + loss_sum  # stays on the device: no sync per step
+        correct = (logits.argmax(1) == y).sum() + correct
+        seen += len(y)
+        if report is not None and (state["step"] % 10 == 0 or state["step"] == total):
+            report(float(loss_sum) / seen, float(correct) / seen)
+        if state["step"] >= total:
+            break
+    return float(loss_sum) / max(seen, 1), float(correct) / max(seen, 1)

@@ -1,0 +1,88 @@
+"""Checkpoints that carry everything needed to rebuild the hardened graph.
+
+A checkpoint is a ``torch.save`` dict: the model name and builder arguments, the harden
+config (as ``config_to_dict``), the hardened model's ``state_dict`` and free-form training
+state. ``load_checkpoint`` rebuilds the model with ``models.build_model``, hardens it with
+the stored config and loads the weights, so ``fxharden sweep ckpt.pt`` sees the same graph
+that was trained. Writes are atomic: a crash never leaves a truncated checkpoint behind.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import torch
+
+from ..core.config import HardenConfig, config_from_dict, config_to_dict
+from .._files import atomic_write_bytes
+from ..core.harden import HardenedModule, harden
+
+__all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "is_checkpoint", "FORMAT"]
+
+FORMAT = "fxharden-checkpoint-v1"
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint."""
+
+    model: HardenedModule
+    arch: str
+    arch_kwargs: Dict[str, Any]
+    config: HardenConfig
+    state: Dict[str, Any] = field(default_factory=dict)
+    """Training state: epoch, optimizer, scheduler, RNG, metrics (whatever was saved)."""
+
+
+def save_checkpoint(
+    path: Union[str, Path],
+    model: HardenedModule,
+    arch: str,
+    arch_kwargs: Optional[Dict[str, Any]] = None,
+    state: Optional[Dict[str, Any]] = None,
+) -> None:
+    """Save ``model`` (hardened from ``build_model(arch, **arch_kwargs)``) and training state."""
+    payload = {
+        "format": FORMAT,
+        "arch": arch,
+        "arch_kwargs": dict(arch_kwargs or {}),
+        "config": config_to_dict(model.harden_config),
+        "model": model.state_dict(),
+        "state": dict(state or {}),
+    }
+    atomic_write_bytes(path, lambda f: torch.save(payload, f))
+
+
+def is_checkpoint(path: Union[str, Path]) -> bool:
+    """Whether ``path`` names an existing file (the CLI then treats MODEL as a checkpoint)."""
+    return Path(path).is_file()
+
+
+def load_checkpoint(path: Union[str, Path], map_location: Any = "cpu") -> Checkpoint:
+    """Rebuild the hardened model stored at ``path``.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: the file is not an fxharden checkpoint (corrupt or another format).
+    """
+    from .models import build_model
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:
+        raise ValueError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err}); "
+                         "was it written by fxharden train?") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path} is not an fxharden checkpoint (expected format {FORMAT!r}); "
+                         "plain state_dicts can be loaded with model.load_state_dict after fxharden.harden")
+    config = config_from_dict(payload["config"])
+    base = build_model(payload["arch"], **payload["arch_kwargs"])
+    model = harden(base, config=config)
+    model.load_state_dict(payload["model"])
+    return Checkpoint(model=model, arch=payload["arch"], arch_kwargs=payload["arch_kwargs"], config=config,
+                      state=payload["state"])

@@ -1,0 +1,261 @@
+"""harden(): the public contract, its oracles and its errors."""
+
+import copy
+import io
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fxharden
+from fxharden import HardenConfig, LayerConfig, QuantConfig, Scaling, SiteKind, SiteRules
+from fxharden.core.quant import qrange
+
+
+class LeNetLike(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 5)
+        self.relu1 = nn.ReLU()
+        self.pool1 = nn.MaxPool2d(2)
+        self.fc1 = nn.Linear(6 * 14 * 14, 32)
+        self.relu2 = nn.ReLU()
+        self.drop = nn.Dropout(0.5)
+        self.fc2 = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = self.pool1(self.relu1(self.conv1(x)))
+        return self.fc2(self.drop(self.relu2(self.fc1(torch.flatten(x, 1)))))
+
+
+class Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.bn = nn.BatchNorm2d(3)
+
+    def forward(self, x):
+        return F.relu(self.bn(self.conv(x)) + x)
+
+
+class DataDependent(nn.Module):
+    def forward(self, x):
+        if x.sum() > 0:  # data-dependent control flow: untraceable
+            return x * 2
+        return x
+
+
+class WithUntraceable(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3)
+        self.odd = DataDependent()
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.head(self.odd(self.stem(x)).mean((2, 3)))
+
+
+X = torch.randn(4, 3, 32, 32)
+
+
+def test_noop_hardening_is_exact_in_eval_and_train():
+    model = LeNetLike()
+    hm = fxharden.harden(model, bits=None)
+    for mode in (False, True):
+        model.train(mode)
+        hm.train(mode)
+        torch.manual_seed(0)
+        ref = model(X)
+        torch.manual_seed(0)
+        assert torch.equal(hm(X), ref)
+
+
+def test_sites_follow_the_paper_placement():
+    hm = fxharden.harden(LeNetLike(), bits=8, scale=1.0)
+    assert fxharden.noise_sites(hm) == ["input", "conv1", "relu1", "pool1", "fc1", "relu2", "fc2"]
+    kinds = {s.name: s.kind for s in fxharden.harden_report(hm).sites}
+    assert kinds["conv1"] == "conv" and kinds["relu1"] == "activation" and kinds["input"] == "input"
+
+
+def test_residual_add_sites_are_configurable():
+    hm = fxharden.harden(Residual(), bits=None)
+    assert "add" not in fxharden.noise_sites(hm)
+    cfg = HardenConfig(quant=None, noise=fxharden.NoiseConfig(
+        kinds=fxharden.core.config.DEFAULT_NOISE_KINDS | {SiteKind.ADD}))
+    assert "add" in fxharden.noise_sites(fxharden.harden(Residual(), config=cfg))
+
+
+def test_constant_scaling_puts_activations_on_the_grid():
+    s = 0.25
+    hm = fxharden.harden(LeNetLike(), bits=4, scale=s).eval()
+    seen = {}
+    hm.fc1.register_forward_pre_hook(lambda m, a: seen.__setitem__("pool", a[0]))
+    hm(X)
+    k = seen["pool"] / s  # relu1 -> quantizer -> maxpool -> flatten: values stay on the grid
+    assert torch.allclose(k, k.round(), atol=1e-5)
+    assert k.min() >= 0 and k.max() <= qrange(4, False)[1]
+
+
+def test_weights_are_quantized_per_channel():
+    hm = fxharden.harden(LeNetLike(), bits=4, scale=1.0)
+    w = hm.conv1.weight.detach()
+    wq = hm.conv1.hardened_weight().detach()
+    steps = w.abs().amax(dim=(1, 2, 3)) / 7
+    k = wq / steps.view(-1, 1, 1, 1)
+    assert torch.allclose(k, k.round(), atol=1e-4)
+    assert (wq - w).abs().max() <= steps.max() / 2 + 1e-6
+    # linear: one step for the whole tensor
+    step = hm.fc1.weight.abs().max() / 7
+    k = hm.fc1.hardened_weight().detach() / step
+    assert torch.allclose(k, k.round(), atol=1e-4)
+
+
+def test_caller_model_is_unchanged():
+    model = LeNetLike().train()
+    before = copy.deepcopy(model.state_dict())
+    modules_before = [(n, type(m)) for n, m in model.named_modules()]
+    hm = fxharden.harden(model, bits=8, scale=None, sigma=0.2)
+    hm(X).sum().backward()
+    assert [(n, type(m)) for n, m in model.named_modules()] == modules_before
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+    assert model.training and all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("scale", [1.0, None])
+def test_every_parameter_receives_a_gradient(scale):
+    hm = fxharden.harden(LeNetLike(), bits=8, scale=scale, sigma=0.05).train()
+    hm(X).logsumexp(1).sum().backward()
+    missing = [n for n, p in hm.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert missing == []
+    if scale is None:
+        assert any("quant" in n for n, _ in hm.named_parameters())  # learned steps are parameters
+
+
+def test_mode_is_kept_and_switches():
+    model = LeNetLike().eval()
+    hm = fxharden.harden(model)
+    assert not hm.training
+    hm.train()
+    assert hm.training and hm.drop.training
+
+
+def test_state_dict_round_trip_and_deepcopy():
+    hm = fxharden.harden(LeNetLike(), bits=8, scale=None, sigma=0.1).train()
+    hm(X)  # calibrates dynamic steps
+    buf = io.BytesIO()
+    torch.save(hm.state_dict(), buf)
+    buf.seek(0)
+    other = fxharden.harden(LeNetLike(), bits=8, scale=None).eval()
+    other.load_state_dict(torch.load(buf))
+    hm.eval()
+    for h in (hm, other):
+        fxharden.seed_noise(h, 5)
+    assert torch.equal(hm(X), other(X))  # same weights, steps, sigma and noise streams
+    clone = copy.deepcopy(hm)
+    fxharden.seed_noise(clone, 5)
+    fxharden.seed_noise(hm, 5)
+    assert torch.equal(clone(X), hm(X))
+    assert fxharden.noise_sites(clone) == fxharden.noise_sites(hm)
+
+
+def test_rules_precedence():
+    rules = SiteRules(
+        by_type={nn.ReLU: None},  # leave every ReLU alone...
+        by_regex={r"relu2": LayerConfig(noise=True, quantize=False)},  # ...but relu2 gets noise
+        by_name={"conv1": LayerConfig(noise=False, quantize=True)},
+    )
+    hm = fxharden.harden(LeNetLike(), config=HardenConfig(quant=QuantConfig(bits=8), rules=rules))
+    sites = fxharden.noise_sites(hm)
+    assert "relu1" not in sites and "relu2" in sites and "conv1" not in sites
+    report = {s.name: s for s in fxharden.harden_report(hm).sites}
+    assert report["relu1"].quantizer == "" and report["relu2"].quantizer == ""
+    assert report["conv1"].quantizer.startswith("weights")
+
+
+def test_set_noise_per_layer_and_unknown_site():
+    hm = fxharden.harden(LeNetLike())
+    fxharden.set_noise(hm, 0.3, sites=["fc1"])
+    sig = {n: float(m.sigma) for n, m in hm.named_modules() if isinstance(m, fxharden.core.noise.Noise)}
+    assert sig["fxharden.fc1"] == pytest.approx(0.3) and sum(sig.values()) == pytest.approx(0.3)
+    with pytest.raises(ValueError, match=r"unknown noise site 'fc_1'.*'fc1'"):
+        fxharden.set_noise(hm, 0.1, sites=["fc_1"])
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"bits": 1}, "between 2 and 16"),
+    ({"bits": 17}, "between 2 and 16"),
+    ({"bits": 8, "scale": -1.0}, "scale"),
+    ({"bits": 8, "scale": float("nan")}, "scale"),
+    ({"bits": 8, "scale": 0.0}, "scale"),
+    ({"sigma": -0.5}, "sigma"),
+    ({"sigma": float("nan")}, "sigma"),
+])
+def test_bad_input(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        fxharden.harden(LeNetLike(), **kwargs)
+
+
+def test_bad_model_and_bad_sigma_on_set_noise():
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        fxharden.harden(lambda x: x)
+    hm = fxharden.harden(LeNetLike())
+    with pytest.raises(TypeError, match="already hardened"):
+        fxharden.harden(hm)
+    with pytest.raises(ValueError, match="sigma"):
+        fxharden.set_noise(hm, -1.0)
+    with pytest.raises(TypeError, match="harden"):
+        fxharden.noise_sites(LeNetLike())
+
+
+def test_untraceable_submodule_becomes_opaque_layer():
+    model = WithUntraceable().eval()
+    hm = fxharden.harden(model, bits=None)
+    report = fxharden.harden_report(hm)
+    assert list(report.opaque) == ["odd"] and "odd" in fxharden.noise_sites(hm)
+    assert "x.sum() > 0" in report.opaque["odd"] or "bool" in report.opaque["odd"]
+    assert torch.equal(hm(X), model(X))
+
+
+def test_untraceable_strict_error_names_module_and_fix():
+    with pytest.raises(fxharden.UntraceableModelError) as err:
+        fxharden.harden(WithUntraceable(), strict=True)
+    msg = str(err.value)
+    assert "'odd'" in msg and "DataDependent" in msg and "leaf_modules" in msg and "torch.fx.wrap" in msg
+    assert "if x.sum() > 0" in msg  # the code line
+
+
+def test_untraceable_root_is_one_opaque_layer():
+    model = DataDependent()
+    hm = fxharden.harden(model)
+    assert fxharden.noise_sites(hm) == ["input", "model"]
+    x = torch.randn(3, 5)
+    assert torch.equal(hm(x), model(x))
+
+
+def test_leaf_modules_option():
+    hm = fxharden.harden(Residual(), leaf_modules=[nn.BatchNorm2d])
+    assert "bn" in [s.name for s in fxharden.harden_report(hm).sites]
+    hm = fxharden.harden(WithUntraceable(), leaf_modules=["odd"], strict=True)
+    assert "odd" in fxharden.noise_sites(hm)
+
+
+def test_dynamic_vs_constant_config_equivalence():
+    a = fxharden.harden(LeNetLike(), bits=4, scale=None)
+    b = fxharden.harden(LeNetLike(), config=HardenConfig(quant=QuantConfig(bits=4, scaling=Scaling.DYNAMIC, scale=None)))
+    assert a.harden_config == b.harden_config
+
+
+def test_configs_saved_by_the_flat_package_still_load():
+    """Configs of fxharden 0.1 name classes by their old module paths (``fxharden.models``)."""
+    from torch import nn as tnn
+
+    from fxharden.core.config import LayerConfig, SiteRules, config_from_dict, config_to_dict
+    from fxharden.zoo.networks import LeNet5
+
+    data = config_to_dict(HardenConfig(rules=SiteRules(by_type={tnn.Linear: LayerConfig(noise=False)})))
+    data["rules"]["by_type"] = [["fxharden.models:LeNet5", entry] for _, entry in data["rules"]["by_type"]]
+    cfg = config_from_dict(data)
+    assert dict(cfg.rules.by_type) == {LeNet5: LayerConfig(noise=False)}

@@ -1,0 +1,171 @@
+"""The quantizer against the closed form of Eq. 3-5, and its properties."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fxharden.core.quant import ActQuant, WeightQuant, fake_quantize, qrange
+
+
+def reference(x: np.ndarray, s: float, bits: int, signed: bool) -> np.ndarray:
+    """Eq. 5 in float64 numpy: clamp(round(x/s), qmin, qmax) * s (zero point 0)."""
+    qmin, qmax = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    return np.clip(np.rint(x / s), qmin, qmax) * s
+
+
+def test_qrange_closed_form():
+    assert qrange(8, True) == (-128, 127)
+    assert qrange(8, False) == (0, 255)
+    assert qrange(2, True) == (-2, 1)
+    assert qrange(16, False) == (0, 65535)
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8, 16])
+@pytest.mark.parametrize("signed", [True, False])
+@pytest.mark.parametrize("s", [0.25, 1.0, 8.0])  # powers of two: x/s is exact, no tie ambiguity
+def test_matches_closed_form(bits, signed, s):
+    x = torch.linspace(-3 * s * 2**bits, 3 * s * 2**bits, 5001)
+    qmin, qmax = qrange(bits, signed)
+    y = fake_quantize(x, torch.tensor(s), qmin, qmax)
+    np.testing.assert_array_equal(y.numpy(), reference(x.double().numpy(), s, bits, signed).astype(np.float32))
+
+
+def test_composite_path_equals_fused_path():
+    x = torch.randn(10_000) * 5
+    s = torch.tensor(0.37)
+    fused = fake_quantize(x, s, -8, 7)
+    learned = fake_quantize(x, s.clone().requires_grad_(), -8, 7)
+    assert torch.equal(fused, learned.detach())
+
+
+def test_per_channel_matches_per_tensor_rows():
+    w = torch.randn(4, 3, 3, 3)
+    scales = torch.tensor([0.01, 0.1, 0.5, 2.0])
+    y = fake_quantize(w, scales, -128, 127, axis=0)
+    for c in range(4):
+        assert torch.equal(y[c], fake_quantize(w[c], scales[c], -128, 127))
+
+
+finite = st.floats(min_value=-1e4, max_value=1e4, allow_nan=False, width=32)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    xs=st.lists(finite, min_size=1, max_size=64),
+    s=st.floats(min_value=2**-10, max_value=128.0, allow_nan=False, width=32),
+    bits=st.integers(min_value=2, max_value=16),
+    signed=st.booleans(),
+)
+def test_properties(xs, s, bits, signed):
+    x = torch.tensor(xs, dtype=torch.float32)
+    scale = torch.tensor(s, dtype=torch.float32)
+    s = float(scale)
+    qmin, qmax = qrange(bits, signed)
+    y = fake_quantize(x, scale, qmin, qmax)
+    k = y.double() / s
+    # on the grid: an integer multiple of s within [qmin, qmax]
+    assert torch.allclose(k, k.round(), atol=1e-3)
+    assert (k.round() >= qmin).all() and (k.round() <= qmax).all()
+    # idempotent
+    assert torch.equal(fake_quantize(y, scale, qmin, qmax), y)
+    # rounding error <= s/2 inside the clipping range, clipped to the range edge outside
+    lo, hi = qmin * s, qmax * s
+    inside = (x >= lo) & (x <= hi)
+    err = (y.double() - x.double()).abs()
+    assert (err[inside] <= s / 2 * (1 + 1e-5) + 1e-6 * x.double().abs()[inside]).all()
+    assert torch.allclose(y[x > hi + s / 2].double(), torch.tensor(hi, dtype=torch.float64), rtol=1e-6)
+    assert torch.allclose(y[x < lo - s / 2].double(), torch.tensor(lo, dtype=torch.float64), rtol=1e-6)
+
+
+@settings(max_examples=50, deadline=None)
+@given(bits=st.integers(2, 16), signed=st.booleans(), learned=st.booleans())
+def test_ste_gradient_is_one_inside_and_zero_outside(bits, signed, learned):
+    s = 0.5
+    qmin, qmax = qrange(bits, signed)
+    inside = torch.tensor([qmin * s + 0.1, 0.3 * s, qmax * s - 0.1]) if signed else torch.tensor([0.1, qmax * s - 0.1])
+    outside = torch.tensor([qmax * s + 3 * s, qmin * s - 3 * s])
+    x = torch.cat([inside, outside]).requires_grad_()
+    scale = torch.tensor(s, requires_grad=learned)
+    fake_quantize(x, scale, qmin, qmax).sum().backward()
+    expected = torch.cat([torch.ones_like(inside), torch.zeros_like(outside)])
+    assert torch.equal(x.grad, expected)
+
+
+def test_weight_quant_per_channel_step_from_range():
+    w = torch.randn(8, 4, 3, 3)
+    wq = WeightQuant(4, axis=0)
+    expected_step = w.abs().amax(dim=(1, 2, 3)) / 7
+    assert torch.allclose(wq.step(w), expected_step)
+    out = wq(w)
+    ref = np.stack([reference(w[c].double().numpy(), float(expected_step[c]), 4, True) for c in range(8)])
+    np.testing.assert_allclose(out.numpy(), ref, rtol=1e-5, atol=1e-6)
+    # the channel maximum is representable exactly: max |w| maps to qmax
+    assert torch.allclose(out.abs().amax(dim=(1, 2, 3)), w.abs().amax(dim=(1, 2, 3)))
+
+
+def test_weight_quant_follows_training_and_cache_invalidates():
+    w = torch.nn.Parameter(torch.randn(5, 3))
+    wq = WeightQuant(8, axis=None)
+    with torch.no_grad():
+        first = wq(w)
+        assert wq(w) is first  # cached
+        w.mul_(2)  # in-place update bumps the version counter
+        second = wq(w)
+    assert torch.allclose(second, 2 * first, rtol=1e-6)
+
+
+def test_act_quant_constant_step_never_changes():
+    q = ActQuant(8, signed=False, step=2.0)
+    q.train()
+    for _ in range(5):
+        q(torch.rand(100) * 1000)
+    assert float(q.scale) == 2.0
+    y = q(torch.tensor([0.9, 1.1, 3.0, 1000.0]))
+    assert y.tolist() == [0.0, 2.0, 4.0, 510.0]
+
+
+def test_act_quant_statistics_then_fixed():
+    q = ActQuant(8, signed=True, step=None, calibration_steps=2)
+    q.train()
+    q(torch.tensor([1.0, -2.0]))
+    assert math.isclose(float(q.scale), 2.0 / 127, rel_tol=1e-6)
+    q(torch.tensor([5.0]))
+    assert math.isclose(float(q.scale), 5.0 / 127, rel_tol=1e-6)
+    q(torch.tensor([100.0]))  # calibration over: step fixed
+    assert math.isclose(float(q.scale), 5.0 / 127, rel_tol=1e-6)
+
+
+def test_act_quant_eval_calibrates_once_when_never_trained():
+    q = ActQuant(4, signed=False, step=None).eval()
+    q(torch.tensor([0.0, 3.0]))
+    assert math.isclose(float(q.scale), 3.0 / 15, rel_tol=1e-6)
+    q(torch.tensor([30.0]))
+    assert math.isclose(float(q.scale), 3.0 / 15, rel_tol=1e-6)
+
+
+def test_dynamic_scale_is_learned():
+    q = ActQuant(4, signed=False, step=None, learn=True, calibration_steps=1).train()
+    x = torch.rand(1000) * 4
+    q(x)
+    assert isinstance(q.scale, torch.nn.Parameter)
+    opt = torch.optim.SGD(q.parameters(), lr=0.01)
+    before = float(q.scale.detach())
+    for _ in range(5):
+        opt.zero_grad()
+        ((q(x) - x * 1.5) ** 2).mean().backward()
+        assert q.scale.grad is not None and q.scale.grad != 0
+        opt.step()
+    assert float(q.scale) != before
+
+
+def test_act_quant_state_dict_round_trip():
+    a = ActQuant(8, signed=True, step=None, calibration_steps=3).train()
+    a(torch.randn(10) * 3)
+    b = ActQuant(8, signed=True, step=None, calibration_steps=3).eval()
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(50) * 10
+    assert torch.equal(a.eval()(x), b(x))  # b does not re-calibrate: it has seen data
