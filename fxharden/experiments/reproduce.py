@@ -3,8 +3,9 @@
 Output directory layout (the same for every executor)::
 
     experiment.json            the experiment, budget and data as run
-    cells/<cell key>/          checkpoint.pt, train_log.json, sweep/ (resumable progress),
-                               result.json (written atomically by the driver: the cell is done)
+    cells/<cell key>/          checkpoint.pt, train_log.json, sweep/ (resumable progress; its
+                               results.json holds the cell's points), result.json (the cell's
+                               summary, written atomically by the driver: the cell is done)
     curves/<curve key>/        results.json / results.csv / accuracy_vs_sigma.png of a curve
     results.md, results.csv    one row per curve, side by side with the paper's numbers
     architectures.md           Table II columns (when the experiment asks for them)
@@ -26,10 +27,9 @@ from typing import Any, Dict, List, Optional, Union
 
 from .._files import atomic_write_bytes, atomic_write_json
 from ..measure.results import RESULTS_JSON, load_result
+from .curves import Curve, merge_curve
 from .executors import Executor, ExecutorKind, make_executor
 from .experiment import Budget, Cell, DataSpec, DatasetKind, Experiment, load_experiment
-
-from .curves import Curve, merge_curve
 from .report import write_figures, write_tables
 
 __all__ = ["reproduce", "run_cell", "ReproduceResult", "Curve", "RESULT"]
