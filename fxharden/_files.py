@@ -1,15 +1,20 @@
-"""Atomic file writing: every file fxharden writes (checkpoints, results, tables, plots) goes
-through ``atomic_write_bytes``, so a crash never leaves a truncated file behind."""
+"""Writing output folders safely: every file fxharden writes (checkpoints, results, tables,
+plots) goes through ``atomic_write_bytes``, so a crash never leaves a truncated file behind;
+``check_writable`` fails before work starts when the folder cannot be written, and
+``run_lock`` keeps two runs from writing into one folder at once."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import tempfile
+import time
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Iterator, Union
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text"]
+__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text", "check_writable", "run_lock", "LOCK"]
 
 
 def atomic_write_bytes(path: Union[str, Path], write) -> Path:
@@ -43,3 +48,80 @@ def atomic_write_text(path: Union[str, Path], text: str) -> Path:
     """``text`` (UTF-8) at ``path``, atomically (see ``atomic_write_bytes``)."""
     data = text.encode()
     return atomic_write_bytes(path, lambda f: f.write(data))
+
+
+def check_writable(folder: Union[str, Path], option: str = "out") -> Path:
+    """Create ``folder`` (and its parents) and make sure files can be written in it, before
+    any work starts.
+
+    Raises:
+        PermissionError: the folder cannot be created or written; the message names it and
+            ``option`` (the argument that chose it).
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise PermissionError(f"cannot write to {folder} ({err.strerror or err}); choose a {option} folder you "
+                              "can write to") from None
+    return folder
+
+
+LOCK = ".fxharden.lock"
+"""Name of the lock file a run holds in its output folder."""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def run_lock(folder: Union[str, Path], what: str = "run") -> Iterator[Path]:
+    """Hold ``folder/.fxharden.lock`` (pid, host, start time) while a run writes into
+    ``folder``, so that a second run on the same folder is refused instead of computing and
+    writing the same files. A lock left by a dead process on this host (a killed driver) is
+    taken over; a lock held by a live process, or by one on another host, is not.
+
+    Raises:
+        FileExistsError: another live run holds the folder (the message names its pid and host).
+        PermissionError: ``folder`` cannot be written.
+    """
+    folder = check_writable(folder)
+    path = folder / LOCK
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                holder = json.loads(path.read_text())
+            except (OSError, ValueError):  # being written, or unreadable: treat as held
+                holder = {}
+            if holder.get("host") == me["host"] and isinstance(holder.get("pid"), int) \
+                    and not _pid_alive(holder["pid"]):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()  # stale: its process is gone
+                continue
+            raise FileExistsError(
+                f"{folder} is in use by another {what} (pid {holder.get('pid', '?')} on host "
+                f"{holder.get('host', '?')}, started {holder.get('started', '?')}); wait for it to finish or "
+                f"choose another output folder. If that process is gone, delete {path}") from None
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        break
+    else:
+        raise FileExistsError(f"could not take the lock {path}; delete it if no run uses {folder}")
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()

@@ -17,6 +17,7 @@ from typing import Iterator, List, Optional, Tuple
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from .experiments.executors import ExecutorKind
 from .experiments.experiment import Budget
@@ -30,8 +31,24 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True)
+# markup off: user text (file names, recipe sections such as [[grid]] or [budget.paper], model
+# names) is printed as it is; styles are applied with Text objects only
+console = Console(markup=False, highlight=False)
+err_console = Console(stderr=True, markup=False, highlight=False)
+
+PIPE_WIDTH = 250
+"""Width of tables written to a file or pipe (a terminal's own width is used otherwise)."""
+
+
+def show(renderable, stderr: bool = False) -> None:
+    """Print a table or text; to a file or pipe at ``PIPE_WIDTH`` columns instead of rich's 80."""
+    target = err_console if stderr else console
+    target.print(renderable, width=None if target.is_terminal else PIPE_WIDTH, soft_wrap=isinstance(renderable, str))
+
+
+def styled(label: str, style: str, text: str) -> Text:
+    """``label`` in ``style``, then ``text`` exactly as given (no markup)."""
+    return Text.assemble((label, style), " ", text)
 
 
 class Device(str, Enum):
@@ -60,8 +77,9 @@ def user_errors() -> Iterator[None]:
 
     try:
         yield
-    except (ValueError, FileNotFoundError, FileExistsError, DataNotFoundError, UntraceableModelError) as err:
-        err_console.print(f"[bold red]Error:[/] {err}", highlight=False)
+    except (ValueError, FileNotFoundError, FileExistsError, PermissionError, TimeoutError, ConnectionError,
+            DataNotFoundError, UntraceableModelError) as err:
+        show(styled("Error:", "bold red", str(err)), stderr=True)
         raise typer.Exit(2) from None
 
 
@@ -181,16 +199,16 @@ def _print_result(result, files: dict) -> None:
     summary.add_row("points", f"{len(result.points)} ({t.get('points_reused', 0)} reused from the output dir)")
     summary.add_row("time", f"{t.get('seconds', 0):.1f} s, {t.get('forwards', 0)} forwards, "
                             f"{t.get('images_per_second', 0):,.0f} images/s")
-    console.print(summary)
+    show(summary)
     if result.per_site:
         table = Table(title="Per-layer μ (most sensitive first)")
         for col in ("rank", "site", "μ", "status", "crossing"):
             table.add_column(col)
         for i, (site, fit) in enumerate(result.ranking(), 1):
             table.add_row(str(i), site, _mu_text(fit), fit.status.value, _crossing_text(fit))
-        console.print(table)
+        show(table)
     for path in files.values():
-        console.print(f"wrote {path}")
+        show(f"wrote {path}")
 
 
 @app.command("sweep")
@@ -254,8 +272,8 @@ def sweep_command(
             result = sweep(dict(nets), dataset, config=config, out=out, progress=report if bar else None)
         files = {"json": out / RESULTS_JSON, "csv": out / RESULTS_CSV, **save_plots(result, out)}
     if any(not _is_checkpoint(name) for name in model):
-        err_console.print("[yellow]Note:[/] model names have random weights; sweep a trained checkpoint "
-                          "(fxharden train) for a meaningful μ.")
+        show(styled("Note:", "yellow", "model names have random weights; sweep a trained checkpoint "
+                                       "(fxharden train) for a meaningful μ."), stderr=True)
     _print_result(result, files)
 
 
@@ -288,7 +306,7 @@ def inspect_command(
         table.add_column(col, no_wrap=col in ("site", "kind", "noise"))
     for s in report.sites:
         table.add_row(s.name, s.kind, s.op, s.quantizer or "-", "yes" if s.noise else "no", *((s.note,) if notes else ()))
-    console.print(table)
+    show(table)
     for title, items in (("Opaque modules (not traced; one layer each)", report.opaque),
                          ("Layers whose weights were left as they are", report.skipped)):
         if items:
@@ -297,7 +315,7 @@ def inspect_command(
             left.add_column("reason")
             for name, reason in items.items():
                 left.add_row(name, reason)
-            console.print(left)
+            show(left)
 
 
 # ---------------------------------------------------------------------- train
@@ -371,8 +389,15 @@ def train_command(
                        ("training noise σ", f"{train_sigma:g}" + (f" (ramp {ramp_epochs} epochs)" if ramp_epochs else "")),
                        ("time", f"{result.seconds:.1f} s"), ("checkpoint", str(result.checkpoint))):
         table.add_row(key, value)
-    console.print(table)
-    console.print(f"next: fxharden sweep {result.checkpoint} --out {out / 'sweep'}")
+    show(table)
+    source = " --synthetic" if synthetic else (f" --data {_quote(data)}" if data is not None else "")
+    show(f"next: fxharden sweep {_quote(result.checkpoint)}{source} --out {_quote(out / 'sweep')}")
+
+
+def _quote(path) -> str:
+    import shlex
+
+    return shlex.quote(str(path))
 
 
 # ---------------------------------------------------------------------- reproduce
@@ -391,23 +416,40 @@ def reproduce_command(
                                           "2 Ray)."),
     budget: Optional[Budget] = typer.Option(None, help="paper: the paper's schedule (500 epochs, 10 networks per "
                                             "point); cpu: a CPU-sized one. Default: the file's."),
+    connect_timeout: float = typer.Option(30.0, min=0.1, help="Seconds to wait for the Ray cluster at --address "
+                                          "to answer."),
     data: Optional[Path] = typer.Option(None, help="CIFAR-10 folder (default: $FXHARDEN_DATA)."),
+    download: bool = typer.Option(False, "--download", help="Let torchvision download CIFAR-10 if it is missing."),
     synthetic: bool = typer.Option(False, "--synthetic", help="Generated images instead of CIFAR-10 (smoke runs)."),
     device: Device = typer.Option(Device.AUTO, help="Where each cell trains and sweeps."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Print a line per finished cell."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show live progress (cells, epochs, "
+                                  "sweep points)."),
 ) -> None:
     """Reproduce a paper experiment: train and sweep every cell, write tables and plots."""
     from .experiments.experiment import load_experiment
     from .experiments.reproduce import reproduce
+    from .zoo.data import load_cifar10
 
     with user_errors():
+        if synthetic and (data is not None or download):
+            raise typer.BadParameter("--synthetic generates its own data; leave out --data/--download")
         exp = load_experiment(recipe)
+        if download:
+            for split in ("train", "test"):
+                load_cifar10(split, data, download=True)
+        target = out or Path("runs") / exp.name
         try:
-            res = reproduce(exp, out or Path("runs") / exp.name, jobs=jobs, executor=executor, budget=budget,
+            res = reproduce(exp, target, jobs=jobs, executor=executor, budget=budget,
                             data=data, synthetic=synthetic, device=None if device is Device.AUTO else device.value,
-                            address=address, retries=retries, num_gpus=num_gpus, progress=progress)
+                            address=address, retries=retries, num_gpus=num_gpus, progress=progress,
+                            connect_timeout=connect_timeout)
         except ImportError as err:
             raise ValueError(str(err)) from None
+        except KeyboardInterrupt:
+            show(styled("Interrupted.", "yellow", f"Finished cells are kept in {target}; run the same command "
+                                                  "again to resume (finished cells are not recomputed)."),
+                 stderr=True)
+            raise typer.Exit(130) from None
     table = Table(title=f"{exp.name}: {len(res.curves)} curves")
     table.add_column("curve", no_wrap=True, min_width=max((len(c.variant.key) for c in res.curves), default=5))
     for col in ("networks", "peak acc %", "μ", "fit", "paper acc %", "paper μ"):
@@ -419,11 +461,11 @@ def reproduce_command(
                       fit.status.value if fit else "-",
                       f"{paper.accuracy:g}" if paper and paper.accuracy is not None else "",
                       f"{paper.mu:g}" if paper and paper.mu is not None else "")
-    console.print(table)
+    show(table)
     for path in res.files.values():
-        console.print(f"wrote {path}")
+        show(f"wrote {path}")
     if res.failed:
-        err_console.print(f"[bold red]{len(res.failed)} cell(s) failed[/] after their retries: "
-                          f"{', '.join(sorted(res.failed))}; tracebacks in {res.out / 'failures.json'}. "
-                          "Rerun the same command to retry only those.")
+        show(styled(f"{len(res.failed)} cell(s) failed", "bold red",
+                    f"after their retries: {', '.join(sorted(res.failed))}; tracebacks in "
+                    f"{res.out / 'failures.json'}. Rerun the same command to retry only those."), stderr=True)
         raise typer.Exit(1)

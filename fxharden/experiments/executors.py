@@ -18,6 +18,9 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing
 import os
+import sys
+import threading
+import time
 import traceback
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -62,6 +65,31 @@ def _call(fn: Callable, args: Tuple, threads: Optional[int]) -> Any:
 
         torch.set_num_threads(threads)
     return fn(*args)
+
+
+def _exit_with_parent(parent: int, interval: float = 0.5) -> None:
+    """Pool-worker initializer: end this worker when the driver ``parent`` dies, even by
+    SIGKILL, so no orphan keeps computing (and racing a restarted driver).
+
+    On Linux the kernel sends SIGKILL at the parent's death (``PR_SET_PDEATHSIG``); a daemon
+    thread that polls ``os.getppid()`` covers other systems and the window before the prctl."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            import signal
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+        except Exception:  # no libc/prctl: the thread below still does it
+            pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(1)
+
+    if os.getppid() != parent:
+        os._exit(1)
+    threading.Thread(target=watch, name="fxharden-parent-watch", daemon=True).start()
 
 
 def _torch_threads(n: Optional[int] = None) -> int:
@@ -174,6 +202,8 @@ class LocalExecutor(Executor):
         self._explicit_threads = threads is not None
         self.threads = threads if threads is not None else max(1, (os.cpu_count() or 1) // jobs)
         self._pool: Optional[cf.ProcessPoolExecutor] = None
+        self._pool_of: Dict[cf.Future, cf.ProcessPoolExecutor] = {}
+        """The pool each running future was submitted to (a dead worker breaks only its pool)."""
         self._inline: Dict[int, Tuple[Callable, Tuple]] = {}
         self._counter = 0
 
@@ -183,8 +213,15 @@ class LocalExecutor(Executor):
             self._inline[self._counter] = (fn, args)
             return self._counter
         if self._pool is None:
-            self._pool = cf.ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"))
-        return self._pool.submit(_call, fn, args, self.threads)
+            self._pool = cf.ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=_exit_with_parent, initargs=(os.getpid(),))
+        try:
+            future = self._pool.submit(_call, fn, args, self.threads)
+        except cf.process.BrokenProcessPool:  # broken before its failed futures were collected
+            self._restart_pool()
+            return self._start(fn, args)
+        self._pool_of[future] = self._pool
+        return future
 
     def _wait(self) -> Tuple[Any, Any, Optional[str]]:
         if self.jobs == 1:
@@ -200,17 +237,21 @@ class LocalExecutor(Executor):
                     _torch_threads(before)
         done, _ = cf.wait(list(self._running), return_when=cf.FIRST_COMPLETED)
         future = next(iter(done))
+        pool = self._pool_of.pop(future, None)
         try:
             return future, future.result(), None
         except cf.process.BrokenProcessPool as err:  # a worker died (e.g. out of memory)
-            self._restart_pool()
+            if pool is self._pool:  # only the first broken future of a pool replaces it
+                self._restart_pool()
             return future, None, f"worker process died: {err}"
         except Exception as err:
             return future, None, _format_error(err)
 
     def _restart_pool(self) -> None:
-        """A dead worker breaks the whole pool: every attempt still running in it fails (and is
-        retried if it has attempts left) and later attempts get a fresh pool."""
+        """A dead worker breaks the whole pool: every attempt still running or queued in it fails
+        (and is retried if it has attempts left) and later attempts get one fresh pool. The
+        other broken futures of the old pool do not restart it again (``_wait`` compares pools),
+        so the fresh pool holding their retries is never shut down under them."""
         old, self._pool = self._pool, None
         if old is not None:
             old.shutdown(wait=False, cancel_futures=True)
@@ -218,6 +259,7 @@ class LocalExecutor(Executor):
     def _stop(self, handle: Any) -> None:
         if isinstance(handle, cf.Future):
             handle.cancel()
+            self._pool_of.pop(handle, None)
         else:
             self._inline.pop(handle, None)
 
@@ -248,6 +290,43 @@ def _import_ray():
     return ray
 
 
+def _host_port(address: str) -> Optional[Tuple[str, int]]:
+    """``"ray://head:10001"`` / ``"head:6379"`` -> ``("head", port)``; ``None`` for ``"auto"``."""
+    rest = address.split("://", 1)[-1]
+    host, sep, port = rest.rpartition(":")
+    return (host.strip("[]"), int(port)) if sep and host and port.isdigit() else None
+
+
+def _init_ray(ray: Any, address: Optional[str], timeout: float, init_kwargs: Dict[str, Any]) -> None:
+    """``ray.init`` that gives up after ``timeout`` seconds instead of waiting for an address
+    nobody answers (Ray itself retries for minutes)."""
+    import socket
+
+    hint = ("check --address (ray://HEAD:10001 for Ray Client, HEAD:6379 for a node of the cluster), that the "
+            "cluster is up (ray status on its head) and that this machine can reach it")
+    target = _host_port(address) if address else None
+    if target is not None:
+        try:
+            socket.create_connection(target, timeout=timeout).close()
+        except OSError as err:
+            raise TimeoutError(f"no Ray cluster answers at {address} ({err.strerror or err}); {hint}") from None
+    errors: list = []
+    thread = threading.Thread(target=lambda: _capture(errors, ray.init, address=address, **init_kwargs), daemon=True)
+    thread.start()
+    thread.join(timeout if address else None)
+    if thread.is_alive():
+        raise TimeoutError(f"the Ray cluster at {address} did not accept the connection within {timeout:g} s; {hint}")
+    if errors:
+        raise errors[0]
+
+
+def _capture(errors: list, fn: Callable, *args: Any, **kwargs: Any) -> None:
+    try:
+        fn(*args, **kwargs)
+    except BaseException as err:  # re-raised in the caller's thread
+        errors.append(err)
+
+
 class RayExecutor(Executor):
     """Each task an independent Ray task with declared resources.
 
@@ -260,14 +339,16 @@ class RayExecutor(Executor):
         shared_filesystem: whether workers see the driver's output directory. ``None``:
             True for a local instance, False for a remote cluster (then the final
             checkpoints are sent back to the driver with the results).
+        connect_timeout: seconds to wait for the cluster at ``address`` to answer.
         init_kwargs: more ``ray.init`` arguments (``runtime_env``, ``namespace``...).
 
     Raises:
         ImportError: Ray is not installed (the message names the ``fxharden[ray]`` extra).
+        TimeoutError: nobody answers at ``address`` within ``connect_timeout`` seconds.
     """
 
     def __init__(self, address: Optional[str] = None, num_cpus: float = 1, num_gpus: float = 0, retries: int = 2,
-                 shared_filesystem: Optional[bool] = None, **init_kwargs: Any) -> None:
+                 shared_filesystem: Optional[bool] = None, connect_timeout: float = 30.0, **init_kwargs: Any) -> None:
         super().__init__(retries)
         self._ray = ray = _import_ray()
         if num_cpus <= 0 or num_gpus < 0:
@@ -276,7 +357,7 @@ class RayExecutor(Executor):
         if self._owns:
             init_kwargs.setdefault("include_dashboard", False)
             init_kwargs.setdefault("log_to_driver", False)
-            ray.init(address=address, **init_kwargs)
+            _init_ray(ray, address, connect_timeout, init_kwargs)
         self.shared_filesystem = address is None if shared_filesystem is None else shared_filesystem
         threads = max(1, int(num_cpus))
         self._remote = ray.remote(_call).options(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)
@@ -309,7 +390,7 @@ class RayExecutor(Executor):
 
 
 def make_executor(kind: ExecutorKind = ExecutorKind.LOCAL, jobs: int = 1, address: Optional[str] = None,
-                  retries: Optional[int] = None, num_gpus: float = 0) -> Executor:
+                  retries: Optional[int] = None, num_gpus: float = 0, connect_timeout: float = 30.0) -> Executor:
     """The executor the CLI's ``--executor/--jobs/--address`` describe.
 
     ``local``: ``LocalExecutor(jobs)``. ``ray``: ``RayExecutor(address)`` with ``num_cpus``
@@ -321,4 +402,5 @@ def make_executor(kind: ExecutorKind = ExecutorKind.LOCAL, jobs: int = 1, addres
             raise ValueError("--address is only used with --executor ray")
         return LocalExecutor(jobs, retries=retries if retries is not None else 0)
     cpus = max(1, (os.cpu_count() or 1) // jobs) if address is None else 1
-    return RayExecutor(address, num_cpus=cpus, num_gpus=num_gpus, retries=retries if retries is not None else 2)
+    return RayExecutor(address, num_cpus=cpus, num_gpus=num_gpus, retries=retries if retries is not None else 2,
+                       connect_timeout=connect_timeout)

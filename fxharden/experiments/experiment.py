@@ -229,6 +229,27 @@ class Experiment:
                                   f"it defines {[b.value for b, _ in self.budgets]}")
         return found
 
+    def check(self, budget: Optional[Budget] = None, device: Optional[str] = None) -> None:
+        """Everything about running this experiment that is knowable before any cell starts:
+        the budget exists, every model name resolves, the device is there.
+
+        Raises:
+            ExperimentError: the first problem found, naming the file and the key.
+        """
+        from ..devices import resolve_device
+        from ..zoo.models import check_model_name
+
+        self.budget(budget)
+        for model in dict.fromkeys(v.model for v in self.variants):
+            try:
+                check_model_name(model)
+            except ValueError as err:
+                raise ExperimentError(f"{self.source or self.name} [[grid]]: {err}") from None
+        try:
+            resolve_device(device)
+        except (RuntimeError, ValueError) as err:
+            raise ExperimentError(f"{self.source or self.name}: {err}") from None
+
     def paper_value(self, variant: Variant) -> Optional[PaperValue]:
         return dict(self.paper).get(variant.key)
 
@@ -241,7 +262,7 @@ class Experiment:
         data = replace(data or DataSpec(self.dataset), train_images=spec.train_images, test_images=spec.test_images)
         grid = spec.sigmas or self.sweep.sigmas
         matched = spec.matched_sigmas or self.sweep.matched_sigmas or grid
-        repeats = spec.repeats or self.sweep.repeats
+        repeats = spec.repeats if spec.repeats is not None else self.sweep.repeats
         paper_budget = Budget(budget or self.default_budget) is Budget.PAPER
         cells = []
         for v in self.variants:
@@ -265,13 +286,35 @@ def _floats(value: Any, where: str) -> Tuple[float, ...]:
         unknown = set(value) - {"min", "max", "points"}
         if unknown or not {"min", "max", "points"} <= set(value):
             raise ExperimentError(f"{where}: a grid table needs exactly min, max and points, got {sorted(value)}")
-        lo, hi, n = float(value["min"]), float(value["max"]), int(value["points"])
-        if not (0 < lo < hi) or n < 2:
+        lo, hi = _number(value["min"], f"{where}.min"), _number(value["max"], f"{where}.max")
+        n = _int(value["points"], f"{where}.points", 2)
+        if not lo < hi:
             raise ExperimentError(f"{where}: need 0 < min < max and points >= 2, got {dict(value)}")
         return tuple(float(f"{lo * (hi / lo) ** (i / (n - 1)):.4g}") for i in range(n))
-    if not isinstance(value, list) or not value or not all(isinstance(v, (int, float)) and v > 0 for v in value):
+    if not isinstance(value, list) or not value or \
+            not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < float("inf") for v in value):
         raise ExperimentError(f"{where}: expected a non-empty list of sigmas > 0 or {{min, max, points}}, got {value!r}")
     return tuple(sorted(float(v) for v in value))
+
+
+def _int(value: Any, where: str, minimum: int = 1) -> int:
+    """An integer >= ``minimum`` (not a float, bool or string)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ExperimentError(f"{where} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _number(value: Any, where: str) -> float:
+    """A finite number > 0 (not a bool or string)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < float("inf")):
+        raise ExperimentError(f"{where} must be a number > 0, got {value!r}")
+    return float(value)
+
+
+def _table(value: Any, where: str) -> Mapping:
+    if not isinstance(value, Mapping):
+        raise ExperimentError(f"{where} must be a table ([...] section), got {value!r}")
+    return value
 
 
 def _as_list(value: Any) -> list:
@@ -310,12 +353,19 @@ def _check_keys(table: Mapping, allowed: Iterable[str], where: str) -> None:
         raise ExperimentError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(allowed)}")
 
 
+def _model(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ExperimentError(f"{where} must be a model name such as \"lenet5\", got {value!r}")
+    return value
+
+
 def _variants(group: Mapping, where: str) -> List[Variant]:
-    _check_keys(group, ("models", "bits", "scaling", "train_sigma", "lr"), where)
+    _check_keys(_table(group, where), ("models", "bits", "scaling", "train_sigma", "lr"), where)
     if "models" not in group:
         raise ExperimentError(f"{where}: needs models = [\"lenet5\", ...]")
+    lr = _number(group["lr"], f"{where}.lr") if "lr" in group else None
     out = []
-    for model in _as_list(group["models"]):
+    for model in (_model(m, f"{where}.models") for m in _as_list(group["models"])):
         for b in _as_list(group.get("bits", "fp32")):
             bits = _bits(b, f"{where}.bits")
             scalings = [None] if bits is None else [_scaling(s, f"{where}.scaling")
@@ -324,22 +374,19 @@ def _variants(group: Mapping, where: str) -> List[Variant]:
                 for t in _as_list(group.get("train_sigma", "off")):
                     sigma, matched = _training(t, f"{where}.train_sigma")
                     try:
-                        out.append(Variant(str(model), bits, scale, sigma, matched, group.get("lr")))
+                        out.append(Variant(model, bits, scale, sigma, matched, lr))
                     except (TypeError, ValueError) as err:
                         raise ExperimentError(f"{where}: {err}") from None
     return out
 
 
 def _budget(table: Mapping, where: str) -> BudgetSpec:
-    _check_keys(table, [f.name for f in BudgetSpec.__dataclass_fields__.values()], where)
+    _check_keys(_table(table, where), [f.name for f in BudgetSpec.__dataclass_fields__.values()], where)
     kw = dict(table)
-    for key in ("sigmas", "matched_sigmas"):
-        if key in kw:
-            kw[key] = _floats(kw[key], f"{where}.{key}")
-    spec = BudgetSpec(**kw)
-    if spec.seeds < 1 or (spec.epochs is not None and spec.epochs < 1):
-        raise ExperimentError(f"{where}: seeds and epochs must be >= 1")
-    return spec
+    for key, value in kw.items():
+        kw[key] = _floats(value, f"{where}.{key}") if key in ("sigmas", "matched_sigmas") else \
+            _int(value, f"{where}.{key}")
+    return BudgetSpec(**kw)
 
 
 def parse_experiment(data: Mapping[str, Any], source: str = "<experiment>") -> Experiment:
@@ -353,38 +400,60 @@ def parse_experiment(data: Mapping[str, Any], source: str = "<experiment>") -> E
     for key in ("name", "sweep", "grid", "budget"):
         if key not in data:
             raise ExperimentError(f"{source}: missing [{key}]" if key != "name" else f"{source}: missing name = \"...\"")
-    sweep = data["sweep"]
+    if not isinstance(data["name"], str) or not data["name"].strip():
+        raise ExperimentError(f"{source}: name must be a non-empty string, got {data['name']!r}")
+    if not isinstance(data.get("description", ""), str):
+        raise ExperimentError(f"{source}: description must be a string, got {data['description']!r}")
+    if not isinstance(data.get("architectures", False), bool):
+        raise ExperimentError(f"{source}: architectures must be true or false, got {data['architectures']!r}")
+    sweep = _table(data["sweep"], f"{source} [sweep]")
     _check_keys(sweep, ("sigmas", "matched_sigmas", "repeats", "batch_size"), f"{source} [sweep]")
     grid = _floats(sweep.get("sigmas"), f"{source} [sweep].sigmas")
     matched = _floats(sweep["matched_sigmas"], f"{source} [sweep].matched_sigmas") if "matched_sigmas" in sweep else ()
-    budgets = data["budget"]
-    default = budgets.get("default", Budget.CPU.value) if isinstance(budgets, Mapping) else None
+    repeats = _int(sweep.get("repeats", 5), f"{source} [sweep].repeats")
+    batch_size = _int(sweep.get("batch_size", 256), f"{source} [sweep].batch_size")
+    budgets = _table(data["budget"], f"{source} [budget]")
+    default = budgets.get("default", Budget.CPU.value)
     try:
         default, dataset = Budget(default), DatasetKind(data.get("dataset", "cifar10"))
         named = {Budget(k): _budget(v, f"{source} [budget.{k}]") for k, v in budgets.items() if k != "default"}
+        if default not in named:
+            raise ExperimentError(f"{source} [budget]: default = {default.value!r} has no [budget.{default.value}] "
+                                  f"section; it defines {[b.value for b in named]}")
     except ValueError as err:
         if isinstance(err, ExperimentError):
             raise
-        raise ExperimentError(f"{source}: {err}; budgets are {[b.value for b in Budget]}, datasets "
-                              f"{[d.value for d in DatasetKind]}") from None
+        raise ExperimentError(f"{source}: {err}; budgets are [budget.{'] / [budget.'.join(b.value for b in Budget)}], "
+                              f"datasets {[d.value for d in DatasetKind]}") from None
     variants: Dict[str, Variant] = {}
     for i, group in enumerate(_as_list(data["grid"])):
         for v in _variants(group, f"{source} [[grid]] #{i + 1}"):
             variants.setdefault(v.key, v)
+    if not variants:
+        raise ExperimentError(f"{source}: [[grid]] defines no curve")
     paper = []
     for i, row in enumerate(_as_list(data.get("paper", []))):
         where = f"{source} [[paper]] #{i + 1}"
-        _check_keys(row, ("model", "bits", "scaling", "train_sigma", "accuracy", "mu", "mu_err_pct", "source"), where)
-        bits = _bits(row.get("bits", "fp32"), where)
-        sigma, is_matched = _training(row.get("train_sigma", "off"), where)
-        scale = _scaling(row.get("scaling", "dynamic"), where) if bits is not None else None
-        key = Variant(str(row["model"]), bits, scale, sigma, is_matched).key
-        paper.append((key, PaperValue(row.get("accuracy"), row.get("mu"), row.get("mu_err_pct"),
-                                      row.get("source", ""))))
-    return Experiment(name=str(data["name"]), variants=tuple(variants.values()),
-                      sweep=SweepSpec(grid, matched, int(sweep.get("repeats", 5)), int(sweep.get("batch_size", 256))),
+        _check_keys(_table(row, where), ("model", "bits", "scaling", "train_sigma", "accuracy", "mu", "mu_err_pct",
+                                         "source"), where)
+        if "model" not in row:
+            raise ExperimentError(f"{where}: needs model = \"...\" (the curve these numbers belong to)")
+        bits = _bits(row.get("bits", "fp32"), f"{where}.bits")
+        sigma, is_matched = _training(row.get("train_sigma", "off"), f"{where}.train_sigma")
+        scale = _scaling(row.get("scaling", "dynamic"), f"{where}.scaling") if bits is not None else None
+        try:
+            key = Variant(_model(row["model"], f"{where}.model"), bits, scale, sigma, is_matched).key
+        except ValueError as err:
+            raise ExperimentError(f"{where}: {err}") from None
+        numbers = [row.get(k) if row.get(k) is None else _number(row[k], f"{where}.{k}")
+                   for k in ("accuracy", "mu", "mu_err_pct")]
+        if not isinstance(row.get("source", ""), str):
+            raise ExperimentError(f"{where}.source must be a string, got {row['source']!r}")
+        paper.append((key, PaperValue(*numbers, row.get("source", ""))))
+    return Experiment(name=data["name"], variants=tuple(variants.values()),
+                      sweep=SweepSpec(grid, matched, repeats, batch_size),
                       budgets=tuple(named.items()), paper=tuple(paper), dataset=dataset, default_budget=default,
-                      description=str(data.get("description", "")), architectures=bool(data.get("architectures")),
+                      description=data.get("description", ""), architectures=data.get("architectures", False),
                       source=source)
 
 

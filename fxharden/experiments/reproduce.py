@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
-from .._files import atomic_write_bytes, atomic_write_json
+from .._files import atomic_write_bytes, atomic_write_json, run_lock
 from ..measure.results import RESULTS_JSON, load_result
 from .curves import Curve, merge_curve
 from .executors import Executor, ExecutorKind, make_executor
@@ -131,6 +131,7 @@ def reproduce(
     retries: Optional[int] = None,
     num_gpus: float = 0,
     progress: bool = True,
+    connect_timeout: float = 30.0,
 ) -> ReproduceResult:
     """Train and sweep every cell of an experiment, then write its tables and plots.
 
@@ -146,26 +147,42 @@ def reproduce(
         address: Ray cluster address (``executor="ray"``).
         retries: extra attempts per failing cell (default: 0 local, 2 Ray).
         num_gpus: GPUs per Ray task (a fraction packs several cells on one GPU).
-        progress: print one line per finished cell.
+        progress: show live progress on stderr (cells, and the epoch or sweep points of
+            each running cell).
+        connect_timeout: seconds to wait for the Ray cluster at ``address`` to answer.
 
     Returns:
         A ``ReproduceResult``; failed cells are listed in ``failed`` (and failures.json)
         while the finished ones are in the tables.
 
+    Nothing is written before the whole experiment is checked (budget, model names, device,
+    data); while it runs, ``out`` holds a lock file, so a second driver on the same folder is
+    refused (a lock left by a killed driver is taken over).
+
     Raises:
         DataNotFoundError: CIFAR-10 is not where ``data``/``$FXHARDEN_DATA`` point.
-        ExperimentError: an invalid experiment file.
+        ExperimentError: an invalid experiment file, an unknown model or an unavailable device.
+        FileExistsError: another driver is running on ``out``.
+        PermissionError: ``out`` cannot be written.
         ImportError: ``executor="ray"`` without Ray installed (names the extra).
     """
     start = time.perf_counter()
     exp = experiment if isinstance(experiment, Experiment) else load_experiment(experiment)
     budget = Budget(budget or exp.default_budget)
+    exp.check(budget, device)  # everything knowable before a cell runs, before anything is written
     kind = DatasetKind.SYNTHETIC if synthetic else exp.dataset
     cells = exp.cells(budget, DataSpec(kind, root=str(data) if data is not None else None), device)
     _check_data(cells[0].data)
     out = Path(out)
-    atomic_write_json(out / "experiment.json", {"name": exp.name, "source": exp.source, "budget": budget.value,
-                                          "data": cells[0].data.identity(), "cells": [c.key for c in cells]})
+    with run_lock(out, "reproduce"):
+        return _run(exp, cells, out, budget, start, jobs=jobs, executor=executor, address=address, retries=retries,
+                    num_gpus=num_gpus, progress=progress, connect_timeout=connect_timeout)
+
+
+def _run(exp: Experiment, cells: List[Cell], out: Path, budget: Budget, start: float, *, jobs: int,
+         executor: Union[ExecutorKind, str, Executor, None], address: Optional[str], retries: Optional[int],
+         num_gpus: float, progress: bool, connect_timeout: float) -> ReproduceResult:
+    """The body of ``reproduce`` once the experiment is checked and ``out`` is locked."""
     done: Dict[str, Dict[str, Any]] = {}
     for c in cells:
         path = out / "cells" / c.key / RESULT
@@ -181,9 +198,12 @@ def reproduce(
         console = Console(stderr=True)
         console.print(f"{exp.name}: {len(cells)} cells ({len(done)} already done), budget {budget.value}")
     attempts: Dict[str, int] = {}
+    own = not isinstance(executor, Executor)
+    ex = make_executor(ExecutorKind(executor or "local"), jobs, address, retries, num_gpus, connect_timeout) \
+        if own and todo else executor  # before any file is written: an unreachable cluster leaves nothing
+    atomic_write_json(out / "experiment.json", {"name": exp.name, "source": exp.source, "budget": budget.value,
+                                                "data": cells[0].data.identity(), "cells": [c.key for c in cells]})
     if todo:
-        own = not isinstance(executor, Executor)
-        ex = make_executor(ExecutorKind(executor or "local"), jobs, address, retries, num_gpus) if own else executor
         try:
             for c in todo:
                 ex.submit(c.key, run_cell, c, str(out / "cells" / c.key), not ex.shared_filesystem)

@@ -39,6 +39,7 @@ import torch
 from ..core.config import HardenConfig, config_to_dict
 from ..core.harden import noise_sites
 from ..core.noise import Noise
+from .._files import check_writable
 from ..zoo.models import ModelLike, resolve_networks
 from .engine import Engine, EvalData, weights_sha256
 from .grid import run_grid
@@ -134,6 +135,7 @@ def sweep(
         identity = {"format": FORMAT, "settings": settings, "data": data.identity, "networks": [
             {"harden": config_to_dict(hm.harden_config), "weights_sha256": weights_sha256(hm)} for hm in nets]}
         if out is not None:
+            check_writable(out)
             engine.attach(PointStore(out, identity))
         clean = engine.clean()
         chance = cfg.chance if cfg.chance is not None else 1.0 / classes

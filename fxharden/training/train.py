@@ -26,10 +26,10 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from .._files import atomic_write_json
+from .._files import atomic_write_json, check_writable
 from ..devices import resolve_device
 from ..zoo.checkpoint import FORMAT, save_checkpoint
-from ..core.config import check_sigma
+from ..core.config import check_sigma, config_to_dict
 from ..zoo.data import as_batches
 from ..core.harden import HardenedModule, harden, noise_sites, seed_noise
 from ..zoo.recipes import Optimizer
@@ -281,10 +281,12 @@ def _progress(enabled: bool):
                     transient=True)
 
 
-_NOT_COMPARED = ("device", "precision", "eval_batch_size", "eval_each_epoch", "deterministic")
+_NOT_COMPARED = ("device", "precision", "eval_batch_size", "eval_each_epoch", "deterministic", "epochs")
+"""Settings a run may be resumed with changed (``epochs``: a longer run extends it)."""
 
 
-def _load_resume(out: Optional[Path], resume: bool, cfg: TrainConfig) -> Optional[Dict[str, Any]]:
+def _load_resume(out: Optional[Path], resume: bool, cfg: TrainConfig, model: HardenedModule,
+                 arch: Optional[str]) -> Optional[Dict[str, Any]]:
     if out is None:
         if resume:
             raise ValueError("resume=True needs out=<output directory of the run to continue>")
@@ -295,15 +297,38 @@ def _load_resume(out: Optional[Path], resume: bool, cfg: TrainConfig) -> Optiona
     if not resume:
         raise FileExistsError(f"{path} exists; pass resume=True (CLI: --resume) to continue that run, "
                               "or choose another output directory")
-    payload = torch.load(path, map_location="cpu", weights_only=False)
+    other = "use the original settings, or another output directory"
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise ValueError(f"cannot resume {path}: the file cannot be read ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else 'truncated or corrupt'}); remove it to start "
+                         "over, or choose another output directory") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not an fxharden checkpoint; remove it or choose another output directory")
+    if arch and payload.get("arch") and payload["arch"] != arch:
+        raise ValueError(f"cannot resume {path}: it holds a {payload['arch']} network, not {arch}; {other}")
+    stored_harden, harden_now = payload.get("config"), json.loads(json.dumps(config_to_dict(model.harden_config)))
+    if stored_harden != harden_now:
+        keys = sorted(k for k in set(stored_harden or {}) | set(harden_now)
+                      if (stored_harden or {}).get(k) != harden_now.get(k))
+        raise ValueError(f"cannot resume {path}: it was hardened with another config ({', '.join(keys)} differ, "
+                         f"e.g. quantization {_bits_text(stored_harden)} there, {_bits_text(harden_now)} now); {other}")
     stored, now = payload["state"].get("train_config") or {}, json.loads(json.dumps(cfg.to_dict()))
     diff = sorted(k for k in now if k not in _NOT_COMPARED and stored.get(k) != now[k])
     if diff:
         raise ValueError(f"cannot resume {path}: it was trained with other settings ({', '.join(diff)} differ); "
-                         "use the original settings, or another output directory")
+                         f"{other}")
+    done = payload["state"].get("epoch", 0)
+    if cfg.epochs < stored.get("epochs", cfg.epochs) and cfg.epochs < done + (not payload["state"].get("finished")):
+        raise ValueError(f"cannot resume {path} with epochs={cfg.epochs}: it has already trained {done} epoch(s) "
+                         f"of {stored.get('epochs')}; give epochs >= {stored.get('epochs')} (more extends the run)")
     return payload
+
+
+def _bits_text(config: Optional[Dict[str, Any]]) -> str:
+    quant = (config or {}).get("quant")
+    return "fp32" if not quant else f"{quant.get('bits')}-bit"
 
 
 def train(
@@ -330,36 +355,55 @@ def train(
         out: directory for ``checkpoint.pt`` (written atomically after every epoch) and
             ``train_log.json``; ``None`` keeps nothing on disk.
         resume: continue from ``out/checkpoint.pt`` (model, optimizer, scheduler, epoch);
-            a finished run is returned as it is.
+            a finished run is returned as it is. With more ``epochs`` than the stored run
+            planned, the run is extended: optimizer state and weights continue, and the
+            learning-rate schedule restarts (a new cosine decay from ``lr`` to 0 over the added
+            steps, a warm restart). Fewer epochs than stored are refused.
         arch, arch_kwargs: the ``fxharden.zoo.models.build_model`` name and builder arguments of the model,
             stored in the checkpoint so ``load_checkpoint`` / ``fxharden sweep`` rebuild it.
         progress: show a rich progress bar with loss and accuracy.
 
     Raises:
         FileExistsError: ``out`` holds a checkpoint and ``resume`` is False.
+        PermissionError: ``out`` cannot be written (before any training).
         ValueError: a bad setting, or a checkpoint trained with other settings.
     """
     cfg, out = config, (Path(out) if out is not None else None)
     dev = resolve_device(cfg.device)
+    if out is not None:
+        check_writable(out)
     model = model if isinstance(model, HardenedModule) else harden(model)
     mods = _activation_noise(model, cfg.noise)
     caller_sigma = {s: m.sigma.clone() for s, m in mods.items()}
     caller_seed = {s: m.seed for s, m in mods.items()}
-    payload = _load_resume(out, resume, cfg)
+    payload = _load_resume(out, resume, cfg, model, arch)
     if payload is not None:
-        model.load_state_dict(payload["model"])
+        try:
+            model.load_state_dict(payload["model"])
+        except RuntimeError as err:
+            raise ValueError(f"cannot resume {out / CHECKPOINT}: its weights do not fit this network "
+                             f"({str(err).splitlines()[0]}); use the original model and settings, or another "
+                             "output directory") from None
     model.to(dev)
     total = cfg.epochs * _num_batches(data_train, cfg.batch_size)
     total = min(total, cfg.max_steps or total)
-    optimizer = _make_optimizer(model, cfg)
-    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
-                 if cfg.schedule is LRSchedule.COSINE else torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0))
-    autocast, scaler = _autocast(dev, cfg.precision)
     state: Dict[str, Any] = {"epoch": 0, "step": 0, "finished": False, "history": []}
     if payload is not None:
         state = {k: payload["state"][k] for k in state}
+    extended = payload is not None and payload["state"]["train_config"].get("epochs") != cfg.epochs
+    if extended:  # more epochs than the stored run planned: a fresh schedule over the added steps
+        state["finished"] = state["epoch"] >= cfg.epochs or state["step"] >= total
+    optimizer = _make_optimizer(model, cfg)
+    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total - state["step"]))
+                 if cfg.schedule is LRSchedule.COSINE else torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0))
+    autocast, scaler = _autocast(dev, cfg.precision)
+    if payload is not None:
         optimizer.load_state_dict(payload["state"]["optimizer"])
-        scheduler.load_state_dict(payload["state"]["scheduler"])
+        if extended:
+            for group in optimizer.param_groups:
+                group["lr"] = group["initial_lr"] = cfg.lr
+        else:
+            scheduler.load_state_dict(payload["state"]["scheduler"])
         if scaler is not None and payload["state"].get("scaler"):
             scaler.load_state_dict(payload["state"]["scaler"])
     history = [EpochLog(**h) for h in state.pop("history")]

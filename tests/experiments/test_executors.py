@@ -209,3 +209,90 @@ def test_split_sweep_reproduces_the_single_sweep(tmp_path, per_layer):
     fits = [(split.fit, single.fit)] if not per_layer else [(split.per_site[s], single.per_site[s]) for s in single.sites]
     for a, b in fits:
         assert a.status == b.status and (a.mu == b.mu or (math.isnan(a.mu) and math.isnan(b.mu)))
+
+
+def dies_once(folder: str, value: int) -> int:
+    """Kills its worker process on the first attempt (as the OOM killer would) while another
+    task is running and more are queued, then succeeds."""
+    import os
+
+    marker = Path(folder, "died")
+    if not marker.exists():
+        marker.write_text("")
+        deadline = time.monotonic() + 60
+        while not any(Path(folder).glob("started-*")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os._exit(9)
+    return value
+
+
+def busy_square(folder: str, value: int) -> int:
+    Path(folder, f"started-{value}").write_text("")
+    time.sleep(1.0)
+    return value * value
+
+
+def test_a_dead_worker_restarts_the_pool_once_and_every_task_finishes(tmp_path):
+    restarts = []
+    with LocalExecutor(jobs=2, retries=1, threads=1) as ex:
+        original = ex._restart_pool
+        ex._restart_pool = lambda: (restarts.append(ex._pool), original())
+        ex.submit("dies", dies_once, str(tmp_path), 7)
+        for i in range(5):
+            ex.submit(f"t{i}", busy_square, str(tmp_path), i)
+        outcomes = {o.key: o for o in ex.as_completed()}
+    # every future of the broken pool fails once (the running task and the queued ones); only
+    # the first replaces the pool, and the fresh pool holding the retries is never shut down
+    # under them: all six finish
+    assert len(restarts) == 1
+    assert {k: o.value for k, o in outcomes.items()} == {"dies": 7, **{f"t{i}": i * i for i in range(5)}}
+    assert outcomes["dies"].attempts == 2 and all(o.ok for o in outcomes.values())
+
+
+ORPHANS = """
+import os, sys, time
+from pathlib import Path
+from fxharden.experiments.executors import LocalExecutor
+
+def sleeper(folder):
+    Path(folder, str(os.getpid())).write_text("")
+    time.sleep(120)
+
+if __name__ == "__main__":
+    ex = LocalExecutor(jobs=2, threads=1)
+    for i in range(3):
+        ex.submit(f"t{i}", sleeper, sys.argv[1])
+    list(ex.as_completed())
+"""
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (dead, not yet reaped by its new parent) counts as gone
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return True
+
+
+def test_pool_workers_end_when_their_driver_is_killed(tmp_path):
+    script, pids = tmp_path / "driver.py", tmp_path / "pids"
+    script.write_text(ORPHANS)
+    pids.mkdir()
+    proc = subprocess.Popen([sys.executable, str(script), str(pids)], cwd=tmp_path)
+    deadline = time.monotonic() + 60
+    while len(list(pids.iterdir())) < 2 and time.monotonic() < deadline:
+        assert proc.poll() is None
+        time.sleep(0.05)
+    workers = [int(p.name) for p in pids.iterdir()]
+    assert len(workers) == 2 and all(_alive(w) for w in workers)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 5
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(w) for w in workers), "pool workers outlived their driver"
