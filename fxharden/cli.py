@@ -41,9 +41,12 @@ PIPE_WIDTH = 250
 
 
 def show(renderable, stderr: bool = False) -> None:
-    """Print a table or text; to a file or pipe at ``PIPE_WIDTH`` columns instead of rich's 80."""
+    """Print a table or text without markup; to a file or pipe at ``PIPE_WIDTH`` columns
+    instead of rich's 80 (a terminal keeps its own width)."""
     target = err_console if stderr else console
-    target.print(renderable, width=None if target.is_terminal else PIPE_WIDTH, soft_wrap=isinstance(renderable, str))
+    if not target.is_terminal:
+        target = Console(stderr=stderr, markup=False, highlight=False, width=PIPE_WIDTH)
+    target.print(renderable, soft_wrap=isinstance(renderable, str))
 
 
 def styled(label: str, style: str, text: str) -> Text:
@@ -363,7 +366,7 @@ def train_command(
         harden_config = harden_options(bits, scale, dynamic) or HardenConfig(quant=None)
         d = training_defaults(model, bits is not None)
         config = TrainConfig(
-            epochs=epochs or d.epochs, batch_size=batch_size, lr=lr or d.lr, optimizer=optimizer or d.optimizer,
+            epochs=epochs or d.epochs, batch_size=batch_size, lr=d.lr if lr is None else lr, optimizer=optimizer or d.optimizer,
             seed=seed, device=resolve_device(device), train_sigma=NoiseSchedule(train_sigma, ramp_epochs),
             max_steps=max_steps)
         if synthetic and (data is not None or download):
