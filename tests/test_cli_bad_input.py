@@ -148,7 +148,7 @@ CASES = [
     ("recipe-budget-repeats-0", REPRO, "[budget.cpu].repeats must be an integer >= 1, got 0",
      recipe(replace("seeds = 1", "seeds = 1\nrepeats = 0"))),
     ("recipe-paper-without-model", REPRO, "[[paper]] #1: needs model", recipe(append("\n[[paper]]\nbits = 8\n"))),
-    ("recipe-paper-accuracy-text", REPRO, "[[paper]] #1.accuracy must be a number",
+    ("recipe-paper-accuracy-text", REPRO, "[[paper]] #1.accuracy must be a number >= 0",
      recipe(append('\n[[paper]]\nmodel = "lenet5"\naccuracy = "high"\n'))),
     ("recipe-unknown-model", REPRO, "unknown model 'no_such_net'",
      recipe(replace('models = ["lenet5"]', 'models = ["no_such_net"]'))),

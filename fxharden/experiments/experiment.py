@@ -304,10 +304,11 @@ def _int(value: Any, where: str, minimum: int = 1) -> int:
     return value
 
 
-def _number(value: Any, where: str) -> float:
-    """A finite number > 0 (not a bool or string)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < float("inf")):
-        raise ExperimentError(f"{where} must be a number > 0, got {value!r}")
+def _number(value: Any, where: str, zero: bool = False) -> float:
+    """A finite number > 0 (>= 0 with ``zero``; not a bool or string)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value != value + 1) or \
+            not (value >= 0 if zero else value > 0):
+        raise ExperimentError(f"{where} must be a number {'>=' if zero else '>'} 0, got {value!r}")
     return float(value)
 
 
@@ -423,8 +424,8 @@ def parse_experiment(data: Mapping[str, Any], source: str = "<experiment>") -> E
     except ValueError as err:
         if isinstance(err, ExperimentError):
             raise
-        raise ExperimentError(f"{source}: {err}; budgets are [budget.{'] / [budget.'.join(b.value for b in Budget)}], "
-                              f"datasets {[d.value for d in DatasetKind]}") from None
+        raise ExperimentError(f"{source}: {err}; budgets are {[b.value for b in Budget]}, datasets "
+                              f"{[d.value for d in DatasetKind]}") from None
     variants: Dict[str, Variant] = {}
     for i, group in enumerate(_as_list(data["grid"])):
         for v in _variants(group, f"{source} [[grid]] #{i + 1}"):
@@ -445,7 +446,7 @@ def parse_experiment(data: Mapping[str, Any], source: str = "<experiment>") -> E
             key = Variant(_model(row["model"], f"{where}.model"), bits, scale, sigma, is_matched).key
         except ValueError as err:
             raise ExperimentError(f"{where}: {err}") from None
-        numbers = [row.get(k) if row.get(k) is None else _number(row[k], f"{where}.{k}")
+        numbers = [row.get(k) if row.get(k) is None else _number(row[k], f"{where}.{k}", zero=True)
                    for k in ("accuracy", "mu", "mu_err_pct")]
         if not isinstance(row.get("source", ""), str):
             raise ExperimentError(f"{where}.source must be a string, got {row['source']!r}")

@@ -269,3 +269,49 @@ def test_cli_train_writes_a_checkpoint_and_refuses_to_overwrite(tmp_path):
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 2 and "--resume" in again.output
     assert CliRunner().invoke(app, args + ["--resume"]).exit_code == 0  # finished: nothing left to do
+
+
+def test_more_epochs_extend_a_finished_run_with_a_fresh_cosine(tmp_path):
+    cfg = TrainConfig(epochs=1, batch_size=32, lr=1e-3, seed=2)
+    first = train(hardened("fp32"), TRAIN, config=cfg, out=tmp_path)
+    per_epoch = len(TRAIN) // 32
+    assert first.steps == per_epoch and first.history[-1].lr == pytest.approx(0.0, abs=1e-12)
+    lrs = []
+    original = torch.optim.Adam.step
+
+    def record(self, *a, **k):
+        lrs.append(self.param_groups[0]["lr"])
+        return original(self, *a, **k)
+
+    torch.optim.Adam.step = record
+    try:
+        longer = train(hardened("fp32"), TRAIN, config=replace_epochs(cfg, 3), out=tmp_path, resume=True)
+    finally:
+        torch.optim.Adam.step = original
+    assert longer.resumed_from == 1 and [h.epoch for h in longer.history] == [1, 2, 3]
+    assert longer.steps == 3 * per_epoch and len(lrs) == 2 * per_epoch
+    # the schedule restarts: cosine from lr to 0 over the added steps (closed form)
+    n = 2 * per_epoch
+    expected = [1e-3 * (1 + math.cos(math.pi * i / n)) / 2 for i in range(n)]
+    assert lrs == pytest.approx(expected, rel=1e-6, abs=1e-12)
+    with pytest.raises(ValueError, match="give epochs >= 3"):
+        train(hardened("fp32"), TRAIN, config=replace_epochs(cfg, 2), out=tmp_path, resume=True)
+
+
+def replace_epochs(cfg, epochs):
+    from dataclasses import replace
+
+    return replace(cfg, epochs=epochs)
+
+
+def test_resume_refuses_another_model_other_bits_and_a_truncated_file(tmp_path):
+    cfg = TrainConfig(max_steps=1, batch_size=32)
+    train(hardened("fp32"), TRAIN, config=cfg, out=tmp_path, arch="lenet5")
+    with pytest.raises(ValueError, match="hardened with another config .*quant.*fp32 there, 8-bit now"):
+        train(hardened("constant"), TRAIN, config=cfg, out=tmp_path, resume=True, arch="lenet5")
+    with pytest.raises(ValueError, match="holds a lenet5 network, not resnet18"):
+        train(hardened("fp32"), TRAIN, config=cfg, out=tmp_path, resume=True, arch="resnet18")
+    path = tmp_path / CHECKPOINT
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="the file cannot be read"):
+        train(hardened("fp32"), TRAIN, config=cfg, out=tmp_path, resume=True, arch="lenet5")
