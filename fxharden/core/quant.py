@@ -9,12 +9,13 @@ round, so both paths give identical values. Nothing else in fxharden rounds or c
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+import contextlib
+from typing import Iterator, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["qrange", "round_ste", "fake_quantize", "ActQuant", "WeightQuant", "MIN_STEP"]
+__all__ = ["qrange", "round_ste", "fake_quantize", "ActQuant", "WeightQuant", "MIN_STEP", "frozen_weights"]
 
 MIN_STEP = 1e-8
 """Smallest step a statistics-based scale may take (an all-zero tensor would give 0)."""
@@ -90,6 +91,8 @@ class ActQuant(nn.Module):
 
     Calibration happens in training mode, and also in eval mode for a quantizer that has
     never seen data (so a fresh model can be swept without training first).
+
+    Integer tensors (token ids, indices) pass through unchanged: they are never quantized.
     """
 
     def __init__(
@@ -134,6 +137,8 @@ class ActQuant(nn.Module):
         self.observed.fill_(self._observed)
 
     def forward(self, x: Tensor) -> Tensor:
+        if not x.is_floating_point():
+            return x  # ids and indices: quantizing them would change which row is looked up
         if self._observed < self.calibration_steps and (self.training or self._observed == 0):
             self._observe(x)
         scale = self.scale
@@ -146,14 +151,15 @@ class WeightQuant(nn.Module):
     """Symmetric signed weight quantizer, step ``max|w| / qmax`` from the current weights.
 
     ``axis=0`` gives one step per output channel (convolutions), ``axis=None`` one step per
-    tensor (linear layers). The step follows the weights as they train. Without autograd
-    (evaluation, sweeps) the quantized tensor is cached until the weight changes.
+    tensor (linear layers). The step follows the weights as they train. The quantized weight
+    is recomputed at every forward, except inside ``frozen_weights`` (see there).
     """
 
     def __init__(self, bits: int, axis: Optional[int]) -> None:
         super().__init__()
         self.bits, self.axis = bits, axis
         self.qmin, self.qmax = qrange(bits, signed=True)
+        self._frozen = 0  # depth of enclosing frozen_weights blocks
         self._cache: Optional[Tuple[tuple, Tensor]] = None
 
     def extra_repr(self) -> str:
@@ -161,7 +167,7 @@ class WeightQuant(nn.Module):
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_cache"] = None
+        state["_cache"], state["_frozen"] = None, 0
         return state
 
     def step(self, w: Tensor) -> Tensor:
@@ -174,11 +180,34 @@ class WeightQuant(nn.Module):
         return (peak.float() / self.qmax).clamp_min(MIN_STEP)
 
     def forward(self, w: Tensor) -> Tensor:
-        cacheable = not (torch.is_grad_enabled() and w.requires_grad)
-        if cacheable:
-            key = (w.data_ptr(), w._version, w.device, w.dtype)
+        key = None
+        if self._frozen and not (torch.is_grad_enabled() and w.requires_grad):
+            # an inference tensor is only ever handed to another inference-mode forward
+            key = (w.data_ptr(), w._version, w.device, w.dtype, torch.is_inference_mode_enabled())
             if self._cache is not None and self._cache[0] == key:
                 return self._cache[1]
         out = fake_quantize(w, self.step(w), self.qmin, self.qmax, axis=self.axis)
-        self._cache = (key, out) if cacheable else None
+        if key is not None:
+            self._cache = (key, out)
         return out
+
+
+@contextlib.contextmanager
+def frozen_weights(model: nn.Module) -> Iterator[nn.Module]:
+    """A block in which ``model``'s weights do not change: each weight quantizer computes its
+    quantized weight once per device/dtype and reuses it (what a sweep does).
+
+    Outside such a block nothing is cached, so any change to a weight (an optimizer step,
+    ``weight.data.zero_()``, ``load_state_dict``) is seen by the next forward. The caches are
+    dropped when the block ends. Changing a weight inside the block is not supported.
+    """
+    quants = [m for m in model.modules() if isinstance(m, WeightQuant)]
+    for q in quants:
+        q._frozen += 1
+    try:
+        yield model
+    finally:
+        for q in quants:
+            q._frozen -= 1
+            if not q._frozen:
+                q._cache = None

@@ -26,6 +26,7 @@ results as an uninterrupted one. The clean pass uses ``seed_noise(model, 0)``.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import re
@@ -40,6 +41,7 @@ from ..core.config import HardenConfig, config_to_dict
 from ..core.harden import noise_sites
 from ..core.noise import Noise
 from .._files import check_writable
+from ..core.quant import frozen_weights
 from ..zoo.models import ModelLike, resolve_networks
 from .engine import Engine, EvalData, weights_sha256
 from .grid import run_grid
@@ -123,7 +125,10 @@ def sweep(
     nets = [hm for _, hm in labelled]
     saved = [(hm.training, next(iter(hm.parameters()), torch.empty(0)).device,
               {m: (m.sigma.clone(), m.seed) for m in hm.modules() if isinstance(m, Noise)}) for hm in nets]
+    frozen = contextlib.ExitStack()
     try:
+        for hm in nets:
+            frozen.enter_context(frozen_weights(hm))  # the sweep never changes a weight
         sites = _select_sites(noise_sites(nets[0]), cfg.sites)
         for hm in nets:
             hm.eval().to(dev)
@@ -142,6 +147,7 @@ def sweep(
         keys: List[Optional[str]] = [None] if cfg.mode is SweepMode.GLOBAL else list(sites)
         run_grid(engine, cfg, keys, float(np.mean(clean)), chance)
     finally:
+        frozen.close()
         for hm, (training, device, noise) in zip(nets, saved):
             hm.train(training).to(device)
             for m, (sigma, seed) in noise.items():

@@ -7,8 +7,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import nn
 
-from fxharden.core.quant import ActQuant, WeightQuant, fake_quantize, qrange
+import fxharden
+from fxharden.core.quant import ActQuant, WeightQuant, fake_quantize, frozen_weights, qrange
 
 
 def reference(x: np.ndarray, s: float, bits: int, signed: bool) -> np.ndarray:
@@ -107,15 +109,45 @@ def test_weight_quant_per_channel_step_from_range():
     assert torch.allclose(out.abs().amax(dim=(1, 2, 3)), w.abs().amax(dim=(1, 2, 3)))
 
 
-def test_weight_quant_follows_training_and_cache_invalidates():
+def test_weight_quant_caches_only_inside_frozen_weights():
     w = torch.nn.Parameter(torch.randn(5, 3))
     wq = WeightQuant(8, axis=None)
-    with torch.no_grad():
+    with torch.no_grad(), frozen_weights(wq):
         first = wq(w)
         assert wq(w) is first  # cached
         w.mul_(2)  # in-place update bumps the version counter
         second = wq(w)
     assert torch.allclose(second, 2 * first, rtol=1e-6)
+    assert wq._cache is None  # dropped when the block ends
+
+
+def test_in_place_weight_change_through_data_is_seen():
+    """``weight.data.zero_()`` does not bump the version counter: outside a frozen block the
+    next eval forward must still see it (reference: F.linear with a zero weight = the bias)."""
+    hm = fxharden.harden(nn.Sequential(nn.Linear(4, 3)), bits=8, scale=1.0).eval()
+    x = torch.randn(6, 4)
+    with torch.no_grad():
+        hm(x)
+        hm.get_submodule("0").weight.data.zero_()
+        out = hm(x)
+    bias = hm.get_submodule("0").bias.detach()
+    # the output passes no quantizer after the linear layer, so it is the bias exactly
+    assert torch.equal(out, bias.expand(6, 3))
+
+
+def test_inference_cache_is_never_used_by_a_training_forward():
+    hm = fxharden.harden(nn.Sequential(nn.Linear(4, 3)), bits=8, scale=1.0)
+    hm.get_submodule("0").weight.requires_grad_(False)  # a frozen layer
+    x = torch.randn(6, 4)
+    with frozen_weights(hm), torch.inference_mode():
+        hm.eval()(x)
+    with frozen_weights(hm):  # even inside one block: inference tensors stay in inference mode
+        with torch.inference_mode():
+            hm(x)
+        x = x.clone().requires_grad_()
+        hm.train()(x).sum().backward()
+    w = hm.get_submodule("0").hardened_weight()
+    assert torch.allclose(x.grad, w.sum(0).expand(6, 4))  # d(sum(x W^T))/dx = column sums of W
 
 
 def test_act_quant_constant_step_never_changes():
@@ -169,3 +201,29 @@ def test_act_quant_state_dict_round_trip():
     b.load_state_dict(a.state_dict())
     x = torch.randn(50) * 10
     assert torch.equal(a.eval()(x), b(x))  # b does not re-calibrate: it has seen data
+
+
+class TokenModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(500, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, ids):
+        return self.head(self.emb(ids).mean(1))
+
+
+def test_token_ids_are_never_quantized():
+    torch.manual_seed(0)
+    model = TokenModel().eval()
+    ids = torch.tensor([[18, 358, 479], [1, 2, 499]])
+    hm = fxharden.harden(model, bits=8, scale=1.0).eval()
+    seen = {}
+    hm.emb.register_forward_pre_hook(lambda m, a: seen.__setitem__("ids", a[0]))
+    out = hm(ids)
+    assert torch.equal(seen["ids"], ids)  # the ids reach the embedding as they are
+    # reference: the eager embedding rows of these ids, then the quantized head
+    ref = nn.functional.linear(model.emb(ids).mean(1), hm.head.hardened_weight(), model.head.bias)
+    assert torch.allclose(out, ref, atol=1e-6)
+    q = ActQuant(8, signed=True)
+    assert torch.equal(q(ids), ids) and q._observed == 0  # no calibration on ids either
