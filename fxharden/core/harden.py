@@ -153,12 +153,16 @@ def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
     setattr(root.get_submodule(parent) if parent else root, attr, module)
 
 
+_UNSET: Any = object()
+"""Default of ``harden``'s ``scale``/``sigma``: tells "not given" from an explicit value."""
+
+
 def harden(
     model: nn.Module,
     bits: Optional[int] = None,
-    scale: Optional[float] = 1.0,
+    scale: Optional[float] = _UNSET,
     *,
-    sigma: float = 0.0,
+    sigma: float = _UNSET,
     config: Optional[HardenConfig] = None,
     **config_kwargs: Any,
 ) -> HardenedModule:
@@ -167,8 +171,8 @@ def harden(
     Args:
         model: any ``nn.Module``; it is never modified.
         bits: bit width of weights and activations (2..16), or ``None`` for no quantization.
-        scale: the constant step ``s`` of every post-activation quantizer, or ``None`` for
-            dynamic (learned) scaling.
+        scale: the constant step ``s`` of every post-activation quantizer (default 1.0), or
+            ``None`` for dynamic (learned) scaling.
         sigma: initial noise strength at every noise site.
         config: a full ``HardenConfig``; excludes ``bits``/``scale``/``sigma``.
         **config_kwargs: other ``HardenConfig`` fields (``rules``, ``leaf_modules``,
@@ -179,7 +183,8 @@ def harden(
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module``, or is already hardened.
-        ValueError: invalid bits/scale/sigma (the message says the valid range).
+        ValueError: invalid bits/scale/sigma (the message says the valid range), or
+            ``config`` given together with ``bits``/``scale``/``sigma``/config fields.
         UntraceableModelError: with ``strict=True``, when a submodule cannot be traced.
     """
     if not isinstance(model, nn.Module):
@@ -188,9 +193,15 @@ def harden(
         raise TypeError("this model is already hardened; harden the original model, or change "
                         "noise with fxharden.set_noise")
     if config is None:
-        config = HardenConfig.from_shorthand(bits=bits, scale=scale, sigma=sigma, **config_kwargs)
-    elif bits is not None or sigma != 0.0 or config_kwargs:
-        raise ValueError("pass either config=HardenConfig(...) or the keyword form (bits, scale, sigma, ...), not both")
+        config = HardenConfig.from_shorthand(bits=bits, scale=1.0 if scale is _UNSET else scale,
+                                             sigma=0.0 if sigma is _UNSET else sigma, **config_kwargs)
+    else:
+        given = [name for name, value in (("bits", bits), ("scale", scale), ("sigma", sigma))
+                 if value is not _UNSET and not (name == "bits" and value is None)] + sorted(config_kwargs)
+        if given:
+            raise ValueError(f"harden got config=HardenConfig(...) and also {', '.join(given)}; the config "
+                             "already holds these: pass only config (change it with config.replace(...)), "
+                             "or only the keyword form (bits, scale, sigma, ...)")
 
     model = _copy_model(model)
     cap = capture(model, config.leaf_modules, config.strict)
@@ -253,10 +264,12 @@ def _harden_weights(root: nn.Module, site: Site, config: HardenConfig, skipped: 
     qc, wn = config.quant, config.weight_noise
     desc = ""
     for name, module in _weight_modules(site, root):
+        if hasattr(module, "hardened_weight"):
+            continue  # hardened already (a layer called twice, or found again in the other mode's graph)
         if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)) and not can_harden_weights(module):
             skipped[name] = f"{type(module).__name__} has its own forward; its weights are used as they are"
             continue
-        if not can_harden_weights(module) or hasattr(module, "hardened_weight"):
+        if not can_harden_weights(module):
             continue
         axis = 0 if isinstance(module, nn.modules.conv._ConvNd) else None
         wq = WeightQuant(qc.w_bits, axis) if site.quantize_weights else None

@@ -259,3 +259,34 @@ def test_configs_saved_by_the_flat_package_still_load():
     data["rules"]["by_type"] = [["fxharden.models:LeNet5", entry] for _, entry in data["rules"]["by_type"]]
     cfg = config_from_dict(data)
     assert dict(cfg.rules.by_type) == {LeNet5: LayerConfig(noise=False)}
+
+
+def test_config_with_shorthand_is_refused_naming_what_was_given():
+    cfg = HardenConfig(quant=QuantConfig(bits=8, scale=1.0))
+    for kwargs, named in (({"scale": 2.0}, "scale"), ({"scale": 1.0}, "scale"), ({"sigma": 0.1}, "sigma"),
+                          ({"bits": 4}, "bits"), ({"strict": True}, "strict")):
+        with pytest.raises(ValueError, match=f"also {named}.*config.replace"):
+            fxharden.harden(LeNetLike(), config=cfg, **kwargs)
+    assert fxharden.harden(LeNetLike(), config=cfg).harden_config == cfg
+
+
+class ModeDependent(nn.Module):
+    """Its code differs between train and eval, so harden keeps one graph per mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc(F.dropout(x, 0.5, self.training))
+
+
+def test_layers_found_in_both_mode_graphs_are_reported_as_quantized():
+    hm = fxharden.harden(ModeDependent(), bits=4, scale=1.0)
+    assert hm.meta.get("fxharden_graphs") is not None  # the case under test: two graphs
+    report = fxharden.harden_report(hm)
+    assert report.skipped == {}
+    assert {s.name: s.quantizer for s in report.sites}["fc"] == "weights bits=4, per-tensor"
+    step = hm.fc.weight.abs().max() / 7  # reference: the per-tensor 4-bit grid
+    k = hm.fc.hardened_weight().detach() / step
+    assert torch.allclose(k, k.round(), atol=1e-4)
