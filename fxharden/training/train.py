@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from .._files import atomic_write_json, check_writable
 from ..devices import resolve_device
-from ..zoo.checkpoint import FORMAT, save_checkpoint
+from ..zoo.checkpoint import read_payload, save_checkpoint
 from ..core.config import check_sigma, config_to_dict
 from ..zoo.data import as_batches
 from ..core.harden import HardenedModule, harden, noise_sites, seed_noise
@@ -299,13 +299,10 @@ def _load_resume(out: Optional[Path], resume: bool, cfg: TrainConfig, model: Har
                               "or choose another output directory")
     other = "use the original settings, or another output directory"
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise ValueError(f"cannot resume {path}: the file cannot be read ({type(err).__name__}: "
-                         f"{str(err).splitlines()[0] if str(err) else 'truncated or corrupt'}); remove it to start "
-                         "over, or choose another output directory") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an fxharden checkpoint; remove it or choose another output directory")
+        payload = read_payload(path)  # weights_only: reading never runs code from the file
+    except ValueError as err:
+        raise ValueError(f"cannot resume {path}: the file cannot be read ({str(err).splitlines()[0]}); remove it to "
+                         "start over, or choose another output directory") from None
     if arch and payload.get("arch") and payload["arch"] != arch:
         raise ValueError(f"cannot resume {path}: it holds a {payload['arch']} network, not {arch}; {other}")
     stored_harden, harden_now = payload.get("config"), json.loads(json.dumps(config_to_dict(model.harden_config)))

@@ -19,7 +19,7 @@ from ..core.config import HardenConfig, config_from_dict, config_to_dict
 from .._files import atomic_write_bytes
 from ..core.harden import HardenedModule, harden
 
-__all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "is_checkpoint", "FORMAT"]
+__all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "read_payload", "is_checkpoint", "FORMAT"]
 
 FORMAT = "fxharden-checkpoint-v1"
 
@@ -60,6 +60,29 @@ def is_checkpoint(path: Union[str, Path]) -> bool:
     return Path(path).is_file()
 
 
+def read_payload(path: Union[str, Path], map_location: Any = "cpu") -> Dict[str, Any]:
+    """The raw dict of an fxharden checkpoint, read with ``torch.load(weights_only=True)``:
+    tensors, numbers, strings and containers only, so reading a file never runs code from it.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: the file is not an fxharden checkpoint (corrupt, another format, or
+            holding objects other than tensors and plain data).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err}); "
+                         "was it written by fxharden train?") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path} is not an fxharden checkpoint (expected format {FORMAT!r}); "
+                         "plain state_dicts can be loaded with model.load_state_dict after fxharden.harden")
+    return payload
+
+
 def load_checkpoint(path: Union[str, Path], map_location: Any = "cpu") -> Checkpoint:
     """Rebuild the hardened model stored at ``path``.
 
@@ -69,17 +92,7 @@ def load_checkpoint(path: Union[str, Path], map_location: Any = "cpu") -> Checkp
     """
     from .models import build_model
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:
-        raise ValueError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err}); "
-                         "was it written by fxharden train?") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an fxharden checkpoint (expected format {FORMAT!r}); "
-                         "plain state_dicts can be loaded with model.load_state_dict after fxharden.harden")
+    payload = read_payload(path, map_location)
     config = config_from_dict(payload["config"])
     base = build_model(payload["arch"], **payload["arch_kwargs"])
     model = harden(base, config=config)

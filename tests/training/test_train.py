@@ -156,6 +156,36 @@ def test_checkpoint_round_trip_gives_identical_predictions(tmp_path, kind):
     assert log["epoch"] == 1 and log["history"][0]["steps"] == len(TRAIN) // 32
 
 
+class RunsCode:
+    """An object whose unpickling runs code: a checkpoint holding it must be refused unread."""
+
+    ran = False
+
+    def __reduce__(self):
+        return (_mark_ran, ())
+
+
+def _mark_ran():
+    RunsCode.ran = True
+    return {}
+
+
+def test_checkpoints_are_read_without_running_code(tmp_path):
+    train(hardened("constant"), TRAIN, config=TrainConfig(max_steps=1, batch_size=32), out=tmp_path,
+          arch="lenet5", arch_kwargs={"num_classes": 10})
+    path = tmp_path / CHECKPOINT
+    payload = torch.load(path, weights_only=True)  # what fxharden writes is plain data
+    assert load_checkpoint(path).state["step"] == 1
+    payload["state"]["extra"] = RunsCode()
+    torch.save(payload, path)
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        load_checkpoint(path)
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        train(hardened("constant"), TRAIN, config=TrainConfig(max_steps=1, batch_size=32), out=tmp_path,
+              resume=True)
+    assert not RunsCode.ran
+
+
 class Interrupt(Exception):
     pass
 
