@@ -21,7 +21,7 @@ _EXPORTS = {
     "core.config": ("HardenConfig", "LayerConfig", "NoiseConfig", "QuantConfig", "Scaling", "SiteKind", "SiteRules",
                     "WeightNoiseConfig", "WeightNoiseKind"),
     "core.harden": ("HardenedModule", "HardenReport", "harden", "harden_report", "noise_sites", "seed_noise",
-                    "set_noise"),
+                    "set_noise", "set_weight_noise"),
     "core.trace": ("UntraceableModelError",),
     "measure.metrics": ("FitStatus", "MidpointFit", "fit_midpoint"),
     "measure.results": ("SweepResult", "SweepMode", "load_result"),

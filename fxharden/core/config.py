@@ -171,7 +171,8 @@ class NoiseConfig:
     kinds: frozenset = DEFAULT_NOISE_KINDS
     """Which site kinds get a noise node; add ``SiteKind.ADD`` for residual adds."""
     seed: int = 0
-    """Base seed of the per-site ``torch.Generator`` streams (site ``i`` uses ``seed + i``)."""
+    """Base seed of the per-site ``torch.Generator`` streams; each site's stream is seeded
+    with a hash of (seed, site name), so streams never overlap (``fxharden.noise.stream_seed``)."""
 
     def __post_init__(self) -> None:
         check_sigma(self.sigma)
@@ -187,11 +188,15 @@ class WeightNoiseConfig:
     sigma: float = 0.0
     """Standard deviation of the additive noise or of the log-normal exponent."""
     relative: bool = False
-    """Additive only: scale sigma by each tensor's max |w| (Noisy Machines' convention)."""
+    """Additive only: the noise's standard deviation is ``sigma * max|w|`` of each (quantized)
+    weight tensor, instead of ``sigma`` (Noisy Machines' convention)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", WeightNoiseKind(self.kind))
         check_sigma(self.sigma)
+        if self.relative and self.kind is WeightNoiseKind.LOGNORMAL:
+            raise ValueError("relative=True is defined for additive weight noise only; log-normal drift "
+                             "is already relative to each weight")
 
 
 @dataclass(frozen=True)

@@ -1,22 +1,21 @@
 """``harden``: copy -> trace -> resolve rules -> insert quantizers and noise -> recompile.
 
-Also the verbs that act on a hardened model: ``noise_sites``, ``set_noise``, ``seed_noise``,
-``harden_report``.
+Also the verbs that act on a hardened model: ``noise_sites``, ``set_noise``,
+``set_weight_noise``, ``seed_noise``, ``harden_report``.
 """
 
 from __future__ import annotations
 
 import copy
-import zlib
 import difflib
-from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 import torch
 from torch import fx, nn
 
-from .config import HardenConfig, Scaling, SiteKind, WeightNoiseKind
-from .layers import can_harden_weights, harden_layer
+from .config import HardenConfig, Scaling, SiteKind
+from .hardened import HardenedModule, HardenReport, SiteInfo, build_hardened
+from .layers import HARDENED_LAYERS, can_harden_weights, harden_layer, weight_axis
 from .noise import Noise, SigmaLike
 from .passes import ensure_container, insert_site_modules, key_for
 from .quant import ActQuant, WeightQuant
@@ -24,55 +23,7 @@ from .sites import Site, find_sites, node_description
 from .trace import capture
 
 __all__ = ["harden", "HardenedModule", "SiteInfo", "HardenReport", "noise_sites", "set_noise",
-           "seed_noise", "harden_report"]
-
-
-@dataclass(frozen=True)
-class SiteInfo:
-    """One row of the harden report (what ``fxharden inspect`` prints)."""
-
-    name: str
-    kind: str
-    op: str
-    quantizer: str
-    noise: bool
-    note: str = ""
-
-
-@dataclass(frozen=True)
-class HardenReport:
-    """What ``harden`` did: every site, and what it left out and why."""
-
-    sites: tuple
-    opaque: Dict[str, str] = field(default_factory=dict)
-    """Submodules that could not be traced and were treated as one layer, with the reason."""
-    skipped: Dict[str, str] = field(default_factory=dict)
-    """Layers whose weights were not quantized/perturbed, with the reason."""
-
-    @property
-    def noise_sites(self) -> List[str]:
-        return [s.name for s in self.sites if s.noise]
-
-
-class HardenedModule(fx.GraphModule):
-    """A ``GraphModule`` that keeps one graph per mode when the model's code differs between
-    ``train()`` and ``eval()`` (e.g. ``F.dropout(x, p, self.training)``), so both modes
-    behave like the original model. ``meta['fxharden']`` holds the config and report."""
-
-    def train(self, mode: bool = True) -> "HardenedModule":
-        super().train(mode)
-        graphs = self.meta.get("fxharden_graphs") if hasattr(self, "meta") else None
-        if graphs is not None and graphs[mode] is not self.graph:
-            self.graph = graphs[mode]
-        return self
-
-    @property
-    def harden_config(self) -> HardenConfig:
-        return self.meta["fxharden"]["config"]
-
-    @property
-    def report(self) -> HardenReport:
-        return self.meta["fxharden"]["report"]
+           "set_weight_noise", "seed_noise", "harden_report"]
 
 
 def _copy_model(model: nn.Module) -> nn.Module:
@@ -103,31 +54,6 @@ def _check_hardened(model: Any) -> HardenedModule:
         raise TypeError(f"expected a model returned by fxharden.harden, got {type(model).__name__}; "
                         "call fxharden.harden(model, ...) first")
     return model
-
-
-def _copy_targets(root: nn.Module, hm: nn.Module, graph: fx.Graph) -> None:
-    """Copy into ``hm`` what ``graph`` references but the graph ``hm`` was built from does
-    not (e.g. tensor constants recorded only while tracing the other mode)."""
-    for node in graph.nodes:
-        if node.op not in ("get_attr", "call_module"):
-            continue
-        *path, attr = str(node.target).split(".")
-        src, dst = root, hm
-        for part in path:
-            src = getattr(src, part)
-            if not hasattr(dst, part):
-                dst.add_module(part, nn.Module())
-            dst = getattr(dst, part)
-        if not hasattr(dst, attr):
-            value = getattr(src, attr)
-            if isinstance(value, nn.Module):
-                dst.add_module(attr, value)
-            elif isinstance(value, nn.Parameter):
-                dst.register_parameter(attr, value)
-            elif isinstance(value, torch.Tensor):
-                dst.register_buffer(attr, value)
-            else:
-                setattr(dst, attr, value)
 
 
 def _user_leaves(graph: fx.Graph, modules: Dict[str, nn.Module], config: HardenConfig) -> set:
@@ -226,7 +152,7 @@ def harden(
             continue
         sites = find_sites(graph, modules, config, set(cap.opaque) | _user_leaves(graph, modules, config))
         insertions = []
-        for index, site in enumerate(sites):
+        for site in sites:
             targets = []
             qname = ""
             if site.quantize_output:
@@ -237,10 +163,10 @@ def harden(
                     qc.bits, site.signed, step=step, learn=learn, calibration_steps=qc.calibration_steps)))
                 qname = str(container[made[(site.name, "quant")]].extra_repr())
             if site.noise:
-                targets.append(module_for(site.name, "noise", lambda: Noise(site.name, config.noise.seed + index)))
+                targets.append(module_for(site.name, "noise", lambda: Noise(site.name, config.noise.seed)))
             if targets:
                 insertions.append((site.node, targets))
-            if site.quantize_weights or wn.kind is not WeightNoiseKind.NONE:
+            if site.quantize_weights or site.weight_noise:
                 qname = _harden_weights(root, site, config, skipped) or qname
             infos.setdefault(site.name, SiteInfo(site.name, site.kind.value, node_description(site.node, site.module),
                                                  qname, site.noise, cap.opaque.get(str(site.node.target), "")))
@@ -249,12 +175,8 @@ def harden(
     graphs.setdefault(False, graphs[True])
 
     report = HardenReport(sites=tuple(infos.values()), opaque=dict(cap.opaque), skipped=skipped)
-    hm = HardenedModule(root, graphs[model.training], class_name=f"Hardened{type(model).__name__}")
-    hm.meta["fxharden"] = {"config": config, "report": report}
-    if graphs[True] is not graphs[False]:
-        hm.meta["fxharden_graphs"] = graphs
-        _copy_targets(root, hm, graphs[not model.training])
-    hm.train(model.training)
+    hm = build_hardened(root, graphs, model.training, f"Hardened{type(model).__name__}",
+                        {"fxharden": {"config": config, "report": report}})
     if config.noise.sigma:
         set_noise(hm, config.noise.sigma)
     return hm
@@ -263,19 +185,27 @@ def harden(
 def _harden_weights(root: nn.Module, site: Site, config: HardenConfig, skipped: Dict[str, str]) -> str:
     qc, wn = config.quant, config.weight_noise
     desc = ""
+    inside_attention: List[str] = []
     for name, module in _weight_modules(site, root):
-        if hasattr(module, "hardened_weight"):
+        if any(name.startswith(f"{a}.") for a in inside_attention):
+            continue  # the attention layer hardens its projection weights itself
+        if isinstance(module, HARDENED_LAYERS):
             continue  # hardened already (a layer called twice, or found again in the other mode's graph)
-        if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)) and not can_harden_weights(module):
+        if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear, nn.MultiheadAttention)) \
+                and not can_harden_weights(module):
             skipped[name] = f"{type(module).__name__} has its own forward; its weights are used as they are"
             continue
         if not can_harden_weights(module):
+            if site.kind is SiteKind.OTHER and any(True for _ in module.parameters(recurse=False)):
+                skipped[name] = (f"{type(module).__name__}: only conv, linear and attention projection weights "
+                                 "are quantized and perturbed; its weights are used as they are")
             continue
-        axis = 0 if isinstance(module, nn.modules.conv._ConvNd) else None
-        wq = WeightQuant(qc.w_bits, axis) if site.quantize_weights else None
+        if isinstance(module, nn.MultiheadAttention):
+            inside_attention.append(name)
+        wq = WeightQuant(qc.w_bits, weight_axis(module)) if site.quantize_weights else None
         noise = None
-        if wn.kind is not WeightNoiseKind.NONE:
-            noise = Noise(f"{name}.weight", config.noise.seed + zlib.crc32(name.encode()), kind=wn.kind)
+        if site.weight_noise:
+            noise = Noise(f"{name}.weight", config.noise.seed, kind=wn.kind, relative=wn.relative)
             noise.set_sigma(wn.sigma)
         _set_submodule(root, name, harden_layer(module, wq, noise))
         desc = f"weights {wq.extra_repr()}" if wq is not None else desc
@@ -328,10 +258,26 @@ def _check_sites(mods: Dict[str, Noise], sites: Sequence[str]) -> List[str]:
 
 
 def seed_noise(model: nn.Module, seed: int) -> None:
-    """Restart every noise stream (activations and weights) from ``seed`` (site i: seed + i)."""
+    """Restart every noise stream (activations and weights) from base seed ``seed``; each
+    site draws from its own stream ``stream_seed(seed, site name)`` (see ``fxharden.noise``)."""
     _check_hardened(model)
-    for i, mod in enumerate(m for m in model.modules() if isinstance(m, Noise)):
-        mod.reseed(seed + i)
+    for mod in model.modules():
+        if isinstance(mod, Noise):
+            mod.reseed(seed)
+
+
+def weight_noise_modules(model: nn.Module) -> Dict[str, Noise]:
+    """The weight-noise modules of a hardened model, by layer name (``<layer>.weight``)."""
+    acts = set(map(id, _noise_modules(_check_hardened(model)).values()))
+    return {m.site: m for m in model.modules() if isinstance(m, Noise) and id(m) not in acts}
+
+
+def set_weight_noise(model: nn.Module, sigma: SigmaLike) -> None:
+    """Set the weight-noise strength of every layer that has weight noise (``harden`` set it
+    to ``HardenConfig.weight_noise.sigma``): a float, or one float per batch group (one
+    weight draw per group, see ``fxharden.layers``). 0 turns weight noise off."""
+    for mod in weight_noise_modules(model).values():
+        mod.set_sigma(sigma)
 
 
 def harden_report(model: nn.Module) -> HardenReport:

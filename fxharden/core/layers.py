@@ -1,57 +1,148 @@
-"""Conv and linear layers whose weights pass through the quantizer and weight noise.
+"""Conv, linear and attention layers whose weights pass through the quantizer and weight noise.
 
 A hardened layer is the original layer object's class swapped for a subclass that
-transforms its weight before use: the parameters, their names in ``state_dict`` and
+transforms its weights before use: the parameters, their names in ``state_dict`` and
 ``isinstance`` checks stay the same; the transform's modules are added as children.
+
+Weight noise and batch groups: when the weight-noise module holds one sigma per batch group
+(a sweep measuring several repeats in one forward), the layer splits its input along the
+batch dimension and uses one independently perturbed weight per group, exactly as if each
+group had run in its own forward pass.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+import contextlib
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .noise import Noise
 from .quant import WeightQuant
 
-__all__ = ["HARDENED_LAYERS", "harden_layer", "can_harden_weights"]
+__all__ = ["HARDENED_LAYERS", "harden_layer", "can_harden_weights", "weight_axis"]
 
 
 class _HardenedWeight:
-    """Mixin: ``hardened_weight()`` = weight noise(weight quantizer(weight))."""
+    """Mixin: each weight ``w`` of the layer is used as weight noise(weight quantizer(w))."""
 
-    weight: Tensor
     weight_quant: Optional[WeightQuant]
     weight_noise: Optional[Noise]
+    _weight_names: Tuple[str, ...] = ("weight",)
+    """Dotted names of the parameters that are hardened."""
+
+    def _quantized(self) -> Dict[str, Tensor]:
+        ws = {n: self.get_parameter(n) for n in self._weight_names}  # type: ignore[attr-defined]
+        if self.weight_quant is not None:
+            ws = {n: self.weight_quant(w) for n, w in ws.items()}
+        return ws
+
+    def hardened_weights(self) -> Dict[str, Tensor]:
+        """The weights as the next (single-group) forward uses them: quantized, one noise draw."""
+        ws, noise = self._quantized(), self.weight_noise
+        if noise is not None and noise.active:
+            if noise.groups > 1:
+                raise ValueError(f"{noise.site}: weight noise has one sigma per batch group; a forward pass "
+                                 "draws one weight per group (there is no single hardened weight)")
+            ws = {n: noise(w) for n, w in ws.items()}
+        return ws
 
     def hardened_weight(self) -> Tensor:
-        w = self.weight
-        if self.weight_quant is not None:
-            w = self.weight_quant(w)
-        if self.weight_noise is not None:
-            w = self.weight_noise(w)
-        return w
+        """The single hardened weight of a conv or linear layer (see ``hardened_weights``)."""
+        return self.hardened_weights()["weight"]
+
+    def _grouped(self, x: Tensor, apply: Callable[[Tensor, Dict[str, Tensor]], Tensor]) -> Tensor:
+        """``apply(x, weights)`` with hardened weights; one weight draw per batch group."""
+        noise = self.weight_noise
+        if noise is None or noise.observe(x) or not noise.active:
+            return apply(x, self._quantized())
+        if noise.groups == 1:
+            return apply(x, self.hardened_weights())
+        dim = noise.group_dim(x)
+        per_weight = {n: noise.draw_weights(w) for n, w in self._quantized().items()}
+        outs = [apply(xr, {n: ws[r] for n, ws in per_weight.items()})
+                for r, xr in enumerate(x.chunk(noise.groups, dim))]
+        return torch.cat(outs, dim)
 
 
 class HardenedConv1d(_HardenedWeight, nn.Conv1d):
     def forward(self, x: Tensor) -> Tensor:
-        return self._conv_forward(x, self.hardened_weight(), self.bias)
+        return self._grouped(x, lambda x, w: self._conv_forward(x, w["weight"], self.bias))
 
 
 class HardenedConv2d(_HardenedWeight, nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
-        return self._conv_forward(x, self.hardened_weight(), self.bias)
+        return self._grouped(x, lambda x, w: self._conv_forward(x, w["weight"], self.bias))
 
 
 class HardenedConv3d(_HardenedWeight, nn.Conv3d):
     def forward(self, x: Tensor) -> Tensor:
-        return self._conv_forward(x, self.hardened_weight(), self.bias)
+        return self._grouped(x, lambda x, w: self._conv_forward(x, w["weight"], self.bias))
 
 
 class HardenedLinear(_HardenedWeight, nn.Linear):
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.hardened_weight(), self.bias)
+        return self._grouped(x, lambda x, w: F.linear(x, w["weight"], self.bias))
+
+
+@contextlib.contextmanager
+def _parameters_replaced(module: nn.Module, tensors: Dict[str, Tensor]) -> Iterator[None]:
+    """Within the block, ``module.<name>`` reads ``tensors[name]`` instead of the parameter."""
+    saved: List[Tuple[nn.Module, str, nn.Parameter]] = []
+    try:
+        for name, t in tensors.items():
+            owner_name, _, attr = name.rpartition(".")
+            owner = module.get_submodule(owner_name) if owner_name else module
+            saved.append((owner, attr, owner._parameters[attr]))
+            owner._parameters[attr] = t  # read through Module.__getattr__; restored below
+        yield
+    finally:
+        for owner, attr, p in reversed(saved):
+            owner._parameters[attr] = p
+
+
+class HardenedMultiheadAttention(_HardenedWeight, nn.MultiheadAttention):
+    """``nn.MultiheadAttention`` (e.g. torchvision's ViT) with its input and output
+    projection weights hardened, per tensor like linear layers."""
+
+    @property
+    def _weight_names(self) -> Tuple[str, ...]:  # type: ignore[override]
+        inputs = ("in_proj_weight",) if self._qkv_same_embed_dim else ("q_proj_weight", "k_proj_weight",
+                                                                        "v_proj_weight")
+        return inputs + ("out_proj.weight",)
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Optional[Tensor] = None,
+                need_weights: bool = True, attn_mask: Optional[Tensor] = None, average_attn_weights: bool = True,
+                is_causal: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
+        batched = query.dim() == 3
+        dim = 0 if self.batch_first or not batched else 1
+
+        def attend(q: Tensor, ws: Dict[str, Tensor], r: Optional[int] = None) -> Tuple[Tensor, Optional[Tensor]]:
+            k, v, kpm, mask = key, value, key_padding_mask, attn_mask
+            if r is not None:  # group r of the batch: the same slice of key, value and masks
+                k, v = (t.chunk(self.weight_noise.groups, dim)[r] for t in (key, value))
+                if kpm is not None and kpm.dim() == 2:
+                    kpm = kpm.chunk(self.weight_noise.groups, 0)[r]
+                if mask is not None and mask.dim() == 3:
+                    mask = mask.chunk(self.weight_noise.groups, 0)[r]
+            with _parameters_replaced(self, ws):
+                return nn.MultiheadAttention.forward(self, q, k, v, key_padding_mask=kpm, need_weights=need_weights,
+                                                     attn_mask=mask, average_attn_weights=average_attn_weights,
+                                                     is_causal=is_causal)
+
+        noise = self.weight_noise
+        if noise is None or noise.observe(query) or not noise.active:
+            return attend(query, self._quantized())
+        if noise.groups == 1:
+            return attend(query, self.hardened_weights())
+        dim = noise.group_dim(query)
+        per_weight = {n: noise.draw_weights(w) for n, w in self._quantized().items()}
+        outs = [attend(qr, {n: ws[r] for n, ws in per_weight.items()}, r)
+                for r, qr in enumerate(query.chunk(noise.groups, dim))]
+        weights = None if outs[0][1] is None else torch.cat([o[1] for o in outs], 0)
+        return torch.cat([o[0] for o in outs], dim), weights
 
 
 _SWAP = {
@@ -60,6 +151,7 @@ _SWAP = {
     nn.Conv3d: HardenedConv3d,
     nn.Linear: HardenedLinear,
     nn.modules.linear.NonDynamicallyQuantizableLinear: HardenedLinear,
+    nn.MultiheadAttention: HardenedMultiheadAttention,
 }
 HARDENED_LAYERS = tuple(set(_SWAP.values()))
 
@@ -68,6 +160,12 @@ def can_harden_weights(module: nn.Module) -> bool:
     """Whether ``module``'s weights can be quantized/perturbed: the plain torch layers only
     (a subclass with its own ``forward``, e.g. timm's ``StdConv2d``, would lose it)."""
     return type(module) in _SWAP
+
+
+def weight_axis(module: nn.Module) -> Optional[int]:
+    """The per-channel axis of the layer's weight quantizer: 0 (output channels) for
+    convolutions, ``None`` (one step per tensor) for linear and attention projections."""
+    return 0 if isinstance(module, nn.modules.conv._ConvNd) else None
 
 
 def harden_layer(module: nn.Module, quant: Optional[WeightQuant], noise: Optional[Noise]) -> nn.Module:

@@ -10,7 +10,7 @@ round, so both paths give identical values. Nothing else in fxharden rounds or c
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Optional, Tuple
+from typing import Dict, Iterator, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -160,14 +160,14 @@ class WeightQuant(nn.Module):
         self.bits, self.axis = bits, axis
         self.qmin, self.qmax = qrange(bits, signed=True)
         self._frozen = 0  # depth of enclosing frozen_weights blocks
-        self._cache: Optional[Tuple[tuple, Tensor]] = None
+        self._cache: Dict[tuple, Tensor] = {}  # filled only inside frozen_weights
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, {'per-channel' if self.axis is not None else 'per-tensor'}"
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_cache"], state["_frozen"] = None, 0
+        state["_cache"], state["_frozen"] = {}, 0
         return state
 
     def step(self, w: Tensor) -> Tensor:
@@ -184,11 +184,11 @@ class WeightQuant(nn.Module):
         if self._frozen and not (torch.is_grad_enabled() and w.requires_grad):
             # an inference tensor is only ever handed to another inference-mode forward
             key = (w.data_ptr(), w._version, w.device, w.dtype, torch.is_inference_mode_enabled())
-            if self._cache is not None and self._cache[0] == key:
-                return self._cache[1]
+            if key in self._cache:
+                return self._cache[key]
         out = fake_quantize(w, self.step(w), self.qmin, self.qmax, axis=self.axis)
         if key is not None:
-            self._cache = (key, out)
+            self._cache[key] = out
         return out
 
 
@@ -210,4 +210,4 @@ def frozen_weights(model: nn.Module) -> Iterator[nn.Module]:
         for q in quants:
             q._frozen -= 1
             if not q._frozen:
-                q._cache = None
+                q._cache = {}

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .config import HardenConfig, LayerConfig, SiteKind
+from .config import HardenConfig, LayerConfig, SiteKind, WeightNoiseKind
 
 __all__ = ["Site", "find_sites", "node_description"]
 
@@ -36,6 +36,8 @@ _NORM_TYPES: tuple = (
 )
 _CONV_TYPES: tuple = (nn.modules.conv._ConvNd,)
 _LINEAR_TYPES: tuple = (nn.Linear, nn.Bilinear)
+_WEIGHT_KINDS = (SiteKind.CONV, SiteKind.LINEAR, SiteKind.OPAQUE, SiteKind.OTHER)
+"""Kinds of module sites whose layers may have weights to harden (e.g. attention is OTHER)."""
 
 _UNSIGNED_FUNCS = {F.relu, F.relu_, torch.relu, torch.relu_, F.relu6, torch.sigmoid, F.sigmoid, F.hardsigmoid,
                    "relu", "relu_", "sigmoid", "sigmoid_"}
@@ -94,7 +96,10 @@ class Site:
     quantize_output: bool
     """Insert an activation quantizer after this node (activations and the input)."""
     quantize_weights: bool
-    """Swap the conv/linear module for one with quantized weights."""
+    """Swap the conv/linear/attention module for one with quantized weights."""
+    weight_noise: bool
+    """Perturb the weights of this site's layer (the config has weight noise and no rule of
+    ``None`` leaves the layer alone)."""
     signed: bool
     """Grid of the output quantizer."""
     module: Optional[nn.Module] = None
@@ -200,11 +205,13 @@ def find_sites(graph: fx.Graph, modules: Dict[str, nn.Module], cfg: HardenConfig
         module = modules.get(node.target) if node.op == "call_module" else None
         rule = _resolve(cfg, name, node, module, kind)
         quant = cfg.quant is not None and rule is not None and rule.quantize
+        has_weights = kind in _WEIGHT_KINDS and node.op == "call_module"
         sites.append(Site(
             name=name, node=node, kind=kind, module=module,
             noise=rule is not None and rule.noise,
             quantize_output=quant and kind in (SiteKind.INPUT, SiteKind.ACTIVATION),
-            quantize_weights=quant and cfg.quant.quantize_weights and kind in (SiteKind.CONV, SiteKind.LINEAR, SiteKind.OPAQUE),
+            quantize_weights=quant and cfg.quant.quantize_weights and has_weights,
+            weight_noise=rule is not None and cfg.weight_noise.kind is not WeightNoiseKind.NONE and has_weights,
             signed=not _unsigned(node, modules),
         ))
     return sites

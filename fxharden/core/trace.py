@@ -65,8 +65,12 @@ def _timm_notrace() -> tuple:
 
 
 class _Tracer(fx.Tracer):
-    def __init__(self, leaf_types: tuple, leaf_names: frozenset, autowrap: tuple) -> None:
-        super().__init__(autowrap_functions=autowrap)
+    """The tracer. Its arguments have defaults because ``GraphModule`` unpickling re-creates
+    the tracer class without arguments (to retrace the stored code, every module a leaf)."""
+
+    def __init__(self, leaf_types: tuple = (), leaf_names: frozenset = frozenset(),
+                 autowrap: Optional[tuple] = None) -> None:
+        super().__init__(autowrap_functions=_timm_notrace()[1] if autowrap is None else autowrap)
         self.leaf_types, self.leaf_names = leaf_types, leaf_names
         self.scopes: List[str] = []
         self.culprit: Optional[str] = None

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..core.harden import HardenedModule, noise_sites, seed_noise
+from ..core.harden import HardenedModule, noise_sites, seed_noise, weight_noise_modules
 from ..core.noise import Noise
 from .results import PointStore, SweepMode
 from .sweep_config import SweepConfig
@@ -98,6 +98,9 @@ class Engine:
         self.nets, self.data, self.sites, self.cfg, self.R, self.progress = nets, data, sites, cfg, per_forward, progress
         self.mods = [{m.site: m for m in hm.modules() if isinstance(m, Noise) and m.site in names}
                      for hm, names in ((hm, set(noise_sites(hm))) for hm in nets)]
+        # weight noise: each network's own strength (its current setting), on at points with sigma > 0
+        self.weight_mods = [[(m, float(m.sigma) if m.groups == 1 else hm.harden_config.weight_noise.sigma)
+                             for m in weight_noise_modules(hm).values()] for hm in nets]
         self.store: Optional[PointStore] = None
         self.done: Dict[str, Dict[str, Any]] = {}
         self.counts: Dict[Level, List[List[int]]] = {}
@@ -114,6 +117,9 @@ class Engine:
             else:
                 vec = [g if s == site else 0.0 for s, g, _ in items]
             mod.set_sigma(vec[0] if len(set(vec)) == 1 else vec)
+        for mod, strength in self.weight_mods[n]:  # one weight draw per item (group), none at sigma 0
+            vec = [strength if g > 0 or self.cfg.weight_noise_at_zero else 0.0 for _, g, _ in items]
+            mod.set_sigma(vec if len(vec) > 1 else vec[0])
 
     def warm_up(self) -> int:
         """One clean forward of the first batch per network (a statistics-based quantizer that

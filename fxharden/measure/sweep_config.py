@@ -55,6 +55,10 @@ class SweepConfig:
     """Accuracy of guessing; ``None``: ``1 / number of classes`` (from the model output)."""
     max_images: Optional[int] = None
     """Use only the first ``max_images`` images of the data."""
+    weight_noise_at_zero: bool = False
+    """Networks with weight noise: keep it at sigma-0 points and in the clean accuracy too.
+    By default the clean pass and sigma-0 points are noise-free; every point with sigma > 0
+    gets the network's weight noise, drawn once per repeat."""
 
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)

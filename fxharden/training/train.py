@@ -31,7 +31,7 @@ from ..devices import resolve_device
 from ..zoo.checkpoint import read_payload, save_checkpoint
 from ..core.config import check_sigma, config_to_dict
 from ..zoo.data import as_batches
-from ..core.harden import HardenedModule, harden, noise_sites, seed_noise
+from ..core.harden import HardenedModule, harden, noise_sites, seed_noise, weight_noise_modules
 from ..zoo.recipes import Optimizer
 from ..core.noise import Noise
 from ..core.quant import ActQuant
@@ -263,6 +263,7 @@ def evaluate(model: nn.Module, data: Any, batch_size: int = 512, device: Optiona
 
 def _clean_accuracy(model: HardenedModule, mods: Dict[str, Noise], data: Any, cfg: TrainConfig,
                     dev: torch.device) -> float:
+    mods = {**mods, **weight_noise_modules(model)}  # clean: no activation noise and no weight noise
     saved = {s: m.sigma.clone() for s, m in mods.items()}
     _set_noise(mods, dict.fromkeys(mods, 0.0))
     try:

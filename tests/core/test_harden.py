@@ -290,3 +290,70 @@ def test_layers_found_in_both_mode_graphs_are_reported_as_quantized():
     step = hm.fc.weight.abs().max() / 7  # reference: the per-tensor 4-bit grid
     k = hm.fc.hardened_weight().detach() / step
     assert torch.allclose(k, k.round(), atol=1e-4)
+
+
+def test_pickled_hardened_model_loads_back_and_computes_the_same():
+    import pickle
+
+    model = ModeDependent()
+    hm = fxharden.harden(model, bits=8, scale=0.05, sigma=0.1).eval()
+    hm(torch.randn(6, 8))  # calibrates the input quantizer: its state must travel too
+    buf = io.BytesIO()
+    torch.save(hm, buf)
+    buf.seek(0)
+    for other in (pickle.loads(pickle.dumps(hm)), torch.load(buf, weights_only=False)):
+        assert isinstance(other, fxharden.HardenedModule) and other.harden_config == hm.harden_config
+        assert fxharden.noise_sites(other) == fxharden.noise_sites(hm) and not other.training
+        ref = copy.deepcopy(hm)  # the reference never went through pickle (forwards below change state)
+        x = torch.randn(6, 8)
+        for mode in (False, True):  # both graphs: dropout only in train mode
+            for m in (ref, other):
+                m.train(mode)
+                fxharden.seed_noise(m, 3)
+            torch.manual_seed(0)
+            expected = ref(x)
+            torch.manual_seed(0)
+            assert torch.equal(other(x), expected)
+
+
+class ViTLikeBlock(nn.Module):
+    """torchvision's ViT encoder block pattern: nn.MultiheadAttention called as a leaf."""
+
+    def __init__(self, batch_first=True):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=batch_first)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):  # x: (batch, sequence, features)
+        if not self.attn.batch_first:
+            x = x.transpose(0, 1)  # sequence-first attention
+        y, _ = self.attn(x, x, x, need_weights=False)
+        return self.head(y.mean(1 if self.attn.batch_first else 0))
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_multihead_attention_projections_are_quantized(batch_first):
+    torch.manual_seed(0)
+    model = ViTLikeBlock(batch_first).eval()
+    keep_input = SiteRules(by_name={"input": LayerConfig(quantize=False)})  # so eager sees the same input
+    hm = fxharden.harden(model, config=HardenConfig(quant=QuantConfig(bits=4), rules=keep_input)).eval()
+    assert fxharden.harden_report(hm).skipped == {}
+    assert {s.name: s.quantizer for s in fxharden.harden_report(hm).sites}["attn"] == "weights bits=4, per-tensor"
+    # reference: the eager attention with its two projection weights replaced by their 4-bit grid values
+    ref = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in (ref.attn.in_proj_weight, ref.attn.out_proj.weight, ref.head.weight):
+            step = p.abs().max() / 7
+            p.copy_(torch.round(p / step).clamp(-8, 7) * step)
+    x = torch.randn(4, 5, 8)
+    with torch.no_grad():
+        assert torch.allclose(hm(x), ref(x), atol=1e-5)
+        assert not torch.allclose(hm(x), model(x), atol=1e-3)
+    # weight noise with one sigma per batch group: group 0 (sigma 0) is the noise-free output
+    cfg = HardenConfig(quant=None, weight_noise=fxharden.WeightNoiseConfig(kind="additive", sigma=0.2))
+    hn = fxharden.harden(model, config=cfg).eval()
+    fxharden.set_weight_noise(hn, [0.0, 0.2])
+    x2 = torch.cat([x, x])
+    with torch.no_grad():
+        out, clean = hn(x2), model(x)
+    assert torch.allclose(out[:4], clean, atol=1e-6) and not torch.allclose(out[4:], clean, atol=1e-3)

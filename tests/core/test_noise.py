@@ -151,3 +151,88 @@ def test_weight_noise_streams_differ_between_layers():
     d0 = hm.get_submodule("0").hardened_weight() - model[0].weight
     d1 = hm.get_submodule("1").hardened_weight() - model[1].weight
     assert not torch.allclose(d0, d1)  # independent draws, not one shared stream
+
+
+def injected(hm, x, seed=0):
+    """The noise each activation site added in one forward: its output minus its input."""
+    out = {}
+    hooks = [m.register_forward_hook(lambda mod, i, o: out.__setitem__(mod.site, (o.float() - i[0].float()).detach()))
+             for m in hm.modules() if isinstance(m, Noise) and m.site in fxharden.noise_sites(hm)]
+    fxharden.seed_noise(hm, seed)
+    with torch.no_grad():
+        hm(x)
+    for h in hooks:
+        h.remove()
+    return out
+
+
+def test_noise_survives_bf16_autocast_on_large_activations():
+    """8-bit unsigned grid with s = 1: activations near 200, where bf16 steps are 1.0 apart;
+    sigma = 0.1 must still add N(0, 0.1^2), so the site computes in float32."""
+    model = nn.Sequential(nn.Linear(4, 4096), nn.ReLU())
+    with torch.no_grad():
+        model[0].weight.zero_()
+        model[0].bias.fill_(200.0)
+    hm = fxharden.harden(model, bits=8, scale=1.0, sigma=0.1).eval()
+    x = torch.randn(64, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        d = injected(hm, x)["1"]  # the ReLU site, after its quantizer
+    assert abs(float(d.std()) - 0.1) < 5 * 0.1 / math.sqrt(2 * d.numel())
+    assert abs(float(d.mean())) < 5 * 0.1 / math.sqrt(d.numel())
+
+
+def test_streams_never_overlap_across_sites_and_seeds():
+    """Site i+1 at seed s must not replay site i at seed s+1 (nor weight noise any site)."""
+    cfg = fxharden.HardenConfig(quant=None, noise=fxharden.NoiseConfig(sigma=1.0),
+                                weight_noise=WeightNoiseConfig(kind=WeightNoiseKind.ADDITIVE, sigma=1.0))
+    model = Chain().eval()
+    hm = fxharden.harden(model, config=cfg).eval()
+    x = torch.zeros(1, 8)
+    draws = {}
+    for seed in range(3):
+        for site, d in injected(hm, x, seed).items():
+            draws[(site, seed)] = d.flatten()[:4]
+        fxharden.seed_noise(hm, seed)
+        for name in ("a", "b", "c"):
+            layer = hm.get_submodule(name)
+            draws[(f"{name}.weight", seed)] = (layer.hardened_weight() - layer.weight).detach().flatten()[:4]
+    keys = list(draws)
+    for i, k in enumerate(keys):
+        for other in keys[i + 1:]:
+            assert not torch.allclose(draws[k], draws[other]), (k, other)
+
+
+def test_relative_weight_noise_scales_with_the_weights():
+    """Additive, relative: std = sigma * max|w| of the tensor (closed form)."""
+    cfg = fxharden.HardenConfig(quant=None, weight_noise=WeightNoiseConfig(
+        kind=WeightNoiseKind.ADDITIVE, sigma=0.05, relative=True))
+    model = nn.Sequential(nn.Linear(300, 300))
+    with torch.no_grad():
+        model[0].weight.mul_(40)
+    hm = fxharden.harden(model, config=cfg)
+    layer = hm.get_submodule("0")
+    d = (layer.hardened_weight() - layer.weight).detach()
+    expected = 0.05 * float(layer.weight.detach().abs().max())
+    assert abs(float(d.std()) - expected) < 5 * expected / math.sqrt(2 * d.numel())
+    with pytest.raises(ValueError, match="additive"):
+        WeightNoiseConfig(kind=WeightNoiseKind.LOGNORMAL, sigma=0.1, relative=True)
+
+
+def test_layer_left_alone_gets_no_weight_noise():
+    cfg = fxharden.HardenConfig(quant=None, weight_noise=WeightNoiseConfig(kind=WeightNoiseKind.ADDITIVE, sigma=0.1),
+                                rules=fxharden.SiteRules(by_name={"b": None}))
+    model = Chain().eval()
+    hm = fxharden.harden(model, config=cfg).eval()
+    assert type(hm.b) is nn.Linear  # untouched: the plain layer
+    assert hm.a.weight_noise is not None
+    # reference: a's noisy output fed through the eager b and c
+    seen = {}
+    hm.b.register_forward_pre_hook(lambda m, a: seen.__setitem__("in", a[0]))
+    x = torch.randn(5, 8)
+    with torch.no_grad():
+        out = hm(x)
+        ref_bc = nn.functional.linear(model.b(seen["in"]), hm.c.weight, hm.c.bias)
+    assert not torch.allclose(out, ref_bc)  # c still has weight noise...
+    fxharden.set_weight_noise(hm, 0.0)
+    with torch.no_grad():
+        assert torch.equal(hm(x), model(x))  # ...and with it off, everything is eager

@@ -118,7 +118,7 @@ def test_weight_quant_caches_only_inside_frozen_weights():
         w.mul_(2)  # in-place update bumps the version counter
         second = wq(w)
     assert torch.allclose(second, 2 * first, rtol=1e-6)
-    assert wq._cache is None  # dropped when the block ends
+    assert wq._cache == {}  # dropped when the block ends
 
 
 def test_in_place_weight_change_through_data_is_seen():

@@ -1,0 +1,125 @@
+"""The hardened model: a ``GraphModule`` with one graph per mode, its report, and pickling.
+
+``harden`` builds it (``build_hardened``); ``pickle``/``torch.save`` of a whole hardened
+model round-trips (``HardenedModule.__reduce__``): each mode's graph is stored as a plain
+``GraphModule`` over the shared submodules and rebuilt into a ``HardenedModule`` on load.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import torch
+from torch import fx, nn
+
+from .config import HardenConfig
+from .groups import ensure_batch_dims
+
+__all__ = ["SiteInfo", "HardenReport", "HardenedModule", "build_hardened"]
+
+
+@dataclass(frozen=True)
+class SiteInfo:
+    """One row of the harden report (what ``fxharden inspect`` prints)."""
+
+    name: str
+    kind: str
+    op: str
+    quantizer: str
+    noise: bool
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class HardenReport:
+    """What ``harden`` did: every site, and what it left out and why."""
+
+    sites: tuple
+    opaque: Dict[str, str] = field(default_factory=dict)
+    """Submodules that could not be traced and were treated as one layer, with the reason."""
+    skipped: Dict[str, str] = field(default_factory=dict)
+    """Layers whose weights were not quantized/perturbed, with the reason."""
+
+    @property
+    def noise_sites(self) -> List[str]:
+        return [s.name for s in self.sites if s.noise]
+
+
+class HardenedModule(fx.GraphModule):
+    """A ``GraphModule`` that keeps one graph per mode when the model's code differs between
+    ``train()`` and ``eval()`` (e.g. ``F.dropout(x, p, self.training)``), so both modes
+    behave like the original model. ``meta['fxharden']`` holds the config and report."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        ensure_batch_dims(self, args, kwargs)  # only does work when some site has several sigma groups
+        return super().__call__(*args, **kwargs)
+
+    def train(self, mode: bool = True) -> "HardenedModule":
+        super().train(mode)
+        graphs = self.meta.get("fxharden_graphs") if hasattr(self, "meta") else None
+        if graphs is not None and graphs[mode] is not self.graph:
+            self.graph = graphs[mode]
+        return self
+
+    @property
+    def harden_config(self) -> HardenConfig:
+        return self.meta["fxharden"]["config"]
+
+    @property
+    def report(self) -> HardenReport:
+        return self.meta["fxharden"]["report"]
+
+    def __reduce__(self):
+        graphs = self.meta.get("fxharden_graphs") or {True: self.graph, False: self.graph}
+        train_gm = fx.GraphModule(self, graphs[True])  # shares this module's submodules
+        eval_gm = None if graphs[False] is graphs[True] else fx.GraphModule(self, graphs[False])
+        meta = {k: v for k, v in self.meta.items() if k != "fxharden_graphs"}
+        return (_unpickle, (train_gm, eval_gm, meta, self.training, type(self).__name__))
+
+
+def _copy_targets(root: nn.Module, hm: nn.Module, graph: fx.Graph) -> None:
+    """Copy into ``hm`` what ``graph`` references but the graph ``hm`` was built from does
+    not (e.g. tensor constants recorded only while tracing the other mode)."""
+    for node in graph.nodes:
+        if node.op not in ("get_attr", "call_module"):
+            continue
+        *path, attr = str(node.target).split(".")
+        src, dst = root, hm
+        for part in path:
+            src = getattr(src, part)
+            if not hasattr(dst, part):
+                dst.add_module(part, nn.Module())
+            dst = getattr(dst, part)
+        if not hasattr(dst, attr):
+            value = getattr(src, attr)
+            if isinstance(value, nn.Module):
+                dst.add_module(attr, value)
+            elif isinstance(value, nn.Parameter):
+                dst.register_parameter(attr, value)
+            elif isinstance(value, torch.Tensor):
+                dst.register_buffer(attr, value)
+            else:
+                setattr(dst, attr, value)
+
+
+def build_hardened(root: nn.Module, graphs: Dict[bool, fx.Graph], training: bool, class_name: str,
+                   meta: Dict[str, Any]) -> HardenedModule:
+    """A ``HardenedModule`` over ``root``'s submodules with ``graphs[True]`` for train mode and
+    ``graphs[False]`` for eval mode (one object when they agree), in mode ``training``."""
+    hm = HardenedModule(root, graphs[training], class_name=class_name)
+    hm.meta.update(meta)
+    if graphs[True] is not graphs[False]:
+        hm.meta["fxharden_graphs"] = graphs
+        _copy_targets(root, hm, graphs[not training])
+    hm.train(training)
+    return hm
+
+
+def _unpickle(train_gm: fx.GraphModule, eval_gm: Optional[fx.GraphModule], meta: Dict[str, Any], training: bool,
+              class_name: str) -> HardenedModule:
+    graphs = {True: train_gm.graph, False: (eval_gm or train_gm).graph}
+    root = train_gm
+    if eval_gm is not None:
+        _copy_targets(eval_gm, train_gm, eval_gm.graph)  # one root holding what either graph uses
+    return build_hardened(root, graphs, training, class_name, meta)

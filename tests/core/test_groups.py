@@ -1,0 +1,82 @@
+"""Batch groups: one forward pass with one sigma per group must equal separate forward passes."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import fxharden
+from fxharden.core.config import HardenConfig, WeightNoiseConfig, WeightNoiseKind
+
+
+class SequenceFirst(nn.Module):
+    """Takes (N, L, E), works sequence-first (L, N, E) inside, like older NLP code."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.act = nn.ReLU()
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = self.act(self.fc(x.transpose(0, 1)))  # (L, N, E): the batch is dim 1 here
+        return self.head(h.transpose(0, 1).mean(1))
+
+
+def test_sequence_first_site_splits_the_batch_not_the_sequence():
+    torch.manual_seed(0)
+    model = SequenceFirst().eval()
+    hm = fxharden.harden(model, bits=None).eval()
+    x = torch.randn(6, 4, 4)  # 6 = 2 groups of 3 images; L = 4 would also split in 2
+    fxharden.set_noise(hm, [0.0, 0.5])
+    with torch.no_grad():
+        out, clean = hm(x), model(x)
+    assert hm.get_submodule("fxharden.act").batch_dim == 1
+    assert torch.equal(out[:3], clean[:3])  # group 0 (sigma 0) is exactly the eager output
+    assert not torch.allclose(out[3:], clean[3:], atol=1e-3)  # group 1 is noisy
+
+
+class NoBatchAtSite(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return x + self.fc(x.mean(0))  # fc sees a tensor without the batch
+
+
+def test_site_without_batch_dimension_refuses_groups_with_a_clear_message():
+    hm = fxharden.harden(NoBatchAtSite(), bits=None).eval()
+    fxharden.set_noise(hm, [0.0, 0.1])
+    with pytest.raises(ValueError, match=r"noise site 'fc'.*batch dimension.*points_per_forward=1"):
+        hm(torch.randn(4, 4))
+    fxharden.set_noise(hm, 0.1)
+    hm(torch.randn(4, 4))  # one sigma: fine
+
+
+def weight_noisy(model, sigma, kind=WeightNoiseKind.ADDITIVE):
+    cfg = HardenConfig(quant=None, weight_noise=WeightNoiseConfig(kind=kind, sigma=sigma))
+    return fxharden.harden(model, config=cfg).eval()
+
+
+def test_grouped_weight_noise_draws_one_weight_per_group():
+    """Reference: solve each group's outputs for the weight that produced them (least squares)."""
+    torch.manual_seed(0)
+    layer = nn.Linear(6, 5, bias=False)
+    hm = weight_noisy(nn.Sequential(layer), 0.1)
+    groups, n = 4, 40
+    fxharden.set_weight_noise(hm, [0.1, 0.1, 0.0, 0.1])
+    x = torch.randn(groups * n, 6, dtype=torch.float64).float()
+    with torch.no_grad():
+        y = hm(x)
+    w = layer.weight.detach().double()
+    effective = [torch.linalg.lstsq(x[r * n:(r + 1) * n].double(), y[r * n:(r + 1) * n].double()).solution.T
+                 for r in range(groups)]
+    assert torch.allclose(effective[2], w, atol=1e-5)  # sigma 0: the weight itself
+    deltas = [effective[r] - w for r in (0, 1, 3)]
+    for a in range(3):
+        for b in range(a + 1, 3):
+            assert not torch.allclose(deltas[a], deltas[b], atol=1e-3)  # independent draws per group
+    d = torch.cat([t.flatten() for t in deltas])
+    assert abs(float(d.std()) - 0.1) < 0.1 * 5 / math.sqrt(2 * d.numel())  # N(0, 0.1^2) entries
