@@ -18,6 +18,7 @@ resumes from its last epoch checkpoint, mid-sweep from its recorded points.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -29,6 +30,7 @@ from .._files import atomic_write_bytes, atomic_write_json, run_lock
 from ..measure.results import RESULTS_JSON, load_result
 from .curves import Curve, merge_curve
 from .executors import Executor, ExecutorKind, make_executor
+from .progress import LiveProgress
 from .experiment import Budget, Cell, DataSpec, DatasetKind, Experiment, load_experiment
 from .report import write_figures, write_tables
 
@@ -83,6 +85,18 @@ def run_cell(cell: Cell, workdir: str, ship_checkpoint: bool = False) -> Dict[st
     return record
 
 
+def _done_text(record: Dict[str, Any]) -> str:
+    """A finished cell in a few words: accuracy, epochs trained, sweep speed."""
+    acc = record.get("test_accuracy")
+    train = record.get("train") or {}
+    parts = [f"acc {acc:.3f}" if acc is not None else "acc -"]
+    if train.get("epochs") is not None:
+        parts.append(f"{train['epochs']} epochs in {train.get('seconds') or 0:.0f} s")
+    if record.get("sweep_seconds") is not None:
+        parts.append(f"sweep {record['sweep_seconds']:.0f} s")
+    return ", ".join(parts)
+
+
 def cell_points(record: Dict[str, Any], cell_dir: Path) -> List[Dict[str, Any]]:
     """The swept points of a finished cell, ``[{"sigma", "correct": [per repeat], "total"}]``:
     read from the cell's sweep results (records written before that change carry them inline)."""
@@ -130,7 +144,7 @@ def reproduce(
     address: Optional[str] = None,
     retries: Optional[int] = None,
     num_gpus: float = 0,
-    progress: bool = True,
+    progress: Union[bool, LiveProgress] = True,
     connect_timeout: float = 30.0,
 ) -> ReproduceResult:
     """Train and sweep every cell of an experiment, then write its tables and plots.
@@ -147,8 +161,11 @@ def reproduce(
         address: Ray cluster address (``executor="ray"``).
         retries: extra attempts per failing cell (default: 0 local, 2 Ray).
         num_gpus: GPUs per Ray task (a fraction packs several cells on one GPU).
-        progress: show live progress on stderr (cells, and the epoch or sweep points of
-            each running cell).
+        progress: show live progress on stderr: cells done and failed, and for each running
+            cell its epoch and step, then its sweep points and images/s (read from the cell's
+            folder about once a second; only finished cells when workers do not share this
+            file system). Plain lines at most every 30 s when stderr is not a terminal. A
+            ``LiveProgress`` instance shows it with other settings (console, intervals).
         connect_timeout: seconds to wait for the Ray cluster at ``address`` to answer.
 
     Returns:
@@ -181,7 +198,7 @@ def reproduce(
 
 def _run(exp: Experiment, cells: List[Cell], out: Path, budget: Budget, start: float, *, jobs: int,
          executor: Union[ExecutorKind, str, Executor, None], address: Optional[str], retries: Optional[int],
-         num_gpus: float, progress: bool, connect_timeout: float) -> ReproduceResult:
+         num_gpus: float, progress: Union[bool, LiveProgress], connect_timeout: float) -> ReproduceResult:
     """The body of ``reproduce`` once the experiment is checked and ``out`` is locked."""
     done: Dict[str, Dict[str, Any]] = {}
     for c in cells:
@@ -191,39 +208,40 @@ def _run(exp: Experiment, cells: List[Cell], out: Path, budget: Budget, start: f
             done[c.key] = {**record, "points": cell_points(record, path.parent)}
     todo = [c for c in cells if c.key not in done]
     res = ReproduceResult(exp, out, [], reused=list(done))
-    console = None
-    if progress:
-        from rich.console import Console
-
-        console = Console(stderr=True)
-        console.print(f"{exp.name}: {len(cells)} cells ({len(done)} already done), budget {budget.value}")
+    display = progress if isinstance(progress, LiveProgress) else LiveProgress() if progress else None
     attempts: Dict[str, int] = {}
     own = not isinstance(executor, Executor)
     ex = make_executor(ExecutorKind(executor or "local"), jobs, address, retries, num_gpus, connect_timeout) \
         if own and todo else executor  # before any file is written: an unreachable cluster leaves nothing
+    if display is not None:
+        display.attach(out / "cells", SWEEP_DIR, len(cells), len(done), watch=ex is not None and ex.shared_filesystem)
+        display.print(f"{exp.name}: {len(cells)} cells ({len(done)} already done), budget {budget.value}")
     atomic_write_json(out / "experiment.json", {"name": exp.name, "source": exp.source, "budget": budget.value,
                                                 "data": cells[0].data.identity(), "cells": [c.key for c in cells]})
     if todo:
         try:
-            for c in todo:
-                ex.submit(c.key, run_cell, c, str(out / "cells" / c.key), not ex.shared_filesystem)
-            for outcome in ex.as_completed():
-                cell_dir = out / "cells" / outcome.key
-                if outcome.ok:
-                    record = outcome.value
-                    for name, blob in record.pop("files", {}).items():
-                        atomic_write_bytes(cell_dir / name, lambda f, blob=blob: f.write(blob))
-                    atomic_write_json(cell_dir / RESULT, record)
-                    done[outcome.key] = {**record, "points": cell_points(record, cell_dir)}
-                    res.computed.append(outcome.key)
-                else:
-                    res.failed[outcome.key] = outcome.error or ""
-                    attempts[outcome.key] = outcome.attempts
-                if console is not None:
-                    n = len(res.computed) + len(res.failed)
-                    what = (f"acc {done[outcome.key]['test_accuracy']:.3f}" if outcome.ok else
-                            f"[red]FAILED after {outcome.attempts} attempt(s)[/red]")
-                    console.print(f"[{n}/{len(todo)}] {outcome.key}: {what}")
+            with display or contextlib.nullcontext():
+                for c in todo:
+                    ex.submit(c.key, run_cell, c, str(out / "cells" / c.key), not ex.shared_filesystem)
+                if display is not None:
+                    display.submitted(c.key for c in todo)
+                for outcome in ex.as_completed():
+                    cell_dir = out / "cells" / outcome.key
+                    if outcome.ok:
+                        record = outcome.value
+                        for name, blob in record.pop("files", {}).items():
+                            atomic_write_bytes(cell_dir / name, lambda f, blob=blob: f.write(blob))
+                        atomic_write_json(cell_dir / RESULT, record)
+                        done[outcome.key] = {**record, "points": cell_points(record, cell_dir)}
+                        res.computed.append(outcome.key)
+                    else:
+                        res.failed[outcome.key] = outcome.error or ""
+                        attempts[outcome.key] = outcome.attempts
+                    if display is not None:
+                        n = len(res.computed) + len(res.failed)
+                        what = (_done_text(done[outcome.key]) if outcome.ok else
+                                f"FAILED after {outcome.attempts} attempt(s)")
+                        display.finished(outcome.key, f"[{n}/{len(todo)}] {outcome.key}: {what}", outcome.ok)
         finally:
             if own:
                 ex.close()
@@ -242,7 +260,7 @@ def _run(exp: Experiment, cells: List[Cell], out: Path, budget: Budget, start: f
     if res.curves:
         res.files.update(write_figures(res.curves, out))
     res.seconds = time.perf_counter() - start
-    if console is not None:
-        console.print(f"wrote {res.files['markdown']} ({len(res.computed)} cells run, {len(res.reused)} reused, "
+    if display is not None:
+        display.print(f"wrote {res.files['markdown']} ({len(res.computed)} cells run, {len(res.reused)} reused, "
                       f"{len(res.failed)} failed) in {res.seconds:.0f} s")
     return res

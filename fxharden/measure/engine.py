@@ -154,11 +154,12 @@ class Engine:
         if rec is not None and rec["total"] == self.data.num_images:
             self.stats["points_reused"] += len(items) * tally
             return rec["correct"]
+        t0 = time.perf_counter()
         correct = self._run(n, items, seed)
         self.stats["points_measured"] += len(items) * tally
-        if self.store is not None:
+        if self.store is not None:  # "seconds": for watchers of the store (images/s), never read back
             self.store.append({"key": f"{key}/{n}", "items": [list(i) for i in items], "correct": correct,
-                               "total": self.data.num_images})
+                               "total": self.data.num_images, "seconds": round(time.perf_counter() - t0, 6)})
         return correct
 
     def clean(self) -> List[float]:

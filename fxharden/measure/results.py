@@ -4,7 +4,8 @@ A sweep directory holds:
 
 * ``sweep.json``   the identity of the sweep (settings, harden configs, a hash of each
   network's weights and of the data) and its fingerprint, written once, atomically;
-* ``points.jsonl`` one line per finished chunk of points (correct counts per group), appended
+* ``points.jsonl`` one line per finished chunk of points (correct counts per group, and the
+  seconds its forward passes took), appended
   and fsynced as the sweep goes; a sweep that is run again in the same directory reads it and
   measures only what is missing, a torn last line (a kill mid-write) is dropped;
 * ``results.json`` everything needed to redo the fits and plots, ``results.csv`` one row per

@@ -35,6 +35,7 @@ from ..core.harden import HardenedModule, harden, noise_sites, seed_noise, weigh
 from ..zoo.recipes import Optimizer
 from ..core.noise import Noise
 from ..core.quant import ActQuant
+from .status import ProgressFile
 
 __all__ = ["Optimizer", "LRSchedule", "Precision", "NoiseSchedule", "TrainConfig", "EpochLog", "TrainResult",
            "train", "evaluate", "CHECKPOINT", "LOG"]
@@ -351,7 +352,8 @@ def train(
         data_test: the same kind; its clean accuracy is measured after training.
         config: the training settings.
         out: directory for ``checkpoint.pt`` (written atomically after every epoch) and
-            ``train_log.json``; ``None`` keeps nothing on disk.
+            ``train_log.json``, and ``progress.json`` (epoch and step, rewritten every ~2 s while
+            training: ``fxharden.training.status``); ``None`` keeps nothing on disk.
         resume: continue from ``out/checkpoint.pt`` (model, optimizer, scheduler, epoch);
             a finished run is returned as it is. With more ``epochs`` than the stored run
             planned, the run is extended: optimizer state and weights continue, and the
@@ -433,6 +435,8 @@ def train(
         atomic_write_json(out / LOG, log, indent=2)
 
     start, bar = time.perf_counter(), _progress(progress)
+    status = ProgressFile(out, cfg.epochs, total)
+    status.update(state, force=True)
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     cuda = [torch.cuda.current_device() if dev.index is None else dev.index] if dev.type == "cuda" else []
     try:
@@ -452,7 +456,7 @@ def train(
                                      generator=torch.Generator().manual_seed(seed), drop_last=True)
                 report = None if bar is None else (lambda l, a: bar.update(
                     task, completed=state["step"], description=f"epoch {epoch + 1}/{cfg.epochs}", loss=l, acc=a))
-                loss, acc = _epoch(model, batches, step, state, total, report)
+                loss, acc = _epoch(model, batches, step, state, total, report, status.update)
                 test_acc = _clean_accuracy(model, mods, data_test, cfg, dev) \
                     if data_test is not None and cfg.eval_each_epoch else None
                 history.append(EpochLog(epoch + 1, state["step"], loss, acc, test_acc, scheduler.get_last_lr()[0],
@@ -461,6 +465,7 @@ def train(
                 state["finished"] = state["epoch"] >= cfg.epochs or state["step"] >= total
                 if out is not None:
                     save()
+                    status.update(state, force=True)
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
         _set_noise(mods, caller_sigma, caller_seed)
@@ -474,8 +479,10 @@ def train(
 
 
 def _epoch(model: nn.Module, batches, step: Callable, state: Dict[str, Any], total: int,
-           report: Optional[Callable[[float, float], Any]]) -> Tuple[float, float]:
-    """One pass over ``batches`` (stops at ``total`` steps); mean training loss and accuracy."""
+           report: Optional[Callable[[float, float], Any]],
+           tick: Callable[[Dict[str, Any]], Any] = lambda state: None) -> Tuple[float, float]:
+    """One pass over ``batches`` (stops at ``total`` steps); mean training loss and accuracy.
+    ``tick(state)`` after every step (``ProgressFile.update``: it writes at a bounded rate)."""
     model.train()
     loss_sum: Any = 0.0
     correct: Any = 0
@@ -486,6 +493,7 @@ def _epoch(model: nn.Module, batches, step: Callable, state: Dict[str, Any], tot
         loss_sum = loss * len(y) + loss_sum  # stays on the device: no sync per step
         correct = (logits.argmax(1) == y).sum() + correct
         seen += len(y)
+        tick(state)
         if report is not None and (state["step"] % 10 == 0 or state["step"] == total):
             report(float(loss_sum) / seen, float(correct) / seen)
         if state["step"] >= total:
