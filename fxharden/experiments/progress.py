@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
@@ -143,8 +143,9 @@ def read_cell(cell_dir: Path, sweep_dir: str, key: Optional[str] = None) -> Opti
     key = key or cell_dir.name
     sweep = cell_dir / sweep_dir
     header = _json(sweep / HEADER_FILE)
-    if header is not None:
-        return _read_sweep(key, sweep, header)
+    if header is not None:  # "updated" also sees train's file: a resumed cell rewrites it before sweeping on
+        swept = _read_sweep(key, sweep, header)
+        return replace(swept, updated=max(swept.updated, _mtime(cell_dir / PROGRESS)))
     status = _json(cell_dir / PROGRESS)
     if status is not None:
         return CellProgress(key, Phase.TRAIN, _mtime(cell_dir / PROGRESS), epoch=int(status.get("epoch", 0)),
@@ -188,7 +189,8 @@ class LiveProgress:
         a cell's sweep folder; ``total`` cells, ``done`` of them finished before this run;
         ``watch``: read the running cells' folders (False when the workers do not share this
         file system: then only finished cells are reported)."""
-        self.cells_dir, self.sweep_dir, self.total, self.done, self.watch = Path(cells_dir), sweep_dir, total, done, watch
+        self.cells_dir, self.sweep_dir, self.watch = Path(cells_dir), sweep_dir, watch
+        self.total, self.done = total, done
         self.failed = 0
         self._since = time.time() - 1.0
 

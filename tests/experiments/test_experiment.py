@@ -238,5 +238,6 @@ def test_cli_reproduce(tmp_path):
                                       "--no-progress"])
     assert result.exit_code == 0, result.output
     assert "lenet5-b8-s1" in result.output and (tmp_path / "out" / "results.md").is_file()
+    assert "epoch" not in result.output and "cells (" not in result.output  # --no-progress: nothing live
     missing = CliRunner().invoke(app, ["reproduce", str(tmp_path / "nope.toml")])
     assert missing.exit_code == 2 and "recipes/" in missing.output
