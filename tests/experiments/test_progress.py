@@ -103,10 +103,13 @@ def test_train_writes_where_it_stands_at_a_bounded_rate(tmp_path, monkeypatch):
     monkeypatch.setattr(ProgressFile, "update", spy)
     x, y = torch.randn(64, 3, 4, 4), torch.randint(0, 3, (64,))
     model = nn.Sequential(nn.Flatten(), nn.Linear(48, 3))
+    start = time.monotonic()
     train(model, (x, y), None, TrainConfig(epochs=3, batch_size=8, device="cpu"), tmp_path)
-    # 8 steps per epoch, well under the 2 s interval: the start and the end of each epoch only
-    assert [(w["epoch"], w["step"], w["finished"]) for w in writes] == \
-        [(0, 0, False), (1, 8, False), (2, 16, False), (3, 24, True)]
+    seconds = time.monotonic() - start
+    # 8 steps per epoch: the start and the end of each epoch, and mid-epoch at most one per 2 s
+    boundaries = [(w["epoch"], w["step"], w["finished"]) for w in writes if w["step"] == 8 * w["epoch"]]
+    assert boundaries == [(0, 0, False), (1, 8, False), (2, 16, False), (3, 24, True)]
+    assert len(writes) - len(boundaries) <= seconds / 2
     assert {(w["epochs"], w["steps"]) for w in writes} == {(3, 24)}
     assert read_cell(tmp_path, SWEEP_DIR).text() == "trained 3 epochs (step 24/24)"
 
