@@ -1,198 +1,39 @@
-"""Midpoint noise level μ: fit of the paper's Eq. 1 to accuracy-versus-sigma points.
+"""Midpoint noise level μ: the σ at which accuracy has fallen half way from a_max to a_min.
 
-Wang, Borras, Klein, Fröning, *On Hardening DNNs against Noisy Computations*, Sec. III-A:
+Wang, Borras, Klein, Fröning, *On Hardening DNNs against Noisy Computations*, Sec. III-A fit
+Eq. 1, a logistic in linear σ. :func:`fit_midpoint` fits, by default, a logistic in ln σ
+(``MidpointModel.LOG``, see ``fxharden.measure.midpoint_models``), which real accuracy curves follow
+within their errors; Eq. 1 is ``model="paper"``. μ means the same in both.
 
-    F(σ) = 2 δa / (1 + exp((σ - μ) / s)) + a_min        (Eq. 1)
-
-``F(μ) = δa + a_min`` is half way between ``a_min`` and ``a_max = 2 δa + a_min`` (the plateau
-for ``μ >> s``), so μ is the noise level at which accuracy has fallen half way (Eq. 2).
-
-Accuracies are **fractions in [0, 1]** (not percent). numpy/scipy only: no torch import.
-
-Beside the fit, :func:`fit_midpoint` computes a model-free estimate (``mu_crossing``) and
-sorts the data into a :class:`FitStatus`; anything but ``OK`` means "do not quote ``mu``".
+Beside the fit it computes a model-free estimate (``mu_crossing``), bootstrap errors of μ and
+of the crossing (``fxharden.measure.midpoint_errors``), and sorts the outcome into a
+:class:`FitStatus`; anything but ``OK`` means "do not quote ``mu``": :meth:`MidpointFit.quote`
+says what to show instead. Accuracies are **fractions in [0, 1]**. numpy/scipy only.
 Data problems never raise: only malformed input (shapes, NaN, negative sigma) does.
 """
 
 from __future__ import annotations
 
-import enum
 import math
-import warnings
-from dataclasses import dataclass, fields
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Optional, Tuple, Union
 
 import numpy as np
-from scipy.optimize import OptimizeWarning, curve_fit
-from scipy.special import expit
-from scipy.stats import chi2 as chi2_dist
-from scipy.stats import f as f_dist
+
+from .midpoint_errors import BOOTSTRAP_SIZE, crossing, crossing_many, distinct_means, interpolation_error, \
+    parametric_replicas, percentile_interval
+from .midpoint_result import AT_CHANCE_TOL, A_MIN_TOL, CONST_P_VALUE, ERR_FLOOR, MIN_PLATEAU_POINTS, MIN_POINTS, \
+    MIN_UNWEIGHTED_DOF, POOR_FIT_CHI2_RED, SIGNIFICANCE, FitStatus, MidpointFit, Quote, QuoteKind, \
+    midpoint_model
+from .midpoint_models import Constraints, CurveFit, MidpointModel, fit_curve
+from .midpoint_screen import Points, f_test_drop, prepare, screen
 
 __all__ = [
-    "AT_CHANCE_TOL", "CONST_P_VALUE", "ERR_FLOOR", "MIN_PLATEAU_POINTS", "MIN_PLATEAU_SLOPES", "MIN_POINTS",
-    "MIN_UNWEIGHTED_DOF", "POOR_FIT_CHI2_RED", "SIGNIFICANCE",
-    "FitStatus", "MidpointFit", "fit_midpoint", "midpoint_model",
+    "AT_CHANCE_TOL", "A_MIN_TOL", "CONST_P_VALUE", "ERR_FLOOR", "MIN_PLATEAU_POINTS", "MIN_POINTS",
+    "MIN_UNWEIGHTED_DOF", "POOR_FIT_CHI2_RED", "SIGNIFICANCE", "BOOTSTRAP_SIZE",
+    "FitStatus", "MidpointFit", "MidpointModel", "Quote", "QuoteKind", "fit_midpoint", "midpoint_model",
 ]
 
-ArrayLike = Union[Sequence[float], np.ndarray]
-
-#: Smallest accuracy uncertainty used in the weights (0.1 percentage point). Uncertainties
-#: below ``max(ERR_FLOOR, smallest positive acc_err)`` (zeros included) are raised to it.
-ERR_FLOOR = 1e-3
-#: Number of standard errors that makes a difference significant (drops, labels, DISAGREES).
-SIGNIFICANCE = 3.0
-#: A curve consistent with a constant (χ² p-value above this) has no significant drop.
-CONST_P_VALUE = 1e-3
-#: A curve whose peak lies within ``max(3 err, AT_CHANCE_TOL * (1 - chance))`` of chance: AT_CHANCE.
-AT_CHANCE_TOL = 0.05
-#: Weighted fits with a reduced χ² above this are POOR_FIT.
-POOR_FIT_CHI2_RED = 5.0
-#: A plateau of the fitted curve is on the grid if at least MIN_PLATEAU_POINTS distinct
-#: sigmas lie MIN_PLATEAU_SLOPES slopes or more below (upper) / above (lower) μ.
-MIN_PLATEAU_SLOPES = 1.5
-MIN_PLATEAU_POINTS = 2
-#: Fewest degrees of freedom (points - parameters) of an unweighted fit (acc_err=None).
-MIN_UNWEIGHTED_DOF = 3
-#: Fewest distinct sigmas for a fit (fewer: FIT_FAILED with only the crossing estimate).
-MIN_POINTS = 4
-
-
-class FitStatus(str, enum.Enum):
-    """Outcome of :func:`fit_midpoint`; only ``OK`` means μ can be quoted."""
-
-    OK = "ok"  #: fit and crossing agree, χ² acceptable
-    BEYOND_GRID = "beyond_grid"  #: the curve never falls half way: μ > largest sigma
-    AT_CHANCE = "at_chance"  #: accuracy is at chance from the start: no drop to fit
-    FLAT = "flat"  #: points scatter beyond their errors but do not fall (no trend)
-    FIT_FAILED = "fit_failed"  #: too few points, optimizer/covariance failed, or a plateau missing
-    DISAGREES = "disagrees"  #: fit μ and crossing differ by > 3 combined errors
-    POOR_FIT = "poor_fit"  #: reduced χ² > POOR_FIT_CHI2_RED (weighted fits only)
-
-
-_NAMES = ("mu", "slope", "delta_a", "a_min")
-
-
-def midpoint_model(sigmas: ArrayLike, mu: float, slope: float, delta_a: float, a_min: float) -> np.ndarray:
-    """Eq. 1, ``2 δa / (1 + exp((σ - μ) / s)) + a_min``, overflow-free.
-
-    Args:
-        sigmas: noise levels σ.
-        mu: midpoint μ. slope: width s > 0. delta_a: half the drop δa. a_min: lower plateau.
-
-    Returns:
-        ``F(σ)`` as a float array of the shape of ``sigmas``.
-    """
-    x = np.asarray(sigmas, dtype=float)
-    return 2.0 * delta_a * expit(-(x - mu) / slope) + a_min
-
-
-@dataclass(frozen=True)
-class MidpointFit:
-    """Result of :func:`fit_midpoint`. Fit fields are NaN where no fit applies (see status)."""
-
-    mu: float  #: fitted midpoint μ; NaN unless a fit was kept (see fit_midpoint's status rules)
-    mu_err: float  #: 1-σ error of μ (covariance; ≥ grid step/√12 if s < grid step/8)
-    slope: float  #: fitted width s of the logistic
-    slope_err: float  #: 1-σ error of s
-    delta_a: float  #: fitted δa (half the total drop)
-    delta_a_err: float  #: 1-σ error of δa
-    a_min: float  #: fitted (or, with fix_a_min, fixed = chance) lower plateau
-    a_min_err: float  #: 1-σ error of a_min (0 when fixed)
-    cov: tuple  #: covariance of the free parameters ``param_names`` (tuple of tuples)
-    param_names: tuple  #: names of the free parameters, in ``cov`` order
-    chi2: float  #: Σ residual²/err² (with acc_err=None: Σ residual², err = 1)
-    dof: int  #: number of points minus number of free parameters
-    chi2_red: float  #: chi2 / dof (NaN if dof = 0); unweighted: mean squared residual
-    mu_crossing: float  #: model-free μ: first downward crossing of the half level (NaN: none)
-    mu_crossing_err: float  #: error of mu_crossing: width of the grid interval that holds it
-    mu_lower: float  #: for BEYOND_GRID the largest sigma (μ exceeds it), else NaN
-    status: FitStatus  #: quality verdict
-    message: str  #: human-readable explanation (notes about weights, bounds, verdict)
-    weighted: bool  #: True if acc_err was used (absolute_sigma), False for an unweighted fit
-    chance: float  #: chance accuracy passed in (NaN if none)
-    fixed_a_min: bool  #: True if a_min was fixed at chance
-    n_points: int  #: number of (sigma, accuracy) points
-
-    @property
-    def ok(self) -> bool:
-        """True only for status OK: μ is trustworthy."""
-        return self.status is FitStatus.OK
-
-    @property
-    def a_max(self) -> float:
-        """Upper plateau ``a_min + 2 δa`` of the fitted curve."""
-        return self.a_min + 2.0 * self.delta_a
-
-    @property
-    def cov_matrix(self) -> np.ndarray:
-        """``cov`` as a float numpy array."""
-        return np.array(self.cov, dtype=float)
-
-    def curve(self, sigmas: ArrayLike) -> np.ndarray:
-        """Evaluate the fitted Eq. 1 at ``sigmas``; all NaN if there is no fitted curve."""
-        return midpoint_model(sigmas, self.mu, self.slope, self.delta_a, self.a_min)
-
-    def to_dict(self) -> dict:
-        """JSON-ready dict of all fields: NaN → None, status → its value, plus derived ``ok``."""
-        d = {f.name: getattr(self, f.name) for f in fields(self)}
-        d.update({k: _enc(d[k]) for k in _FLOAT_FIELDS})
-        d.update(cov=[[_enc(x) for x in row] for row in self.cov], param_names=list(self.param_names),
-                 status=self.status.value, dof=int(self.dof), n_points=int(self.n_points),
-                 weighted=bool(self.weighted), fixed_a_min=bool(self.fixed_a_min), ok=self.ok)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "MidpointFit":
-        """Inverse of :meth:`to_dict` (None → NaN; the derived ``ok`` is ignored).
-
-        Raises:
-            KeyError: a field is missing. ValueError: an unknown status.
-        """
-        kw = {f.name: d[f.name] for f in fields(cls)}
-        kw.update({k: _dec(kw[k]) for k in _FLOAT_FIELDS})
-        kw.update(cov=tuple(tuple(_dec(x) for x in row) for row in kw["cov"]), param_names=tuple(kw["param_names"]),
-                  status=FitStatus(kw["status"]), dof=int(kw["dof"]), n_points=int(kw["n_points"]),
-                  weighted=bool(kw["weighted"]), fixed_a_min=bool(kw["fixed_a_min"]))
-        return cls(**kw)
-
-
-_FLOAT_FIELDS = tuple(f.name for f in fields(MidpointFit) if f.type == "float")
-
-
-def _enc(x: Any) -> Optional[float]:
-    x = float(x)
-    return None if math.isnan(x) else x
-
-
-def _dec(x: Any) -> float:
-    return math.nan if x is None else float(x)
-
-
-def _vector(name: str, x: Any) -> np.ndarray:
-    try:
-        a = np.asarray(x, dtype=float)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} must be numbers, got {x!r}") from exc
-    if a.ndim != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {a.shape}")
-    if not np.all(np.isfinite(a)):
-        raise ValueError(f"{name} contains NaN or inf at index {np.flatnonzero(~np.isfinite(a)).tolist()}")
-    return a
-
-
-def _crossing(s: np.ndarray, a: np.ndarray) -> tuple:
-    """First downward crossing of (max+min)/2 by the interpolated curve, and its grid step."""
-    hi, lo = float(a.max()), float(a.min())
-    if not hi > lo:
-        return math.nan, math.nan
-    half = 0.5 * (hi + lo)
-    use_log = bool(s[0] > 0)
-    x = np.log(s) if use_log else s
-    for i in range(len(a) - 1):
-        if a[i] >= half > a[i + 1]:
-            xc = x[i] + (a[i] - half) / (a[i] - a[i + 1]) * (x[i + 1] - x[i])
-            return (math.exp(xc) if use_log else float(xc)), float(s[i + 1] - s[i])
-    return math.nan, math.nan
+ArrayLike = Union[list, tuple, np.ndarray]
 
 
 def fit_midpoint(
@@ -202,257 +43,283 @@ def fit_midpoint(
     *,
     chance: Optional[float] = None,
     fix_a_min: bool = False,
+    model: Union[MidpointModel, str] = MidpointModel.LOG,
+    plateau: Optional[Tuple[float, float]] = None,
+    replicas: Optional[ArrayLike] = None,
+    n_boot: int = BOOTSTRAP_SIZE,
+    systematic: float = 0.0,
+    seed: int = 0,
 ) -> MidpointFit:
-    """Fit Eq. 1 to accuracy-versus-sigma points and estimate the midpoint noise level μ.
+    """Fit a midpoint model to accuracy-versus-σ points and estimate μ with honest errors.
 
-    Weighted least squares (``curve_fit``, ``sigma=acc_err``, ``absolute_sigma=True``) with
-    bounds ``0 < μ ≤ 10 σ_max``, ``0.01·(smallest sigma step) ≤ s ≤ 10 σ_max``,
-    ``0 < δa ≤ min(max(acc) - min(acc), 0.5)``, ``0 ≤ a_min ≤ max(acc)``, started from
-    the crossing estimate (μ) with three slopes (μ/4, μ/10, grid step at the crossing);
-    the start with the lowest χ² wins. The bounds keep the fit finite on curves that are
-    not logistic in σ (noisy-training curves that fall from the smallest σ on).
+    Fit: weighted least squares (``absolute`` errors; unweighted: errors from the scatter)
+    of ``model`` with ``a_min ∈ [0, chance + A_MIN_TOL·(1 - chance)]`` (near chance; ``[0, 1]``
+    without chance), ``a_max = a_min + 2 δa ≤ 1`` and, with ``plateau``, ``a_max`` tied to the
+    measured low-σ plateau by a Gaussian penalty; multi-start from the crossing estimate.
 
-    Model-free estimate: per distinct sigma the (weighted) mean accuracy is interpolated,
-    in log σ if all σ > 0, else linearly; ``mu_crossing`` is where it first falls through
-    half way between its max and min; its error is one grid step (the bracketing interval).
+    Errors of μ: ``mu_err_cov`` from the covariance; with ``replicas`` (resampled curves,
+    e.g. over networks and repeats) ``[mu_boot_lo, mu_boot_hi]``, the central 68 % percentile
+    interval of μ refitted on each; the quoted ``mu_err`` is ``max(mu_err_cov, half that
+    interval)`` with ``systematic·μ`` added in quadrature. ``mu_crossing_err`` is half the 68 %
+    interval of the crossing over the same replicas (without them: over ``n_boot`` curves
+    drawn from ``N(acc, acc_err)``), with the interpolation ambiguity (linear vs monotone
+    cubic) added in quadrature.
 
-    Uncertainties: ``acc_err=None`` (or all zeros) → unweighted fit whose errors come from
-    the residual scatter (``absolute_sigma=False``); the per-point error used by the checks
-    below is then the rms residual of that fit (at least ERR_FLOOR), and POOR_FIT is not
-    assessed. Given errors below ``max(ERR_FLOOR, smallest positive acc_err)`` (zeros
-    included) are raised to that floor, so nothing is divided by zero.
-
-    Status, decided by the first rule that applies ("significant" = > SIGNIFICANCE errors):
+    Status, by the first rule that applies ("significant" = > SIGNIFICANCE errors):
       1. FIT_FAILED: fewer than 2 distinct sigmas.
       2. AT_CHANCE (needs ``chance``): peak within ``max(3 err, AT_CHANCE_TOL·(1-chance))`` of it.
-      3. BEYOND_GRID: no significant drop (max - min ≤ 3 combined errors, or the points are
-         consistent with a constant: χ² p-value > CONST_P_VALUE).
-      4. FLAT: the points significantly above / below the half level are not one run of
-         "above" followed by one run of "below" (a rising or zig-zag curve).
-      5. BEYOND_GRID (needs ``chance``): the lowest accuracy stays significantly above
-         ``(peak + chance) / 2``.
-      6. FIT_FAILED: fewer than MIN_POINTS distinct sigmas, or unweighted with fewer than
-         MIN_UNWEIGHTED_DOF degrees of freedom; optimizer error or non-finite covariance.
-      7. BEYOND_GRID: unweighted and the fit is no better than a constant (F-test p >
-         CONST_P_VALUE); or the fitted μ lies beyond the largest σ (value in ``message``).
-      8. DISAGREES: ``|mu - mu_crossing| > 3·sqrt(mu_err² + mu_crossing_err²)`` (both finite).
-      9. FIT_FAILED: a plateau is missing: fewer than MIN_PLATEAU_POINTS distinct σ lie
-         MIN_PLATEAU_SLOPES slopes below μ (upper) or, with a free a_min, above μ (lower).
-         No upper plateau: a_max and μ are extrapolations below the smallest σ (typical of
-         noisy-training curves, falling from the smallest σ on: the fit uses the logistic's
-         tail; use ``mu_crossing``). No lower plateau: a_min is an extrapolation (a partial
-         drop; μ may lie beyond the grid).
-      10. POOR_FIT: weighted and ``chi2_red > POOR_FIT_CHI2_RED`` (errors are not rescaled).
+      3. BEYOND_GRID: no significant drop (or the points are consistent with a constant).
+      4. FLAT: the points significantly off the half level do not fall in one step.
+      5. BEYOND_GRID (needs ``chance``): the lowest point stays significantly above half way
+         from the peak to chance.
+      6. FIT_FAILED: fewer than MIN_POINTS distinct sigmas, too few points for an unweighted
+         fit, or the optimizer / covariance failed.
+      7. BEYOND_GRID: unweighted and no better than a constant (F-test), or the fitted μ lies
+         beyond the largest σ.
+      8. FIT_FAILED: a plateau the fit relies on was not measured: with a free a_max, fewer
+         than MIN_PLATEAU_POINTS points below μ within errors of the top 10 % of the fitted
+         drop; with a free a_min, fewer than that many points above μ within errors of its
+         bottom 10 %. (A tied a_max is a measurement: no upper-plateau check.)
+      9. POOR_FIT: weighted and ``chi2_red > POOR_FIT_CHI2_RED``.
+      10. DISAGREES: μ and the points' crossing of the fitted half level ``a_min + δa``
+          differ by more than 3 combined errors (the crossing's from the bootstrap and the
+          interpolation ambiguity).
       11. OK.
-    BEYOND_GRID gives ``mu = nan`` and ``mu_lower = largest σ``. DISAGREES, POOR_FIT and
-    rule-9 FIT_FAILED keep the fitted values for inspection; the others leave them NaN.
-    ``mu_crossing`` is filled in whenever it exists.
+    BEYOND_GRID gives ``mu = nan`` and ``mu_lower = largest σ``; rules 8-10 keep the fitted
+    values for inspection. Every message states the measured facts behind its verdict.
 
     Args:
-        sigmas: noise levels, ≥ 0, any order, repeats allowed.
+        sigmas: noise levels, ≥ 0 (> 0 for the LOG model's fit; σ = 0 points are its a_max).
         acc: accuracies as fractions in [0, 1], one per sigma.
-        acc_err: 1-σ uncertainties of ``acc`` (≥ 0) or None (unknown).
-        chance: chance accuracy in [0, 1) (e.g. 0.1 for CIFAR-10); enables AT_CHANCE and
-            the "falls half way to chance" check.
-        fix_a_min: fix a_min at ``chance`` (3 free parameters: μ, s, δa).
+        acc_err: 1-σ uncertainties Δy of ``acc`` (≥ 0) or None (unknown).
+        chance: chance accuracy in [0, 1) (0.1 for CIFAR-10): enables AT_CHANCE, the "falls
+            half way to chance" check and the a_min bound near chance.
+        fix_a_min: fix a_min at ``chance``.
+        model: ``"log"`` (default) or ``"paper"`` (Eq. 1), or a :class:`MidpointModel`.
+        plateau: ``(value, 1-σ error)`` of the measured low-σ plateau (the clean accuracy)
+            that a_max is tied to; None leaves a_max free (≤ 1).
+        replicas: ``(n, len(sigmas))`` resampled accuracy curves for the bootstrap of μ and
+            of the crossing.
+        n_boot: without ``replicas``, curves drawn from ``N(acc, acc_err)`` for the crossing's
+            error (0: none; then DISAGREES is not assessed).
+        systematic: relative systematic error of μ, added in quadrature (0.02 = 2 %).
+        seed: seeds the parametric bootstrap.
 
     Returns:
-        A :class:`MidpointFit`; check ``.ok`` / ``.status`` before using ``.mu``.
+        A :class:`MidpointFit`; quote it with ``.quote()`` (or check ``.ok``).
 
     Raises:
-        ValueError: empty or non-1-D input, different lengths, NaN/inf, negative sigmas or
-            errors, accuracies outside [0, 1], chance outside [0, 1), or fix_a_min without chance.
+        ValueError: malformed input (see the message), an unknown model, a plateau outside
+            [0, 1] or with a non-positive error, negative systematic, replicas of the wrong shape.
     """
-    s_raw = _vector("sigmas", sigmas)
-    a_raw = _vector("acc", acc)
-    if s_raw.size == 0:
-        raise ValueError("sigmas and acc are empty")
-    if a_raw.size != s_raw.size:
-        raise ValueError(f"sigmas has {s_raw.size} values but acc has {a_raw.size}")
-    if np.any(s_raw < 0):
-        raise ValueError(f"sigmas must be >= 0, got {s_raw[s_raw < 0].tolist()}")
-    if np.any((a_raw < 0) | (a_raw > 1)):
-        raise ValueError(f"acc must be fractions in [0, 1] (not percent); got min {a_raw.min()}, max {a_raw.max()}")
+    mdl = MidpointModel.parse(model)
+    p = prepare(sigmas, acc, acc_err)
     if chance is not None and not 0.0 <= float(chance) < 1.0:
         raise ValueError(f"chance must be in [0, 1), got {chance}")
     if fix_a_min and chance is None:
         raise ValueError("fix_a_min=True needs chance= (the value a_min is fixed at)")
-    notes = []
-    weighted = acc_err is not None
-    if weighted:
-        e_raw = _vector("acc_err", acc_err)
-        if e_raw.size != s_raw.size:
-            raise ValueError(f"acc_err has {e_raw.size} values but acc has {a_raw.size}")
-        if np.any(e_raw < 0):
-            raise ValueError("acc_err must be >= 0")
-        if not np.any(e_raw > 0):
-            weighted = False
-            notes.append("all acc_err are zero: treated as unknown.")
-        else:
-            floor = max(ERR_FLOOR, float(e_raw[e_raw > 0].min()))
-            if np.any(e_raw < floor):
-                notes.append(f"{int(np.sum(e_raw < floor))} acc_err below {floor:.3g} raised to it.")
-            e_raw = np.maximum(e_raw, floor)
-    if not weighted:
-        notes.append("unweighted fit (no acc_err): errors estimated from the scatter.")
-        e_raw = np.ones_like(a_raw)
-
-    order = np.argsort(s_raw, kind="stable")
-    s_raw, a_raw, e_raw = s_raw[order], a_raw[order], e_raw[order]
-    # per distinct sigma: weighted mean accuracy and its error
-    s_u, inv = np.unique(s_raw, return_inverse=True)
-    w = 1.0 / e_raw**2
-    a_u = np.bincount(inv, w * a_raw) / np.bincount(inv, w)
-    e_u = 1.0 / np.sqrt(np.bincount(inv, w))
-    mu_c, mu_c_err = _crossing(s_u, a_u) if s_u.size >= 2 else (math.nan, math.nan)
-    sig_max = float(s_u[-1])
+    if plateau is not None and not (0.0 <= float(plateau[0]) <= 1.0 and float(plateau[1]) > 0):
+        raise ValueError(f"plateau must be (value in [0, 1], error > 0), got {plateau}")
+    if not systematic >= 0:
+        raise ValueError(f"systematic must be >= 0 (a fraction of mu), got {systematic}")
+    reps, resampled = None, replicas is not None
+    if replicas is not None:
+        reps = np.asarray(replicas, dtype=float)
+        if reps.ndim != 2 or reps.shape[1] != p.n_raw:
+            raise ValueError(f"replicas must have shape (n, {p.n_raw}), got {reps.shape}")
+        reps = reps[:, p.order]
     chance_f = math.nan if chance is None else float(chance)
-    free = _NAMES[:3] if fix_a_min else _NAMES
-    fit: Union[dict, str, None] = None
-    if not weighted:  # per-point noise for the checks: rms residual of the unweighted fit
-        scale = ERR_FLOOR
-        fittable = a_u.max() - a_u.min() > SIGNIFICANCE * ERR_FLOOR  # else flat: rule 3 applies
-        if fittable and s_u.size >= MIN_POINTS and a_raw.size >= len(free) + MIN_UNWEIGHTED_DOF:
-            fit = _fit(s_raw, a_raw, e_raw, s_u, a_u, mu_c, mu_c_err, weighted, fix_a_min, chance_f)
-            if isinstance(fit, dict):
-                scale = max(scale, math.sqrt(fit["chi2"] / fit["dof"]))
-        e_u = scale / np.sqrt(np.bincount(inv))
-    nan4 = tuple(tuple(math.nan for _ in free) for _ in free)
-    base = dict(
-        cov=nan4, param_names=free, chi2=math.nan, dof=int(a_raw.size - len(free)), chi2_red=math.nan,
-        mu_crossing=mu_c, mu_crossing_err=mu_c_err, weighted=weighted, chance=chance_f,
-        fixed_a_min=bool(fix_a_min), n_points=int(a_raw.size),
-    )
-
-    def verdict(status: FitStatus, text: str, fit: Optional[dict] = None) -> MidpointFit:
-        vals = dict.fromkeys(("mu", "mu_err", "slope", "slope_err", "delta_a", "delta_a_err",
-                              "a_min", "a_min_err"), math.nan)
-        vals.update(base)
-        if fit is not None and status is not FitStatus.BEYOND_GRID:
-            vals.update(fit)
-        vals["mu_lower"] = sig_max if status is FitStatus.BEYOND_GRID else math.nan
-        return MidpointFit(status=status, message=" ".join([text] + notes), **vals)
-
-    if s_u.size < 2:
-        return verdict(FitStatus.FIT_FAILED, "fewer than 2 distinct sigmas: nothing to fit.")
-    i_hi, i_lo = int(np.argmax(a_u)), int(np.argmin(a_u))
-    a_hi, a_lo = float(a_u[i_hi]), float(a_u[i_lo])
-    if chance is not None and a_hi - chance_f <= max(SIGNIFICANCE * e_u[i_hi], AT_CHANCE_TOL * (1 - chance_f)):
-        return verdict(FitStatus.AT_CHANCE, f"peak accuracy {a_hi:.4g} is at chance ({chance_f:.4g}): nothing to fit.")
-    a_mean = float(np.sum(a_u / e_u**2) / np.sum(1.0 / e_u**2))
-    p_const = float(chi2_dist.sf(np.sum(((a_u - a_mean) / e_u) ** 2), a_u.size - 1))
-    if a_hi - a_lo <= SIGNIFICANCE * math.hypot(e_u[i_hi], e_u[i_lo]) or p_const > CONST_P_VALUE:
-        hint = "" if chance is not None else " (if this level is chance, pass chance=)"
-        return verdict(FitStatus.BEYOND_GRID,
-                       f"accuracy never falls beyond noise{hint}: mu > largest sigma {sig_max:.4g}.")
-    half = 0.5 * (a_hi + a_lo)
-    labels = [1 if d > 0 else -1 for d, e in zip(a_u - half, e_u) if abs(d) > SIGNIFICANCE * e]
-    changes = sum(x != y for x, y in zip(labels, labels[1:]))
-    if len(labels) >= 2 and (labels[0] < 0 or changes > 1):
-        how = "it rises" if labels[0] < 0 else f"{changes} significant crossings of the half level {half:.4g}"
-        return verdict(FitStatus.FLAT, f"accuracy varies beyond its errors without a falling trend ({how}).")
-    if chance is not None and a_lo - 0.5 * (a_hi + chance_f) > SIGNIFICANCE * e_u[i_lo]:
-        return verdict(FitStatus.BEYOND_GRID, f"lowest accuracy {a_lo:.4g} stays above half way to chance "
-                       f"({0.5 * (a_hi + chance_f):.4g}): mu > largest sigma {sig_max:.4g}.")
-    if s_u.size < MIN_POINTS:
-        return verdict(FitStatus.FIT_FAILED, f"only {s_u.size} distinct sigmas (< {MIN_POINTS}): "
-                       f"no fit; see mu_crossing = {mu_c:.4g}.")
-    if not weighted and base["dof"] < MIN_UNWEIGHTED_DOF:
-        return verdict(FitStatus.FIT_FAILED, f"an unweighted fit needs >= {MIN_UNWEIGHTED_DOF} more points than "
-                       f"parameters to estimate its errors; pass acc_err or see mu_crossing = {mu_c:.4g}.")
-
-    if weighted:
-        fit = _fit(s_raw, a_raw, e_raw, s_u, a_u, mu_c, mu_c_err, weighted, fix_a_min, chance_f)
-    assert fit is not None
-    if isinstance(fit, str):
-        return verdict(FitStatus.FIT_FAILED, fit)
-    notes.extend(fit.pop("notes"))
-    if not weighted:  # F-test of Eq. 1 against a constant (the scatter is the only error scale)
-        k, rss1 = len(free), fit["chi2"]
-        rss0 = float(np.sum((a_raw - a_raw.mean()) ** 2))
-        f_stat = (rss0 - rss1) / (k - 1) / (rss1 / fit["dof"]) if rss1 > 0 else math.inf
-        p_drop = float(f_dist.sf(f_stat, k - 1, fit["dof"]))
-        if p_drop > CONST_P_VALUE:
-            return verdict(FitStatus.BEYOND_GRID, f"the drop is not significant against the scatter (F-test p = "
-                           f"{p_drop:.2g}): no drop, mu > largest sigma {sig_max:.4g}.")
-    if fit["mu"] > sig_max:
-        return verdict(FitStatus.BEYOND_GRID, f"fitted mu {fit['mu']:.4g} lies beyond the largest sigma "
-                       f"{sig_max:.4g} (extrapolation, not quoted).")
-    if math.isfinite(mu_c) and math.isfinite(mu_c_err):
-        tol = SIGNIFICANCE * math.hypot(fit["mu_err"], mu_c_err)
-        if abs(fit["mu"] - mu_c) > tol:
-            return verdict(FitStatus.DISAGREES, f"fit mu {fit['mu']:.4g} ± {fit['mu_err']:.2g} and crossing "
-                           f"{mu_c:.4g} ± {mu_c_err:.2g} differ by more than {SIGNIFICANCE:g} errors: "
-                           "the curve is probably not a logistic in sigma.", fit)
-    z = (s_u - fit["mu"]) / fit["slope"]  # plateau points: >= MIN_PLATEAU_SLOPES slopes from mu
-    n_top, n_bottom = int(np.sum(z <= -MIN_PLATEAU_SLOPES)), int(np.sum(z >= MIN_PLATEAU_SLOPES))
-    if n_top < MIN_PLATEAU_POINTS:
-        return verdict(FitStatus.FIT_FAILED, f"fitted curve has no upper plateau on the grid ({n_top} sigmas "
-                       f"<= mu - {MIN_PLATEAU_SLOPES:g} s): a_max and mu are extrapolations below the smallest "
-                       f"sigma, not the half-way point; use mu_crossing = {mu_c:.4g}.", fit)
-    if not fix_a_min and n_bottom < MIN_PLATEAU_POINTS:
-        return verdict(FitStatus.FIT_FAILED, f"fitted curve has no lower plateau on the grid ({n_bottom} sigmas "
-                       f">= mu + {MIN_PLATEAU_SLOPES:g} s): a_min is an extrapolation and mu may lie beyond "
-                       "the grid; extend the grid or pass chance= with fix_a_min=True.", fit)
-    if weighted and fit["chi2_red"] > POOR_FIT_CHI2_RED:
-        return verdict(FitStatus.POOR_FIT, f"reduced chi2 {fit['chi2_red']:.3g} > {POOR_FIT_CHI2_RED:g}: "
-                       "Eq. 1 does not describe the points within their errors.", fit)
-    return verdict(FitStatus.OK, f"mu = {fit['mu']:.4g} ± {fit['mu_err']:.2g} (crossing {mu_c:.4g}).", fit)
-
-
-def _fit(s, a, e, s_u, a_u, mu_c, mu_c_err, weighted, fix_a_min, chance) -> Union[dict, str]:
-    """Bounded multi-start curve_fit; a dict of fit fields, or a failure message."""
-    sig_max = float(s_u[-1])
-    rng = float(a_u.max() - a_u.min())
-    s_lo = 0.01 * float(np.diff(s_u).min())
-    lb = [1e-6 * sig_max, s_lo, 1e-9, 0.0]
-    ub = [10.0 * sig_max, 10.0 * sig_max, max(min(rng, 0.5), 2e-9), float(a.max())]
-    mu0 = mu_c if math.isfinite(mu_c) else float(np.median(s_u[s_u > 0]))
-    step = mu_c_err if math.isfinite(mu_c_err) else float(np.median(np.diff(s_u)))
-    a_min0 = chance if fix_a_min else float(a_u.min())
+    top = chance_f + A_MIN_TOL * (1.0 - chance_f) if chance is not None else 1.0
+    cons = Constraints(plateau=None if plateau is None else (float(plateau[0]), float(plateau[1])),
+                       a_min_range=(0.0, top), fixed_a_min=chance_f if fix_a_min else None)
     n_free = 3 if fix_a_min else 4
-    lb, ub = lb[:n_free], ub[:n_free]
+    dof0 = p.n_raw + (plateau is not None) - n_free
+    mu_c = crossing(p.s_u, p.a_u) if p.s_u.size >= 2 else math.nan
+    if not p.weighted:  # per-point noise: rms residual of a preliminary (untied) fit
+        p = _with_scatter(p, mdl, cons, mu_c, dof0)
+    if reps is None and n_boot > 0:
+        reps = parametric_replicas(p.a, p.e, n_boot, seed)
+    rep_u = distinct_means(p.inv, p.w, reps) if reps is not None else None
+    out = _Assembler(p, mdl, cons, chance_f, mu_c, _crossing_err(p, rep_u, None), dof0, n_free, systematic)
+    out.rep_u = rep_u
 
-    def f(x, mu, sl, da, am=chance):
-        return midpoint_model(x, mu, sl, da, am)
+    early = screen(p, chance)
+    if early is not None:
+        return out.verdict(*early)
+    if p.s_u.size < MIN_POINTS:
+        return out.verdict(FitStatus.FIT_FAILED, f"only {p.s_u.size} distinct sigmas (< {MIN_POINTS}): "
+                           f"no fit; see mu_crossing = {mu_c:.4g}.")
+    if not p.weighted and dof0 < MIN_UNWEIGHTED_DOF:
+        return out.verdict(FitStatus.FIT_FAILED, f"an unweighted fit needs >= {MIN_UNWEIGHTED_DOF} more points "
+                           f"than parameters to estimate its errors; pass acc_err or see mu_crossing = {mu_c:.4g}.")
+    fit = _fit(p, mdl, cons, mu_c)
+    if isinstance(fit, str):
+        return out.verdict(FitStatus.FIT_FAILED, fit)
+    if not p.weighted:
+        p_drop = f_test_drop(p, fit.chi2 * p.e[0] ** 2, fit.dof, n_free)
+        if p_drop > CONST_P_VALUE:
+            return out.verdict(FitStatus.BEYOND_GRID, f"the drop is not significant against the scatter (F-test "
+                               f"p = {p_drop:.2g}): no drop, mu > largest sigma {p.s_u[-1]:.4g}.")
+    if fit.mu > p.s_u[-1]:
+        return out.verdict(FitStatus.BEYOND_GRID, f"fitted mu {fit.mu:.4g} lies beyond the largest sigma "
+                           f"{p.s_u[-1]:.4g} (extrapolation, not quoted).")
+    boot = _bootstrap(p, mdl, cons, fit, reps) if resampled else (math.nan, math.nan, 0)
+    out.set_fit(fit, boot)
+    return out.verdict(*_judge(p, mdl, cons, out))
 
-    def jac(x, mu, sl, da, am=chance):  # analytic ∂F/∂(μ, s, δa[, a_min])
-        g = expit(-(x - mu) / sl)
-        dz = 2.0 * da * g * (1.0 - g) / sl
-        return np.stack([dz, dz * (x - mu) / sl, 2.0 * g, np.ones_like(x)][:n_free], axis=1)
 
-    best, err_msg = None, "optimizer failed for every start"
-    for sl0 in (mu0 / 4.0, mu0 / 10.0, step):
-        p0 = np.clip([mu0, sl0, rng / 2.0, a_min0][: len(lb)], lb, ub)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", OptimizeWarning)
-                popt, pcov = curve_fit(f, s, a, p0=p0, sigma=e, absolute_sigma=weighted, jac=jac,
-                                       bounds=(lb, ub), method="trf", max_nfev=5000)
-        except (RuntimeError, ValueError, np.linalg.LinAlgError) as exc:
-            err_msg = f"optimizer failed: {exc}"
-            continue
-        chi2 = float(np.sum(((f(s, *popt) - a) / e) ** 2))
-        if best is None or chi2 < best[0]:
-            best = (chi2, popt, pcov)
-    if best is None:
-        return err_msg
-    chi2, popt, pcov = best
-    if not np.all(np.isfinite(pcov)):
-        return f"fit converged (mu = {popt[0]:.4g}) but its covariance is not finite: parameters not determined."
-    perr = np.sqrt(np.clip(np.diag(pcov), 0.0, None))
-    mu_err = float(perr[0])
-    notes = []
-    j = int(np.clip(np.searchsorted(s_u, popt[0]), 1, len(s_u) - 1))
-    step_mu = float(s_u[j] - s_u[j - 1])
-    if popt[1] < step_mu / 8.0:  # step-like drop: μ known only to within its grid interval
-        mu_err = max(mu_err, step_mu / math.sqrt(12.0))
-        notes.append("step-like drop (slope < grid step/8): mu_err >= grid step/sqrt(12).")
-    if popt[2] >= 0.999 * ub[2]:
-        notes.append("delta_a at its upper bound (observed range).")
-    dof = len(a) - len(popt)
-    return dict(mu=float(popt[0]), mu_err=mu_err, slope=float(popt[1]), slope_err=float(perr[1]),
-               delta_a=float(popt[2]), delta_a_err=float(perr[2]),
-               a_min=chance if fix_a_min else float(popt[3]), a_min_err=0.0 if fix_a_min else float(perr[3]),
-               cov=tuple(tuple(float(x) for x in row) for row in pcov), chi2=chi2, dof=dof,
-               chi2_red=chi2 / dof if dof > 0 else math.nan, notes=notes)
+def _crossing_err(p: Points, rep_u: Optional[np.ndarray], level: Optional[float]) -> float:
+    """Error of the crossing of ``level``: bootstrap half-interval ⊕ interpolation ambiguity."""
+    if rep_u is None or not math.isfinite(crossing(p.s_u, p.a_u, level)):
+        return math.nan
+    lo, hi = percentile_interval(crossing_many(p.s_u, rep_u, level))
+    return math.hypot(0.5 * (hi - lo), interpolation_error(p.s_u, p.a_u, level))
+
+
+def _with_scatter(p: Points, mdl: MidpointModel, cons: Constraints, mu_c: float, dof0: int) -> Points:
+    scale = ERR_FLOOR
+    if p.a_u.max() - p.a_u.min() > SIGNIFICANCE * ERR_FLOOR and p.s_u.size >= MIN_POINTS \
+            and dof0 >= MIN_UNWEIGHTED_DOF:
+        pre = _fit(p, mdl, Constraints(None, cons.a_min_range, cons.fixed_a_min), mu_c)
+        if isinstance(pre, CurveFit) and pre.dof > 0:
+            scale = max(scale, ERR_FLOOR * math.sqrt(pre.chi2 / pre.dof))  # chi2 in units of ERR_FLOOR
+    return p.with_error(scale)
+
+
+def _bounds(p: Points, mdl: MidpointModel) -> Tuple[Tuple[float, float], Tuple[float, float], float]:
+    """Bounds of x0 (ln μ or μ) and of the width; the smallest grid step (in x)."""
+    s = p.s_u[p.s_u > 0] if mdl is MidpointModel.LOG else p.s_u
+    x = np.log(s) if mdl is MidpointModel.LOG else s
+    step = float(np.diff(x).min()) if x.size > 1 else 1.0
+    if mdl is MidpointModel.LOG:
+        span = float(x[-1] - x[0]) if x.size > 1 else 1.0
+        return (float(x[0]) - span - 7.0, float(x[-1]) + math.log(10.0)), (0.01 * step, 10.0 * span + 1.0), step
+    sig_max = float(p.s_u[-1])
+    return (1e-6 * sig_max, 10.0 * sig_max), (0.01 * step, 10.0 * sig_max), step
+
+
+def _fit(p: Points, mdl: MidpointModel, cons: Constraints, mu_c: float) -> Union[CurveFit, str]:
+    """Multi-start fit of all points."""
+    if mdl is MidpointModel.LOG and not np.any(p.s_u > 0):
+        return "the log-sigma model needs sigmas > 0."
+    xb, wb, step = _bounds(p, mdl)
+    pos = p.s_u[p.s_u > 0]
+    mu0 = mu_c if math.isfinite(mu_c) and mu_c > 0 else float(np.median(pos))
+    mid = 0.5 * (float(p.a_u.max()) + float(p.a_u.min()))
+    amax0 = cons.plateau[0] if cons.plateau is not None else float(p.a_u.max())
+    amin0 = float(np.clip(p.a_u.min(), *cons.a_min_range))
+    if mdl is MidpointModel.LOG:
+        starts = [(math.log(mu0), w, amax0, amin0) for w in (0.2, 0.6, 1.5)]
+    else:
+        starts = [(mu0, w, amax0, amin0) for w in (mu0 / 4.0, mu0 / 10.0, step)]
+    return fit_curve(mdl, p.s, p.a, p.e, weighted=p.weighted, cons=cons, mid=mid, starts=starts,
+                     x0_bounds=xb, w_bounds=wb)
+
+
+def _bootstrap(p: Points, mdl: MidpointModel, cons: Constraints, fit: CurveFit, reps: np.ndarray):
+    """Percentile interval of μ refitted on each replica (warm start); (lo, hi, n fitted)."""
+    xb, wb, _ = _bounds(p, mdl)
+    mid = 0.5 * (float(p.a_u.max()) + float(p.a_u.min()))
+    mus = []
+    for row in reps:
+        r = fit_curve(mdl, p.s, row, p.e, weighted=p.weighted, cons=cons, mid=mid, starts=[fit.theta],
+                      x0_bounds=xb, w_bounds=wb, max_nfev=200)
+        if isinstance(r, CurveFit):
+            mus.append(r.mu)
+    lo, hi = percentile_interval(np.array(mus))
+    return lo, hi, len(mus)
+
+
+class _Assembler:
+    """Collects what is known about one fit and builds :class:`MidpointFit` results."""
+
+    def __init__(self, p: Points, mdl: MidpointModel, cons: Constraints, chance: float, mu_c: float,
+                 mu_c_err: float, dof0: int, n_free: int, systematic: float) -> None:
+        self.p, self.mdl, self.cons, self.systematic = p, mdl, cons, systematic
+        names = ("mu", "slope", "delta_a", "a_min")[:n_free]
+        nan_cov = tuple(tuple(math.nan for _ in names) for _ in names)
+        self.base = dict(
+            cov=nan_cov, param_names=names, chi2=math.nan, dof=int(dof0), chi2_red=math.nan,
+            mu_crossing=mu_c, mu_crossing_err=mu_c_err, weighted=p.weighted, chance=chance,
+            fixed_a_min=cons.fixed_a_min is not None, n_points=p.n_raw, model=mdl, systematic=float(systematic),
+            a_max_tied=cons.plateau is not None,
+            plateau=cons.plateau[0] if cons.plateau else math.nan,
+            plateau_err=cons.plateau[1] if cons.plateau else math.nan,
+        )
+        self.fit_vals: dict = {}
+        self.notes = list(p.notes)
+        self.rep_u: Optional[np.ndarray] = None  # replica curves per distinct σ (bootstrap)
+
+    def set_fit(self, fit: CurveFit, boot: Tuple[float, float, int]) -> None:
+        p, mdl = self.p, self.mdl
+        err = dict(zip(fit.param_names, fit.errors))
+        mu_err_cov = err["mu"]
+        x = np.log(p.s_u[p.s_u > 0]) if mdl is MidpointModel.LOG else p.s_u
+        xm = math.log(fit.mu) if mdl is MidpointModel.LOG else fit.mu
+        j = int(np.clip(np.searchsorted(x, xm), 1, len(x) - 1))
+        step = float(x[j] - x[j - 1])
+        if fit.slope < step / 8.0:  # step-like drop: μ known only to within its grid interval
+            floor = step / math.sqrt(12.0) * (fit.mu if mdl is MidpointModel.LOG else 1.0)
+            mu_err_cov = max(mu_err_cov, floor)
+            self.notes.append("step-like drop (width < grid step/8): mu_err >= grid step/sqrt(12).")
+        if "a_max" in fit.at_bound and fit.a_min + 2 * fit.delta_a >= 1.0 - 1e-9:
+            self.notes.append("a_max at its bound 1.")
+        lo, hi, n_boot = boot
+        half = 0.5 * (hi - lo) if math.isfinite(lo) else 0.0
+        self.fit_vals = dict(
+            mu=fit.mu, mu_err=math.hypot(max(mu_err_cov, half), self.systematic * fit.mu), mu_err_cov=mu_err_cov,
+            mu_boot_lo=lo, mu_boot_hi=hi, n_boot=int(n_boot), slope=fit.slope, slope_err=err["slope"],
+            delta_a=fit.delta_a, delta_a_err=err["delta_a"], a_min=fit.a_min, a_min_err=err.get("a_min", 0.0),
+            cov=fit.cov, chi2=fit.chi2, dof=fit.dof, chi2_red=fit.chi2 / fit.dof if fit.dof > 0 else math.nan,
+        )
+
+    def verdict(self, status: FitStatus, text: str) -> MidpointFit:
+        vals = dict.fromkeys(("mu", "mu_err", "mu_err_cov", "mu_boot_lo", "mu_boot_hi", "slope", "slope_err",
+                              "delta_a", "delta_a_err", "a_min", "a_min_err"), math.nan)
+        vals["n_boot"] = 0
+        vals.update(self.base)
+        if status is not FitStatus.BEYOND_GRID:
+            vals.update(self.fit_vals)
+        vals["mu_lower"] = float(self.p.s_u[-1]) if status is FitStatus.BEYOND_GRID else math.nan
+        return MidpointFit(status=status, message=" ".join([text] + self.notes), **vals)
+
+
+def _judge(p: Points, mdl: MidpointModel, cons: Constraints, out: _Assembler) -> Tuple[FitStatus, str]:
+    """Rules 8-11 of :func:`fit_midpoint` on a kept fit."""
+    v = out.fit_vals
+    mu, drop, a_min = v["mu"], 2.0 * v["delta_a"], v["a_min"]
+    a_max = a_min + drop
+    tol = SIGNIFICANCE * p.e_u
+    below, above = p.s_u < mu, p.s_u > mu
+    n_top = int(np.sum(below & (p.a_u + tol >= a_max - 0.1 * drop)))
+    n_bottom = int(np.sum(above & (p.a_u - tol <= a_min + 0.1 * drop)))
+    name = "Eq. 1" if mdl is MidpointModel.PAPER else "log-sigma logistic"
+    if cons.plateau is None and n_top < MIN_PLATEAU_POINTS:
+        return FitStatus.FIT_FAILED, (
+            f"only {n_top} of the {int(below.sum())} measured points below mu = {mu:.4g} reach the upper plateau "
+            f"(within errors of the top 10 % of the fitted drop): a_max = {a_max:.4g} is an extrapolation; tie "
+            f"a_max to the clean accuracy (plateau=) or use mu_crossing = {out.base['mu_crossing']:.4g}.")
+    if cons.fixed_a_min is None and n_bottom < MIN_PLATEAU_POINTS:
+        return FitStatus.FIT_FAILED, (
+            f"only {n_bottom} of the {int(above.sum())} measured points above mu = {mu:.4g} reach the lower plateau "
+            f"(within errors of the bottom 10 % of the fitted drop): a_min = {a_min:.4g} is an extrapolation and mu "
+            "may lie beyond the grid; extend the grid or pass chance= with fix_a_min=True.")
+    if p.weighted and v["chi2_red"] > POOR_FIT_CHI2_RED:
+        return FitStatus.POOR_FIT, (
+            f"reduced chi2 {v['chi2_red']:.3g} > {POOR_FIT_CHI2_RED:g}: the {name} does not describe the "
+            f"{p.n_raw} points within their errors (fit mu {mu:.4g}, crossing {out.base['mu_crossing']:.4g}).")
+    mu_c = out.base["mu_crossing"]
+    level = a_min + 0.5 * drop  # where the points cross the fit's own half level
+    c_fit, c_err = crossing(p.s_u, p.a_u, level), _crossing_err(p, out.rep_u, level)
+    if math.isfinite(c_fit) and math.isfinite(c_err):
+        gap = abs(mu - c_fit) / math.hypot(v["mu_err"], c_err)
+        if gap > SIGNIFICANCE:
+            return FitStatus.DISAGREES, (
+                f"fit mu {mu:.4g} ± {v['mu_err']:.2g} and the points' crossing of the fitted half level "
+                f"{level:.4g} at {c_fit:.4g} ± {c_err:.2g} (bootstrap ⊕ interpolation) differ by {gap:.1f} "
+                f"combined errors (> {SIGNIFICANCE:g}): the {name} misplaces the half-way point.")
+    interval = (f", bootstrap [{v['mu_boot_lo']:.4g}, {v['mu_boot_hi']:.4g}]"
+                if math.isfinite(v["mu_boot_lo"]) else "")
+    return FitStatus.OK, (f"mu = {mu:.4g} ± {v['mu_err']:.2g}{interval} ({name}, reduced chi2 "
+                          f"{v['chi2_red']:.3g}; crossing {mu_c:.4g}).")
+
