@@ -172,15 +172,24 @@ def _progress_bar():
 
 
 def _mu_text(fit) -> str:
+    """The quoted value of a fit (μ, a marked crossing, a lower bound, or nothing)."""
+    return "-" if fit is None else fit.quote().text()
+
+
+def _fit_line(fit) -> str:
+    """``μ ± err (χ²_red x, status)`` of a fit of one model, for side-by-side display."""
     if fit is None:
         return "-"
-    if math.isfinite(fit.mu):
-        return f"{fit.mu:.4g} ± {fit.mu_err:.2g}"
-    return f"> {fit.mu_lower:.4g}" if math.isfinite(fit.mu_lower) else "-"
+    chi = f", reduced χ² {fit.chi2_red:.3g}" if math.isfinite(fit.chi2_red) else ""
+    mu = f"{fit.mu:.4g} ± {fit.mu_err:.2g}" if math.isfinite(fit.mu) else "no fit"
+    return f"{mu} ({fit.status.value}{chi})"
 
 
 def _crossing_text(fit) -> str:
-    return f"{fit.mu_crossing:.4g}" if fit is not None and math.isfinite(fit.mu_crossing) else "-"
+    if fit is None or not math.isfinite(fit.mu_crossing):
+        return "-"
+    err = f" ± {fit.mu_crossing_err:.2g}" if math.isfinite(fit.mu_crossing_err) else ""
+    return f"{fit.mu_crossing:.4g}{err}"
 
 
 def _print_result(result, files: dict) -> None:
@@ -193,8 +202,12 @@ def _print_result(result, files: dict) -> None:
     summary.add_row("clean accuracy", f"{result.clean_accuracy:.4f}")
     summary.add_row("chance", f"{result.chance:.4g}")
     if result.fit is not None:
-        summary.add_row("μ (midpoint noise level)", _mu_text(result.fit))
+        q = result.fit.quote()
+        summary.add_row("μ (midpoint noise level)" if q.is_mu else "μ: not quotable; shown instead", q.text())
         summary.add_row("fit status", f"{result.fit.status.value}: {result.fit.message}")
+        summary.add_row(f"{result.fit.model.value} model fit", _fit_line(result.fit))
+        if result.other_fit is not None:
+            summary.add_row(f"{result.other_fit.model.value} model fit (comparison)", _fit_line(result.other_fit))
         summary.add_row("crossing estimate", _crossing_text(result.fit))
         if result.mu_spread is not None:
             summary.add_row("μ across networks", f"{result.mu_spread[0]:.4g} ± {result.mu_spread[1]:.2g}")
@@ -459,7 +472,7 @@ def reproduce_command(
         table.add_column(col)
     for c in res.curves:
         fit, paper = c.result.fit, c.paper
-        mu = "-" if fit is None else (_mu_text(fit) if fit.ok else f"~{_crossing_text(fit)}")
+        mu = _mu_text(fit)
         table.add_row(c.variant.key, str(len(c.result.clean_accuracies)), f"{100 * c.peak_accuracy:.1f}", mu,
                       fit.status.value if fit else "-",
                       f"{paper.accuracy:g}" if paper and paper.accuracy is not None else "",

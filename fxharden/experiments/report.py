@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 from .._files import atomic_write_text
+from ..measure.midpoint_result import QuoteKind
 from ..measure.plots import new_figure, save_figure, save_plots
 from .curves import Curve
 from .experiment import Budget, Experiment, PaperValue
@@ -17,16 +18,21 @@ __all__ = ["write_tables", "write_architectures", "write_figures"]
 
 
 def _fmt_mu(curve: Curve) -> str:
+    """The quoted value (``MidpointFit.quote``): μ, ``~crossing (status)``, ``> σ_max`` or nothing."""
     fit = curve.result.fit
-    if fit is not None and fit.ok:
-        return f"{fit.mu:.3g} ± {fit.mu_err:.2g}"
-    if fit is not None and math.isfinite(fit.mu_crossing):
-        return f"~{fit.mu_crossing:.3g} ({fit.status.value})"
-    return f"({fit.status.value if fit is not None else 'no fit'})"
+    return fit.quote().text(3) if fit is not None else "(no fit)"
+
+
+def _fmt_other(curve: Curve) -> str:
+    """The comparison model's μ and reduced χ² (never quoted as μ)."""
+    f = curve.result.other_fit
+    if f is None or not math.isfinite(f.mu):
+        return f"({f.status.value})" if f is not None else ""
+    return f"{f.mu:.3g} ± {f.mu_err:.2g}, χ²ᵣ {f.chi2_red:.2g} ({f.status.value})"
 
 
 _COLUMNS = ["curve", "model", "bits", "scaling", "noisy training", "networks", "peak acc %", "μ", "fit",
-            "paper acc %", "paper μ"]
+            "Eq. 1 fit", "paper acc %", "paper μ"]
 
 
 def _rows(curves: List[Curve]) -> List[List[Any]]:
@@ -36,7 +42,7 @@ def _rows(curves: List[Curve]) -> List[List[Any]]:
         mu = "" if p is None or p.mu is None else f"{p.mu:g}" + (f" (±{p.mu_err_pct:g}%)" if p.mu_err_pct else "")
         rows.append([v.key, v.model, "fp32" if v.bits is None else v.bits, v.scaling, v.training,
                      len(c.result.clean_accuracies), f"{100 * c.peak_accuracy:.1f}", _fmt_mu(c),
-                     fit.status.value if fit is not None else "", "" if p is None or p.accuracy is None
+                     fit.status.value if fit is not None else "", _fmt_other(c), "" if p is None or p.accuracy is None
                      else f"{p.accuracy:g}", mu])
     return rows
 
@@ -49,19 +55,34 @@ def write_tables(exp: Experiment, curves: List[Curve], out: Path, budget: Budget
     md = [f"# {exp.name} ({budget.value} budget)", "", exp.description.strip(), "",
           "| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
     md += ["| " + " | ".join(str(x) for x in r) + " |" for r in rows]
-    md += ["", "μ: midpoint noise level (fit of Eq. 1; `~x (status)` = model-free crossing estimate when the "
-           "fit is not OK). Matched curves: every point is its own network, trained and evaluated at that σ."]
+    md += ["", "μ: midpoint noise level from the log-σ logistic fit (a_max tied to the clean accuracy); "
+           "`~x (status)` = model-free crossing estimate, shown instead when the fit is not OK; `> x` = the "
+           "accuracy never falls half way below σ = x. Eq. 1 fit: the paper's linear-σ logistic on the same "
+           "points, for comparison. Matched curves: every point is its own network, trained and evaluated at that σ."]
     if failed:
         md += ["", f"**{len(failed)} cell(s) failed** (see failures.json): " + ", ".join(sorted(failed))]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["curve", "model", "bits", "scaling", "noisy_training", "networks", "peak_accuracy", "mu", "mu_err",
-                "mu_crossing", "fit_status", "paper_accuracy", "paper_mu", "paper_mu_err_pct"])
+                "quoted", "quoted_value", "quoted_err", "mu_crossing", "mu_crossing_err", "fit_status", "fit_model",
+                "chi2_red", "eq1_mu", "eq1_mu_err", "eq1_chi2_red", "eq1_status", "status_reason",
+                "paper_accuracy", "paper_mu", "paper_mu_err_pct"])
+
+    def num(x: float) -> Any:
+        return x if math.isfinite(x) else ""
+
     for c in curves:
-        f, p = c.result.fit, c.paper or PaperValue()
+        f, o, p = c.result.fit, c.result.other_fit, c.paper or PaperValue()
+        q = f.quote() if f is not None else None
         w.writerow([c.variant.key, c.variant.model, "fp32" if c.variant.bits is None else c.variant.bits,
                     c.variant.scaling, c.variant.training, len(c.result.clean_accuracies), c.peak_accuracy,
-                    f.mu if f else "", f.mu_err if f else "", f.mu_crossing if f else "", f.status.value if f else "",
+                    # mu / mu_err only when trustworthy; otherwise what is quoted instead, and why
+                    q.value if q is not None and q.is_mu else "", q.err if q is not None and q.is_mu else "",
+                    q.kind.value if q else "", num(q.value) if q else "", num(q.err) if q else "",
+                    num(f.mu_crossing) if f else "", num(f.mu_crossing_err) if f else "", f.status.value if f else "",
+                    f.model.value if f else "", num(f.chi2_red) if f else "",
+                    num(o.mu) if o else "", num(o.mu_err) if o else "", num(o.chi2_red) if o else "",
+                    o.status.value if o else "", f.message if f else "",
                     p.accuracy if p.accuracy is not None else "", p.mu if p.mu is not None else "",
                     p.mu_err_pct if p.mu_err_pct is not None else ""])
     files = {"markdown": out / "results.md", "csv": out / "results.csv"}
@@ -106,7 +127,7 @@ def write_figures(curves: List[Curve], out: Path) -> Dict[str, Path]:
             color, style = f"C{i % 10}", "--" if c.variant.matched or c.variant.train_sigma else "-"
             ax.errorbar(sig, acc, yerr=err, fmt="o", ms=3, capsize=2, color=color, label=c.variant.label)
             fit = c.result.fit
-            if fit is not None and math.isfinite(fit.mu):
+            if fit is not None and fit.ok:  # the fitted curve only where μ is trustworthy
                 xs = np.geomspace(sig.min(), sig.max(), 200)
                 ax.plot(xs, fit.curve(xs), style, lw=1.1, color=color)
         ax.set_xscale("log")
@@ -121,9 +142,10 @@ def write_figures(curves: List[Curve], out: Path) -> Dict[str, Path]:
     ax = fig.add_subplot()
     for i, model in enumerate(models):
         for c in (x for x in curves if x.variant.model == model):
-            fit = c.result.fit
-            mu, err, fmt = (fit.mu, fit.mu_err, "o") if fit is not None and fit.ok else \
-                (fit.mu_crossing if fit is not None else math.nan, None, "x")
+            q = c.result.fit.quote() if c.result.fit is not None else None
+            shown = q is not None and q.kind in (QuoteKind.MU, QuoteKind.CROSSING)
+            mu = q.value if shown else math.nan
+            err, fmt = (q.err if math.isfinite(q.err) else None, "o" if q.is_mu else "x") if shown else (None, "x")
             if math.isfinite(mu):
                 ax.errorbar(mu, 100 * c.peak_accuracy, xerr=err, fmt=fmt, color=f"C{i}", ms=4)
                 ax.annotate(c.variant.key.removeprefix(model + "-"), (mu, 100 * c.peak_accuracy), fontsize=6,

@@ -295,10 +295,14 @@ def _judge(p: Points, mdl: MidpointModel, cons: Constraints, out: _Assembler) ->
     n_bottom = int(np.sum(above & (p.a_u - tol <= a_min + 0.1 * drop)))
     name = "Eq. 1" if mdl is MidpointModel.PAPER else "log-sigma logistic"
     if cons.plateau is None and n_top < MIN_PLATEAU_POINTS:
+        i_hi = int(np.argmax(p.a_u))
+        seen = (f"the measured points level off at {p.a_u[i_hi]:.4g} (highest, at sigma {p.s_u[i_hi]:.4g}) but "
+                if p.a_u[i_hi] + tol[i_hi] < a_max - 0.1 * drop else "")
         return FitStatus.FIT_FAILED, (
-            f"only {n_top} of the {int(below.sum())} measured points below mu = {mu:.4g} reach the upper plateau "
-            f"(within errors of the top 10 % of the fitted drop): a_max = {a_max:.4g} is an extrapolation; tie "
-            f"a_max to the clean accuracy (plateau=) or use mu_crossing = {out.base['mu_crossing']:.4g}.")
+            f"{seen}the fitted a_max = {a_max:.4g} is reached by only {n_top} of the {int(below.sum())} points "
+            f"below mu = {mu:.4g} (within errors of the top 10 % of the fitted drop): a_max and mu are "
+            f"extrapolations; tie a_max to the clean accuracy (plateau=) or use mu_crossing = "
+            f"{out.base['mu_crossing']:.4g}.")
     if cons.fixed_a_min is None and n_bottom < MIN_PLATEAU_POINTS:
         return FitStatus.FIT_FAILED, (
             f"only {n_bottom} of the {int(above.sum())} measured points above mu = {mu:.4g} reach the lower plateau "

@@ -14,6 +14,7 @@ from typing import Dict, Optional, Union
 import numpy as np
 
 from .._files import atomic_write_bytes
+from .midpoint_result import QuoteKind
 from .results import SweepMode, SweepResult
 
 __all__ = ["plot_accuracy", "plot_per_layer", "save_plots", "new_figure", "save_figure", "ACCURACY_PNG", "PER_LAYER_PNG"]
@@ -59,14 +60,16 @@ def plot_accuracy(result: SweepResult, path: PathLike, site: Optional[str] = Non
             continue
         color = f"C{i % 10}"
         label = "global noise" if name is None else name
-        if fit is not None:
-            label += f": μ = {fit.mu:.3g} ± {fit.mu_err:.2g}" if math.isfinite(fit.mu) else ": no μ"
-            label += "" if fit.ok else f" ({fit.status.value})"
+        q = fit.quote() if fit is not None else None
+        if q is not None:
+            label += f": μ = {q.text(3)}" if q.is_mu else f": no μ, {q.text(3)}"
         ax.errorbar(sig, acc, yerr=err, fmt="o", ms=3.5, capsize=2, color=color, label=label)
-        if fit is not None and math.isfinite(fit.mu):
+        if q is not None and q.is_mu:  # the fitted curve and μ line only where μ is trustworthy
             xs = np.geomspace(sig.min(), sig.max(), 200)
             ax.plot(xs, fit.curve(xs), "-", lw=1.2, color=color)
-            ax.axvline(fit.mu, ls="--", lw=0.9, color=color)
+            ax.axvline(q.value, ls="--", lw=0.9, color=color)
+        elif q is not None and q.kind is QuoteKind.CROSSING:  # marked as a crossing, not as μ
+            ax.axvline(q.value, ls=":", lw=0.9, color=color)
     ax.axhline(result.chance, ls=":", lw=0.9, color="gray", label=f"chance ({result.chance:.3g})")
     ax.axhline(result.clean_accuracy, ls=":", lw=0.9, color="black",
                label=f"clean ({result.clean_accuracy:.3g})")
@@ -94,19 +97,23 @@ def plot_per_layer(result: SweepResult, path: PathLike) -> Path:
     top = max(result.sigmas) if result.points else 1.0
     fig = new_figure(max(6.4, 0.32 * len(ranked) + 2), 4.2)
     ax = fig.add_subplot()
-    for i, (name, fit) in enumerate(ranked):
-        if math.isfinite(fit.mu):
-            ax.bar(i, fit.mu, yerr=fit.mu_err if math.isfinite(fit.mu_err) else None, color="C0" if fit.ok else "C1",
-                   capsize=2)
+    quotes = [fit.quote() for _, fit in ranked]
+    for i, q in enumerate(quotes):
+        if q.kind in (QuoteKind.MU, QuoteKind.CROSSING):  # crossing: hatched, labelled with the status
+            ax.bar(i, q.value, yerr=q.err if math.isfinite(q.err) else None, capsize=2,
+                   color="C0" if q.is_mu else "none", edgecolor="C0" if q.is_mu else "C1",
+                   hatch=None if q.is_mu else "..")
+            if not q.is_mu:
+                ax.annotate(f"~ ({q.status.value})", (i, q.value), rotation=90, ha="center", va="bottom", fontsize=7)
         else:
             ax.bar(i, top, color="none", edgecolor="gray", hatch="//")
-            ax.annotate(fit.status.value, (i, top), rotation=90, ha="center", va="top", fontsize=7)
+            ax.annotate(q.status.value, (i, top), rotation=90, ha="center", va="top", fontsize=7)
     ax.set_xticks(range(len(ranked)), [n for n, _ in ranked], rotation=70, ha="right", fontsize=7)
-    heights = [fit.mu if math.isfinite(fit.mu) else top for _, fit in ranked] or [top]
+    heights = [q.value if q.kind in (QuoteKind.MU, QuoteKind.CROSSING) else top for q in quotes] or [top]
     if max(heights) > 30 * min(heights):  # μ spans decades: log axis
         ax.set_yscale("log")
     ax.set_ylabel("midpoint noise level μ")
-    ax.set_title("per-layer μ (smallest = most sensitive); orange: fit not OK", fontsize=10)
+    ax.set_title("per-layer μ (smallest = most sensitive); dotted orange: crossing, fit not OK", fontsize=10)
     ax.grid(True, axis="y", alpha=0.3)
     return save_figure(fig, path)
 

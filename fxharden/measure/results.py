@@ -18,7 +18,6 @@ The fits use ``fxharden.measure.metrics.fit_midpoint`` and can be redone from ``
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import math
@@ -32,14 +31,13 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .._files import atomic_write_bytes
-from .metrics import FitStatus, MidpointFit, fit_midpoint
+from .metrics import BOOTSTRAP_SIZE, MidpointFit, MidpointModel, fit_midpoint
+from .resume import FORMAT, HEADER_FILE, POINTS_FILE, PointStore, SweepMismatchError, fingerprint
 
-__all__ = ["SweepMode", "FORMAT", "RESULTS_JSON", "RESULTS_CSV", "POINTS_FILE", "HEADER_FILE", "SweepPoint", "SweepResult",
-           "SweepMismatchError", "PointStore", "fingerprint", "load_result", "versions"]
+__all__ = ["SweepMode", "FitOptions", "FORMAT", "RESULTS_JSON", "RESULTS_CSV", "POINTS_FILE", "HEADER_FILE",
+           "SweepPoint", "SweepResult", "SweepMismatchError", "PointStore", "fingerprint", "load_result", "versions"]
 
-FORMAT = "fxharden-sweep-v1"
 RESULTS_JSON, RESULTS_CSV = "results.json", "results.csv"
-POINTS_FILE, HEADER_FILE = "points.jsonl", "sweep.json"
 
 PathLike = Union[str, os.PathLike]
 
@@ -101,6 +99,18 @@ class SweepPoint:
         return float(s.std(ddof=1)) if len(s) > 1 else 0.0
 
     @property
+    def dy(self) -> float:
+        """Δy of the fits: with several networks the spread (standard deviation) of their
+        accuracies, as the paper does; with one network the standard error over its repeats
+        (noise draws). Floored at the binomial error of one network's mean over repeats."""
+        n_nets, reps = self.accuracy.shape
+        if n_nets < 2:
+            return self.err
+        a = min(max(self.mean, 0.0), 1.0)
+        floor = math.sqrt(max(a * (1 - a), 1.0 / max(self.total, 1)) / max(self.total, 1) / reps)
+        return max(self.std, floor)
+
+    @property
     def err(self) -> float:
         """Standard error of the mean over ``samples``, floored at the binomial standard
         error of that mean, so points whose repeats agree exactly keep a finite weight."""
@@ -121,17 +131,69 @@ class SweepPoint:
                    int(data["total"]))
 
 
-def _fit_points(points: Sequence[SweepPoint], chance: float, column: Optional[int] = None) -> MidpointFit:
+@dataclass(frozen=True)
+class FitOptions:
+    """How the midpoint fits of a result are made (stored with it; ``refit`` uses them)."""
+
+    model: MidpointModel = MidpointModel.LOG
+    """The quoted model; the other one is fitted too, for comparison."""
+    tie_a_max: bool = True
+    """Tie a_max to the clean accuracy ± its error (False: a_max free, ≤ 1)."""
+    systematic: float = 0.0
+    """Relative systematic error of μ added in quadrature (0.02 = 2 %)."""
+    n_boot: int = BOOTSTRAP_SIZE
+    """Bootstrap replicas (networks and repeats resampled) for μ's percentile interval."""
+    seed: int = 0
+    """Seeds the bootstrap."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "model", MidpointModel.parse(self.model))
+        if not self.systematic >= 0:
+            raise ValueError(f"systematic must be >= 0 (a fraction of mu), got {self.systematic}")
+        if self.n_boot < 0:
+            raise ValueError(f"n_boot must be >= 0, got {self.n_boot}")
+
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON-ready dict."""
+        return {"model": self.model.value, "tie_a_max": self.tie_a_max, "systematic": self.systematic,
+                "n_boot": self.n_boot, "seed": self.seed}
+
+    @classmethod
+    def from_dict(cls, data: Optional[Mapping[str, Any]]) -> "FitOptions":
+        """Inverse of ``to_dict``; missing keys (older files) take the defaults."""
+        data = dict(data or {})
+        return cls(**{k: data[k] for k in ("model", "tie_a_max", "systematic", "n_boot", "seed") if k in data})
+
+
+def _replicas(pts: Sequence[SweepPoint], n: int, seed: int, column: Optional[int]) -> Optional[np.ndarray]:
+    """``n`` bootstrap curves: networks resampled (the same draw at every σ), then each drawn
+    network's repeats resampled per point; accuracy = mean. Shape ``(n, points)``."""
+    if n <= 0 or not pts:
+        return None
+    rng = np.random.default_rng(seed)
+    accs = [p.accuracy if column is None else p.accuracy[column:column + 1] for p in pts]
+    n_nets, reps = accs[0].shape
+    out = np.empty((n, len(pts)))
+    for b in range(n):
+        nets = rng.integers(n_nets, size=n_nets) if n_nets > 1 else np.zeros(1, dtype=int)
+        for j, acc in enumerate(accs):
+            out[b, j] = acc[nets[:, None], rng.integers(reps, size=(len(nets), reps))].mean()
+    return out
+
+
+def _fit_points(points: Sequence[SweepPoint], chance: float, plateau: Optional[Tuple[float, float]],
+                options: FitOptions, model: MidpointModel, column: Optional[int] = None,
+                bootstrap: bool = True) -> MidpointFit:
     """Midpoint fit of points (one site, or global), optionally of one network only."""
     pts = sorted((p for p in points if p.sigma > 0), key=lambda p: p.sigma)
+    if column is not None:
+        pts = [SweepPoint(p.site, p.sigma, (p.correct[column],), p.total) for p in pts]
     sigmas = np.array([p.sigma for p in pts])
-    if column is None:
-        acc = np.array([p.mean for p in pts])
-        err = np.array([p.err for p in pts])
-    else:
-        acc = np.array([p.accuracy[column].mean() for p in pts])
-        err = np.array([SweepPoint(p.site, p.sigma, (p.correct[column],), p.total).err for p in pts])
-    return fit_midpoint(sigmas, acc, err, chance=chance)
+    acc = np.array([p.mean for p in pts])
+    dy = np.array([p.dy for p in pts])
+    reps = _replicas(pts, options.n_boot, options.seed, None) if bootstrap else None
+    return fit_midpoint(sigmas, acc, dy, chance=chance, model=model, plateau=plateau if options.tie_a_max else None,
+                        replicas=reps, systematic=options.systematic, seed=options.seed)
 
 
 @dataclass
@@ -167,6 +229,12 @@ class SweepResult:
     """Global mode with several networks: one fit per network (their spread is ``mu_spread``)."""
     per_site: Dict[str, MidpointFit] = field(default_factory=dict)
     """Per-layer mode: the midpoint fit of each site."""
+    fit_options: FitOptions = field(default_factory=FitOptions)
+    """How ``fit``, ``network_fits`` and ``per_site`` were made (their model is the quoted one)."""
+    other_fit: Optional[MidpointFit] = None
+    """Global mode: the same curve fitted with the other model (Eq. 1 beside the log one), for comparison."""
+    other_per_site: Dict[str, MidpointFit] = field(default_factory=dict)
+    """Per-layer mode: each site fitted with the other model, for comparison."""
 
     @property
     def sigmas(self) -> List[float]:
@@ -178,9 +246,19 @@ class SweepResult:
         return sorted((p for p in self.points if p.site == site), key=lambda p: p.sigma)
 
     def curve(self, site: Optional[str] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(sigmas, mean accuracy, standard error)`` of one site (``None``: global)."""
+        """``(sigmas, mean accuracy, Δy)`` of one site (``None``: global); Δy is the error the
+        fits use (``SweepPoint.dy``)."""
         pts = self.site_points(site)
-        return (np.array([p.sigma for p in pts]), np.array([p.mean for p in pts]), np.array([p.err for p in pts]))
+        return (np.array([p.sigma for p in pts]), np.array([p.mean for p in pts]), np.array([p.dy for p in pts]))
+
+    @property
+    def clean_err(self) -> float:
+        """Error of ``clean_accuracy`` as the fits use it: the spread across networks (several),
+        floored at the binomial error of one network's accuracy on ``num_images`` images."""
+        a = min(max(self.clean_accuracy, 0.0), 1.0)
+        floor = math.sqrt(max(a * (1 - a), 1.0 / max(self.num_images, 1)) / max(self.num_images, 1))
+        n = len(self.clean_accuracies)
+        return max(float(np.std(self.clean_accuracies, ddof=1)) if n > 1 else 0.0, floor)
 
     @property
     def mu_spread(self) -> Optional[Tuple[float, float]]:
@@ -191,29 +269,38 @@ class SweepResult:
         return float(np.mean(mus)), float(np.std(mus, ddof=1))
 
     def ranking(self) -> List[Tuple[str, MidpointFit]]:
-        """Per-layer fits, most sensitive first: by fitted μ where there is one, else by the
-        crossing estimate; sites whose accuracy never falls half way come last."""
-        def key(item: Tuple[str, MidpointFit]) -> float:
-            fit = item[1]
-            if math.isfinite(fit.mu):
-                return fit.mu
-            falls = fit.status not in (FitStatus.BEYOND_GRID, FitStatus.AT_CHANCE)
-            return fit.mu_crossing if falls and math.isfinite(fit.mu_crossing) else math.inf
+        """Per-layer fits, most sensitive first, by the value each quotes (``MidpointFit.quote``:
+        μ, else the marked crossing); sites beyond the grid or with nothing to quote come last."""
+        return sorted(self.per_site.items(), key=lambda item: item[1].quote().sort_key)
 
-        return sorted(self.per_site.items(), key=key)
+    def refit(self, options: Optional[FitOptions] = None) -> "SweepResult":
+        """(Re)compute the fits from the points (with ``options``, which are then kept);
+        returns ``self``."""
+        if options is not None:
+            self.fit_options = options
+        opt = self.fit_options
+        other = MidpointModel.PAPER if opt.model is MidpointModel.LOG else MidpointModel.LOG
+        plateau = (self.clean_accuracy, self.clean_err)
 
-    def refit(self) -> "SweepResult":
-        """(Re)compute the fits from the points; returns ``self``."""
+        def fit(site: Optional[str], model: MidpointModel, boot: bool) -> Optional[MidpointFit]:
+            pts = self.site_points(site)
+            if not any(p.sigma > 0 for p in pts):
+                return None
+            return _fit_points(pts, self.chance, plateau, opt, model, bootstrap=boot)
+
         if self.mode is SweepMode.GLOBAL:
             pts = self.site_points(None)
-            self.fit = _fit_points(pts, self.chance) if any(p.sigma > 0 for p in pts) else None
+            self.fit, self.other_fit = fit(None, opt.model, True), fit(None, other, False)
             n_nets = len(pts[0].correct) if pts else 0
-            self.network_fits = [_fit_points(pts, self.chance, n) for n in range(n_nets)] if n_nets > 1 else []
-            self.per_site = {}
+            self.network_fits = [
+                _fit_points(pts, self.chance, (a, self.clean_err), opt, opt.model, column=n, bootstrap=False)
+                for n, a in enumerate(self.clean_accuracies)] if n_nets > 1 else []
+            self.per_site, self.other_per_site = {}, {}
         else:
-            self.fit, self.network_fits = None, []
-            self.per_site = {s: _fit_points(self.site_points(s), self.chance) for s in self.sites
-                             if any(p.sigma > 0 for p in self.site_points(s))}
+            self.fit, self.other_fit, self.network_fits = None, None, []
+            sites = [s for s in self.sites if any(p.sigma > 0 for p in self.site_points(s))]
+            self.per_site = {s: fit(s, opt.model, True) for s in sites}
+            self.other_per_site = {s: fit(s, other, False) for s in sites}
         return self
 
     # ------------------------------------------------------------------ files
@@ -230,6 +317,9 @@ class SweepResult:
             "fit": self.fit.to_dict() if self.fit is not None else None,
             "network_fits": [f.to_dict() for f in self.network_fits],
             "per_site": {s: f.to_dict() for s, f in self.per_site.items()},
+            "fit_options": self.fit_options.to_dict(),
+            "other_fit": self.other_fit.to_dict() if self.other_fit is not None else None,
+            "other_per_site": {s: f.to_dict() for s, f in self.other_per_site.items()},
             "timing": self.timing,
         }
 
@@ -242,6 +332,12 @@ class SweepResult:
         """
         if not isinstance(data, Mapping) or data.get("format") != FORMAT:
             raise ValueError(f"not an fxharden sweep result (expected format {FORMAT!r})")
+        stored = [data.get("fit")] + list(data.get("per_site", {}).values())
+        if any(f is not None and "model" not in f for f in stored):
+            # written before the log-sigma model existed: its points are all there, so the
+            # fits are redone with today's defaults rather than shown as they were
+            data = {k: v for k, v in data.items() if k not in ("fit", "network_fits", "per_site")}
+            return cls.from_dict(data).refit()
         return cls(
             mode=SweepMode(data["mode"]), points=[SweepPoint.from_dict(p) for p in data["points"]], sites=list(data["sites"]),
             clean_accuracy=float(data["clean_accuracy"]), clean_accuracies=list(data["clean_accuracies"]),
@@ -252,6 +348,9 @@ class SweepResult:
             fit=MidpointFit.from_dict(data["fit"]) if data.get("fit") else None,
             network_fits=[MidpointFit.from_dict(f) for f in data.get("network_fits", [])],
             per_site={s: MidpointFit.from_dict(f) for s, f in data.get("per_site", {}).items()},
+            fit_options=FitOptions.from_dict(data.get("fit_options")),
+            other_fit=MidpointFit.from_dict(data["other_fit"]) if data.get("other_fit") else None,
+            other_per_site={s: MidpointFit.from_dict(f) for s, f in data.get("other_per_site", {}).items()},
         )
 
     def to_csv(self) -> str:
@@ -296,94 +395,3 @@ def load_result(path: PathLike) -> SweepResult:
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not valid JSON ({err}); was it written by fxharden sweep?") from None
     return SweepResult.from_dict(data)
-
-
-# ---------------------------------------------------------------------- resume
-
-
-class SweepMismatchError(ValueError):
-    """The output directory holds a sweep with other settings; it is never mixed in."""
-
-
-def fingerprint(identity: Mapping[str, Any]) -> str:
-    """SHA-256 of the canonical JSON of ``identity``."""
-    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _flat(data: Any, prefix: str = "") -> Dict[str, Any]:
-    items = data.items() if isinstance(data, Mapping) else enumerate(data) if isinstance(data, list) else None
-    if items is None:
-        return {prefix.rstrip("."): data}
-    out: Dict[str, Any] = {}
-    for k, v in items:
-        out.update(_flat(v, f"{prefix}{k}."))
-    return out
-
-
-class PointStore:
-    """The append-only record of finished chunks in a sweep directory.
-
-    Args:
-        out: the sweep directory (created if missing).
-        identity: everything that determines the measured values; its fingerprint is
-            stored in ``sweep.json`` on first use and compared on every later use.
-
-    Raises:
-        SweepMismatchError: ``out`` holds a sweep with a different identity (the message
-            names what changed).
-    """
-
-    def __init__(self, out: PathLike, identity: Mapping[str, Any]) -> None:
-        self.dir = Path(out)
-        self.path = self.dir / POINTS_FILE
-        self.fingerprint = fingerprint(identity)
-        header = self.dir / HEADER_FILE
-        if header.is_file():
-            try:
-                stored = json.loads(header.read_text())
-            except json.JSONDecodeError:
-                stored = {}
-            if stored.get("fingerprint") != self.fingerprint:
-                old = _flat(stored.get("identity", {}))
-                new = _flat(json.loads(json.dumps(identity, sort_keys=True, default=str)))
-                changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)) or ["(unreadable)"]
-                shown = ", ".join(changed[:8]) + (f" and {len(changed) - 8} more" if len(changed) > 8 else "")
-                raise SweepMismatchError(
-                    f"{self.dir} already holds a sweep with different settings (changed: {shown}). "
-                    "Its points are never mixed with another configuration: rerun with the original "
-                    "settings to resume it, or choose another output directory (or delete this one).")
-        else:
-            payload = json.dumps({"format": FORMAT, "fingerprint": self.fingerprint, "identity": identity},
-                                 indent=1, sort_keys=True, default=str).encode()
-            atomic_write_bytes(header, lambda f: f.write(payload))
-
-    def load(self) -> Dict[str, Dict[str, Any]]:
-        """The finished chunk records by key. A torn last line is cut off the file."""
-        if not self.path.is_file():
-            return {}
-        raw = self.path.read_bytes()
-        records: Dict[str, Dict[str, Any]] = {}
-        good = 0
-        for line in raw.splitlines(keepends=True):
-            if not line.endswith(b"\n"):
-                break
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                break
-            records[rec["key"]] = rec
-            good += len(line)
-        if good != len(raw):
-            with open(self.path, "r+b") as f:
-                f.truncate(good)
-        return records
-
-    def append(self, record: Mapping[str, Any]) -> None:
-        """Append one record (a single write, then fsync)."""
-        line = (json.dumps(record, sort_keys=True) + "\n").encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
