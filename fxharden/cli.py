@@ -21,6 +21,7 @@ from rich.text import Text
 
 from .experiments.executors import ExecutorKind
 from .experiments.experiment import Budget
+from .measure.midpoint_models import MidpointModel
 from .zoo.recipes import Optimizer
 
 app = typer.Typer(
@@ -262,10 +263,16 @@ def sweep_command(
     max_images: Optional[int] = typer.Option(None, min=1, help="Use only the first N images."),
     synthetic: bool = typer.Option(False, "--synthetic", help="Generated images instead of CIFAR-10 (demos, tests)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    fit_model: MidpointModel = typer.Option(MidpointModel.LOG, help="Quoted midpoint model: log (logistic in "
+                                            "ln σ) or paper (Eq. 1, logistic in σ); the other is fitted beside it."),
+    free_a_max: bool = typer.Option(False, "--free-a-max", help="Fit a_max freely (≤ 1) instead of tying it to "
+                                    "the clean accuracy ± its error."),
+    systematic: float = typer.Option(0.0, min=0.0, help="Relative systematic error of μ added in quadrature "
+                                     "(0.02 = 2 %)."),
 ) -> None:
     """Measure accuracy versus noise strength and the midpoint noise level μ."""
     from .measure.plots import save_plots
-    from .measure.results import RESULTS_CSV, RESULTS_JSON
+    from .measure.results import RESULTS_CSV, RESULTS_JSON, FitOptions
     from .measure.sweep import SweepConfig, SweepMode, sweep
 
     with user_errors():
@@ -285,7 +292,8 @@ def sweep_command(
             def report(done: int, total: int) -> None:
                 bar.update(task, completed=done, total=total)
 
-            result = sweep(dict(nets), dataset, config=config, out=out, progress=report if bar else None)
+            result = sweep(dict(nets), dataset, config=config, out=out, progress=report if bar else None,
+                           fit_options=FitOptions(model=fit_model, tie_a_max=not free_a_max, systematic=systematic))
         files = {"json": out / RESULTS_JSON, "csv": out / RESULTS_CSV, **save_plots(result, out)}
     if any(not _is_checkpoint(name) for name in model):
         show(styled("Note:", "yellow", "model names have random weights; sweep a trained checkpoint "

@@ -14,7 +14,7 @@ The fit (:func:`fit_curve`) works in internal parameters ``(x0, width, a_max, a_
 ``x0 = ln μ`` (LOG) or ``μ`` (PAPER), so ``a_max ≤ 1`` and ``a_min ≥ 0`` are plain box bounds;
 ``a_max`` may be tied to a measured plateau by a Gaussian penalty (an extra residual
 ``(a_max - value) / error``). Errors are reported in the public basis ``(μ, width, δa, a_min)``.
-numpy/scipy only.
+numpy/scipy only (scipy imported on first use, so the enum is cheap to import).
 """
 
 from __future__ import annotations
@@ -26,8 +26,6 @@ from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
-from scipy.optimize import least_squares
-from scipy.special import expit
 
 __all__ = ["MidpointModel", "Constraints", "CurveFit", "evaluate", "fit_curve"]
 
@@ -61,6 +59,8 @@ def evaluate(model: MidpointModel, sigmas: Sequence[float], mu: float, slope: fl
         slope: width (``w`` in ln σ for LOG, ``s`` in σ for PAPER), > 0.
         delta_a: half the drop δa. a_min: lower plateau.
     """
+    from scipy.special import expit
+
     x = np.asarray(sigmas, dtype=float)
     if model is MidpointModel.LOG:
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -103,6 +103,8 @@ _NAMES = ("mu", "slope", "delta_a", "a_min")
 
 def _shape(model: MidpointModel, s: np.ndarray, x0: float, w: float) -> np.ndarray:
     """The falling logistic g ∈ (0, 1) and its argument z, per point."""
+    from scipy.special import expit
+
     with np.errstate(divide="ignore"):
         z = ((np.log(s) if model is MidpointModel.LOG else s) - x0) / w
     return expit(-z), z
@@ -154,6 +156,8 @@ def fit_curve(model: MidpointModel, s: np.ndarray, a: np.ndarray, e: np.ndarray,
     Returns:
         A :class:`CurveFit`, or a message saying why there is none.
     """
+    from scipy.optimize import least_squares
+
     free_amin = cons.fixed_a_min is None
     lo = [x0_bounds[0], w_bounds[0], mid] + ([cons.a_min_range[0]] if free_amin else [])
     hi = [x0_bounds[1], w_bounds[1], 1.0] + ([max(min(cons.a_min_range[1], mid), cons.a_min_range[0] + 1e-9)]

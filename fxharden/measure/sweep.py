@@ -45,7 +45,7 @@ from ..core.quant import frozen_weights
 from ..zoo.models import ModelLike, resolve_networks
 from .engine import Engine, EvalData, weights_sha256
 from .grid import run_grid
-from .results import FORMAT, PointStore, SweepMode, SweepPoint, SweepResult
+from .results import FORMAT, FitOptions, PointStore, SweepMode, SweepPoint, SweepResult
 from .sweep_config import FORWARD_IMAGES, SweepConfig
 
 __all__ = ["SweepMode", "SweepConfig", "sweep", "resolve_networks", "FORWARD_IMAGES"]
@@ -79,6 +79,7 @@ def sweep(
     harden_config: Optional[HardenConfig] = None,
     out: Union[str, os.PathLike, None] = None,
     progress: Optional[Callable[[int, int], None]] = None,
+    fit_options: Optional[FitOptions] = None,
     **config_kwargs: Any,
 ) -> SweepResult:
     """Measure accuracy versus noise strength and fit the midpoint noise level μ.
@@ -99,6 +100,8 @@ def sweep(
             missing. At the end ``results.json`` and ``results.csv`` are written there.
         progress: called as ``progress(done, total)`` after every chunk: images processed
             (replicas and reused chunks included) and the current estimate of the total.
+        fit_options: how μ is fitted (quoted model, a_max tie, systematic error, bootstrap
+            size); default ``FitOptions()``: the log-σ model with a_max tied to the clean accuracy.
         **config_kwargs: other ``SweepConfig`` fields.
 
     Returns:
@@ -163,7 +166,7 @@ def sweep(
         seeding="seed_noise(model, sha256(seed/network/chunk)) before each chunk (see fxharden.sweep)",
         fingerprint=engine.store.fingerprint if engine.store is not None else "",
         timing={**stats, "seconds": seconds, "images_per_second": stats["images"] / max(stats["eval_seconds"], 1e-9)},
-    ).refit()
+    ).refit(fit_options)
     if out is not None:
         result.save(out)
     return result
