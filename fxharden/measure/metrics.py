@@ -79,7 +79,8 @@ def fit_midpoint(
       8. FIT_FAILED: a plateau the fit relies on was not measured: with a free a_max, fewer
          than MIN_PLATEAU_POINTS points below μ within errors of the top 10 % of the fitted
          drop; with a free a_min, fewer than that many points above μ within errors of its
-         bottom 10 %. (A tied a_max is a measurement: no upper-plateau check.)
+         bottom 10 % (one suffices with ``chance``, which holds a_min near chance). A tied
+         a_max is a measurement: no upper-plateau check.
       9. POOR_FIT: weighted and ``chi2_red > POOR_FIT_CHI2_RED``.
       10. DISAGREES: μ and the points' crossing of the fitted half level ``a_min + δa``
           differ by more than 3 combined errors (the crossing's from the bootstrap and the
@@ -140,8 +141,7 @@ def fit_midpoint(
     if reps is None and n_boot > 0:
         reps = parametric_replicas(p.a, p.e, n_boot, seed)
     rep_u = distinct_means(p.inv, p.w, reps) if reps is not None else None
-    out = _Assembler(p, mdl, cons, chance_f, mu_c, _crossing_err(p, rep_u, None), dof0, n_free, systematic)
-    out.rep_u = rep_u
+    out = _Assembler(p, mdl, cons, chance_f, mu_c, _crossing_err(p, rep_u, None), dof0, n_free, systematic, rep_u)
 
     early = screen(p, chance)
     if early is not None:
@@ -234,8 +234,9 @@ class _Assembler:
     """Collects what is known about one fit and builds :class:`MidpointFit` results."""
 
     def __init__(self, p: Points, mdl: MidpointModel, cons: Constraints, chance: float, mu_c: float,
-                 mu_c_err: float, dof0: int, n_free: int, systematic: float) -> None:
+                 mu_c_err: float, dof0: int, n_free: int, systematic: float, rep_u: Optional[np.ndarray]) -> None:
         self.p, self.mdl, self.cons, self.systematic = p, mdl, cons, systematic
+        self.rep_u = rep_u  # replica curves per distinct σ (bootstrap), or None
         names = ("mu", "slope", "delta_a", "a_min")[:n_free]
         nan_cov = tuple(tuple(math.nan for _ in names) for _ in names)
         self.base = dict(
@@ -248,7 +249,6 @@ class _Assembler:
         )
         self.fit_vals: dict = {}
         self.notes = list(p.notes)
-        self.rep_u: Optional[np.ndarray] = None  # replica curves per distinct σ (bootstrap)
 
     def set_fit(self, fit: CurveFit, boot: Tuple[float, float, int]) -> None:
         p, mdl = self.p, self.mdl
@@ -294,6 +294,7 @@ def _judge(p: Points, mdl: MidpointModel, cons: Constraints, out: _Assembler) ->
     n_top = int(np.sum(below & (p.a_u + tol >= a_max - 0.1 * drop)))
     n_bottom = int(np.sum(above & (p.a_u - tol <= a_min + 0.1 * drop)))
     name = "Eq. 1" if mdl is MidpointModel.PAPER else "log-sigma logistic"
+    chance_known = math.isfinite(out.base["chance"])
     if cons.plateau is None and n_top < MIN_PLATEAU_POINTS:
         i_hi = int(np.argmax(p.a_u))
         seen = (f"the measured points level off at {p.a_u[i_hi]:.4g} (highest, at sigma {p.s_u[i_hi]:.4g}) but "
@@ -303,7 +304,8 @@ def _judge(p: Points, mdl: MidpointModel, cons: Constraints, out: _Assembler) ->
             f"below mu = {mu:.4g} (within errors of the top 10 % of the fitted drop): a_max and mu are "
             f"extrapolations; tie a_max to the clean accuracy (plateau=) or use mu_crossing = "
             f"{out.base['mu_crossing']:.4g}.")
-    if cons.fixed_a_min is None and n_bottom < MIN_PLATEAU_POINTS:
+    need = 1 if chance_known else MIN_PLATEAU_POINTS  # with chance, a_min is already held near it
+    if cons.fixed_a_min is None and n_bottom < need:
         return FitStatus.FIT_FAILED, (
             f"only {n_bottom} of the {int(above.sum())} measured points above mu = {mu:.4g} reach the lower plateau "
             f"(within errors of the bottom 10 % of the fitted drop): a_min = {a_min:.4g} is an extrapolation and mu "

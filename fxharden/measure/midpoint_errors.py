@@ -76,13 +76,15 @@ def interpolation_error(s_u: np.ndarray, a_u: np.ndarray, level: Optional[float]
     i = int(np.clip(np.searchsorted(x, xc), 1, len(x) - 1))
     grid = np.linspace(x[i - 1], x[i], 257)
     try:
-        below = np.flatnonzero(PchipInterpolator(x, a_u)(grid) < half)
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            below = np.flatnonzero(PchipInterpolator(x, a_u)(grid) < half)
     except ValueError:  # σ too close together for a cubic: no second estimate
         return 0.0
     if below.size == 0:
         return 0.0
     xp = float(grid[below[0]])
-    return abs(math.exp(xp) - c) if use_log else abs(xp - c)
+    diff = abs(math.exp(xp) - c) if use_log else abs(xp - c)
+    return diff if math.isfinite(diff) else 0.0
 
 
 def crossing_many(s_u: np.ndarray, curves: np.ndarray, level: Optional[float] = None) -> np.ndarray:

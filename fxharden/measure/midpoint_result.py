@@ -34,7 +34,7 @@ AT_CHANCE_TOL = 0.05
 A_MIN_TOL = 0.1
 #: Weighted fits with a reduced χ² above this are POOR_FIT.
 POOR_FIT_CHI2_RED = 5.0
-#: A plateau the fit relies on must be seen at this many measured sigmas.
+#: A plateau the fit relies on must be seen at this many measured sigmas (the lower one: 1 with chance known).
 MIN_PLATEAU_POINTS = 2
 #: Fewest degrees of freedom (points - parameters) of an unweighted fit (acc_err=None).
 MIN_UNWEIGHTED_DOF = 3
