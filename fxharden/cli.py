@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from enum import Enum
 from pathlib import Path
 from typing import Iterator, List, Optional, Tuple
@@ -22,6 +23,7 @@ from rich.text import Text
 from .experiments.executors import ExecutorKind
 from .experiments.experiment import Budget
 from .measure.midpoint_models import MidpointModel
+from .zoo.options import OnCorrupt
 from .zoo.recipes import Optimizer
 
 app = typer.Typer(
@@ -70,6 +72,36 @@ class Split(str, Enum):
     TRAIN = "train"
 
 
+# ---------------------------------------------------------------------- shared options
+
+def _model_opts():
+    return dict(
+        pretrained=typer.Option(False, "--pretrained", help="Load the library's pretrained weights (timm: hub or "
+                                "its cache, the tag of timm:NAME.TAG; torchvision: DEFAULT)."),
+        weights=typer.Option(None, help="Weights file (state_dict or .safetensors) for any model source; for "
+                             "torchvision also DEFAULT or a weights name such as IMAGENET1K_V1."),
+        num_classes=typer.Option(None, min=1, help="Classifier head size; differs from the weights' head: a new "
+                                 "head (fine-tune it). Default: the weights' head, or the data's classes."),
+        model_arg=typer.Option(None, help="key=value argument for the model builder (repeatable), e.g. "
+                               "--model-arg depth=4 for package.module:factory."),
+    )
+
+
+def _data_opts():
+    return dict(
+        input_size=typer.Option(None, min=1, help="Override the model's input size (square, pixels)."),
+        mean=typer.Option(None, help="Override the normalisation mean, e.g. 0.485,0.456,0.406."),
+        std=typer.Option(None, help="Override the normalisation std, e.g. 0.229,0.224,0.225."),
+        crop_pct=typer.Option(None, min=0.01, max=1.0, help="Override the centre-crop fraction (resize to "
+                              "size / crop-pct, then crop)."),
+        on_corrupt=typer.Option(OnCorrupt.STOP, help="An image that cannot be decoded: stop, or skip it with a "
+                                "warning."),
+        workers=typer.Option(None, min=0, help="Processes decoding images (default: up to 4)."),
+    )
+
+
+_M, _D = _model_opts(), _data_opts()
+
 # ---------------------------------------------------------------------- shared helpers
 
 
@@ -107,45 +139,81 @@ def resolve_device(device: Device) -> str:
     return str(pick(None if device is Device.AUTO else device.value))
 
 
-def resolve_models(names: List[str], harden_config, seed: int = 0, num_classes: int = 10) -> List[Tuple[str, object]]:
-    """``(label, hardened model)`` per MODEL argument: a checkpoint path (``is_checkpoint``)
-    is loaded with its own harden config, anything else is a model name (recipe, timm or
-    torchvision) built with seeded random weights and hardened with ``harden_config``."""
+def model_options(pretrained: bool, weights: Optional[str], num_classes: Optional[int],
+                  model_arg: Optional[List[str]]):
+    """The ``ModelOptions`` of ``--pretrained/--weights/--num-classes/--model-arg``."""
+    from .zoo.inputs import ModelOptions
+    from .zoo.sources import parse_model_args
+
+    return ModelOptions(pretrained=pretrained, weights=weights, num_classes=num_classes,
+                        model_args=parse_model_args(model_arg))
+
+
+def _floats(text: Optional[str], option: str) -> Optional[Tuple[float, ...]]:
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise typer.BadParameter(f"{option} must be comma-separated numbers, e.g. 0.485,0.456,0.406; got {text!r}") \
+            from None
+
+
+def data_options(data: Optional[Path], split: "Split", download: bool, max_images: Optional[int],
+                 input_size: Optional[int], mean: Optional[str], std: Optional[str], crop_pct: Optional[float],
+                 on_corrupt: "OnCorrupt", workers: Optional[int]):
+    """The ``DataOptions`` of ``--data`` and the preprocessing overrides."""
+    from .zoo.inputs import DataOptions
+
+    return DataOptions(path=data, split=split.value, max_images=max_images, on_corrupt=on_corrupt.value,
+                       workers=workers, download=download, input_size=input_size, mean=_floats(mean, "--mean"),
+                       std=_floats(std, "--std"), crop_pct=crop_pct)
+
+
+def resolve_models(names: List[str], harden_config, seed: int = 0, options=None, data=None):
+    """``([(label, hardened model)], data)``: per MODEL argument, a checkpoint path
+    (``is_checkpoint``) loaded with its own harden config, or a model source
+    (``fxharden.zoo.sources``) loaded with ``options`` (seeded random weights without weights)
+    and hardened with ``harden_config``; the evaluation data (when ``data``, ``DataOptions``,
+    is given) decoded with the first source's preprocessing (CIFAR-10's for checkpoints)."""
     import torch
 
-    from .zoo.checkpoint import is_checkpoint, load_checkpoint
     from .core.config import HardenConfig
     from .core.harden import harden
-    from .zoo.models import build_model
+    from .zoo.checkpoint import is_checkpoint, load_checkpoint
+    from .zoo.folders import resolve_data
+    from .zoo.inputs import ModelOptions, load_with_data
+    from .zoo.models import CIFAR_PREPROCESS, load_model
 
-    out = []
+    options = options or ModelOptions()
+    out, dataset, preprocess = [], None, None
     for name in names:
         if is_checkpoint(name):
             if harden_config is not None:
                 raise typer.BadParameter(f"{name} is a checkpoint: it carries its own harden config, so "
                                          "--bits/--scale/--dynamic do not apply")
-            out.append((name, load_checkpoint(name).model))
+            ck = load_checkpoint(name)
+            out.append((name, ck.model))
+            if preprocess is None and data is not None and ck.arch:  # the preprocessing of the trained architecture
+                kwargs = dict(ck.arch_kwargs)
+                preprocess = load_model(ck.arch, num_classes=kwargs.pop("num_classes", None),
+                                        model_args=kwargs).preprocess
             continue
         if any(ch in name for ch in "/\\") or name.endswith((".pt", ".pth")):
             raise typer.BadParameter(f"no checkpoint file at {name!r}; give an existing checkpoint path or a "
-                                     "model name (lenet5, vgg11, resnet18, or a timm/torchvision name)")
+                                     "model source (lenet5, timm:NAME, torchvision:NAME, package.module:factory)")
         torch.manual_seed(seed)
-        model = build_model(name, num_classes=num_classes)
-        out.append((name, harden(model, config=harden_config or HardenConfig(quant=None))))
-    return out
-
-
-def load_data(data: Optional[Path], split: Split, download: bool, synthetic: bool, max_images: Optional[int],
-              seed: int):
-    """The evaluation data: generated (``--synthetic``) or CIFAR-10 from ``--data`` /
-    ``$FXHARDEN_DATA`` (``--download`` lets torchvision fetch it)."""
-    from .zoo.data import load_cifar10, synthetic_dataset
-
-    if synthetic:
-        if data is not None or download:
-            raise typer.BadParameter("--synthetic generates its own data; leave out --data/--download")
-        return synthetic_dataset(n=max_images or 1000, num_classes=10, image_size=32, channels=3, seed=seed)
-    return load_cifar10(split.value, root=data, download=download)
+        if data is not None and dataset is None:
+            lm, dataset = load_with_data(name, options, data)
+        else:
+            lm = load_model(name, pretrained=options.pretrained, weights=options.weights,
+                            num_classes=options.num_classes, model_args=options.model_args)
+        out.append((name, harden(lm.model, config=harden_config or HardenConfig(quant=None))))
+    if data is not None and dataset is None:
+        dataset = resolve_data(data.path, preprocess=data.preprocess(preprocess or CIFAR_PREPROCESS), split=data.split,
+                               max_images=data.max_images, on_corrupt=data.on_corrupt, workers=data.workers,
+                               download=data.download)
+    return out, dataset
 
 
 def parse_sigmas(text: Optional[str]) -> Optional[Tuple[float, ...]]:
@@ -168,8 +236,8 @@ def _progress_bar():
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, \
         TimeRemainingColumn
 
-    return Progress(TextColumn("[bold]sweep"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
-                    TextColumn("ETA"), TimeRemainingColumn(), console=err_console, transient=True)
+    return Progress(TextColumn("[bold]sweep"), BarColumn(), TaskProgressColumn(), TextColumn("{task.fields[rate]}"),
+                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err_console, transient=True)
 
 
 def _mu_text(fit) -> str:
@@ -230,9 +298,13 @@ def _print_result(result, files: dict) -> None:
 
 @app.command("sweep")
 def sweep_command(
-    model: List[str] = typer.Argument(..., help="Model name (lenet5, vgg11, resnet18, any timm/torchvision "
-                                      "name: random weights) or checkpoint path(s); several checkpoints give "
-                                      "the uncertainty across networks."),
+    model: List[str] = typer.Argument(..., help="Model source (lenet5, vgg11, resnet18, timm:NAME[.TAG], "
+                                      "torchvision:NAME, package.module:factory) or checkpoint path(s); several "
+                                      "checkpoints give the uncertainty across networks."),
+    pretrained: bool = _M["pretrained"],
+    weights: Optional[str] = _M["weights"],
+    num_classes: Optional[int] = _M["num_classes"],
+    model_arg: Optional[List[str]] = _M["model_arg"],
     bits: Optional[int] = typer.Option(None, min=2, max=16, help="Quantize weights and activations to this many "
                                        "bits (model names only). Default: no quantization."),
     scale: Optional[float] = typer.Option(None, help="Constant quantization step s of every post-activation "
@@ -257,10 +329,18 @@ def sweep_command(
     chance: Optional[float] = typer.Option(None, help="Chance accuracy (default: 1 / number of classes)."),
     out: Path = typer.Option(Path("runs/sweep"), help="Output directory: results.json, results.csv, PNG plots; "
                              "rerunning with the same directory resumes an interrupted sweep."),
-    data: Optional[Path] = typer.Option(None, help="CIFAR-10 folder (default: $FXHARDEN_DATA)."),
+    data: Optional[Path] = typer.Option(None, help="CIFAR-10 folder, or an image folder (one subfolder per class; "
+                                        "decoded once with the model's preprocessing). Default: $FXHARDEN_DATA."),
     download: bool = typer.Option(False, "--download", help="Let torchvision download CIFAR-10 if it is missing."),
-    split: Split = typer.Option(Split.TEST, help="Data split to evaluate on."),
-    max_images: Optional[int] = typer.Option(None, min=1, help="Use only the first N images."),
+    split: Split = typer.Option(Split.TEST, help="CIFAR-10 split to evaluate on."),
+    max_images: Optional[int] = typer.Option(None, min=1, help="Use N images: CIFAR-10's first N, a stratified "
+                                             "selection of an image folder."),
+    input_size: Optional[int] = _D["input_size"],
+    mean: Optional[str] = _D["mean"],
+    std: Optional[str] = _D["std"],
+    crop_pct: Optional[float] = _D["crop_pct"],
+    on_corrupt: OnCorrupt = _D["on_corrupt"],
+    workers: Optional[int] = _D["workers"],
     synthetic: bool = typer.Option(False, "--synthetic", help="Generated images instead of CIFAR-10 (demos, tests)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     fit_model: MidpointModel = typer.Option(MidpointModel.LOG, help="Quoted midpoint model: log (logistic in "
@@ -283,19 +363,30 @@ def sweep_command(
             sites=tuple(s.strip() for s in sites.split(",") if s.strip()) if sites else None,
             batch_size=batch_size, points_per_forward=points_per_forward, seed=seed, device=resolve_device(device),
             adaptive=adaptive, chance=chance, max_images=max_images)
-        nets = resolve_models(model, harden_config, seed)
-        dataset = load_data(data, split, download, synthetic, max_images, seed)
+        options = model_options(pretrained, weights, num_classes, model_arg)
+        if synthetic:
+            if data is not None or download:
+                raise typer.BadParameter("--synthetic generates its own data; leave out --data/--download")
+            from .zoo.data import synthetic_dataset
+
+            nets, _ = resolve_models(model, harden_config, seed, options)
+            dataset = synthetic_dataset(n=max_images or 1000, num_classes=10, image_size=32, channels=3, seed=seed)
+        else:
+            nets, dataset = resolve_models(model, harden_config, seed, options, data_options(
+                data, split, download, max_images, input_size, mean, std, crop_pct, on_corrupt, workers))
         bar = _progress_bar() if progress else None
         with bar or contextlib.nullcontext():
-            task = bar.add_task("sweep", total=None) if bar else None
+            task = bar.add_task("sweep", total=None, rate="") if bar else None
+            started = time.perf_counter()
 
             def report(done: int, total: int) -> None:
-                bar.update(task, completed=done, total=total)
+                rate = done / max(time.perf_counter() - started, 1e-9)
+                bar.update(task, completed=done, total=total, rate=f"{rate:,.0f} images/s")
 
             result = sweep(dict(nets), dataset, config=config, out=out, progress=report if bar else None,
                            fit_options=FitOptions(model=fit_model, tie_a_max=not free_a_max, systematic=systematic))
         files = {"json": out / RESULTS_JSON, "csv": out / RESULTS_CSV, **save_plots(result, out)}
-    if any(not _is_checkpoint(name) for name in model):
+    if options.random and any(not _is_checkpoint(name) for name in model):
         show(styled("Note:", "yellow", "model names have random weights; sweep a trained checkpoint "
                                        "(fxharden train) for a meaningful μ."), stderr=True)
     _print_result(result, files)
@@ -312,7 +403,11 @@ def _is_checkpoint(name: str) -> bool:
 
 @app.command("inspect")
 def inspect_command(
-    model: str = typer.Argument(..., help="Model name (lenet5, vgg11, resnet18, timm/torchvision) or checkpoint path."),
+    model: str = typer.Argument(..., help="Model source (lenet5, timm:NAME, torchvision:NAME, "
+                                "package.module:factory) or checkpoint path."),
+    weights: Optional[str] = _M["weights"],
+    num_classes: Optional[int] = _M["num_classes"],
+    model_arg: Optional[List[str]] = _M["model_arg"],
     bits: Optional[int] = typer.Option(None, min=2, max=16, help="Quantize to this many bits (model names only)."),
     scale: Optional[float] = typer.Option(None, help="Constant quantization step s of every post-activation "
                                           "quantizer (with --bits; default 1.0)."),
@@ -322,7 +417,8 @@ def inspect_command(
     from .core.harden import harden_report
 
     with user_errors():
-        (label, hm), = resolve_models([model], harden_options(bits, scale, dynamic))
+        ((label, hm),), _ = resolve_models([model], harden_options(bits, scale, dynamic), 0,
+                                           model_options(False, weights, num_classes, model_arg))
         report = harden_report(hm)
     notes = any(s.note for s in report.sites)
     table = Table(title=f"{label}: {len(report.sites)} sites, {len(report.noise_sites)} with noise")
@@ -347,7 +443,12 @@ def inspect_command(
 
 @app.command("train")
 def train_command(
-    model: str = typer.Argument(..., help="Model name: lenet5, vgg11, resnet18, or any timm/torchvision name."),
+    model: str = typer.Argument(..., help="Model source: lenet5, vgg11, resnet18, timm:NAME[.TAG], "
+                                "torchvision:NAME, package.module:factory."),
+    pretrained: bool = _M["pretrained"],
+    weights: Optional[str] = _M["weights"],
+    num_classes: Optional[int] = _M["num_classes"],
+    model_arg: Optional[List[str]] = _M["model_arg"],
     bits: Optional[int] = typer.Option(None, min=2, max=16, help="QAT: quantize weights and activations to this "
                                        "many bits. Default: fp32."),
     scale: Optional[float] = typer.Option(None, help="Constant quantization step s of every post-activation "
@@ -362,9 +463,16 @@ def train_command(
     optimizer: Optional[Optimizer] = typer.Option(None, help="Default: the model recipe's (Adam)."),
     seed: int = typer.Option(0, help="Seeds the initial weights, the shuffling and the training noise."),
     device: Device = typer.Option(Device.AUTO, help="Where to run."),
-    data: Optional[Path] = typer.Option(None, help="CIFAR-10 folder (default: $FXHARDEN_DATA)."),
+    data: Optional[Path] = typer.Option(None, help="CIFAR-10 folder, or an image folder (with train/ and val/ "
+                                        "subfolders, or one folder of classes: 20% held out). Default: $FXHARDEN_DATA."),
     download: bool = typer.Option(False, "--download", help="Let torchvision download CIFAR-10 if it is missing."),
     synthetic: bool = typer.Option(False, "--synthetic", help="Generated images instead of CIFAR-10 (demos, tests)."),
+    input_size: Optional[int] = _D["input_size"],
+    mean: Optional[str] = _D["mean"],
+    std: Optional[str] = _D["std"],
+    crop_pct: Optional[float] = _D["crop_pct"],
+    on_corrupt: OnCorrupt = _D["on_corrupt"],
+    workers: Optional[int] = _D["workers"],
     train_images: Optional[int] = typer.Option(None, min=1, help="Train on the first N training images only."),
     test_images: Optional[int] = typer.Option(None, min=1, help="Evaluate on the first N test images only."),
     max_steps: Optional[int] = typer.Option(None, min=1, help="Stop after this many optimizer steps."),
@@ -377,9 +485,9 @@ def train_command(
     import torch
 
     from .core.config import HardenConfig
-    from .zoo.data import DatasetKind, load_cifar10, load_splits
     from .core.harden import harden
-    from .zoo.models import build_model
+    from .zoo.data import DatasetKind, load_cifar10, load_splits
+    from .zoo.inputs import load_with_data, resolve_splits
     from .zoo.recipes import training_defaults
     from .training.train import NoiseSchedule, TrainConfig, train
 
@@ -394,12 +502,19 @@ def train_command(
             raise typer.BadParameter("--synthetic generates its own data; leave out --data/--download")
         if download:
             load_cifar10("train", data, download=True)
-        train_set, test_set = load_splits(DatasetKind.SYNTHETIC if synthetic else DatasetKind.CIFAR10, data,
-                                          train_images=train_images, test_images=test_images)
+        dopts = data_options(data, Split.TEST, False, None, input_size, mean, std, crop_pct, on_corrupt, workers)
+
+        def splits(preprocess):
+            if synthetic:
+                return load_splits(DatasetKind.SYNTHETIC, train_images=train_images, test_images=test_images)
+            return resolve_splits(dopts, preprocess, train_images=train_images, test_images=test_images)
+
         torch.manual_seed(seed)
-        net = harden(build_model(model, num_classes=train_set.num_classes), config=harden_config)
-        result = train(net, train_set, test_set, config, out, resume=resume, arch=model,
-                       arch_kwargs={"num_classes": train_set.num_classes}, progress=progress)
+        lm, (train_set, test_set) = load_with_data(model, model_options(pretrained, weights, num_classes, model_arg),
+                                                   dopts, loader=splits)
+        net = harden(lm.model, config=harden_config)
+        result = train(net, train_set, test_set, config, out, resume=resume, arch=lm.source.text,
+                       arch_kwargs=lm.arch_kwargs, progress=progress)
     table = Table(title=f"{model}: {'fp32' if bits is None else f'{bits}-bit'} training", show_header=False)
     table.add_column(style="bold")
     table.add_column()

@@ -32,17 +32,27 @@ Item = Tuple[Optional[str], float, int]  # (site, sigma, repeat)
 
 
 class EvalData:
-    """The evaluation batches on the device: kept after the first pass when they fit in
+    """The evaluation batches on the device.
+
+    A ``TensorImageDataset`` (decoded images) stays uint8: on the device when it fits in
+    ``CACHE_BYTES`` (a quarter of the float size), otherwise on the host (RAM or a memory-mapped
+    file) and moved per batch; every batch is normalised on the fly, so no pass decodes images
+    again. Other data are read once and kept as float batches on the device when they fit in
     ``CACHE_BYTES``, otherwise read from the source again on every pass."""
 
     def __init__(self, data: Any, batch_size: int, max_images: Optional[int], device: torch.device) -> None:
         from ..zoo.data import TensorImageDataset, as_batches
 
-        if isinstance(data, TensorImageDataset) and max_images is not None and max_images < len(data):
-            data, max_images = data.subset(max_images), None
+        self.num_classes: Optional[int] = None
+        self.cache: Optional[List[Tuple[Tensor, Tensor]]] = []
+        if isinstance(data, TensorImageDataset):
+            if max_images is not None and max_images < len(data):
+                data = data.subset(max_images)
+            max_images, self.cache, self.num_classes = None, None, data.num_classes
+            if data.images.numel() <= CACHE_BYTES:
+                data = data.to(device)
         self._source = lambda: as_batches(data, batch_size, device)
         self.max_images, self.device = max_images, device
-        self.cache: Optional[List[Tuple[Tensor, Tensor]]] = []
         self.num_images, size, labels = 0, 0, hashlib.sha256()
         total = torch.zeros((), dtype=torch.float64, device=device)
         for x, y in self._read():
@@ -132,6 +142,10 @@ class Engine:
             if not isinstance(out, Tensor) or out.dim() != 2:
                 raise TypeError(f"the model must return logits (batch, classes) to be swept, got {type(out).__name__}"
                                 f"{tuple(out.shape) if isinstance(out, Tensor) else ''}")
+        if self.data.num_classes is not None and self.data.num_classes != out.shape[1]:
+            raise ValueError(f"the data have {self.data.num_classes} classes but the model outputs {out.shape[1]} "
+                             f"logits; build it with --num-classes {self.data.num_classes} (num_classes=...) and "
+                             "train or load a head for those classes, or evaluate on data with the model's classes")
         return out.shape[1]
 
     def _run(self, n: int, items: Sequence[Item], seed: int) -> List[int]:

@@ -1,13 +1,17 @@
-"""One name -> model resolver: the paper's networks, then every timm and torchvision model.
+"""One resolver from a model source to a model: the paper's networks, timm, torchvision,
+the user's own factories, with weights, and checkpoints.
 
-``build_model(name)`` tries the recipe names first, then ``timm.create_model`` (never
-pretrained: nothing is downloaded), then ``torchvision.models.get_model``.
+``build_model(source)`` builds with random weights (what checkpoints rebuild from);
+``load_model(source, pretrained=..., weights=..., num_classes=...)`` adds weights and returns
+the preprocessing the model expects; ``resolve_networks`` turns whatever the API accepts as a
+model (module, checkpoint path, source string, lists of them) into hardened networks.
 """
 
 from __future__ import annotations
 
-import difflib
 import os
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from torch import nn
@@ -15,84 +19,128 @@ from torch import nn
 from ..core.config import HardenConfig, config_to_dict
 from ..core.harden import HardenedModule, harden, noise_sites
 
-from .recipes import RECIPES, find_recipe
+from .preprocess import Preprocess
+from .sources import ModelSource, ModelSourceError, SourceKind, build_source, parse_source, source_names
 
-__all__ = ["build_model", "check_model_name", "model_names", "resolve_networks", "ModelLike"]
+__all__ = ["build_model", "check_model_name", "load_model", "LoadedModel", "model_names", "resolve_networks",
+           "ModelLike", "ModelSourceError"]
 
 ModelLike = Union[nn.Module, str, os.PathLike]
-"""A model, a hardened model, or a checkpoint path."""
+"""A model, a hardened model, a checkpoint path, or a model source string (``timm:resnet18``)."""
 
-
-def _timm_names() -> List[str]:
-    try:
-        import timm
-
-        return list(timm.list_models())
-    except Exception:  # pragma: no cover - timm is a dependency, but suggestions must never crash
-        return []
-
-
-def _torchvision_names() -> List[str]:
-    try:
-        import torchvision
-
-        return list(torchvision.models.list_models())
-    except Exception:  # pragma: no cover
-        return []
+CIFAR_PREPROCESS = Preprocess((3, 32, 32), (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 1.0, "bilinear")
+"""The paper's networks: CIFAR-10 images as they are (32x32, CIFAR-10 train mean/std)."""
 
 
 def model_names() -> List[str]:
-    """Every name ``build_model`` accepts: recipes, then timm, then torchvision models."""
-    seen: Dict[str, None] = dict.fromkeys(RECIPES)
-    seen.update(dict.fromkeys(_timm_names()))
-    seen.update(dict.fromkeys(_torchvision_names()))
-    return list(seen)
+    """Every bare name ``build_model`` accepts: recipes, then timm, then torchvision models."""
+    return source_names()
 
 
-def build_model(name: str, num_classes: int = 10, **kwargs: Any) -> nn.Module:
-    """A randomly initialised model by name.
-
-    Resolution order: a recipe name (``lenet5``, ``vgg11``, ``resnet18``; case, ``-`` and
-    ``_`` ignored, so ``"LeNet-5"`` works), then any timm model
-    (``timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)``), then any
-    torchvision model (``torchvision.models.get_model(name, weights=None, ...)``).
+def build_model(name: str, num_classes: Optional[int] = 10, **kwargs: Any) -> nn.Module:
+    """A randomly initialised model from a source string (``fxharden.zoo.sources``):
+    ``lenet5``/``vgg11``/``resnet18`` (the paper's networks; case, ``-`` and ``_`` ignored),
+    ``timm:NAME`` or a bare timm name, ``torchvision:NAME`` or a bare torchvision name,
+    ``package.module:factory``. ``num_classes`` ``None`` keeps the source's own head.
 
     Raises:
-        ValueError: unknown name; the message lists the recipes and close matches.
+        ModelSourceError (a ValueError): unknown name (close matches listed), a factory that
+            raises or returns no ``nn.Module``.
     """
-    source = check_model_name(name)
-    if source == "recipe":
-        return find_recipe(name).build(num_classes=num_classes, **kwargs)
-    if source == "timm":
-        import timm
+    return build_source(parse_source(name), num_classes, **kwargs)
 
-        return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
-    import torchvision
 
-    return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
+@dataclass
+class LoadedModel:
+    """A model built from a source, with its weights, and how its inputs are prepared."""
+
+    model: nn.Module
+    source: ModelSource
+    preprocess: Preprocess
+    arch_kwargs: Dict[str, Any]
+    """``build_model(source.text, **arch_kwargs)`` rebuilds the architecture (checkpoints store it)."""
+    weights: Optional[str] = None
+    """Where the weights came from (``timm pretrained``, a torchvision enum, a path); ``None``: random."""
+
+    @property
+    def num_classes(self) -> Optional[int]:
+        """Outputs of the classifier head (``None`` when it has no recognisable head)."""
+        from .weights import head_of
+
+        n = getattr(self.model, "num_classes", None)
+        if isinstance(n, int):
+            return n
+        head = head_of(self.model)
+        return head[1].out_features if head and isinstance(head[1], nn.Linear) else None
+
+
+def load_model(source: str, *, pretrained: bool = False, weights: Union[str, os.PathLike, None] = None,
+               num_classes: Optional[int] = None, model_args: Optional[Mapping[str, Any]] = None) -> LoadedModel:
+    """Build ``source`` and load its weights.
+
+    Args:
+        source: a source string (see ``build_model``).
+        pretrained: timm's pretrained weights through timm (Hugging Face hub or its cache; the
+            tag of ``timm:NAME.TAG`` picks which); for torchvision it means ``weights="DEFAULT"``.
+        weights: a local weights file (state_dict / safetensors) for any source, or for
+            torchvision ``DEFAULT`` or a weights enum name (``IMAGENET1K_V1``).
+        num_classes: head size; ``None`` keeps the source's (or the weights file's must match).
+            Given and different from the weights' head, the head is freshly initialised.
+        model_args: keyword arguments for the builder (``--model-arg key=value``).
+
+    Raises:
+        ModelSourceError, fxharden.zoo.weights.WeightsError (ValueErrors), FileNotFoundError:
+            the message says what was wrong and what to do.
+    """
+    from .weights import build_torchvision_pretrained, load_weights, torchvision_weights
+
+    src = parse_source(source)
+    kwargs = dict(model_args or {})
+    if pretrained and weights is not None:
+        raise ModelSourceError("give either --pretrained (the library's weights) or --weights (a file or a "
+                               "torchvision weights name), not both")
+    if src.kind is SourceKind.TORCHVISION and pretrained:
+        weights = "DEFAULT"
+    arch_kwargs = {**({} if num_classes is None else {"num_classes": int(num_classes)}), **kwargs}
+    tv_enum, origin = None, None
+    if src.kind is SourceKind.TORCHVISION and weights is not None and not Path(weights).is_file():
+        tv_enum = torchvision_weights(src.name, str(weights))
+        model = build_torchvision_pretrained(src.name, str(weights), num_classes, **kwargs)
+        arch_kwargs["num_classes"] = int(num_classes or len(tv_enum.meta["categories"]))
+        origin = str(tv_enum)
+    else:
+        if weights is not None and not Path(weights).is_file():
+            raise FileNotFoundError(f"no weights file at {weights}" + (
+                "" if src.kind is SourceKind.TORCHVISION else "; --weights takes a local file here"))
+        model = build_source(src, num_classes, pretrained=pretrained and src.kind is not SourceKind.TORCHVISION,
+                             **kwargs)
+        if pretrained:
+            origin = "timm pretrained"
+        if weights is not None:
+            load_weights(model, weights, num_classes_given=num_classes is not None)
+            origin = str(weights)
+    if src.kind is SourceKind.RECIPE:
+        preprocess = CIFAR_PREPROCESS
+    elif src.kind is SourceKind.TORCHVISION and tv_enum is None:
+        import torchvision
+
+        preprocess = Preprocess.for_model(model, torchvision.models.get_model_weights(src.name).DEFAULT)
+    else:
+        preprocess = Preprocess.for_model(model, tv_enum)
+    loaded = LoadedModel(model, src, preprocess, arch_kwargs, origin)
+    if "num_classes" not in arch_kwargs and loaded.num_classes is not None and src.kind is not SourceKind.FACTORY:
+        arch_kwargs["num_classes"] = loaded.num_classes
+    return loaded
 
 
 def check_model_name(name: str) -> str:
-    """Where ``build_model(name)`` finds ``name``: ``"recipe"``, ``"timm"`` or ``"torchvision"``
-    (nothing is built).
+    """Where ``build_model(name)`` finds ``name`` (``"recipe"``, ``"timm"``, ``"torchvision"``
+    or ``"factory"``), without building anything.
 
     Raises:
-        ValueError: unknown name; the message lists the recipes and close matches.
+        ModelSourceError (a ValueError): unknown name (close matches listed) or a malformed string.
     """
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"model name must be a non-empty string, got {name!r}")
-    if find_recipe(name) is not None:
-        return "recipe"
-    import timm
-
-    if timm.is_model(name):
-        return "timm"
-    if name in _torchvision_names():
-        return "torchvision"
-    close = difflib.get_close_matches(name, model_names(), n=5, cutoff=0.6)
-    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-    raise ValueError(f"unknown model {name!r}.{hint} The paper's networks are {', '.join(RECIPES)}; any "
-                     "timm.list_models() or torchvision.models.list_models() name also works.")
+    return parse_source(name).kind.value
 
 
 def _flat(tree: Any, prefix: str = "") -> Dict[str, Any]:
@@ -107,16 +155,18 @@ def _flat(tree: Any, prefix: str = "") -> Dict[str, Any]:
 
 def resolve_networks(model: Union[ModelLike, Sequence[ModelLike], Mapping[str, ModelLike]],
                      harden_config: Optional[HardenConfig] = None) -> List[Tuple[str, HardenedModule]]:
-    """``(label, hardened model)`` for a model, a checkpoint path, a list of them, or a
-    ``{label: model}`` dict. Plain modules are hardened with ``harden_config`` (default:
+    """``(label, hardened model)`` for a model, a checkpoint path, a model source string
+    (``"timm:resnet18"``, built by ``load_model`` with random weights; use ``load_model`` for
+    weights), a list of them, or a ``{label: model}`` dict. Plain modules and sources are hardened with ``harden_config`` (default:
     noise sites only); hardened models and checkpoints are used as they are.
 
     Raises:
         TypeError: an entry is neither a module nor a path.
+        ModelSourceError: a string that is neither a checkpoint file nor a model source.
         ValueError: ``harden_config`` given for a hardened model or a checkpoint, or
             networks that do not share their noise sites.
     """
-    from .checkpoint import load_checkpoint
+    from .checkpoint import is_checkpoint, load_checkpoint
 
     if isinstance(model, Mapping):
         entries = [(str(k), v) for k, v in model.items()]
@@ -126,7 +176,10 @@ def resolve_networks(model: Union[ModelLike, Sequence[ModelLike], Mapping[str, M
         raise ValueError("no model given: pass a model, a checkpoint path, or a non-empty list of them")
     nets: List[Tuple[str, HardenedModule]] = []
     for label, entry in entries:
-        if isinstance(entry, (str, os.PathLike)) or isinstance(entry, HardenedModule):
+        if isinstance(entry, (str, os.PathLike)) and not is_checkpoint(entry) and _looks_like_source(entry):
+            nets.append((label or str(entry), harden(load_model(str(entry)).model,
+                                                     config=harden_config or HardenConfig(quant=None))))
+        elif isinstance(entry, (str, os.PathLike)) or isinstance(entry, HardenedModule):
             if harden_config is not None:
                 name = label or (type(entry).__name__ if isinstance(entry, nn.Module) else str(entry))
                 raise ValueError(f"{name}: a checkpoint or hardened model keeps its own harden config; pass "
@@ -151,3 +204,9 @@ def resolve_networks(model: Union[ModelLike, Sequence[ModelLike], Mapping[str, M
             raise ValueError(f"network {label!r} has other noise sites than {nets[0][0]!r}; the networks of one "
                              "sweep must share an architecture and harden config")
     return nets
+
+
+def _looks_like_source(entry: Union[str, os.PathLike]) -> bool:
+    """A string that is not a file path: no path separator and no checkpoint suffix."""
+    text = str(entry)
+    return isinstance(entry, str) and not any(c in text for c in "/\\") and not text.endswith((".pt", ".pth"))

@@ -1,0 +1,85 @@
+"""A model and the data it is evaluated (or fine-tuned) on, resolved together: the data are
+decoded with the model's preprocessing, and a model with random weights gets a head with the
+data's number of classes, while loaded weights must match the data (or ``num_classes`` says
+how to resize their head). Used by the CLI's ``sweep`` and ``train`` and by the Python API.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional, Tuple
+
+from .data import TensorImageDataset
+from .folders import is_cifar_root, load_image_folder, resolve_data, stratified
+from .models import LoadedModel, load_model
+from .options import DataOptions, ModelOptions
+from .preprocess import Preprocess
+
+__all__ = ["load_with_data", "resolve_splits", "class_mismatch"]
+
+
+def class_mismatch(model_classes: Optional[int], data: TensorImageDataset, label: str) -> Optional[str]:
+    """The error message when the model's head and the data disagree, else ``None``."""
+    if model_classes is None or model_classes == data.num_classes:
+        return None
+    return (f"{label} outputs {model_classes} classes but the data have {data.num_classes}"
+            + (f" ({', '.join(data.classes[:5])}{', ...' if len(data.classes) > 5 else ''})" if data.classes else "")
+            + f". Pass --num-classes {data.num_classes} (num_classes={data.num_classes}) for a new head of that "
+            "size (then fine-tune it with fxharden train), or use data with the model's classes.")
+
+
+def load_with_data(source: str, model: ModelOptions, data: DataOptions,
+                   loader=None) -> Tuple[LoadedModel, Any]:
+    """``(loaded model, data)``: the data decoded with the model's preprocessing (plus the
+    overrides in ``data``); a random-weights model without ``num_classes`` is rebuilt with the
+    data's class count. ``loader(preprocess)`` replaces ``resolve_data`` (e.g. train/test splits).
+
+    Raises:
+        ValueError: loaded weights whose head does not match the data's classes (the fix named).
+    """
+    lm = load_model(source, pretrained=model.pretrained, weights=model.weights, num_classes=model.num_classes,
+                    model_args=model.model_args)
+    preprocess = data.preprocess(lm.preprocess)
+    if loader is None:
+        dataset = resolve_data(data.path, preprocess=preprocess, split=data.split, max_images=data.max_images,
+                               on_corrupt=data.on_corrupt, workers=data.workers, download=data.download)
+        first = dataset
+    else:
+        dataset = loader(preprocess)
+        first = dataset[0]
+    classes = first.num_classes
+    if lm.num_classes != classes and model.random and model.num_classes is None:
+        lm = load_model(source, num_classes=classes, model_args=model.model_args)
+    problem = class_mismatch(lm.num_classes, first, source)
+    if problem:
+        raise ValueError(problem)
+    return lm, dataset
+
+
+def resolve_splits(data: DataOptions, preprocess: Preprocess, *, train_images: Optional[int] = None,
+                   test_images: Optional[int] = None,
+                   holdout: float = 0.2) -> Tuple[TensorImageDataset, TensorImageDataset]:
+    """``(train, test)`` for fine-tuning: CIFAR-10's splits; for an image folder with ``train``
+    and ``val`` (or ``test``) subfolders, those; for a plain image folder, a deterministic
+    stratified ``holdout`` share of it as the test split and the rest for training. Images are
+    prepared as for evaluation (resize + centre crop; no augmentation)."""
+    from .data import DatasetKind, load_splits
+
+    if data.path is None or is_cifar_root(data.path):
+        return load_splits(DatasetKind.CIFAR10, data.path, train_images=train_images, test_images=test_images)
+    root = Path(data.path).expanduser()
+    load = lambda p, n: load_image_folder(p, preprocess, max_images=n, on_corrupt=data.on_corrupt,  # noqa: E731
+                                          workers=data.workers)
+    test_dir = next((root / d for d in ("val", "test") if (root / d).is_dir()), None)
+    if (root / "train").is_dir() and test_dir is not None:
+        return load(root / "train", train_images), load(test_dir, test_images)
+    full = load(root, None)
+    test_idx = stratified(full.labels.tolist(), max(1, int(round(holdout * len(full)))))
+    rest = sorted(set(range(len(full))) - set(test_idx))
+    train, test = full.subset(rest), full.subset(sorted(test_idx))
+    if train_images is not None and train_images < len(train):
+        train = train.subset(stratified(train.labels.tolist(), train_images))
+    if test_images is not None and test_images < len(test):
+        test = test.subset(stratified(test.labels.tolist(), test_images))
+    return train, test
+

@@ -1,0 +1,63 @@
+"""The typed options of a model source and of the data (what ``--pretrained``, ``--weights``,
+``--data``, ``--input-size`` ... become). Plain dataclasses and enums: importing them is cheap."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple, Union
+
+if TYPE_CHECKING:
+    from .preprocess import Preprocess
+
+__all__ = ["OnCorrupt", "ModelOptions", "DataOptions"]
+
+
+class OnCorrupt(str, Enum):
+    """What to do with an image file that cannot be decoded."""
+
+    STOP = "stop"
+    """Stop with an error naming the file."""
+    SKIP = "skip"
+    """Leave it out, with a warning naming it."""
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """How a model source is loaded (``load_model``'s keywords)."""
+
+    pretrained: bool = False
+    """The library's pretrained weights (timm: hub/cache; torchvision: ``DEFAULT``)."""
+    weights: Optional[str] = None
+    """A local weights file, or a torchvision weights name (``DEFAULT``, ``IMAGENET1K_V1``)."""
+    num_classes: Optional[int] = None
+    """Head size; ``None``: the weights' head, or the data's classes for random weights."""
+    model_args: Dict[str, Any] = field(default_factory=dict)
+    """Builder keyword arguments (``--model-arg key=value``)."""
+
+    @property
+    def random(self) -> bool:
+        """No weights are loaded."""
+        return not self.pretrained and self.weights is None
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """Where the data come from and how they are prepared (overrides of the model's preprocessing)."""
+
+    path: Optional[Union[str, os.PathLike]] = None
+    """CIFAR-10 folder or image folder; ``None``: CIFAR-10 from ``$FXHARDEN_DATA``."""
+    split: str = "test"
+    max_images: Optional[int] = None
+    on_corrupt: OnCorrupt = OnCorrupt.STOP
+    workers: Optional[int] = None
+    download: bool = False
+    input_size: Optional[int] = None
+    mean: Optional[Tuple[float, ...]] = None
+    std: Optional[Tuple[float, ...]] = None
+    crop_pct: Optional[float] = None
+
+    def preprocess(self, base: "Preprocess") -> "Preprocess":
+        """``base`` (the model's) with this object's overrides applied."""
+        return base.override(input_size=self.input_size, mean=self.mean, std=self.std, crop_pct=self.crop_pct)

@@ -1,0 +1,241 @@
+"""Where a model comes from: one source string -> one ``nn.Module`` with random weights.
+
+Source strings (the same in the CLI's MODEL argument and the Python API):
+
+* ``lenet5``, ``vgg11``, ``resnet18``: the paper's CIFAR-10 networks (case, ``-`` and ``_``
+  ignored);
+* ``timm:NAME`` or ``timm:NAME.TAG`` (a pretrained tag such as ``convnext_tiny.fb_in1k``), or a
+  bare timm name;
+* ``torchvision:NAME``, or a bare torchvision name that timm does not have;
+* ``package.module:factory``: the user's own callable returning an ``nn.Module`` (keyword
+  arguments from ``--model-arg key=value``).
+
+``parse_source`` turns the string into a typed ``ModelSource``; ``build_source`` builds it.
+Weights (``--pretrained``, ``--weights``) are loaded on top by ``fxharden.zoo.weights``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import re
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Dict, List, Optional
+
+from torch import nn
+
+from .recipes import RECIPES, find_recipe
+
+__all__ = ["SourceKind", "ModelSource", "ModelSourceError", "parse_source", "build_source", "source_names",
+           "parse_model_args"]
+
+_FACTORY = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
+
+
+class ModelSourceError(ValueError):
+    """A model source that cannot be resolved or built (the message says why and what to do)."""
+
+
+class SourceKind(str, Enum):
+    """Which library (or the user's code) builds the model."""
+
+    RECIPE = "recipe"
+    """One of the paper's networks (``fxharden.zoo.networks``)."""
+    TIMM = "timm"
+    TORCHVISION = "torchvision"
+    FACTORY = "factory"
+    """``package.module:callable`` returning an ``nn.Module``."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A parsed model source string."""
+
+    kind: SourceKind
+    name: str
+    """The name inside its library (``convnext_tiny.fb_in1k``), or ``package.module:factory``."""
+    text: str
+    """The string as given (stored in checkpoints as ``arch``)."""
+
+    @property
+    def tag(self) -> Optional[str]:
+        """The timm pretrained tag (``fb_in1k`` of ``convnext_tiny.fb_in1k``), else ``None``."""
+        if self.kind is SourceKind.TIMM and "." in self.name:
+            return self.name.split(".", 1)[1]
+        return None
+
+
+def _timm_names() -> List[str]:
+    try:
+        import timm
+
+        return list(timm.list_models())
+    except Exception:  # pragma: no cover - suggestions must never crash
+        return []
+
+
+def _torchvision_names() -> List[str]:
+    try:
+        import torchvision
+
+        return list(torchvision.models.list_models())
+    except Exception:  # pragma: no cover
+        return []
+
+
+def source_names() -> List[str]:
+    """Every bare name ``parse_source`` accepts: recipes, then timm, then torchvision models."""
+    seen: Dict[str, None] = dict.fromkeys(RECIPES)
+    seen.update(dict.fromkeys(_timm_names()))
+    seen.update(dict.fromkeys(_torchvision_names()))
+    return list(seen)
+
+
+def _unknown(what: str, name: str, candidates: List[str], text: str) -> ModelSourceError:
+    close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.6)
+    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+    return ModelSourceError(f"unknown {what} {text!r}.{hint} A model is one of the paper's networks "
+                            f"({', '.join(RECIPES)}), a timm name (timm:NAME or timm:NAME.TAG), a torchvision name "
+                            "(torchvision:NAME), your own factory (package.module:function), or a checkpoint file.")
+
+
+def _check_timm(name: str, text: str) -> None:
+    import timm
+
+    arch, _, tag = name.partition(".")
+    if not timm.is_model(arch):
+        raise _unknown("timm model", arch, _timm_names(), text)
+    if tag:
+        tags = [t.partition(".")[2] for t in timm.list_pretrained(f"{arch}.*")]
+        if tag not in tags:
+            close = difflib.get_close_matches(tag, tags, n=5, cutoff=0.5)
+            raise ModelSourceError(f"timm model {arch!r} has no pretrained tag {tag!r}; its tags are "
+                                   f"{', '.join(map(repr, close or tags[:10])) or 'none'} "
+                                   f"(timm.list_pretrained({arch + '.*'!r}))")
+
+
+def parse_source(text: str) -> ModelSource:
+    """The ``ModelSource`` of a source string (see the module docstring).
+
+    A bare name is looked up as a recipe, then in timm, then in torchvision.
+
+    Raises:
+        ModelSourceError: unknown name (close matches listed) or a malformed string.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ModelSourceError(f"a model source must be a non-empty string, got {text!r}")
+    text = text.strip()
+    prefix, sep, rest = text.partition(":")
+    if sep and prefix == "timm":
+        _check_timm(rest, text)
+        return ModelSource(SourceKind.TIMM, rest, text)
+    if sep and prefix == "torchvision":
+        if rest not in _torchvision_names():
+            raise _unknown("torchvision model", rest, _torchvision_names(), text)
+        return ModelSource(SourceKind.TORCHVISION, rest, text)
+    if sep:
+        if not _FACTORY.match(text):
+            raise ModelSourceError(f"{text!r} is not a model source: a factory is written package.module:function "
+                                   "(a Python import path, a colon, a callable's name), e.g. mypkg.nets:small_cnn")
+        return ModelSource(SourceKind.FACTORY, text, text)
+    if find_recipe(text) is not None:
+        return ModelSource(SourceKind.RECIPE, text, text)
+    import timm
+
+    if timm.is_model(text.partition(".")[0]):
+        _check_timm(text, text)
+        return ModelSource(SourceKind.TIMM, text, text)
+    if text in _torchvision_names():
+        return ModelSource(SourceKind.TORCHVISION, text, text)
+    raise _unknown("model", text, source_names(), text)
+
+
+def _factory(source: ModelSource):
+    module_name, _, attr = source.name.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ModelSourceError(f"{source.text}: cannot import module {module_name!r} ({err}); is its package "
+                               "installed or on PYTHONPATH (run from the folder that holds it)?") from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            names = [n for n in dir(obj) if not n.startswith("_")]
+            close = difflib.get_close_matches(part, names, n=5)
+            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise ModelSourceError(f"{source.text}: {module_name} has no attribute {part!r}{hint}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ModelSourceError(f"{source.text}: {attr} is a {type(obj).__name__}, not a callable returning an nn.Module")
+    return obj
+
+
+def build_source(source: ModelSource, num_classes: Optional[int] = None, *, pretrained: bool = False,
+                 **kwargs: Any) -> nn.Module:
+    """Build ``source`` with random weights (or timm's pretrained ones with ``pretrained``).
+
+    ``num_classes`` ``None`` keeps the source's own head (10 for the paper's networks, the
+    pretrained head of timm/torchvision models); a factory gets ``num_classes`` only when it
+    is given. ``kwargs`` go to the builder (``timm.create_model``,
+    ``torchvision.models.get_model``, the recipe's network or the factory).
+
+    Raises:
+        ModelSourceError: the factory raised or did not return an ``nn.Module``; the builder
+            rejected an argument.
+        fxharden.zoo.weights.PretrainedUnavailableError: ``pretrained`` and timm could not get
+            the weights (offline, not cached).
+    """
+    size = {} if num_classes is None else {"num_classes": int(num_classes)}
+    if pretrained and source.kind is not SourceKind.TIMM:
+        raise ModelSourceError(f"{source.text}: --pretrained loads timm weights; for torchvision use "
+                               "--weights DEFAULT (or a weights name), for other models --weights PATH")
+    try:
+        if source.kind is SourceKind.RECIPE:
+            return find_recipe(source.name).build(**size, **kwargs)
+        if source.kind is SourceKind.TIMM:
+            import timm
+
+            if not pretrained:
+                return timm.create_model(source.name, pretrained=False, **size, **kwargs)
+            from .weights import timm_pretrained
+
+            return timm_pretrained(source.name, **size, **kwargs)
+        if source.kind is SourceKind.TORCHVISION:
+            import torchvision
+
+            return torchvision.models.get_model(source.name, weights=None, **{"num_classes": 1000, **size}, **kwargs)
+        factory = _factory(source)
+    except (ModelSourceError, OSError):
+        raise
+    except TypeError as err:
+        raise ModelSourceError(f"{source.text}: the builder rejected its arguments ({err}); check --model-arg / "
+                               "--num-classes") from None
+    try:
+        model = factory(**size, **kwargs)
+    except TypeError as err:
+        raise ModelSourceError(f"{source.text}: calling {source.name.partition(':')[2]}"
+                               f"({', '.join(f'{k}={v!r}' for k, v in {**size, **kwargs}.items())}) failed: {err}. "
+                               "Pass its arguments with --model-arg key=value (num_classes via --num-classes)") from None
+    except Exception as err:
+        raise ModelSourceError(f"{source.text}: the factory raised {type(err).__name__}: {err}") from err
+    if not isinstance(model, nn.Module):
+        raise ModelSourceError(f"{source.text}: the factory returned a {type(model).__name__}, not an "
+                               "nn.Module; it must return the model itself")
+    return model
+
+
+def parse_model_args(pairs: Optional[List[str]]) -> Dict[str, Any]:
+    """``["depth=4", "act=relu"]`` -> ``{"depth": 4, "act": "relu"}``: values are read as Python
+    literals (numbers, booleans, None, tuples, quoted strings) and kept as strings otherwise."""
+    import ast
+
+    out: Dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise ModelSourceError(f"--model-arg must be key=value with a Python identifier as key, got {pair!r}")
+        try:
+            out[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            out[key.strip()] = value.strip()
+    return out
