@@ -21,10 +21,9 @@ from rich.table import Table
 from rich.text import Text
 
 from .experiments.executors import ExecutorKind
-from .experiments.experiment import Budget
+from .experiments.options import Budget
 from .measure.midpoint_models import MidpointModel
-from .zoo.options import OnCorrupt
-from .zoo.recipes import Optimizer
+from .zoo.options import OnCorrupt, Optimizer
 
 app = typer.Typer(
     name="fxharden",

@@ -6,8 +6,10 @@ Analysis only: nothing here changes a graph. Nodes are matched by module type or
 
 from __future__ import annotations
 
+import functools
 import operator
 import re
+import sys
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
@@ -68,19 +70,21 @@ _NOT_SITES = {
 }
 
 
-def _timm_activation_types() -> tuple:
-    try:
-        from timm.layers import activations, activations_me
-    except ImportError:
-        return ()
-    types = []
-    for mod in (activations, activations_me):
-        types += [v for v in vars(mod).values() if isinstance(v, type) and issubclass(v, nn.Module)
-                  and v.__module__ == mod.__name__]
-    return tuple(types)
+_TIMM_ACTIVATION_MODULES = ("timm.layers.activations", "timm.layers.activations_me")
 
 
-_ACT_TYPES = _ACT_TYPES + _timm_activation_types()
+@functools.lru_cache(maxsize=None)
+def _module_types(name: str) -> tuple:
+    mod = sys.modules[name]
+    return tuple(v for v in vars(mod).values() if isinstance(v, type) and issubclass(v, nn.Module)
+                 and v.__module__ == mod.__name__)
+
+
+def _activation_types() -> tuple:
+    """torch's activation modules plus timm's. A model can only hold timm's once timm is
+    imported, so timm is never imported here (it costs seconds and is optional)."""
+    extra = tuple(t for name in _TIMM_ACTIVATION_MODULES if name in sys.modules for t in _module_types(name))
+    return _ACT_TYPES + extra
 
 
 @dataclass
@@ -111,7 +115,7 @@ def _kind(node: fx.Node, modules: Dict[str, nn.Module], opaque: set) -> Optional
     if node.op == "call_module":
         m = modules[node.target]
         for types, kind in ((_CONV_TYPES, SiteKind.CONV), (_LINEAR_TYPES, SiteKind.LINEAR),
-                            (_ACT_TYPES, SiteKind.ACTIVATION), (_POOL_TYPES, SiteKind.POOL),
+                            (_activation_types(), SiteKind.ACTIVATION), (_POOL_TYPES, SiteKind.POOL),
                             (_NORM_TYPES, SiteKind.NORM)):
             if isinstance(m, types):
                 return kind

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import sys
 import traceback
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
@@ -57,9 +58,10 @@ def _user_location(err: BaseException) -> str:
 
 
 def _timm_notrace() -> tuple:
-    try:
-        from timm.layers import _fx as timm_fx
-    except ImportError:  # timm is optional for tracing
+    """timm's registered not-traceable modules and functions. A model can only hold them once
+    timm is imported, so timm is never imported here (it costs seconds and is optional)."""
+    timm_fx = sys.modules.get("timm.layers._fx")
+    if timm_fx is None:
         return (), ()
     return tuple(timm_fx.get_notrace_modules()), tuple(timm_fx.get_notrace_functions())
 

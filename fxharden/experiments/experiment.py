@@ -21,13 +21,13 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, replace
-from enum import Enum
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 from ..core.config import HardenConfig, check_bits, check_scale, check_sigma, config_to_dict
 from ..training.train import TrainConfig
 from ..zoo.data import DatasetKind, load_splits
+from .options import Budget
 
 try:
     import tomllib
@@ -45,15 +45,6 @@ PathLike = Union[str, os.PathLike]
 
 class ExperimentError(ValueError):
     """An experiment file that cannot be used; the message names the file and the key."""
-
-
-class Budget(str, Enum):
-    """Which training budget of an experiment to run."""
-
-    PAPER = "paper"
-    """The paper's schedule (500 epochs, 10 networks per point)."""
-    CPU = "cpu"
-    """A budget that fits a laptop CPU (few epochs, subsets, fewer seeds)."""
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from ..zoo.checkpoint import read_payload, save_checkpoint
 from ..core.config import check_sigma, config_to_dict
 from ..zoo.data import as_batches
 from ..core.harden import HardenedModule, harden, noise_sites, seed_noise, weight_noise_modules
-from ..zoo.recipes import Optimizer
+from ..zoo.options import Optimizer
 from ..core.noise import Noise
 from ..core.quant import ActQuant
 from .status import ProgressFile

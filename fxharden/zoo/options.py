@@ -1,5 +1,6 @@
-"""The typed options of a model source and of the data (what ``--pretrained``, ``--weights``,
-``--data``, ``--input-size`` ... become). Plain dataclasses and enums: importing them is cheap."""
+"""The typed options of a model source, of the data and of training (what ``--pretrained``,
+``--weights``, ``--data``, ``--input-size``, ``--optimizer`` ... become). Plain dataclasses and
+enums: importing them is cheap (no torch), so the command line can parse with them."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple, Union
 if TYPE_CHECKING:
     from .preprocess import Preprocess
 
-__all__ = ["OnCorrupt", "ModelOptions", "DataOptions"]
+__all__ = ["OnCorrupt", "Optimizer", "ModelOptions", "DataOptions"]
 
 
 class OnCorrupt(str, Enum):
@@ -21,6 +22,13 @@ class OnCorrupt(str, Enum):
     """Stop with an error naming the file."""
     SKIP = "skip"
     """Leave it out, with a warning naming it."""
+
+
+class Optimizer(str, Enum):
+    """Optimizer of a training run (``TrainConfig.optimizer`` and a recipe's default)."""
+
+    ADAM = "adam"
+    SGD = "sgd"
 
 
 @dataclass(frozen=True)

@@ -5,21 +5,14 @@ from it."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any, Callable, Dict, Optional
 
 from torch import nn
 
 from .networks import lenet5, resnet18, vgg11
+from .options import Optimizer
 
 __all__ = ["Optimizer", "Recipe", "RECIPES", "recipe_key", "find_recipe", "TrainingDefaults", "training_defaults"]
-
-
-class Optimizer(str, Enum):
-    """Optimizer of a training run (``TrainConfig.optimizer`` and a recipe's default)."""
-
-    ADAM = "adam"
-    SGD = "sgd"
 
 
 @dataclass(frozen=True)
