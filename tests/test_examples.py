@@ -19,7 +19,7 @@ EXPECTED = {
     "robustness_report.py": ([r"clean accuracy: (0\.\d+|1\.000) \(chance 0\.25, 64 images\)",
                               r"sigma 0\.03: accuracy \d\.\d{3}", r"sigma 3: accuracy \d\.\d{3}", r"mu = .+"],
                              ["results.json", "results.csv", "accuracy_vs_sigma.png", "weights.pth"]),
-    "per_layer_profile.py": ([r"clean accuracy: \d\.\d{3}", r"\d+ layers measured", r"features\.\S+: mu = .+"],
+    "per_layer_profile.py": ([r"clean accuracy: \d\.\d{3} \(chance 0\.25\)", r"\d+ layers measured", r"features\.\S+: mu = .+"],
                              ["results.json", "per_layer_mu.png"]),
     "noisy_finetune.py": ([r"before: clean accuracy \d\.\d{3}, mu = .+",
                            r"fine-tuned 1 epoch\(s\) with sigma 0\.1: .*checkpoint\.pt",
