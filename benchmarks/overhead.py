@@ -8,7 +8,9 @@ median is reported), so machine-load drift affects all variants alike. Variants:
 * q8+noise    ``harden(bits=8, scale=1.0, sigma=0.1)``: the paper's placement
 * naive       ``x + randn_like(x) * sigma`` and a fake-quant after every node (the baseline
               a user writes by hand), built with the same tracer
-* brevitas    Brevitas 8-bit layers with a noise module after every layer (when installed)
+* brevitas    Brevitas 8-bit model with a noise module after every layer (when installed):
+              LeNet-5 written with Brevitas layers, ResNet-18 through Brevitas's graph-mode
+              ``quantize`` on the torchvision model
 
 Run:  python benchmarks/overhead.py [--device cpu|cuda] [--reps 30]
 """
@@ -16,6 +18,7 @@ Run:  python benchmarks/overhead.py [--device cpu|cuda] [--reps 30]
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 
@@ -52,16 +55,25 @@ def naive(model: nn.Module, sigma: float) -> nn.Module:
     return gm
 
 
-def brevitas_model(name: str, sigma: float):
-    """Brevitas 8-bit version of the same network with a noise module after every layer."""
+def brevitas_model(name: str, sigma: float, model: nn.Module):
+    """Brevitas 8-bit version of the same network with a noise module after every layer.
+
+    LeNet-5 is written with Brevitas layers by hand; ResNet-18 (torchvision) goes through
+    Brevitas's graph mode: ``brevitas.fx.symbolic_trace`` then ``brevitas.graph.quantize``
+    (its default 8-bit layer-wise recipe), then a noise module after every node, as for the
+    naive variant. Returns ``(model, None)`` or ``(None, why)``."""
     try:
         import brevitas.nn as qnn
-    except ImportError:
-        return None
+    except ImportError as err:
+        return None, f"brevitas not installed ({err})"
 
     class Noise(nn.Module):
         def forward(self, x):
-            x = x.value if hasattr(x, "value") else x
+            if hasattr(x, "value"):  # a QuantTensor: keep its scale etc., perturb the value
+                fields = list(x)
+                return type(x)(fields[0] + torch.randn_like(fields[0]) * sigma, *fields[1:])
+            if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+                return x
             return x + torch.randn_like(x) * sigma
 
     def seq(*layers):
@@ -77,8 +89,22 @@ def brevitas_model(name: str, sigma: float):
             nn.Flatten(), qnn.QuantLinear(400, 120, bias=True, weight_bit_width=8), qnn.QuantReLU(bit_width=8),
             qnn.QuantLinear(120, 84, bias=True, weight_bit_width=8), qnn.QuantReLU(bit_width=8),
             qnn.QuantLinear(84, 10, bias=True, weight_bit_width=8),
-        )
-    return None  # ResNet-18 in Brevitas needs a hand-written residual model; not compared here
+        ), None
+    try:
+        from brevitas.fx import symbolic_trace
+        from brevitas.graph.quantize import quantize
+
+        gm = quantize(symbolic_trace(copy.deepcopy(model).eval()))
+    except Exception as err:  # report why instead of dropping the column silently
+        return None, f"brevitas graph mode failed: {type(err).__name__}: {err}"
+    gm.add_module("noise", Noise())
+    for node in list(gm.graph.nodes):
+        if node.op in ("call_module", "call_function", "call_method") and node.target is not torch.flatten:
+            with gm.graph.inserting_after(node):
+                new = gm.graph.call_module("noise", (node,))
+            node.replace_all_uses_with(new, delete_user_cb=lambda u: u is not new)
+    gm.recompile()
+    return gm, None
 
 
 def timed(fn, sync) -> float:
@@ -121,12 +147,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--reps", type=int, default=30)
+    parser.add_argument("--models", default="lenet5,resnet18", help="comma-separated: lenet5, resnet18")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply the batch sizes (256, 64) by this")
     args = parser.parse_args()
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}")
-    for name, build, batch in (("lenet5", LeNet5, 256),
-                               ("resnet18", lambda: torchvision.models.resnet18(num_classes=10), 64)):
+    nets = {"lenet5": (LeNet5, 256), "resnet18": (lambda: torchvision.models.resnet18(num_classes=10), 64)}
+    for name in args.models.split(","):
+        build, batch = nets[name]
+        batch = max(1, int(batch * args.scale))
         torch.manual_seed(0)
         model = build().to(device)
         x = torch.randn(batch, 3, 32, 32, device=device)
@@ -136,9 +166,11 @@ def main() -> None:
             "q8+noise": fxharden.harden(model, bits=8, scale=1.0, sigma=0.1),
             "naive": naive(model, 0.1),
         }
-        bm = brevitas_model(name, 0.1)
+        bm, why = brevitas_model(name, 0.1, model)
         if bm is not None:
             variants["brevitas"] = bm.to(device)
+        else:
+            print(f"{name}: no Brevitas column: {why}")
         for train in (False, True):
             res = compare(variants, x, args.reps, train, sync)
             what = "train step" if train else "eval forward"

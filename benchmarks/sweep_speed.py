@@ -4,6 +4,10 @@
     the device, no accuracy bookkeeping) versus the sweep engine at the same batch size, one
     point per forward (target >= 0.9x) and with its automatic batching of points (replicated
     batches, one sigma per group). Interleaved repetitions, median reported.
+(c) Cost of one (σ, repeat) point: sweep evaluation time per point divided by the time of
+    one plain fp32 forward (the unhardened model) over the same images at the same batch
+    size; LeNet-5 and ResNet-18 (32x32), 8-bit + noise, global and per-layer mode, with
+    shared (common random numbers across σ) and with independent draws. Interleaved.
 (b) Wall time to μ: the adaptive, batched ``fxharden.sweep`` (5 repeats) versus a plain loop
     over a fixed 20-point grid (one point at a time, ``.item()`` per batch, then the same fit),
     for LeNet-5 (and ResNet-18 with --resnet18), briefly trained first so that μ exists.
@@ -11,6 +15,7 @@
 Data: real CIFAR-10 through $FXHARDEN_DATA (or --data) when present, else generated images.
 
 Run:  python benchmarks/sweep_speed.py [--device cuda] [--images 2000] [--resnet18]
+      python benchmarks/sweep_speed.py --cost-only [--cost-images 512]   (only (c))
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import fxharden
 from fxharden.zoo.data import DataNotFoundError, load_cifar10, synthetic_dataset
 from fxharden.measure.metrics import fit_midpoint
 from fxharden.zoo.models import build_model
-from fxharden.measure.sweep import FORWARD_IMAGES, sweep
+from fxharden.measure.sweep import FORWARD_IMAGES, SweepConfig, sweep
 from fxharden.training.train import TrainConfig, train
 
 
@@ -87,6 +92,59 @@ def throughput(hm, data, batch: int, device: torch.device, reps: int) -> None:
         print(f"    {k:28s} {statistics.median(v):12,.0f} images/s   {statistics.median(v) / base:5.2f}x")
 
 
+def _shared_kw(shared: bool) -> dict:
+    """``shared_noise`` when this version of the sweep has the setting (else nothing)."""
+    return {"shared_noise": shared} if "shared_noise" in SweepConfig.__dataclass_fields__ else {}
+
+
+def cost_per_point(name: str, data, batch: int, device: torch.device, reps: int) -> None:
+    """(c): seconds per (σ, repeat) point over the seconds of one plain fp32 pass of the data."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    torch.manual_seed(0)
+    plain = build_model(name).to(device).eval()
+    hm = fxharden.harden(plain, bits=8, scale=1.0 if name == "lenet5" else None)
+    xs = [x for x, _ in data.batches(batch, device=device)]
+    sites = fxharden.noise_sites(hm)
+    every = sites[:: max(1, len(sites) // 4)][:4]  # per-layer: 4 sites spread over the network
+    sigmas = [0.02, 0.05, 0.1, 0.2]
+
+    def plain_pass() -> float:
+        sync()
+        t = time.perf_counter()
+        with torch.inference_mode():
+            for x in xs:
+                plain(x)
+        sync()
+        return time.perf_counter() - t
+
+    def swept(mode: str, shared: bool):
+        kw = dict(sigmas=sigmas, repeats=2, batch_size=batch, device=str(device), **_shared_kw(shared))
+        if mode == "per_layer":
+            kw.update(mode="per_layer", sites=tuple(every))
+
+        def run() -> float:
+            r = sweep(hm, data, **kw)
+            return r.timing["eval_seconds"] / r.timing["points_measured"]
+        return run
+
+    runs = {"plain fp32 pass": plain_pass, "global, shared draws": swept("global", True),
+            "global, independent": swept("global", False), "per-layer, shared": swept("per_layer", True),
+            "per-layer, independent": swept("per_layer", False)}
+    if not _shared_kw(True):
+        runs = {k: v for k, v in runs.items() if "independent" not in k}
+    for f in runs.values():
+        f()
+    got = {k: [] for k in runs}
+    for _ in range(reps):
+        for k, f in runs.items():
+            got[k].append(f())
+    base = statistics.median(got["plain fp32 pass"])
+    print(f"(c) {name}: cost per (σ, repeat) point on {len(data)} images, batch {batch}, {device}, median of {reps} "
+          f"(per-layer sites: {', '.join(every)})")
+    for k, v in got.items():
+        print(f"    {k:24s} {statistics.median(v) * 1e3:9.1f} ms   {statistics.median(v) / base:5.2f}x plain")
+
+
 def plain_fixed_grid(hm, data, batch: int, device: torch.device, repeats: int):
     """What one writes by hand: 20 points, one at a time, a host sync per batch."""
     grid = np.geomspace(1e-3, 10, 20)
@@ -131,15 +189,26 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2, help="training epochs before (b)")
     parser.add_argument("--data", default=None, help="CIFAR-10 folder (default: $FXHARDEN_DATA)")
     parser.add_argument("--resnet18", action="store_true", help="also time ResNet-18")
+    parser.add_argument("--resnet18-images", type=int, default=None, help="test images for ResNet-18 in (b)")
+    parser.add_argument("--cost-images", type=int, default=512, help="images for (c)")
+    parser.add_argument("--cost-only", action="store_true", help="only (c), on LeNet-5 and ResNet-18")
     args = parser.parse_args()
     device = torch.device(args.device)
-    kind, train_set, test_set = datasets(args.data or os.environ.get("FXHARDEN_DATA"), args.images)
-    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, data {kind}")
+    kind, train_set, test_set = datasets(args.data or os.environ.get("FXHARDEN_DATA"), max(args.images, args.cost_images))
+    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, data {kind}, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    if args.cost_only:
+        for name in ("lenet5", "resnet18"):
+            cost_per_point(name, test_set.subset(min(args.cost_images, len(test_set))), args.batch, device, args.reps)
+        return
+    test_full = test_set
+    test_set = test_full.subset(min(args.images, len(test_full)))
     for name in ["lenet5"] + (["resnet18"] if args.resnet18 else []):
         hm = trained(name, train_set, args.epochs, str(device))
         if name == "lenet5":
             throughput(hm, test_set, args.batch, device, args.reps)
-        time_to_mu(name, hm, test_set, args.batch, device)
+        n = args.resnet18_images if name == "resnet18" and args.resnet18_images else len(test_set)
+        time_to_mu(name, hm, test_full.subset(min(n, len(test_full))), args.batch, device)
 
 
 if __name__ == "__main__":
