@@ -6,8 +6,9 @@ transforms its weights before use: the parameters, their names in ``state_dict``
 
 Weight noise and batch groups: when the weight-noise module holds one sigma per batch group
 (a sweep measuring several repeats in one forward), the layer splits its input along the
-batch dimension and uses one independently perturbed weight per group, exactly as if each
-group had run in its own forward pass.
+batch dimension and uses one perturbed weight per group, exactly as if each group had run in
+its own forward pass (groups that share a draw and a sigma share the weight, and adjacent
+ones run in one call).
 """
 
 from __future__ import annotations
@@ -53,6 +54,19 @@ class _HardenedWeight:
         """The single hardened weight of a conv or linear layer (see ``hardened_weights``)."""
         return self.hardened_weights()["weight"]
 
+    def _runs(self) -> List[Tuple[int, int, Dict[str, Tensor]]]:
+        """The weights of every batch group (``Noise.draw_weights``), adjacent groups that use
+        the very same weights merged: ``(first group, number of groups, weights)``."""
+        per_weight = {n: self.weight_noise.draw_weights(w) for n, w in self._quantized().items()}
+        runs: List[Tuple[int, int, Dict[str, Tensor]]] = []
+        for r in range(self.weight_noise.groups):
+            ws = {n: v[r] for n, v in per_weight.items()}
+            if runs and all(runs[-1][2][n] is w for n, w in ws.items()):
+                runs[-1] = (runs[-1][0], runs[-1][1] + 1, runs[-1][2])
+            else:
+                runs.append((r, 1, ws))
+        return runs
+
     def _grouped(self, x: Tensor, apply: Callable[[Tensor, Dict[str, Tensor]], Tensor]) -> Tensor:
         """``apply(x, weights)`` with hardened weights; one weight draw per batch group."""
         noise = self.weight_noise
@@ -61,10 +75,9 @@ class _HardenedWeight:
         if noise.groups == 1:
             return apply(x, self.hardened_weights())
         dim = noise.group_dim(x)
-        per_weight = {n: noise.draw_weights(w) for n, w in self._quantized().items()}
-        outs = [apply(xr, {n: ws[r] for n, ws in per_weight.items()})
-                for r, xr in enumerate(x.chunk(noise.groups, dim))]
-        return torch.cat(outs, dim)
+        per = x.shape[dim] // noise.groups
+        outs = [apply(x.narrow(dim, r * per, k * per), ws) for r, k, ws in self._runs()]
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim)
 
 
 class HardenedConv1d(_HardenedWeight, nn.Conv1d):
@@ -119,14 +132,20 @@ class HardenedMultiheadAttention(_HardenedWeight, nn.MultiheadAttention):
         batched = query.dim() == 3
         dim = 0 if self.batch_first or not batched else 1
 
-        def attend(q: Tensor, ws: Dict[str, Tensor], r: Optional[int] = None) -> Tuple[Tensor, Optional[Tensor]]:
+        def part(t: Tensor, d: int, run: Tuple[int, int]) -> Tensor:
+            """Groups ``run[0]`` to ``run[0] + run[1] - 1`` of ``t``, whose dim ``d`` holds the batch."""
+            per = t.shape[d] // self.weight_noise.groups
+            return t.narrow(d, run[0] * per, run[1] * per)
+
+        def attend(q: Tensor, ws: Dict[str, Tensor], run: Optional[Tuple[int, int]] = None
+                   ) -> Tuple[Tensor, Optional[Tensor]]:
             k, v, kpm, mask = key, value, key_padding_mask, attn_mask
-            if r is not None:  # group r of the batch: the same slice of key, value and masks
-                k, v = (t.chunk(self.weight_noise.groups, dim)[r] for t in (key, value))
+            if run is not None:  # some groups of the batch: the same slice of key, value and masks
+                k, v = part(key, dim, run), part(value, dim, run)
                 if kpm is not None and kpm.dim() == 2:
-                    kpm = kpm.chunk(self.weight_noise.groups, 0)[r]
+                    kpm = part(kpm, 0, run)
                 if mask is not None and mask.dim() == 3:
-                    mask = mask.chunk(self.weight_noise.groups, 0)[r]
+                    mask = part(mask, 0, run)
             with _parameters_replaced(self, ws):
                 return nn.MultiheadAttention.forward(self, q, k, v, key_padding_mask=kpm, need_weights=need_weights,
                                                      attn_mask=mask, average_attn_weights=average_attn_weights,
@@ -138,9 +157,9 @@ class HardenedMultiheadAttention(_HardenedWeight, nn.MultiheadAttention):
         if noise.groups == 1:
             return attend(query, self.hardened_weights())
         dim = noise.group_dim(query)
-        per_weight = {n: noise.draw_weights(w) for n, w in self._quantized().items()}
-        outs = [attend(qr, {n: ws[r] for n, ws in per_weight.items()}, r)
-                for r, qr in enumerate(query.chunk(noise.groups, dim))]
+        outs = [attend(part(query, dim, (r, n)), ws, (r, n)) for r, n, ws in self._runs()]
+        if len(outs) == 1:
+            return outs[0]
         weights = None if outs[0][1] is None else torch.cat([o[1] for o in outs], 0)
         return torch.cat([o[0] for o in outs], dim), weights
 

@@ -10,13 +10,21 @@ Batch groups: sigma may hold ``R`` values, one per group of the batch (the sweep
 of the batch dimension at the site, which ``fxharden.groups.locate_batch_dims`` finds (it is
 not always dim 0: sequence-first layers put the batch in dim 1). On activations every group
 gets its own draw anyway; on weights (``draw_weights``) each group gets its own perturbed
-copy of the weight, one draw per group. All randomness is drawn by ``_draw``.
+copy of the weight.
+
+Cost: the standard-normal draw dominates (one number per element, several times a plain
+add). ``set_sigma(..., draws=...)`` lets groups that differ only in sigma share one draw
+(common random numbers: per group the noise is still N(0, sigma^2), i.i.d. within the group,
+and neighbouring sigma points see the same draw, so curves are smoother); groups whose sigma
+is 0 draw nothing. Every draw that outlives the call is a new tensor from ``_draw``; only the
+single-sigma path draws into a scratch buffer reused from call to call, consumed at once.
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import List, Optional, Sequence, Union
+import threading
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -27,11 +35,28 @@ __all__ = ["Noise", "SigmaLike", "stream_seed", "GroupDimError"]
 
 SigmaLike = Union[float, Sequence[float], Tensor]
 
+_scratch = threading.local()  # per thread: {(device, dtype): flat buffer} for single-sigma draws
+
 
 def stream_seed(seed: int, site: str) -> int:
     """The seed of site ``site``'s generator under base seed ``seed``: a hash of both, so the
     streams of different sites (and of one site under different base seeds) never coincide."""
     return int(hashlib.sha256(f"{int(seed)}/{site}".encode()).hexdigest()[:15], 16)
+
+
+def _scratch_normal(shape: torch.Size, device: torch.device, dtype: torch.dtype, gen: torch.Generator) -> Tensor:
+    """Standard normals of ``shape`` in a buffer reused from call to call (one per thread,
+    device and dtype, grown to the largest size asked). Valid until the next call: the caller
+    consumes it at once and never returns it or lets autograd keep it."""
+    bufs = getattr(_scratch, "bufs", None)
+    if bufs is None:
+        bufs = _scratch.bufs = {}
+    n, key = shape.numel(), (device, dtype)
+    buf = bufs.get(key)
+    if buf is None or buf.numel() < n:
+        with torch.inference_mode(False):  # a normal tensor: usable in and out of inference mode
+            buf = bufs[key] = torch.empty(n, device=device, dtype=dtype)
+    return buf[:n].view(shape).normal_(generator=gen)
 
 
 class GroupDimError(ValueError):
@@ -66,6 +91,8 @@ class Noise(nn.Module):
         self.site, self.seed, self.kind, self.relative = site, int(seed), kind, bool(relative)
         self.register_buffer("sigma", torch.tensor(0.0))
         self._active = False  # mirror of (sigma != 0).any(), read without a device sync
+        self._host: Tuple[float, ...] = (0.0,)  # mirror of sigma (one value per group), no sync
+        self._draws: Optional[Tuple[int, ...]] = None  # draw index per group (None: one each)
         self._generator: Optional[torch.Generator] = None
         self.batch_dim: Optional[int] = 0
         """Batch dimension of the tensors at this site: 0 for a module used on its own; inside
@@ -86,7 +113,8 @@ class Noise(nn.Module):
         if key in state_dict and state_dict[key].shape != self.sigma.shape:
             self.sigma = torch.empty_like(state_dict[key], device=self.sigma.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self._active = bool((self.sigma != 0).any())
+        self._host = tuple(self.sigma.detach().cpu().flatten().tolist())
+        self._active, self._draws = any(v != 0 for v in self._host), None
 
     @property
     def active(self) -> bool:
@@ -98,15 +126,28 @@ class Noise(nn.Module):
         """Number of batch groups (1 for a scalar sigma)."""
         return self.sigma.numel() if self.sigma.dim() == 1 else 1
 
-    def set_sigma(self, sigma: SigmaLike) -> None:
-        """Set the noise strength: a float, or one float per batch group (see class doc)."""
+    def set_sigma(self, sigma: SigmaLike, draws: Optional[Sequence[int]] = None) -> None:
+        """Set the noise strength: a float, or one float per batch group (see class doc).
+
+        Args:
+            sigma: the noise strength(s), each >= 0.
+            draws: with one sigma per group, one draw index per group: groups with the same
+                index share one standard-normal draw, each scaled by its own sigma (use it
+                for groups that differ only in sigma). ``None``: every group draws its own.
+        """
         if isinstance(sigma, (int, float)) and not isinstance(sigma, bool):
             values = torch.tensor(check_sigma(sigma))
         else:
             values = torch.as_tensor(sigma, dtype=torch.float32).detach().cpu().flatten()
             for v in values.tolist():
                 check_sigma(v)
-        self._active = bool((values != 0).any())
+        if draws is not None:
+            draws = tuple(int(d) for d in draws)
+            if values.dim() != 1 or len(draws) != values.numel():
+                raise ValueError(f"noise site {self.site!r}: draws needs one index per sigma value, got "
+                                 f"{len(draws)} indices for {values.numel()} values")
+        self._host = tuple(values.flatten().tolist())
+        self._active, self._draws = any(v != 0 for v in self._host), draws
         self.sigma = values.to(device=self.sigma.device, dtype=torch.float32)
 
     def reseed(self, seed: int) -> None:
@@ -123,8 +164,12 @@ class Noise(nn.Module):
         return gen
 
     def _draw(self, shape: Sequence[int], device: torch.device, dtype: torch.dtype) -> Tensor:
-        """Standard normal numbers: the one place that consumes this site's random stream."""
+        """Standard normals in a new tensor, from this site's stream."""
         return torch.randn(tuple(shape), generator=self._gen(device), device=device, dtype=dtype)
+
+    def _group_draws(self) -> Tuple[int, ...]:
+        """The draw index of every group: the shared indices, or one index per group."""
+        return self._draws if self._draws is not None else tuple(range(len(self._host)))
 
     # ------------------------------------------------------------------ batch groups
 
@@ -158,34 +203,68 @@ class Noise(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.observe(x) or not self._active or not isinstance(x, Tensor) or not x.is_floating_point():
             return x
-        sigma = self.sigma
-        if self.groups > 1:
-            dim = self.group_dim(x)
-            per_group = x.shape[dim] // self.groups
-            shape = [1] * x.dim()
-            shape[dim] = -1
-            sigma = sigma.repeat_interleave(per_group).view(shape)
         x32 = x if x.dtype in (torch.float32, torch.float64) else x.float()
-        eps = self._draw(x32.shape, x32.device, x32.dtype)
-        return self._inject(x32, eps, sigma.reshape(sigma.shape if self.groups > 1 else ()))
+        if self.groups > 1:
+            return self._grouped(x32, self.group_dim(x32), fresh=x32 is not x)
+        eps = _scratch_normal(x32.shape, x32.device, x32.dtype, self._gen(x32.device))
+        return self._inject(x32, eps, self._host[0])  # saves nothing for backward: eps is free again
+
+    def _grouped(self, x: Tensor, dim: int, fresh: bool) -> Tensor:
+        """Noise on ``x`` whose dim ``dim`` holds the groups: group ``r`` gets ``sigma[r]``;
+        groups with sigma 0 draw nothing, groups with the same draw index share their draw.
+        Without autograd the groups are written into one output (``x`` itself when ``fresh``:
+        an upcast copy that nobody else holds)."""
+        per = x.shape[dim] // self.groups
+        grad = torch.is_grad_enabled() and x.requires_grad
+        out = None if grad else (x if fresh else torch.empty_like(x))
+        eps: Dict[int, Tensor] = {}
+        parts: List[Tensor] = []
+        for r, (s, d) in enumerate(zip(self._host, self._group_draws())):
+            xr = x.narrow(dim, r * per, per)
+            o = None if out is None else out.narrow(dim, r * per, per)
+            if s == 0:
+                if o is None:
+                    parts.append(xr)
+                elif out is not x:
+                    o.copy_(xr)
+                continue
+            if d not in eps:
+                eps[d] = self._draw(xr.shape, x.device, x.dtype)
+            part = self._inject(xr, self._own(eps[d]), s, out=o)
+            if o is None:
+                parts.append(part)
+        return torch.cat(parts, dim) if grad else out
 
     def draw_weights(self, w: Tensor) -> List[Tensor]:
-        """One perturbed copy of weight ``w`` per batch group (``[w]`` ... for sigma 0)."""
-        sig = self.sigma.tolist() if self.groups > 1 else [float(self.sigma)]
+        """One perturbed copy of weight ``w`` per batch group: ``w`` itself where sigma is 0;
+        groups with the same draw index share one standard-normal draw, each scaled by its
+        own sigma, and groups with the same draw index and sigma get the very same tensor
+        (so a layer can run them in one call)."""
+        eps: Dict[int, Tensor] = {}
+        made: Dict[Tuple[float, int], Tensor] = {}
         out = []
-        for s in sig:
+        for s, d in zip(self._host, self._group_draws()):
             if s == 0:
                 out.append(w)
-            else:
-                out.append(self._inject(w, self._draw(w.shape, w.device, w.dtype), self.sigma.new_tensor(s)))
+                continue
+            if (s, d) not in made:
+                if d not in eps:
+                    eps[d] = self._draw(w.shape, w.device, w.dtype)
+                made[(s, d)] = self._inject(w, self._own(eps[d]), s)
+            out.append(made[(s, d)])
         return out
 
-    def _inject(self, x: Tensor, eps: Tensor, sigma: Tensor) -> Tensor:
-        sigma = sigma.to(device=x.device, dtype=x.dtype)
+    def _own(self, eps: Tensor) -> Tensor:
+        """``eps`` as ``_inject`` may consume it: a copy where it would be changed in place."""
+        return eps.clone() if self.relative or self.kind is not WeightNoiseKind.ADDITIVE else eps
+
+    def _inject(self, x: Tensor, eps: Tensor, sigma: float, out: Optional[Tensor] = None) -> Tensor:
+        """``x`` with noise of strength ``sigma`` from the standard normals ``eps`` (which may
+        be changed in place), written into ``out`` if given (no autograd then)."""
         if self.kind is WeightNoiseKind.ADDITIVE:
             if self.relative:
-                sigma = sigma * x.detach().abs().amax()
-            return torch.addcmul(x, eps, sigma)
+                eps = eps.mul_(x.detach().abs().amax())
+            return torch.add(x, eps, alpha=sigma, out=out) if out is not None else torch.add(x, eps, alpha=sigma)
         # multiplicative drift, forward only: x * exp(l) = x + x * (exp(l) - 1)
         drift = eps.mul_(sigma).exp_().sub_(1).mul_(x.detach())
-        return x + drift
+        return torch.add(x, drift, out=out) if out is not None else x + drift

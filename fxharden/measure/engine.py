@@ -121,15 +121,23 @@ class Engine:
         self.store, self.done = store, store.load()
 
     def _set_sigmas(self, n: int, items: Sequence[Item]) -> None:
+        # with shared noise, groups of one repeat share a draw at every site (their sigmas differ)
+        draws = [r for _, _, r in items] if self.cfg.shared_noise else None
         for site, mod in self.mods[n].items():
             if self.cfg.mode is SweepMode.GLOBAL:
                 vec = [g if site in self.sites else 0.0 for _, g, _ in items]
             else:
                 vec = [g if s == site else 0.0 for s, g, _ in items]
-            mod.set_sigma(vec[0] if len(set(vec)) == 1 else vec)
-        for mod, strength in self.weight_mods[n]:  # one weight draw per item (group), none at sigma 0
+            if len(set(vec)) == 1:
+                mod.set_sigma(vec[0])
+            else:
+                mod.set_sigma(vec, draws)
+        for mod, strength in self.weight_mods[n]:  # one weight draw per item (per repeat if shared), none at sigma 0
             vec = [strength if g > 0 or self.cfg.weight_noise_at_zero else 0.0 for _, g, _ in items]
-            mod.set_sigma(vec if len(vec) > 1 else vec[0])
+            if len(vec) == 1:
+                mod.set_sigma(vec[0])
+            else:
+                mod.set_sigma(vec, draws)
 
     def warm_up(self) -> int:
         """One clean forward of the first batch per network (a statistics-based quantizer that

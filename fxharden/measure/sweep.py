@@ -8,7 +8,9 @@ How it is fast:
 
 * points are batched: each data batch is replicated ``R`` times and group ``r`` of the
   replicated batch gets its own sigma (``set_noise`` with one value per group), so one
-  forward pass measures ``R`` (site, sigma, repeat) items;
+  forward pass measures ``R`` (site, sigma, repeat) items; items of one repeat share their
+  standard-normal draw at every site (``SweepConfig.shared_noise``), and a site draws
+  nothing for the items whose sigma there is 0 (per-layer mode);
 * no host sync per batch: correct counts accumulate on the device and are read once per
   chunk of items; the data are normalised and moved to the device once;
 * adaptive grid: a coarse log-spaced pass in ascending sigma that stops raising sigma once

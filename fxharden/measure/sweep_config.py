@@ -38,6 +38,13 @@ class SweepConfig:
     """Data images per batch (one forward pass holds ``points_per_forward`` replicas of it)."""
     points_per_forward: Optional[int] = None
     """Items (site, sigma, repeat) per forward pass; ``None``: ``FORWARD_IMAGES // batch_size``."""
+    shared_noise: bool = True
+    """Common random numbers: within one forward pass, the (sigma, repeat) items that differ
+    only in sigma share one standard-normal draw per noise site, each scaled by its own sigma
+    (per point the noise is still i.i.d. N(0, sigma^2); different repeats stay independent).
+    Cheaper, and neighbouring sigma points are compared on the same draw. Weight noise
+    likewise: within a forward pass, one weight draw per repeat, used by every sigma point of
+    that repeat (adjacent items with one weight run as one call). ``False``: every item draws its own noise."""
     seed: int = 0
     device: Optional[str] = None
     """``"cpu"``, ``"cuda"``, ``"cuda:1"``; ``None``/``"auto"``: CUDA when available."""

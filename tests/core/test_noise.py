@@ -8,7 +8,7 @@ from torch import nn
 
 import fxharden
 from fxharden.core.config import WeightNoiseConfig, WeightNoiseKind
-from fxharden.core.noise import Noise
+from fxharden.core.noise import Noise, stream_seed
 
 
 def test_additive_noise_statistics_match_sigma():
@@ -236,3 +236,88 @@ def test_layer_left_alone_gets_no_weight_noise():
     fxharden.set_weight_noise(hm, 0.0)
     with torch.no_grad():
         assert torch.equal(hm(x), model(x))  # ...and with it off, everything is eager
+
+
+# ---------------------------------------------------------------- shared draws, sparse groups
+
+
+def _ks_normal(z: torch.Tensor) -> float:
+    """Kolmogorov-Smirnov distance of the sample ``z`` from N(0, 1)."""
+    z = z.double().flatten().sort().values
+    n = z.numel()
+    cdf = 0.5 * (1 + torch.erf(z / math.sqrt(2)))
+    i = torch.arange(1, n + 1, dtype=torch.float64)
+    return float(torch.maximum(i / n - cdf, cdf - (i - 1) / n).max())
+
+
+def test_shared_draws_keep_each_group_iid_normal_and_repeats_independent():
+    sigmas, draws, n = [0.5, 1.0, 2.0, 0.5, 1.0, 2.0], [0, 0, 0, 1, 1, 1], 100_000
+    mod = Noise("x", seed=5)
+    mod.set_sigma(sigmas, draws)
+    x = torch.full((6 * n,), 3.0)
+    z = ((mod(x) - x).view(6, n) / torch.tensor(sigmas)[:, None]).double()
+    ks_bound = 1.95 / math.sqrt(n)  # KS critical value, p = 0.001
+    for r in range(6):
+        assert abs(float(z[r].mean())) < 5 / math.sqrt(n)
+        assert abs(float(z[r].var()) - 1) < 5 * math.sqrt(2 / n)
+        assert _ks_normal(z[r]) < ks_bound
+        lag1 = float((z[r][1:] * z[r][:-1]).mean())  # i.i.d. within the group
+        assert abs(lag1) < 5 / math.sqrt(n)
+    # groups of one draw index carry the same standard normals, scaled by their own sigma
+    torch.testing.assert_close(z[1], z[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(z[5], z[3], rtol=1e-5, atol=1e-5)
+    # different draw indices (repeats) are independent: correlation within sampling error
+    assert abs(float((z[0] * z[3]).mean())) < 5 / math.sqrt(n)
+
+
+def test_without_draws_every_group_draws_its_own():
+    mod = Noise("x", seed=2)
+    mod.set_sigma([1.0, 2.0])
+    z = mod(torch.zeros(2 * 50_000)).view(2, -1) / torch.tensor([[1.0], [2.0]])
+    assert abs(float((z[0] * z[1]).mean())) < 5 / math.sqrt(50_000)
+
+
+def test_draws_must_match_the_groups():
+    with pytest.raises(ValueError, match="one index per sigma value"):
+        Noise("x").set_sigma([0.1, 0.2], [0, 0, 1])
+
+
+def test_sparse_groups_match_the_dense_reference():
+    """Groups with sigma 0 are passed through and draw nothing; the others get exactly the
+    noise of an eager computation drawing one standard normal tensor per active group."""
+    sigmas = [0.0, 0.3, 0.0, 0.0, 1.5]
+    mod = Noise("x", seed=11)
+    mod.set_sigma(sigmas)
+    x = torch.randn(5 * 4, 3, 7)
+    got = mod(x).view(5, 4, 3, 7)
+    gen = torch.Generator().manual_seed(stream_seed(11, "x"))
+    xs = x.view(5, 4, 3, 7)
+    for r, s in enumerate(sigmas):
+        want = xs[r] + s * torch.randn((4, 3, 7), generator=gen) if s else xs[r]
+        torch.testing.assert_close(got[r], want)
+
+
+def test_grouped_noise_with_gradient_matches_no_grad_and_passes_gradient():
+    for kind in (WeightNoiseKind.ADDITIVE, WeightNoiseKind.LOGNORMAL):
+        mod = Noise("x", seed=4, kind=kind)
+        mod.set_sigma([0.2, 0.0, 0.4], [0, 1, 0])
+        x = (torch.rand(6, 5) + 0.5).requires_grad_()
+        y = mod(x)
+        mod.reseed(4)
+        with torch.no_grad():
+            torch.testing.assert_close(y.detach(), mod(x))
+        g = torch.randn(6, 5)
+        y.backward(g)
+        torch.testing.assert_close(x.grad, g)
+
+
+def test_single_sigma_outputs_do_not_alias_the_reused_buffer():
+    mod = Noise("x", seed=3)
+    mod.set_sigma(1.0)
+    x = torch.zeros(1000)
+    with torch.inference_mode():
+        a = mod(x)
+    first = a.clone()
+    b = mod(torch.zeros(1000, requires_grad=True))  # outside inference mode, same buffer
+    b.sum().backward()
+    assert torch.equal(a, first) and not torch.equal(a, b.detach())

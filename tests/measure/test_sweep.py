@@ -242,3 +242,21 @@ def test_real_cifar10_lenet5_quick_sweep():
     r = sweep(model, data, sigmas=[0.1, 1.0], repeats=1, max_images=500)
     x, y = next(data.subset(500).batches(500))
     assert r.num_images == 500 and r.clean_accuracy == eager_accuracy(model, x, y, 256)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_items_of_one_repeat_share_their_draw_only_when_shared(monkeypatch, shared):
+    seen = []
+    real = Noise.set_sigma
+
+    def spy(self, sigma, draws=None):
+        if self.site == "conv1":
+            seen.append((sigma, draws))
+        return real(self, sigma, draws)
+
+    monkeypatch.setattr(Noise, "set_sigma", spy)
+    data = synthetic_dataset(8, seed=0)
+    sweep(fxharden.harden(LeNet5()), data, sigmas=[0.1, 0.2], repeats=2, batch_size=8, points_per_forward=4,
+          shared_noise=shared)
+    chunk = [s for s in seen if isinstance(s[0], list)]
+    assert chunk == [([0.1, 0.1, 0.2, 0.2], [0, 1, 0, 1] if shared else None)]
