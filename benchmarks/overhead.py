@@ -115,7 +115,7 @@ def timed(fn, sync) -> float:
     return time.perf_counter() - t
 
 
-def compare(variants: dict, x: torch.Tensor, reps: int, train: bool, sync) -> dict:
+def compare(variants: dict, x: torch.Tensor, reps: int, train: bool, sync, warmup: int = 3) -> dict:
     times = {k: [] for k in variants}
     for m in variants.values():
         m.train(train)
@@ -133,7 +133,7 @@ def compare(variants: dict, x: torch.Tensor, reps: int, train: bool, sync) -> di
                 m(x).float().logsumexp(1).mean().backward()
                 opt.step()
         opt_steps[k] = step
-    for _ in range(3):
+    for _ in range(warmup):
         for step in opt_steps.values():
             step()
     for _ in range(reps):

@@ -8,6 +8,8 @@
     one plain fp32 forward (the unhardened model) over the same images at the same batch
     size; LeNet-5 and ResNet-18 (32x32), 8-bit + noise, global and per-layer mode, with
     shared (common random numbers across σ) and with independent draws. Interleaved.
+(d) Spread of μ over independent sweeps (--mu-spread N): N seeds with shared draws and N
+    with independent draws on the trained LeNet-5, interleaved; std of μ and mean wall time.
 (b) Wall time to μ: the adaptive, batched ``fxharden.sweep`` (5 repeats) versus a plain loop
     over a fixed 20-point grid (one point at a time, ``.item()`` per batch, then the same fit),
     for LeNet-5 (and ResNet-18 with --resnet18), briefly trained first so that μ exists.
@@ -45,11 +47,11 @@ def datasets(root, images: int):
         return "synthetic", full.subset(torch.arange(5000)), full.subset(torch.arange(5000, 5000 + images))
 
 
-def trained(name: str, train_set, epochs: int, device: str):
+def trained(name: str, train_set, epochs: int, device: str, max_steps=None):
     torch.manual_seed(0)
     hm = fxharden.harden(build_model(name), bits=8, scale=1.0 if name == "lenet5" else None)
     lr = {"lenet5": 1e-3, "resnet18": 1e-2}.get(name, 1e-3)
-    cfg = TrainConfig(epochs=epochs, batch_size=128, lr=lr, device=device, eval_each_epoch=False)
+    cfg = TrainConfig(epochs=epochs, batch_size=128, lr=lr, device=device, eval_each_epoch=False, max_steps=max_steps)
     return train(hm, train_set, config=cfg).model.eval()
 
 
@@ -145,6 +147,22 @@ def cost_per_point(name: str, data, batch: int, device: torch.device, reps: int)
         print(f"    {k:24s} {statistics.median(v) * 1e3:9.1f} ms   {statistics.median(v) / base:5.2f}x plain")
 
 
+def mu_spread(hm, data, batch: int, device: torch.device, seeds: int) -> None:
+    """(d): μ of ``seeds`` independent sweeps, with shared and with independent draws."""
+    got = {True: ([], []), False: ([], [])}
+    for seed in range(seeds):
+        for shared in (True, False):
+            t = time.perf_counter()
+            r = sweep(hm, data, repeats=5, batch_size=batch, device=str(device), seed=seed, **_shared_kw(shared))
+            got[shared][0].append(r.fit.mu)
+            got[shared][1].append(time.perf_counter() - t)
+    print(f"(d) spread of μ over {seeds} seeds, LeNet-5, {len(data)} images, 5 repeats, adaptive sweep:")
+    for shared, (mus, secs) in got.items():
+        print(f"    {'shared draws     ' if shared else 'independent draws'}  μ mean {np.mean(mus):.4g}  "
+              f"std {np.std(mus, ddof=1):.3g}  ({', '.join(f'{m:.4g}' for m in mus)})  "
+              f"mean wall {np.mean(secs):.1f} s")
+
+
 def plain_fixed_grid(hm, data, batch: int, device: torch.device, repeats: int):
     """What one writes by hand: 20 points, one at a time, a host sync per batch."""
     grid = np.geomspace(1e-3, 10, 20)
@@ -190,8 +208,10 @@ def main() -> None:
     parser.add_argument("--data", default=None, help="CIFAR-10 folder (default: $FXHARDEN_DATA)")
     parser.add_argument("--resnet18", action="store_true", help="also time ResNet-18")
     parser.add_argument("--resnet18-images", type=int, default=None, help="test images for ResNet-18 in (b)")
+    parser.add_argument("--resnet18-steps", type=int, default=None, help="cap ResNet-18's training steps")
     parser.add_argument("--cost-images", type=int, default=512, help="images for (c)")
     parser.add_argument("--cost-only", action="store_true", help="only (c), on LeNet-5 and ResNet-18")
+    parser.add_argument("--mu-spread", type=int, default=0, help="(d) with this many seeds (LeNet-5 only)")
     args = parser.parse_args()
     device = torch.device(args.device)
     kind, train_set, test_set = datasets(args.data or os.environ.get("FXHARDEN_DATA"), max(args.images, args.cost_images))
@@ -204,7 +224,10 @@ def main() -> None:
     test_full = test_set
     test_set = test_full.subset(min(args.images, len(test_full)))
     for name in ["lenet5"] + (["resnet18"] if args.resnet18 else []):
-        hm = trained(name, train_set, args.epochs, str(device))
+        hm = trained(name, train_set, args.epochs, str(device), args.resnet18_steps if name == "resnet18" else None)
+        if name == "lenet5" and args.mu_spread:
+            mu_spread(hm, test_set, args.batch, device, args.mu_spread)
+            continue
         if name == "lenet5":
             throughput(hm, test_set, args.batch, device, args.reps)
         n = args.resnet18_images if name == "resnet18" and args.resnet18_images else len(test_set)

@@ -1,0 +1,185 @@
+"""One-go device check: overhead ratios, sweep cost, a short bf16 noisy-QAT run of ResNet-18,
+and the statistics of injected noise under autocast, printed as one table.
+
+Sizes: ``--device cuda`` (default when a GPU is present) runs the full sizes in a few minutes;
+``--device cpu`` runs tiny sizes end to end (the CI test), so the script is known to work
+before a GPU is lent. Real CIFAR-10 through $FXHARDEN_DATA when present, else generated images.
+
+Run:  bash benchmarks/gpu_check.sh [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from typing import List
+
+import torch
+import torchvision
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import overhead  # noqa: E402  (sibling benchmark script)
+
+import fxharden  # noqa: E402
+from fxharden.core.noise import Noise  # noqa: E402
+from fxharden.measure.sweep import sweep  # noqa: E402
+from fxharden.training.train import Precision, TrainConfig, train  # noqa: E402
+from fxharden.zoo.data import DataNotFoundError, load_cifar10, synthetic_dataset  # noqa: E402
+from fxharden.zoo.networks import LeNet5  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Problem sizes of one run (full on a GPU, tiny on the CPU)."""
+
+    lenet_batch: int
+    resnet_batch: int
+    reps: int
+    sweep_images: int
+    sweep_batch: int
+    train_images: int
+    train_steps: int
+    noise_elements: int
+    warmup: int
+    image: int
+    """Side of the (square) ResNet-18 input in the overhead rows (LeNet-5 needs 32)."""
+
+
+FULL = Sizes(lenet_batch=1024, resnet_batch=256, reps=20, sweep_images=4096, sweep_batch=512, train_images=20_000,
+             train_steps=300, noise_elements=10_000_000, warmup=3, image=32)
+TINY = Sizes(lenet_batch=32, resnet_batch=2, reps=1, sweep_images=16, sweep_batch=8, train_images=16,
+             train_steps=1, noise_elements=100_000, warmup=1, image=16)
+
+
+class Table:
+    def __init__(self) -> None:
+        self.rows: List[tuple] = []
+
+    def add(self, section: str, what: str, value: str, note: str = "") -> None:
+        self.rows.append((section, what, value, note))
+        print(f"  {section:9s} {what:44s} {value:>14s}  {note}", flush=True)
+
+    def print(self) -> None:
+        widths = [max(len(r[i]) for r in self.rows) for i in range(4)]
+        print("\n| " + " | ".join(h.ljust(w) for h, w in zip(("section", "check", "value", "note"), widths)) + " |")
+        print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+        for r in self.rows:
+            print("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |")
+
+
+def overhead_rows(table: Table, sizes: Sizes, device: torch.device, sync) -> None:
+    for name, build, batch in (("lenet5", LeNet5, sizes.lenet_batch),
+                               ("resnet18", lambda: torchvision.models.resnet18(num_classes=10), sizes.resnet_batch)):
+        torch.manual_seed(0)
+        model = build().to(device)
+        side = 32 if name == "lenet5" else sizes.image
+        x = torch.randn(batch, 3, side, side, device=device)
+        variants = {"plain": model, "noise": fxharden.harden(model, bits=None, sigma=0.1),
+                    "q8+noise": fxharden.harden(model, bits=8, scale=1.0, sigma=0.1), "naive": overhead.naive(model, 0.1)}
+        bm, why = overhead.brevitas_model(name, 0.1, model)
+        if bm is not None:
+            variants["brevitas"] = bm.to(device)
+        for train_step in (False, True):
+            res = overhead.compare(variants, x, sizes.reps, train_step, sync, sizes.warmup)
+            step = "train" if train_step else "eval"
+            cells = ", ".join(f"{k} {r:.2f}x" for k, (r, _) in res.items() if k != "plain")
+            table.add("overhead", f"{name} {side}px b{batch} {step} (plain {res['plain'][1] * 1e3:.2f} ms)",
+                      f"{res['q8+noise'][0]:.2f}x", cells + ("" if bm is not None else f"; no brevitas: {why}"))
+
+
+def sweep_rows(table: Table, sizes: Sizes, device: torch.device, data, sync) -> None:
+    for name, build in (("lenet5", LeNet5), ("resnet18", lambda: torchvision.models.resnet18(num_classes=10))):
+        torch.manual_seed(0)
+        plain = build().to(device).eval()
+        hm = fxharden.harden(plain, bits=8, scale=1.0 if name == "lenet5" else None)
+        xs = [x for x, _ in data.batches(sizes.sweep_batch, device=device)]
+        sites = fxharden.noise_sites(hm)
+
+        def plain_pass() -> float:
+            sync()
+            t = time.perf_counter()
+            with torch.inference_mode():
+                for x in xs:
+                    plain(x)
+            sync()
+            return time.perf_counter() - t
+
+        plain_pass()
+        base = statistics.median(plain_pass() for _ in range(max(3, sizes.reps // 4)))
+        for mode, kw in (("global", {}), ("per-layer", {"mode": "per_layer", "sites": tuple(sites[::max(1, len(sites) // 4)][:4])})):
+            r = sweep(hm, data, sigmas=[0.02, 0.05, 0.1, 0.2], repeats=2, batch_size=sizes.sweep_batch,
+                      device=str(device), **kw)
+            per_point = r.timing["eval_seconds"] / r.timing["points_measured"]
+            table.add("sweep", f"{name} {mode}: time per (sigma, repeat) point", f"{per_point / base:.2f}x plain",
+                      f"{r.timing['images_per_second']:,.0f} images/s, {len(data)} images, target <= "
+                      f"{'1.5' if mode == 'global' else '2'}x")
+
+
+def train_rows(table: Table, sizes: Sizes, device: torch.device, train_set) -> None:
+    torch.manual_seed(0)
+    hm = fxharden.harden(torchvision.models.resnet18(num_classes=10), bits=8, scale=None)
+    cfg = TrainConfig(epochs=1, batch_size=min(128, sizes.train_images // 2), lr=1e-3, device=str(device),
+                      precision=Precision.BF16, train_sigma=0.05, max_steps=sizes.train_steps,
+                      eval_each_epoch=False)
+    t = time.perf_counter()
+    res = train(hm, train_set, config=cfg)
+    seconds = time.perf_counter() - t
+    log = res.history[-1]
+    ok = math.isfinite(log.loss)
+    table.add("train", "resnet18 8-bit noisy QAT, bf16 autocast", f"{res.steps / seconds:.1f} steps/s",
+              f"{res.steps} steps of {cfg.batch_size}, loss {log.loss:.3f}, train acc {log.train_accuracy:.3f}, "
+              f"{'finite' if ok else 'NOT FINITE'}")
+
+
+def noise_rows(table: Table, sizes: Sizes, device: torch.device) -> None:
+    """Noise injected into bf16 activations under autocast: the realised noise ``out - x``
+    (in float64) against N(0, sigma^2), on small and on large activations."""
+    n = sizes.noise_elements
+    for level, sigma in ((1.0, 0.1), (100.0, 0.1)):
+        mod = Noise("check", seed=1)
+        mod.set_sigma(sigma)
+        x = torch.full((n,), level, device=device, dtype=torch.bfloat16)
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            out = mod(x)
+        d = (out.double() - x.double()) / sigma
+        mean, var = float(d.mean()), float(d.var())
+        kurt = float(((d - mean) ** 4).mean()) / var ** 2 if var > 0 else float("nan")
+        table.add("noise", f"bf16 x={level:g}, sigma={sigma}: std/sigma, kurtosis", f"{math.sqrt(var):.4f}",
+                  f"mean {mean:+.4f}, kurtosis {kurt:.3f} (N(0,1): 1, 3), output dtype {out.dtype}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--data", default=None, help="CIFAR-10 folder (default: $FXHARDEN_DATA)")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    sizes = FULL if device.type == "cuda" else TINY
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    try:
+        root = args.data or os.environ.get("FXHARDEN_DATA")
+        train_set, test_set, kind = load_cifar10("train", root), load_cifar10("test", root), "CIFAR-10"
+    except DataNotFoundError:
+        full = synthetic_dataset(sizes.train_images + sizes.sweep_images, seed=1)
+        train_set, test_set, kind = full, full, "synthetic"
+    train_set = train_set.subset(min(sizes.train_images, len(train_set)))
+    test_set = test_set.subset(min(sizes.sweep_images, len(test_set)))
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{os.cpu_count()} CPUs"
+    print(f"fxharden device check: torch {torch.__version__}, {device} ({gpu}), data {kind}, "
+          f"load average {os.getloadavg()[0]:.1f}", flush=True)
+    table, t0 = Table(), time.perf_counter()
+    noise_rows(table, sizes, device)
+    overhead_rows(table, sizes, device, sync)
+    sweep_rows(table, sizes, device, test_set, sync)
+    train_rows(table, sizes, device, train_set)
+    table.add("total", "wall time", f"{time.perf_counter() - t0:.0f} s")
+    table.print()
+
+
+if __name__ == "__main__":
+    main()
