@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
 import time
 
@@ -143,16 +144,46 @@ def compare(variants: dict, x: torch.Tensor, reps: int, train: bool, sync, warmu
     return {k: (statistics.median(v) / base, statistics.median(v)) for k, v in times.items()}
 
 
+def generators(device: torch.device, n: int, reps: int, sync) -> None:
+    """ns per element of torch's standard-normal generator against the parts of a
+    table-based inverse-CDF sampler (random integers, then a table gather): the faster
+    sampler is only worth adding if those parts together beat ``normal_``."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    buf = torch.empty(n, device=device)
+    table = torch.special.ndtri((torch.arange(1 << 16, device=device, dtype=torch.float64) + 0.5) / (1 << 16)).float()
+    idx = torch.randint(0, 1 << 16, (n,), device=device, generator=gen)
+    x = torch.randn(n, device=device)
+    runs = {
+        "normal_ (torch)": lambda: buf.normal_(generator=gen),
+        "uniform_": lambda: buf.uniform_(generator=gen),
+        "random_ int64 indices": lambda: idx.random_(0, 1 << 16, generator=gen),
+        "table gather": lambda: torch.index_select(table, 0, idx, out=buf),
+        "add (one memory pass)": lambda: torch.add(x, buf, alpha=0.1),
+    }
+    got = {k: [] for k in runs}
+    for _ in range(reps):
+        for k, f in runs.items():
+            got[k].append(timed(f, sync) / n * 1e9)
+    print(f"noise generation on {device}, {n:,} elements, median of {reps}, ns per element:")
+    for k, v in got.items():
+        print(f"    {k:24s} {statistics.median(v):6.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--reps", type=int, default=30)
+    parser.add_argument("--generators", action="store_true", help="only time noise generation")
     parser.add_argument("--models", default="lenet5,resnet18", help="comma-separated: lenet5, resnet18")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply the batch sizes (256, 64) by this")
     args = parser.parse_args()
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}")
+    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    if args.generators:
+        generators(device, 1 << 22, args.reps, sync)
+        return
     nets = {"lenet5": (LeNet5, 256), "resnet18": (lambda: torchvision.models.resnet18(num_classes=10), 64)}
     for name in args.models.split(","):
         build, batch = nets[name]

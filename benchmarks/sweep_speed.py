@@ -211,6 +211,7 @@ def main() -> None:
     parser.add_argument("--resnet18-steps", type=int, default=None, help="cap ResNet-18's training steps")
     parser.add_argument("--cost-images", type=int, default=512, help="images for (c)")
     parser.add_argument("--cost-only", action="store_true", help="only (c), on LeNet-5 and ResNet-18")
+    parser.add_argument("--skip-throughput", action="store_true", help="skip (a)")
     parser.add_argument("--mu-spread", type=int, default=0, help="(d) with this many seeds (LeNet-5 only)")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -228,7 +229,7 @@ def main() -> None:
         if name == "lenet5" and args.mu_spread:
             mu_spread(hm, test_set, args.batch, device, args.mu_spread)
             continue
-        if name == "lenet5":
+        if name == "lenet5" and not args.skip_throughput:
             throughput(hm, test_set, args.batch, device, args.reps)
         n = args.resnet18_images if name == "resnet18" and args.resnet18_images else len(test_set)
         time_to_mu(name, hm, test_full.subset(min(n, len(test_full))), args.batch, device)
