@@ -71,8 +71,12 @@ def locate_batch_dims(model: nn.Module, args: tuple, kwargs: Optional[Dict[str, 
         raise ValueError("per-group sigma needs a batched tensor input (batch in dim 0)")
     mods = [m for m in model.modules() if isinstance(m, Noise)]
     seen: Dict[Noise, List[List[tuple]]] = {m: [] for m in mods}
-    names = [n for n, b in model.named_buffers()]
-    saved = {k: v.clone() for k, v in model.state_dict().items() if k in set(names)}
+    # buffers a forward may change (statistics, calibration); noise settings are left alone, so
+    # a per-group setting (sigmas and their shared draws, ``Noise.set_sigma``) survives locating
+    noise_bufs = {f"{n}.{b}" if n else b for n, m in model.named_modules() if isinstance(m, Noise)
+                  for b, _ in m.named_buffers(recurse=False)}
+    names = {n for n, _ in model.named_buffers()} - noise_bufs
+    saved = {k: v.clone() for k, v in model.state_dict().items() if k in names}
     was_training = model.training
     devices = [first.device] if first.device.type == "cuda" else []
     try:

@@ -113,8 +113,9 @@ class Noise(nn.Module):
         if key in state_dict and state_dict[key].shape != self.sigma.shape:
             self.sigma = torch.empty_like(state_dict[key], device=self.sigma.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self._host = tuple(self.sigma.detach().cpu().flatten().tolist())
-        self._active, self._draws = any(v != 0 for v in self._host), None
+        if key in state_dict:  # a new sigma: the mirrors follow it, shared draws end
+            self._host = tuple(self.sigma.detach().cpu().flatten().tolist())
+            self._active, self._draws = any(v != 0 for v in self._host), None
 
     @property
     def active(self) -> bool:

@@ -8,6 +8,7 @@ from torch import nn
 
 import fxharden
 from fxharden.core.config import WeightNoiseConfig, WeightNoiseKind
+from fxharden.core.groups import ensure_batch_dims
 from fxharden.core.noise import Noise, stream_seed
 
 
@@ -341,3 +342,52 @@ def test_single_sigma_noise_is_standard_normal_at_ten_million_samples():
     tail = int((z.abs() > 4).sum())
     assert abs(tail - n * p4) < 5 * math.sqrt(n * p4)
     assert abs(float((a * b).mean())) < 5 / math.sqrt(half)
+
+
+def test_shared_sparse_groups_along_a_later_batch_dim_in_float32():
+    """Batch in dim 1 (sequence-first), bf16 input: group r is the r-th slice of dim 1, noise
+    is added in float32, sigma-0 groups draw nothing and groups of one draw index share it."""
+    sigmas, draws = [0.5, 0.0, 2.0, 0.5], [0, 0, 0, 1]
+    mod = Noise("x", seed=7)
+    mod.batch_dim = 1
+    mod.set_sigma(sigmas, draws)
+    x = torch.randn(3, 8, 5).to(torch.bfloat16)
+    gen = torch.Generator().manual_seed(stream_seed(7, "x"))
+    eps = [torch.randn((3, 2, 5), generator=gen) for _ in range(2)]  # draw 0 (group 0), draw 1 (group 3)
+    want = torch.cat([x[:, 2 * r:2 * r + 2].float() + s * eps[d] for r, (s, d) in enumerate(zip(sigmas, draws))], 1)
+    for grad in (False, True):
+        mod.reseed(7)
+        xin = x.clone().requires_grad_(grad)
+        got = mod(xin)
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got.detach(), want)
+        if grad:
+            got.backward(torch.ones_like(got))
+            torch.testing.assert_close(xin.grad, torch.ones_like(x))
+    assert torch.equal(got.detach()[:, 2:4], x[:, 2:4].float())  # the sigma-0 group passed through
+
+
+def test_weight_draws_follow_the_draw_indices_and_shared_weights_run_once(monkeypatch):
+    """Per group the layer uses w + sigma_r * eps_d (eps_d: the d-th draw of the site's stream),
+    exactly; groups with one draw index and one sigma share the weight, adjacent ones in one call."""
+    cfg = fxharden.HardenConfig(quant=None, weight_noise=WeightNoiseConfig(kind=WeightNoiseKind.ADDITIVE, sigma=0.1))
+    model = nn.Sequential(nn.Linear(6, 3)).eval()
+    hm = fxharden.harden(model, config=cfg).eval()
+    layer = hm.get_submodule("0")
+    sigmas, draws = [0.1, 0.1, 0.3, 0.0, 0.0, 0.1], [0, 0, 0, 1, 1, 1]
+    layer.weight_noise.set_sigma(sigmas, draws)
+    x = torch.randn(12, 6)
+    ensure_batch_dims(hm, (x,), {})  # what the first forward does; here before linear is counted
+    fxharden.seed_noise(hm, 4)
+    calls = []
+    real = nn.functional.linear
+    monkeypatch.setattr(nn.functional, "linear", lambda a, w, b=None: calls.append(a.shape[0]) or real(a, w, b))
+    with torch.no_grad():
+        got = hm(x)
+    gen = torch.Generator().manual_seed(stream_seed(4, layer.weight_noise.site))
+    w = model[0].weight.detach()
+    eps = [torch.randn(w.shape, generator=gen) for _ in range(2)]  # draw 0 (group 0), draw 1 (group 5)
+    want = torch.cat([real(x[2 * r:2 * r + 2], w + s * eps[d], model[0].bias)
+                      for r, (s, d) in enumerate(zip(sigmas, draws))])
+    torch.testing.assert_close(got, want)
+    assert calls == [4, 2, 4, 2]  # groups (0, 1), 2, (3, 4) and 5

@@ -56,3 +56,25 @@ def test_sweep_repeats_get_independent_weight_noise_whatever_the_batching():
     asked = sweep(hm, (x, y), sigmas=[0.0, 1e-6], repeats=2, batch_size=64, weight_noise_at_zero=True)
     assert asked.clean_accuracy < 1.0 and np.all(asked.points[0].accuracy < 1.0)
     assert all(float(m.sigma) == pytest.approx(0.05) for m in weight_noise_modules(hm).values())  # restored
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_weight_noise_follows_the_shared_draws_of_a_repeat(monkeypatch, shared):
+    """With shared noise the items of one repeat use one weight draw (each point still gets the
+    network's N(0, sigma_w^2)); without, every item draws its own; sigma-0 items none."""
+    from fxharden.core.noise import Noise
+    seen = []
+    real = Noise.set_sigma
+
+    def spy(self, sigma, draws=None):
+        if self.site == "fc1.weight":
+            seen.append((sigma, draws))
+        return real(self, sigma, draws)
+
+    monkeypatch.setattr(Noise, "set_sigma", spy)
+    x = torch.randn(8, 16)
+    sweep(weight_noisy(Teacher().eval(), 0.05), (x, torch.zeros(8, dtype=torch.long)), sigmas=[0.0, 0.1, 0.2],
+          repeats=2, batch_size=8, points_per_forward=6, shared_noise=shared)
+    chunk = [s for s in seen if isinstance(s[0], list)]
+    assert len(chunk) == 1 and chunk[0][0] == pytest.approx([0.0, 0.0, 0.05, 0.05, 0.05, 0.05])
+    assert chunk[0][1] == ([0, 1, 0, 1, 0, 1] if shared else None)
