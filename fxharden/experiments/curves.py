@@ -1,15 +1,86 @@
 """Curves of an experiment: the finished cells of one variant merged into one ``SweepResult``
-(network n of a point is the n-th seed trained for that point), with its fit."""
+(network n of a point is the n-th seed trained for that point), with its fit.
+
+A matched (noisy-training) curve has no σ = 0 point of its own, so its upper plateau is a
+convention. Its μ is also given model-free, as the σ where the mean accuracy first falls
+through ``(a_max + chance) / 2`` (linear interpolation in ln σ), under both conventions
+(``matched_crossings``):
+
+* ``AMax.CLEAN``: a_max = the clean accuracy of the σ_train = 0 networks of the same model and
+  quantization (the experiment's ordinary curve), when the experiment has that curve;
+* ``AMax.BEST``: a_max = the best point of the matched curve itself.
+
+Their error is half the central 68 % interval of the crossing over bootstrap curves
+(networks, then repeats, resampled); under ``BEST`` each bootstrap curve takes its own best
+point.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import enum
+import math
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from ..measure.results import SweepMode, SweepPoint, SweepResult
+import numpy as np
+
+from ..measure.midpoint_errors import crossing, percentile_interval
+from ..measure.results import SweepMode, SweepPoint, SweepResult, bootstrap_curves
 from .experiment import Cell, PaperValue, Variant
 
-__all__ = ["Curve", "merge_curve"]
+__all__ = ["AMax", "MatchedCrossing", "Curve", "merge_curve", "matched_crossings"]
+
+CROSSING_BOOTSTRAP = 400
+"""Bootstrap curves behind a matched crossing's error."""
+
+
+class AMax(str, enum.Enum):
+    """Where the upper plateau of a matched curve is taken from."""
+
+    CLEAN = "clean"
+    """The clean accuracy of the networks trained without noise (σ_train = 0)."""
+    BEST = "best"
+    """The best point of the matched curve."""
+
+
+@dataclass(frozen=True)
+class MatchedCrossing:
+    """μ of a matched curve from the crossing of ``(a_max + chance) / 2`` under one convention."""
+
+    convention: AMax
+    a_max: float
+    mu: float
+    """NaN when the curve never falls through the level (or starts below it)."""
+    mu_err: float
+    """Half the 68 % bootstrap interval (NaN with too few finite replicas)."""
+
+
+def matched_crossings(result: SweepResult, clean_accuracy: Optional[float] = None,
+                      n_boot: int = CROSSING_BOOTSTRAP, seed: int = 0) -> Dict[AMax, MatchedCrossing]:
+    """The crossing μ of a matched curve under each a_max convention that applies: ``BEST``
+    always, ``CLEAN`` when ``clean_accuracy`` (of the σ_train = 0 networks) is given."""
+    pts = sorted((p for p in result.site_points() if p.sigma > 0), key=lambda p: p.sigma)
+    if not pts:
+        return {}
+    s = np.array([p.sigma for p in pts])
+    acc = np.array([p.mean for p in pts])
+    reps = bootstrap_curves(pts, n_boot, seed)
+    chance = result.chance
+    out: Dict[AMax, MatchedCrossing] = {}
+    for conv, a_max in ((AMax.CLEAN, clean_accuracy), (AMax.BEST, float(acc.max()))):
+        if a_max is None:
+            continue
+        boot = np.array([crossing(s, r, 0.5 * ((r.max() if conv is AMax.BEST else a_max) + chance))
+                         for r in (reps if reps is not None else [])])
+        lo, hi = percentile_interval(boot) if boot.size else (math.nan, math.nan)
+        out[conv] = MatchedCrossing(conv, float(a_max), _falls_through(s, acc, 0.5 * (a_max + chance)),
+                                    0.5 * (hi - lo))
+    return out
+
+
+def _falls_through(s: np.ndarray, acc: np.ndarray, level: float) -> float:
+    """``crossing`` at ``level``, NaN when the first point is already below it."""
+    return crossing(s, acc, level) if acc[0] >= level else math.nan
 
 
 @dataclass
@@ -20,6 +91,8 @@ class Curve:
     result: SweepResult
     cells: List[str]
     paper: Optional[PaperValue] = None
+    crossings: Dict[AMax, MatchedCrossing] = field(default_factory=dict)
+    """Matched curves: the crossing μ under each a_max convention (``matched_crossings``)."""
 
     @property
     def peak_accuracy(self) -> float:

@@ -9,6 +9,11 @@ numbers. A *cell* is one network to train and evaluate:
 * matched curve (``train_sigma = "matched"``, the paper's noisy training, Fig. 3 and
   Table II): sigma_train = sigma_inference, so every sigma point is its own network, trained
   at that sigma and evaluated at that sigma only; one cell per (sigma, seed).
+* warm-started matched curve (``warm_start = true``; not in the paper, which trains every
+  sigma from scratch): the network of the k-th sigma of a seed starts from the trained
+  network of the (k-1)-th sigma of the same seed (``Cell.init_from``), so networks at high
+  sigma leave chance within a CPU budget. Its cells depend on each other: ``reproduce`` runs
+  them in sigma order within a seed.
 
 ``fxharden.reproduce.reproduce`` runs the cells through an executor (one result file per
 cell) and assembles curves, tables and plots. The TOML format is documented by example in
@@ -62,6 +67,10 @@ class Variant:
     """Noisy training with sigma_train = sigma_inference: one network per sigma point."""
     lr: Optional[float] = None
     """Learning rate; ``None``: the model recipe's (``lr`` or ``lr_quantized``)."""
+    warm_start: bool = False
+    """Matched curves only: the network of each sigma starts from the trained network of the
+    next lower sigma of the same seed (the lowest sigma from a fresh initialisation). The paper
+    trains every sigma from scratch; this is a CPU-budget departure from it."""
 
     def __post_init__(self) -> None:
         check_bits(self.bits)
@@ -71,6 +80,9 @@ class Variant:
             raise ValueError(f"{self.model}: fp32 has no quantization step; drop scale={self.scale}")
         if self.matched and self.train_sigma:
             raise ValueError("a matched curve trains each network at its own sigma; drop train_sigma")
+        if self.warm_start and not self.matched:
+            raise ValueError("warm_start chains the networks of a matched curve (train_sigma = \"matched\"); "
+                             "drop warm_start or make the curve matched")
 
     @property
     def scaling(self) -> str:
@@ -84,13 +96,13 @@ class Variant:
     def key(self) -> str:
         """File-name-safe identifier, e.g. ``lenet5-b8-s1``, ``lenet5-fp32-matched``."""
         q = "fp32" if self.bits is None else f"b{self.bits}-" + ("dyn" if self.scale is None else f"s{self.scale:g}")
-        t = "-matched" if self.matched else (f"-nt{self.train_sigma:g}" if self.train_sigma else "")
+        t = ("-matched-warm" if self.warm_start else "-matched") if self.matched else (f"-nt{self.train_sigma:g}" if self.train_sigma else "")
         return f"{self.model}-{q}{t}" + (f"-lr{self.lr:g}" if self.lr is not None else "")
 
     @property
     def label(self) -> str:
         q = "fp32" if self.bits is None else f"{self.bits}-bit {self.scaling}"
-        t = ", noisy training σ_train=σ" if self.matched else (f", trained at σ={self.train_sigma:g}"
+        t = (", noisy training σ_train=σ" + (" (warm-started)" if self.warm_start else "")) if self.matched else (f", trained at σ={self.train_sigma:g}"
                                                              if self.train_sigma else "")
         return f"{self.model} {q}{t}"
 
@@ -179,13 +191,19 @@ class Cell:
     data: DataSpec
     repeats: int
     sweep_batch_size: int = 256
+    init_from: Optional[str] = None
+    """Key of the cell whose trained network this one starts from (warm start), or ``None``:
+    a fresh initialisation seeded by ``seed``."""
 
     def identity(self) -> Dict[str, Any]:
         """Everything that determines the cell's result (not where data or devices are)."""
         t = {k: v for k, v in self.train.to_dict().items() if k not in ("device", "precision", "deterministic")}
-        return {"model": self.variant.model, "seed": self.seed, "train_sigma": self.train_sigma,
-                "eval_sigmas": list(self.eval_sigmas), "train": t, "harden": config_to_dict(self.harden),
-                "data": self.data.identity(), "repeats": self.repeats, "sweep_batch_size": self.sweep_batch_size}
+        ident = {"model": self.variant.model, "seed": self.seed, "train_sigma": self.train_sigma,
+                 "eval_sigmas": list(self.eval_sigmas), "train": t, "harden": config_to_dict(self.harden),
+                 "data": self.data.identity(), "repeats": self.repeats, "sweep_batch_size": self.sweep_batch_size}
+        if self.init_from is not None:  # the predecessor's key hashes its whole chain
+            ident["init_from"] = self.init_from
+        return ident
 
     @property
     def key(self) -> str:
@@ -261,11 +279,14 @@ class Experiment:
             train = TrainConfig(epochs=spec.epochs or d.epochs, lr=v.lr or d.lr, batch_size=spec.batch_size or d.batch_size,
                                 optimizer=d.optimizer.value, max_steps=spec.max_steps, device=device,
                                 eval_each_epoch=False)
-            for sigma in (matched if v.matched else (v.train_sigma,)):
+            previous: Dict[int, str] = {}  # warm start: seed -> key of the cell at the next lower sigma
+            for sigma in (sorted(matched) if v.matched else (v.train_sigma,)):
                 for seed in range(spec.seeds):
-                    cells.append(Cell(v, seed, sigma, (sigma,) if v.matched else tuple(grid),
-                                      replace(train, seed=seed, train_sigma=sigma), v.harden_config(), data,
-                                      repeats, self.sweep.batch_size))
+                    cell = Cell(v, seed, sigma, (sigma,) if v.matched else tuple(grid),
+                                replace(train, seed=seed, train_sigma=sigma), v.harden_config(), data,
+                                repeats, self.sweep.batch_size, init_from=previous.get(seed) if v.warm_start else None)
+                    previous[seed] = cell.key
+                    cells.append(cell)
         return cells
 
 
@@ -352,10 +373,13 @@ def _model(value: Any, where: str) -> str:
 
 
 def _variants(group: Mapping, where: str) -> List[Variant]:
-    _check_keys(_table(group, where), ("models", "bits", "scaling", "train_sigma", "lr"), where)
+    _check_keys(_table(group, where), ("models", "bits", "scaling", "train_sigma", "lr", "warm_start"), where)
     if "models" not in group:
         raise ExperimentError(f"{where}: needs models = [\"lenet5\", ...]")
     lr = _number(group["lr"], f"{where}.lr") if "lr" in group else None
+    warm = group.get("warm_start", False)
+    if not isinstance(warm, bool):
+        raise ExperimentError(f"{where}.warm_start must be true or false, got {warm!r}")
     out = []
     for model in (_model(m, f"{where}.models") for m in _as_list(group["models"])):
         for b in _as_list(group.get("bits", "fp32")):
@@ -365,10 +389,13 @@ def _variants(group: Mapping, where: str) -> List[Variant]:
             for scale in scalings:
                 for t in _as_list(group.get("train_sigma", "off")):
                     sigma, matched = _training(t, f"{where}.train_sigma")
-                    try:
-                        out.append(Variant(model, bits, scale, sigma, matched, lr))
+                    try:  # warm_start applies to the group's matched curves; its other curves train as usual
+                        out.append(Variant(model, bits, scale, sigma, matched, lr, warm and matched))
                     except (TypeError, ValueError) as err:
                         raise ExperimentError(f"{where}: {err}") from None
+    if warm and not any(v.matched for v in out):
+        raise ExperimentError(f"{where}: warm_start = true needs a matched curve (train_sigma = \"matched\"); "
+                              "it chains the networks of successive sigmas")
     return out
 
 

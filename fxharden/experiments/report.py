@@ -11,7 +11,7 @@ from typing import Any, Dict, List
 from .._files import atomic_write_text
 from ..measure.midpoint_result import QuoteKind
 from ..measure.plots import new_figure, save_figure, save_plots
-from .curves import Curve
+from .curves import AMax, Curve
 from .experiment import Budget, Experiment, PaperValue
 
 __all__ = ["write_tables", "write_architectures", "write_figures"]
@@ -31,8 +31,19 @@ def _fmt_other(curve: Curve) -> str:
     return f"{f.mu:.3g} ± {f.mu_err:.2g}, χ²ᵣ {f.chi2_red:.2g} ({f.status.value})"
 
 
+def _fmt_crossing(curve: Curve, conv: AMax) -> str:
+    """A matched curve's crossing μ under one a_max convention, with that a_max."""
+    x = curve.crossings.get(conv)
+    if x is None:
+        return ""
+    if not math.isfinite(x.mu):
+        return f"none (a_max {100 * x.a_max:.1f} %)"
+    err = f" ± {x.mu_err:.2g}" if math.isfinite(x.mu_err) else ""
+    return f"{x.mu:.3g}{err} (a_max {100 * x.a_max:.1f} %)"
+
+
 _COLUMNS = ["curve", "model", "bits", "scaling", "noisy training", "networks", "peak acc %", "μ", "fit",
-            "Eq. 1 fit", "paper acc %", "paper μ"]
+            "Eq. 1 fit", "matched μ×, a_max clean", "matched μ×, a_max best", "paper acc %", "paper μ"]
 
 
 def _rows(curves: List[Curve]) -> List[List[Any]]:
@@ -42,7 +53,8 @@ def _rows(curves: List[Curve]) -> List[List[Any]]:
         mu = "" if p is None or p.mu is None else f"{p.mu:g}" + (f" (±{p.mu_err_pct:g}%)" if p.mu_err_pct else "")
         rows.append([v.key, v.model, "fp32" if v.bits is None else v.bits, v.scaling, v.training,
                      len(c.result.clean_accuracies), f"{100 * c.peak_accuracy:.1f}", _fmt_mu(c),
-                     fit.status.value if fit is not None else "", _fmt_other(c), "" if p is None or p.accuracy is None
+                     fit.status.value if fit is not None else "", _fmt_other(c), _fmt_crossing(c, AMax.CLEAN),
+                     _fmt_crossing(c, AMax.BEST), "" if p is None or p.accuracy is None
                      else f"{p.accuracy:g}", mu])
     return rows
 
@@ -58,7 +70,12 @@ def write_tables(exp: Experiment, curves: List[Curve], out: Path, budget: Budget
     md += ["", "μ: midpoint noise level from the log-σ logistic fit (a_max tied to the clean accuracy); "
            "`~x (status)` = model-free crossing estimate, shown instead when the fit is not OK; `> x` = the "
            "accuracy never falls half way below σ = x. Eq. 1 fit: the paper's linear-σ logistic on the same "
-           "points, for comparison. Matched curves: every point is its own network, trained and evaluated at that σ."]
+           "points, for comparison. Matched curves: every point is its own network, trained and evaluated at that σ "
+           "(warm-started curves: each network starts from the trained one at the next lower σ of the same seed; "
+           "the paper trains each σ from scratch). matched μ×: the σ where the matched curve's mean accuracy first "
+           "falls through (a_max + chance) / 2, linear in ln σ, ± half its 68 % bootstrap interval, with a_max = "
+           "the clean accuracy of the σ_train = 0 networks (when the experiment trains them) or the curve's best "
+           "point; `none`: it never falls through."]
     if failed:
         md += ["", f"**{len(failed)} cell(s) failed** (see failures.json): " + ", ".join(sorted(failed))]
     buf = io.StringIO()
@@ -66,6 +83,8 @@ def write_tables(exp: Experiment, curves: List[Curve], out: Path, budget: Budget
     w.writerow(["curve", "model", "bits", "scaling", "noisy_training", "networks", "peak_accuracy", "mu", "mu_err",
                 "quoted", "quoted_value", "quoted_err", "mu_crossing", "mu_crossing_err", "fit_status", "fit_model",
                 "chi2_red", "eq1_mu", "eq1_mu_err", "eq1_chi2_red", "eq1_status", "status_reason",
+                "matched_a_max_clean", "matched_mu_crossing_clean", "matched_mu_crossing_clean_err",
+                "matched_a_max_best", "matched_mu_crossing_best", "matched_mu_crossing_best_err",
                 "paper_accuracy", "paper_mu", "paper_mu_err_pct"])
 
     def num(x: float) -> Any:
@@ -83,6 +102,8 @@ def write_tables(exp: Experiment, curves: List[Curve], out: Path, budget: Budget
                     f.model.value if f else "", num(f.chi2_red) if f else "",
                     num(o.mu) if o else "", num(o.mu_err) if o else "", num(o.chi2_red) if o else "",
                     o.status.value if o else "", f.message if f else "",
+                    *[num(getattr(c.crossings[conv], a)) if conv in c.crossings else ""
+                      for conv in (AMax.CLEAN, AMax.BEST) for a in ("a_max", "mu", "mu_err")],
                     p.accuracy if p.accuracy is not None else "", p.mu if p.mu is not None else "",
                     p.mu_err_pct if p.mu_err_pct is not None else ""])
     files = {"markdown": out / "results.md", "csv": out / "results.csv"}

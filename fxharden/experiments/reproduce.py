@@ -13,7 +13,9 @@ Output directory layout (the same for every executor)::
     failures.json              cells that failed after their retries, with tracebacks
 
 A cell whose ``result.json`` exists is never run again; a cell interrupted mid-training
-resumes from its last epoch checkpoint, mid-sweep from its recorded points.
+resumes from its last epoch checkpoint, mid-sweep from its recorded points. A warm-started
+cell (``Cell.init_from``) is submitted only once its predecessor is done, and starts from the
+predecessor's ``checkpoint.pt``; when the predecessor fails, so does the cell (not run).
 """
 
 from __future__ import annotations
@@ -22,13 +24,13 @@ import contextlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
 from .._files import atomic_write_bytes, atomic_write_json, run_lock
 from ..measure.results import RESULTS_JSON, load_result
-from .curves import Curve, merge_curve
+from .curves import Curve, matched_crossings, merge_curve
 from .executors import Executor, ExecutorKind, make_executor
 from .progress import LiveProgress
 from .experiment import Budget, Cell, DataSpec, DatasetKind, Experiment, load_experiment
@@ -39,10 +41,13 @@ __all__ = ["reproduce", "run_cell", "ReproduceResult", "Curve", "RESULT"]
 RESULT = "result.json"
 SWEEP_DIR = "sweep"
 CELL_FORMAT = "fxharden-cell-v1"
+INIT_CHECKPOINT = "init_checkpoint.pt"
+"""A warm-started cell's copy of its predecessor's checkpoint (workers without the driver's files)."""
 PathLike = Union[str, os.PathLike]
 
 
-def run_cell(cell: Cell, workdir: str, ship_checkpoint: bool = False) -> Dict[str, Any]:
+def run_cell(cell: Cell, workdir: str, ship_checkpoint: bool = False,
+             init: Union[str, bytes, None] = None) -> Dict[str, Any]:
     """Train one cell's network (resuming from ``workdir`` if a checkpoint is there), sweep it
     at ``cell.eval_sigmas`` and return the result record (the driver writes it).
 
@@ -50,6 +55,10 @@ def run_cell(cell: Cell, workdir: str, ship_checkpoint: bool = False) -> Dict[st
     ``results.json`` (``record["sweep"]``, relative to the cell directory). With
     ``ship_checkpoint`` the bytes of the checkpoint and of that file travel back in
     ``record["files"]`` (for workers that do not share the driver's file system).
+
+    ``init`` (warm start, ``cell.init_from``): the predecessor's checkpoint, as a path or its
+    bytes; its weights replace the fresh initialisation before training (a checkpoint of this
+    cell itself, when resuming, takes precedence).
     """
     import torch
 
@@ -64,6 +73,17 @@ def run_cell(cell: Cell, workdir: str, ship_checkpoint: bool = False) -> Dict[st
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cell.seed)
         model = harden(build_model(cell.variant.model, num_classes=train_data.num_classes), config=cell.harden)
+    if (init is None) != (cell.init_from is None):
+        raise ValueError(f"cell {cell.key}: " + ("starts from cell " + str(cell.init_from) + " but no checkpoint of it "
+                         "was given" if init is None else "is not warm-started but was given a checkpoint to start from"))
+    if init is not None:
+        from .._files import atomic_write_bytes
+        from ..zoo.checkpoint import read_payload
+
+        if isinstance(init, bytes):  # shipped by the driver: kept beside the cell's own files
+            atomic_write_bytes(out / INIT_CHECKPOINT, lambda f: f.write(init))
+            init = str(out / INIT_CHECKPOINT)
+        model.load_state_dict(read_payload(init)["model"])
     trained = train(model, train_data, test_data, cell.train, out, resume=True, arch=cell.variant.model,
                     arch_kwargs={"num_classes": train_data.num_classes})
     swept = sweep(trained.model, test_data, out=out / SWEEP_DIR,
@@ -104,6 +124,35 @@ def cell_points(record: Dict[str, Any], cell_dir: Path) -> List[Dict[str, Any]]:
         return record["points"]
     swept = load_result(cell_dir / record["sweep"])
     return [{"sigma": p.sigma, "correct": list(p.correct[0]), "total": p.total} for p in swept.site_points()]
+
+
+def _submit_ready(ex: Executor, waiting: List[Cell], done: Dict[str, Any], out: Path,
+                  display: Optional[LiveProgress]) -> None:
+    """Submit every waiting cell that needs nothing (no warm start) or whose predecessor is done."""
+    from ..training.train import CHECKPOINT
+
+    ready = [c for c in waiting if c.init_from is None or c.init_from in done]
+    for c in ready:
+        waiting.remove(c)
+        init = None
+        if c.init_from is not None:
+            ckpt = out / "cells" / c.init_from / CHECKPOINT
+            init = str(ckpt) if ex.shared_filesystem else ckpt.read_bytes()
+        ex.submit(c.key, run_cell, c, str(out / "cells" / c.key), not ex.shared_filesystem, init)
+    if display is not None and ready:
+        display.submitted(c.key for c in ready)
+
+
+def _drop_dependents(waiting: List[Cell], failed: str) -> List[str]:
+    """Remove from ``waiting`` every cell that starts (directly or down its chain) from the
+    failed cell ``failed``; return their keys."""
+    lost, gone = [], {failed}
+    for c in list(waiting):  # cells are in sigma order, so a chain's links come after their predecessor
+        if c.init_from in gone:
+            waiting.remove(c)
+            gone.add(c.key)
+            lost.append(c.key)
+    return lost
 
 
 @dataclass
@@ -221,10 +270,8 @@ def _run(exp: Experiment, cells: List[Cell], out: Path, budget: Budget, start: f
     if todo:
         try:
             with display or contextlib.nullcontext():
-                for c in todo:
-                    ex.submit(c.key, run_cell, c, str(out / "cells" / c.key), not ex.shared_filesystem)
-                if display is not None:
-                    display.submitted(c.key for c in todo)
+                waiting = list(todo)  # warm-started cells wait for their predecessor
+                _submit_ready(ex, waiting, done, out, display)
                 for outcome in ex.as_completed():
                     cell_dir = out / "cells" / outcome.key
                     if outcome.ok:
@@ -242,6 +289,14 @@ def _run(exp: Experiment, cells: List[Cell], out: Path, budget: Budget, start: f
                         what = (_done_text(done[outcome.key]) if outcome.ok else
                                 f"FAILED after {outcome.attempts} attempt(s)")
                         display.finished(outcome.key, f"[{n}/{len(todo)}] {outcome.key}: {what}", outcome.ok)
+                    if outcome.ok:
+                        _submit_ready(ex, waiting, done, out, display)
+                    else:
+                        for key in _drop_dependents(waiting, outcome.key):
+                            res.failed[key] = f"not run: it starts from the network of cell {outcome.key}, which failed"
+                            attempts[key] = 0
+                            if display is not None:
+                                display.finished(key, f"{key}: not run (warm start from a failed cell)", False)
         finally:
             if own:
                 ex.close()
@@ -256,6 +311,11 @@ def _run(exp: Experiment, cells: List[Cell], out: Path, budget: Budget, start: f
             curve.paper = exp.paper_value(v)
             curve.result.save(out / "curves" / v.key)
             res.curves.append(curve)
+    by_key = {c.variant.key: c for c in res.curves}
+    for c in res.curves:
+        if c.variant.matched:  # a_max from the same network trained without noise, when there is one
+            plain = by_key.get(replace(c.variant, matched=False, warm_start=False, train_sigma=0.0).key)
+            c.crossings = matched_crossings(c.result, plain.result.clean_accuracy if plain is not None else None)
     res.files = write_tables(exp, res.curves, out, budget, res.failed)
     if res.curves:
         res.files.update(write_figures(res.curves, out))

@@ -34,7 +34,7 @@ from .._files import atomic_write_bytes
 from .metrics import BOOTSTRAP_SIZE, MidpointFit, MidpointModel, fit_midpoint
 from .resume import FORMAT, HEADER_FILE, POINTS_FILE, PointStore, SweepMismatchError, fingerprint
 
-__all__ = ["SweepMode", "FitOptions", "FORMAT", "RESULTS_JSON", "RESULTS_CSV", "POINTS_FILE", "HEADER_FILE",
+__all__ = ["SweepMode", "bootstrap_curves", "FitOptions", "FORMAT", "RESULTS_JSON", "RESULTS_CSV", "POINTS_FILE", "HEADER_FILE",
            "SweepPoint", "SweepResult", "SweepMismatchError", "PointStore", "fingerprint", "load_result", "versions"]
 
 RESULTS_JSON, RESULTS_CSV = "results.json", "results.csv"
@@ -163,6 +163,13 @@ class FitOptions:
         """Inverse of ``to_dict``; missing keys (older files) take the defaults."""
         data = dict(data or {})
         return cls(**{k: data[k] for k in ("model", "tie_a_max", "systematic", "n_boot", "seed") if k in data})
+
+
+def bootstrap_curves(pts: Sequence[SweepPoint], n: int, seed: int = 0) -> Optional[np.ndarray]:
+    """``n`` bootstrap curves of ``pts`` (networks resampled, the same draw at every σ, then
+    each drawn network's repeats resampled per point), shape ``(n, points)``; ``None`` if
+    ``n <= 0`` or there are no points."""
+    return _replicas(pts, n, seed, None)
 
 
 def _replicas(pts: Sequence[SweepPoint], n: int, seed: int, column: Optional[int]) -> Optional[np.ndarray]:
