@@ -100,7 +100,7 @@ def train(model: nn.Module, x: Tensor, y: Tensor, *, epochs: int, batch: int = 1
             loss.backward()
             opt.step()
             step += 1
-            loss_sum += float(loss)
+            loss_sum += float(loss.detach())
         log(f"epoch {epoch + 1}/{epochs}: loss {loss_sum / steps_per_epoch:.4f} ({time.perf_counter() - t0:.0f} s)")
 
 
