@@ -10,11 +10,11 @@ are all written here. Only at the very end is fxharden imported, to fit μ with
 the σ where the mean accuracy falls through (clean + chance) / 2, by linear interpolation in
 ln σ.
 
-Run (about an hour of training on two loaded CPU cores):
+Run (about 10 minutes on two idle CPU cores):
 
-    OMP_NUM_THREADS=2 FXHARDEN_DATA=/work/shared/data/cifar10 python benchmarks/plain_lenet5.py
+    OMP_NUM_THREADS=2 FXHARDEN_DATA=../shared/data/cifar10 python benchmarks/plain_lenet5.py
 
-Defaults: 25 epochs (the fixture's budget; the paper's recipe is 30), seed 0, the fixture's σ
+Defaults: 25 epochs (the budget of the stored fxharden curve), seed 0, the fixture's σ
 grid, 5 repeats, all 10,000 test images.
 """
 
@@ -141,7 +141,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    root = Path(os.environ.get("FXHARDEN_DATA", "/work/shared/data/cifar10"))
+    root = Path(os.environ.get("FXHARDEN_DATA", "../shared/data/cifar10"))
     fixture = json.loads(FIXTURE.read_text())
     sigmas = fixture["sigmas"]
     xtr, ytr = load_split(root, "train")
