@@ -22,6 +22,8 @@ _EXPORTS = {
                     "WeightNoiseConfig", "WeightNoiseKind"),
     "core.harden": ("HardenedModule", "HardenReport", "harden", "harden_report", "noise_sites", "seed_noise",
                     "set_noise", "set_weight_noise"),
+    "core.noise_models": ("NoiseKind", "ConverterConfig", "WeightFaultConfig", "WeightDriftConfig"),
+    "core.calibrate": ("calibrate_noise",),
     "core.trace": ("UntraceableModelError",),
     "measure.metrics": ("FitStatus", "MidpointFit", "MidpointModel", "Quote", "QuoteKind", "fit_midpoint"),
     "measure.results": ("FitOptions", "SweepResult", "SweepMode", "load_result"),

@@ -271,7 +271,11 @@ def _print_result(result, files: dict) -> None:
     summary.add_row("chance", f"{result.chance:.4g}")
     if result.fit is not None:
         q = result.fit.quote()
-        summary.add_row("μ (midpoint noise level)" if q.is_mu else "μ: not quotable; shown instead", q.text())
+        summary.add_row(f"μ (midpoint noise level, {result.units.value})" if q.is_mu
+                        else "μ: not quotable; shown instead", q.text())
+        for name, (mu, err) in (("μ_abs", result.mu_abs), ("μ_rel (to the sites' clean RMS)", result.mu_rel)):
+            if q.is_mu and math.isfinite(mu):
+                summary.add_row(name, f"{mu:.4g} ± {err:.2g}")
         summary.add_row("fit status", f"{result.fit.status.value}: {result.fit.message}")
         summary.add_row(f"{result.fit.model.value} model fit", _fit_line(result.fit))
         if result.other_fit is not None:
@@ -318,6 +322,8 @@ def sweep_command(
                                             "around μ, or exactly the grid. Default: adaptive unless --sigmas."),
     repeats: int = typer.Option(5, min=1, help="Noise draws per point and network."),
     per_layer: bool = typer.Option(False, "--per-layer", help="Noise at one site at a time: one μ per site."),
+    units: str = typer.Option("absolute", help="Unit of sigma: absolute (the paper) or relative (to each site's "
+                              "clean RMS, calibrated on the data). Results carry μ in both."),
     sites: Optional[str] = typer.Option(None, help="Comma-separated site names or regular expressions to inject "
                                         "noise at (default: all noise sites)."),
     device: Device = typer.Option(Device.AUTO, help="Where to run."),
@@ -361,7 +367,7 @@ def sweep_command(
             mode=SweepMode.PER_LAYER if per_layer else SweepMode.GLOBAL,
             sites=tuple(s.strip() for s in sites.split(",") if s.strip()) if sites else None,
             batch_size=batch_size, points_per_forward=points_per_forward, seed=seed, device=resolve_device(device),
-            adaptive=adaptive, chance=chance, max_images=max_images)
+            adaptive=adaptive, chance=chance, max_images=max_images, units=units)
         options = model_options(pretrained, weights, num_classes, model_arg)
         if synthetic:
             if data is not None or download:
@@ -411,20 +417,33 @@ def inspect_command(
     scale: Optional[float] = typer.Option(None, help="Constant quantization step s of every post-activation "
                                           "quantizer (with --bits; default 1.0)."),
     dynamic: bool = typer.Option(False, "--dynamic", help="Learned (dynamic) quantization steps instead of --scale."),
+    results: Optional[Path] = typer.Option(None, help="A per-layer sweep's output directory (or results.json): "
+                                           "show each site's measured μ next to it."),
 ) -> None:
     """List the sites harden puts quantizers and noise at, and what it left out and why."""
     from .core.harden import harden_report
+    from .measure.results import load_result
+    from .measure.sensitivity import sensitivity_by_site
 
     with user_errors():
         ((label, hm),), _ = resolve_models([model], harden_options(bits, scale, dynamic), 0,
                                            model_options(False, weights, num_classes, model_arg))
         report = harden_report(hm)
+        measured = sensitivity_by_site(load_result(results)) if results is not None else None
+        foreign = sorted(set(measured or ()) - set(report.noise_sites))
+        if foreign:
+            raise ValueError(f"{results} measured sites this model does not have ({', '.join(foreign[:4])}"
+                             f"{', ...' if len(foreign) > 4 else ''}); give a per-layer sweep of this model")
     notes = any(s.note for s in report.sites)
     table = Table(title=f"{label}: {len(report.sites)} sites, {len(report.noise_sites)} with noise")
-    for col in ("site", "kind", "op", "quantizer", "noise") + (("note",) if notes else ()):
+    mu_cols = ("μ (per layer)", "fit") if measured is not None else ()
+    for col in ("site", "kind", "op", "quantizer", "noise") + mu_cols + (("note",) if notes else ()):
         table.add_column(col, no_wrap=col in ("site", "kind", "noise"))
     for s in report.sites:
-        table.add_row(s.name, s.kind, s.op, s.quantizer or "-", "yes" if s.noise else "no", *((s.note,) if notes else ()))
+        row = measured.get(s.name) if measured is not None else None
+        mu = ((row.text(), row.status) if row is not None else ("-", "")) if measured is not None else ()
+        table.add_row(s.name, s.kind, s.op, s.quantizer or "-", "yes" if s.noise else "no", *mu,
+                      *((s.note,) if notes else ()))
     show(table)
     for title, items in (("Opaque modules (not traced; one layer each)", report.opaque),
                          ("Layers whose weights were left as they are", report.skipped)):

@@ -12,6 +12,7 @@ from fxharden.cli import app
 from fxharden.core.harden import harden
 from fxharden.zoo.networks import LeNet5
 from fxharden.measure.results import load_result
+from fxharden.measure.sensitivity import sensitivity_by_site
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 runner = CliRunner()
@@ -47,7 +48,18 @@ def test_per_layer_sweep_ranks_sites_and_plots_them(tmp_path):
     for site in ("conv1", "conv2", "fc3"):
         assert site in res.stdout
     assert (tmp_path / "per_layer_mu.png").read_bytes()[:8] == PNG_MAGIC
-    assert set(load_result(tmp_path).per_site) == {"conv1", "conv2", "fc3"}
+    result = load_result(tmp_path)
+    assert set(result.per_site) == {"conv1", "conv2", "fc3"}
+    table = (tmp_path / "per_layer_mu.md").read_text()
+    assert [line.split("`")[1] for line in table.splitlines() if "`" in line] == ["conv1", "conv2", "fc3"]
+    assert result.site_kinds == {"conv1": "conv", "conv2": "conv", "fc3": "linear"}
+    shown = invoke("inspect", "lenet5", "--bits", "8", "--results", tmp_path)
+    assert shown.exit_code == 0, shown.output
+    conv1 = next(line for line in shown.stdout.splitlines() if "conv1" in line)
+    row = sensitivity_by_site(result)["conv1"]
+    assert row.text() in conv1 and result.per_site["conv1"].status.value in conv1
+    other = invoke("inspect", "resnet18", "--results", tmp_path)
+    assert other.exit_code == 2 and "sites this model does not have (conv2, fc3)" in other.output
 
 
 def test_sweep_several_checkpoints(tmp_path):

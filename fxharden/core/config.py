@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from typing import Any, Callable, Mapping, Optional, Union
+
+from .noise_models import (ACTIVATION_NOISE_KINDS, ConverterConfig, NoiseKind, WeightDriftConfig, WeightFaultConfig,
+                           dataclass_from_dict, parse_kind)
 
 __all__ = [
     "Scaling",
@@ -161,7 +164,7 @@ class QuantConfig:
 
 @dataclass(frozen=True)
 class NoiseConfig:
-    """Additive Gaussian noise ``N(0, sigma^2)`` on layer outputs (paper Fig. 1).
+    """Noise on layer outputs, by default additive Gaussian ``N(0, sigma^2)`` (paper Fig. 1).
 
     Noise is forward-only: the gradient passes through unchanged.
     """
@@ -173,10 +176,14 @@ class NoiseConfig:
     seed: int = 0
     """Base seed of the per-site ``torch.Generator`` streams; each site's stream is seeded
     with a hash of (seed, site name), so streams never overlap (``fxharden.noise.stream_seed``)."""
+    model: NoiseKind = NoiseKind.ADDITIVE
+    """The noise model at every site: ``ADDITIVE`` ``x + σε`` (the paper), ``RELATIVE``
+    ``x + σ·rms·ε`` or ``MULTIPLICATIVE`` ``x(1 + σε)`` (see ``NoiseKind``)."""
 
     def __post_init__(self) -> None:
         check_sigma(self.sigma)
         object.__setattr__(self, "kinds", frozenset(SiteKind(k) for k in self.kinds))
+        object.__setattr__(self, "model", parse_kind(self.model, ACTIVATION_NOISE_KINDS))
 
 
 @dataclass(frozen=True)
@@ -264,10 +271,23 @@ class HardenConfig:
     """Module classes (or dotted names) the tracer must not enter: they become one layer."""
     strict: bool = False
     """Raise ``UntraceableModelError`` instead of treating untraceable submodules as opaque."""
+    adc: Optional[ConverterConfig] = None
+    """An ADC at every conv/linear output that has a site (after its noise); ``None``: none."""
+    dac: Optional[ConverterConfig] = None
+    """A DAC at the (first) input of every conv/linear site; ``None``: none."""
+    weight_faults: Optional[WeightFaultConfig] = None
+    """Stuck-at faults on conv/linear weights; ``None``: none."""
+    weight_drift: Optional[WeightDriftConfig] = None
+    """Log-normal conductance drift of conv/linear weights at a time t; ``None``: none."""
 
     def __post_init__(self) -> None:
         if self.quant is not None and not isinstance(self.quant, QuantConfig):
             raise TypeError(f"quant must be a QuantConfig or None, got {self.quant!r}")
+        for name, cls in (("adc", ConverterConfig), ("dac", ConverterConfig), ("weight_faults", WeightFaultConfig),
+                          ("weight_drift", WeightDriftConfig)):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, cls):
+                raise TypeError(f"{name} must be a {cls.__name__} or None, got {value!r}")
         object.__setattr__(self, "leaf_modules", tuple(self.leaf_modules))
 
     @classmethod
@@ -334,7 +354,9 @@ def config_to_dict(cfg: HardenConfig) -> dict:
             "quantize_weights": q.quantize_weights,
         },
         "noise": {"sigma": cfg.noise.sigma, "kinds": sorted(k.value for k in cfg.noise.kinds),
-                  "seed": cfg.noise.seed},
+                  "seed": cfg.noise.seed, "model": cfg.noise.model.value},
+        **{name: None if getattr(cfg, name) is None else asdict(getattr(cfg, name))
+           for name in ("adc", "dac", "weight_faults", "weight_drift")},
         "weight_noise": {"kind": cfg.weight_noise.kind.value, "sigma": cfg.weight_noise.sigma,
                          "relative": cfg.weight_noise.relative},
         "rules": {
@@ -362,7 +384,11 @@ def config_from_dict(data: Mapping[str, Any]) -> HardenConfig:
         return HardenConfig(
             quant=None if q is None else QuantConfig(**{**q, "scaling": Scaling(q["scaling"])}),
             noise=NoiseConfig(sigma=data["noise"]["sigma"], kinds=frozenset(data["noise"]["kinds"]),
-                              seed=data["noise"].get("seed", 0)),
+                              seed=data["noise"].get("seed", 0), model=data["noise"].get("model", "additive")),
+            adc=dataclass_from_dict(ConverterConfig, data.get("adc")),
+            dac=dataclass_from_dict(ConverterConfig, data.get("dac")),
+            weight_faults=dataclass_from_dict(WeightFaultConfig, data.get("weight_faults")),
+            weight_drift=dataclass_from_dict(WeightDriftConfig, data.get("weight_drift")),
             weight_noise=WeightNoiseConfig(**data.get("weight_noise", {})),
             rules=SiteRules(
                 by_type=tuple((_ref_from_str(k), layer(v)) for k, v in rules.get("by_type", [])),

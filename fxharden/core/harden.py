@@ -13,10 +13,11 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 import torch
 from torch import fx, nn
 
-from .config import HardenConfig, Scaling, SiteKind
+from .config import HardenConfig, Scaling, SiteKind, WeightNoiseKind
 from .hardened import HardenedModule, HardenReport, SiteInfo, build_hardened
 from .layers import HARDENED_LAYERS, can_harden_weights, harden_layer, weight_axis
-from .noise import Noise, SigmaLike
+from .noise import Noise, NoiseChain, SigmaLike
+from .noise_models import ConverterConfig, NoiseKind
 from .passes import ensure_container, insert_site_modules, key_for
 from .quant import ActQuant, WeightQuant
 from .sites import Site, find_sites, node_description
@@ -151,7 +152,7 @@ def harden(
         if mode is False and graph is cap.graphs[True]:
             continue
         sites = find_sites(graph, modules, config, set(cap.opaque) | _user_leaves(graph, modules, config))
-        insertions = []
+        insertions, before = [], []
         for site in sites:
             targets = []
             qname = ""
@@ -163,14 +164,20 @@ def harden(
                     qc.bits, site.signed, step=step, learn=learn, calibration_steps=qc.calibration_steps)))
                 qname = str(container[made[(site.name, "quant")]].extra_repr())
             if site.noise:
-                targets.append(module_for(site.name, "noise", lambda: Noise(site.name, config.noise.seed)))
+                targets.append(module_for(site.name, "noise", lambda: Noise(site.name, config.noise.seed,
+                                                                            kind=config.noise.model)))
+            converts = site.kind in (SiteKind.CONV, SiteKind.LINEAR) and (site.noise or site.quantize_weights)
+            if converts and config.adc is not None:
+                targets.append(module_for(site.name, "adc", lambda: converter(config.adc)))
+            if converts and config.dac is not None:
+                before.append((site.node, module_for(site.name, "dac", lambda: converter(config.dac))))
             if targets:
                 insertions.append((site.node, targets))
             if site.quantize_weights or site.weight_noise:
                 qname = _harden_weights(root, site, config, skipped) or qname
             infos.setdefault(site.name, SiteInfo(site.name, site.kind.value, node_description(site.node, site.module),
                                                  qname, site.noise, cap.opaque.get(str(site.node.target), "")))
-        insert_site_modules(graph, insertions)
+        insert_site_modules(graph, insertions, before)
         graphs[mode] = graph
     graphs.setdefault(False, graphs[True])
 
@@ -183,7 +190,7 @@ def harden(
 
 
 def _harden_weights(root: nn.Module, site: Site, config: HardenConfig, skipped: Dict[str, str]) -> str:
-    qc, wn = config.quant, config.weight_noise
+    qc = config.quant
     desc = ""
     inside_attention: List[str] = []
     for name, module in _weight_modules(site, root):
@@ -205,11 +212,42 @@ def _harden_weights(root: nn.Module, site: Site, config: HardenConfig, skipped: 
         wq = WeightQuant(qc.w_bits, weight_axis(module)) if site.quantize_weights else None
         noise = None
         if site.weight_noise:
-            noise = Noise(f"{name}.weight", config.noise.seed, kind=wn.kind, relative=wn.relative)
-            noise.set_sigma(wn.sigma)
+            noises = []
+            for suffix, kind, sigma, extra in _weight_noise_models(config):
+                noise = Noise(f"{name}.weight{suffix}", config.noise.seed, kind=kind, **extra)
+                noise.set_sigma(sigma)
+                noises.append(noise)
+            noise = noises[0] if len(noises) == 1 else NoiseChain(*noises)
         _set_submodule(root, name, harden_layer(module, wq, noise))
         desc = f"weights {wq.extra_repr()}" if wq is not None else desc
     return desc
+
+
+def converter(cfg: ConverterConfig) -> ActQuant:
+    """An ADC/DAC: the one quantizer with the converter's grid (fixed or calibrated bound)."""
+    return ActQuant(cfg.bits, cfg.signed, step=cfg.step, calibration_steps=cfg.calibration_steps)
+
+
+DRIFT_SUFFIX, FAULTS_SUFFIX = ".drift", ".faults"
+"""Site names of the drift and fault modules of a layer: ``<layer>.weight.drift``,
+``<layer>.weight.faults`` (the configured weight noise is ``<layer>.weight``); distinct names
+give them distinct random streams."""
+
+
+def _weight_noise_models(config: HardenConfig) -> List[tuple]:
+    """``(site suffix, kind, sigma, extra kwargs)`` of each weight noise model, applied in
+    this order: drift, then the configured weight noise, then stuck-at faults (a stuck weight
+    stays put)."""
+    out = []
+    if config.weight_drift is not None:
+        out.append((DRIFT_SUFFIX, NoiseKind.LOGNORMAL, config.weight_drift.sigma, {}))
+    wn = config.weight_noise
+    if wn.kind is not WeightNoiseKind.NONE:
+        out.append(("", wn.kind, wn.sigma, {"relative": wn.relative}))
+    if config.weight_faults is not None:
+        out.append((FAULTS_SUFFIX, NoiseKind.STUCK, config.weight_faults.p,
+                    {"zero_fraction": config.weight_faults.zero_fraction}))
+    return out
 
 
 def _noise_modules(hm: HardenedModule) -> Dict[str, Noise]:
@@ -275,9 +313,11 @@ def weight_noise_modules(model: nn.Module) -> Dict[str, Noise]:
 def set_weight_noise(model: nn.Module, sigma: SigmaLike) -> None:
     """Set the weight-noise strength of every layer that has weight noise (``harden`` set it
     to ``HardenConfig.weight_noise.sigma``): a float, or one float per batch group (one
-    weight draw per group, see ``fxharden.layers``). 0 turns weight noise off."""
-    for mod in weight_noise_modules(model).values():
-        mod.set_sigma(sigma)
+    weight draw per group, see ``fxharden.layers``). 0 turns weight noise off. Drift and
+    stuck-at faults (``HardenConfig.weight_drift``/``weight_faults``) keep their settings."""
+    for site, mod in weight_noise_modules(model).items():
+        if not site.endswith((DRIFT_SUFFIX, FAULTS_SUFFIX)):
+            mod.set_sigma(sigma)
 
 
 def harden_report(model: nn.Module) -> HardenReport:

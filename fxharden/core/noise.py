@@ -1,9 +1,11 @@
-"""THE noise module: Gaussian noise on activations or weights, forward only.
+"""THE noise module: every noise model of ``noise_models.NoiseKind`` on activations or
+weights, forward only.
 
 Sigma lives in a buffer (changing it needs no retrace; it travels with ``state_dict``),
 randomness comes from a per-module ``torch.Generator`` whose seed is derived from the base
 seed and the site's name (``stream_seed``), so a seeded run repeats exactly and no two sites
-ever share a stream, whatever the base seeds.
+ever share a stream, whatever the base seeds. The site's clean RMS (relative noise, relative
+units) lives in the ``rms`` buffer (-1 until ``calibrate_noise`` has run).
 
 Batch groups: sigma may hold ``R`` values, one per group of the batch (the sweep measures
 ``R`` noise settings in one forward pass). Group ``r`` is the ``r``-th of ``R`` equal slices
@@ -30,8 +32,9 @@ import torch
 from torch import Tensor, nn
 
 from .config import WeightNoiseKind, check_sigma
+from .noise_models import NoiseKind, parse_kind
 
-__all__ = ["Noise", "SigmaLike", "stream_seed", "GroupDimError"]
+__all__ = ["Noise", "NoiseChain", "SigmaLike", "stream_seed", "GroupDimError"]
 
 SigmaLike = Union[float, Sequence[float], Tensor]
 
@@ -66,8 +69,9 @@ class GroupDimError(ValueError):
 class Noise(nn.Module):
     """Forward-only noise: the gradient passes through unchanged.
 
-    ``kind=ADDITIVE``: ``x + sigma * N(0, 1)`` (activations; Noisy Machines on weights).
-    ``kind=LOGNORMAL``: ``x * exp(sigma * N(0, 1))`` (BayesFT drift on weights).
+    ``kind`` is a ``NoiseKind`` (formulas there): additive ``x + σε``, relative
+    ``x + σ·rms·ε``, multiplicative ``x(1 + σε)``, log-normal ``x·exp(σε)`` (BayesFT drift),
+    stuck-at faults with probability σ (drawn as uniform numbers, not normals).
 
     Sigma is a scalar or one value per batch group (see the module doc). Noise is generated
     and added in float32 (or float64) at the site: under bf16/fp16 autocast the site's output
@@ -76,20 +80,25 @@ class Noise(nn.Module):
     Args:
         site: dotted name of the layer this module follows (``<layer>.weight`` on weights).
         seed: base seed; the generator is seeded with ``stream_seed(seed, site)``.
-        kind: the noise model.
+        kind: the noise model (a ``NoiseKind``, its name, or a ``WeightNoiseKind``).
         relative: additive only: the standard deviation is ``sigma * max|x|`` of the tensor
             the noise is added to (Noisy Machines' convention for weights).
+        zero_fraction: ``STUCK`` only: share of the faulty elements stuck at 0.
     """
 
-    def __init__(self, site: str, seed: int = 0, kind: WeightNoiseKind = WeightNoiseKind.ADDITIVE,
-                 relative: bool = False) -> None:
+    def __init__(self, site: str, seed: int = 0, kind=NoiseKind.ADDITIVE, relative: bool = False,
+                 zero_fraction: float = 0.5) -> None:
         super().__init__()
         if kind is WeightNoiseKind.NONE:
-            raise ValueError("Noise needs an additive or log-normal kind")
-        if relative and kind is not WeightNoiseKind.ADDITIVE:
-            raise ValueError("relative noise is defined for the additive kind only")
+            raise ValueError("Noise needs a noise model, not WeightNoiseKind.NONE")
+        kind = parse_kind(getattr(kind, "value", kind))
+        if relative and kind is not NoiseKind.ADDITIVE:
+            raise ValueError("relative=True (sigma * max|x|) is defined for the additive kind only")
         self.site, self.seed, self.kind, self.relative = site, int(seed), kind, bool(relative)
+        self.zero_fraction = float(zero_fraction)
         self.register_buffer("sigma", torch.tensor(0.0))
+        self.register_buffer("rms", torch.tensor(-1.0))  # -1: not calibrated (compares equal, unlike NaN)
+        self._calibration: Optional[list] = None  # [sum of x^2, count] while calibrate_noise runs
         self._active = False  # mirror of (sigma != 0).any(), read without a device sync
         self._host: Tuple[float, ...] = (0.0,)  # mirror of sigma (one value per group), no sync
         self._draws: Optional[Tuple[int, ...]] = None  # draw index per group (None: one each)
@@ -105,14 +114,23 @@ class Noise(nn.Module):
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_generator"], state["_record"] = None, None  # a generator is restarted from the seed
+        state["_generator"], state["_record"], state["_calibration"] = None, None, None  # restarted from the seed
         return state
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+    @property
+    def calibrated(self) -> bool:
+        """Whether the site's clean RMS has been measured (``calibrate_noise``)."""
+        return bool(self.rms >= 0)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
         key = prefix + "sigma"
         if key in state_dict and state_dict[key].shape != self.sigma.shape:
             self.sigma = torch.empty_like(state_dict[key], device=self.sigma.device)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        if prefix + "rms" not in state_dict and prefix + "rms" in missing_keys:
+            missing_keys.remove(prefix + "rms")  # saved before the rms buffer existed: uncalibrated
         if key in state_dict:  # a new sigma: the mirrors follow it, shared draws end
             self._host = tuple(self.sigma.detach().cpu().flatten().tolist())
             self._active, self._draws = any(v != 0 for v in self._host), None
@@ -142,6 +160,8 @@ class Noise(nn.Module):
             values = torch.as_tensor(sigma, dtype=torch.float32).detach().cpu().flatten()
             for v in values.tolist():
                 check_sigma(v)
+        if self.kind is NoiseKind.STUCK and bool((values > 1).any()):
+            raise ValueError(f"site {self.site!r}: stuck-at noise takes a fault probability in [0, 1], got {sigma!r}")
         if draws is not None:
             draws = tuple(int(d) for d in draws)
             if values.dim() != 1 or len(draws) != values.numel():
@@ -167,6 +187,14 @@ class Noise(nn.Module):
     def _draw(self, shape: Sequence[int], device: torch.device, dtype: torch.dtype) -> Tensor:
         """Standard normals in a new tensor, from this site's stream."""
         return torch.randn(tuple(shape), generator=self._gen(device), device=device, dtype=dtype)
+
+    def _eps(self, shape: Sequence[int], device: torch.device, dtype: torch.dtype) -> Tensor:
+        """The random numbers one application of this model consumes: standard normals of
+        ``shape``, or for stuck-at faults three uniform numbers per element (``(3, *shape)``:
+        fault, sign, stuck-at-zero)."""
+        if self.kind is NoiseKind.STUCK:
+            return torch.rand((3,) + tuple(shape), generator=self._gen(device), device=device, dtype=dtype)
+        return self._draw(shape, device, dtype)
 
     def _group_draws(self) -> Tuple[int, ...]:
         """The draw index of every group: the shared indices, or one index per group."""
@@ -202,11 +230,20 @@ class Noise(nn.Module):
     # ------------------------------------------------------------------ noise
 
     def forward(self, x: Tensor) -> Tensor:
+        if self._calibration is not None and isinstance(x, Tensor) and x.is_floating_point():
+            self._calibration[0] += float(x.detach().double().pow(2).sum())
+            self._calibration[1] += x.numel()
         if self.observe(x) or not self._active or not isinstance(x, Tensor) or not x.is_floating_point():
             return x
+        if self.kind is NoiseKind.RELATIVE and not self.calibrated:
+            raise RuntimeError(
+                f"relative noise at site {self.site!r} needs the site's clean signal RMS: call "
+                "fxharden.calibrate_noise(model, data) once on clean data (fxharden.sweep does it for you)")
         x32 = x if x.dtype in (torch.float32, torch.float64) else x.float()
         if self.groups > 1:
             return self._grouped(x32, self.group_dim(x32), fresh=x32 is not x)
+        if self.kind is NoiseKind.STUCK:
+            return self._inject(x32, self._eps(x32.shape, x32.device, x32.dtype), self._host[0])
         eps = _scratch_normal(x32.shape, x32.device, x32.dtype, self._gen(x32.device))
         return self._inject(x32, eps, self._host[0])  # saves nothing for backward: eps is free again
 
@@ -230,42 +267,97 @@ class Noise(nn.Module):
                     o.copy_(xr)
                 continue
             if d not in eps:
-                eps[d] = self._draw(xr.shape, x.device, x.dtype)
+                eps[d] = self._eps(xr.shape, x.device, x.dtype)
             part = self._inject(xr, self._own(eps[d]), s, out=o)
             if o is None:
                 parts.append(part)
         return torch.cat(parts, dim) if grad else out
 
-    def draw_weights(self, w: Tensor) -> List[Tensor]:
+    def draw_weights(self, w: Union[Tensor, Sequence[Tensor]]) -> List[Tensor]:
         """One perturbed copy of weight ``w`` per batch group: ``w`` itself where sigma is 0;
-        groups with the same draw index share one standard-normal draw, each scaled by its
-        own sigma, and groups with the same draw index and sigma get the very same tensor
-        (so a layer can run them in one call)."""
+        groups with the same draw index share one draw, each scaled by its own sigma, and
+        groups with the same draw index, sigma and input get the very same tensor (so a layer
+        can run them in one call). ``w`` may already be one weight per group (the previous
+        model of a ``NoiseChain``); a single sigma then applies to every group, one draw each."""
+        host, draws = self._host, self._group_draws()
+        ws = list(w) if isinstance(w, (list, tuple)) else [w] * len(host)
+        if len(host) == 1 and len(ws) > 1:
+            host, draws = host * len(ws), tuple(range(len(ws)))
+        if len(host) != len(ws):
+            raise ValueError(f"noise site {self.site!r}: {len(host)} sigma values for {len(ws)} weight groups")
         eps: Dict[int, Tensor] = {}
-        made: Dict[Tuple[float, int], Tensor] = {}
+        made: Dict[Tuple[float, int, int], Tensor] = {}
         out = []
-        for s, d in zip(self._host, self._group_draws()):
+        for wi, s, d in zip(ws, host, draws):
             if s == 0:
-                out.append(w)
+                out.append(wi)
                 continue
-            if (s, d) not in made:
+            if (s, d, id(wi)) not in made:
                 if d not in eps:
-                    eps[d] = self._draw(w.shape, w.device, w.dtype)
-                made[(s, d)] = self._inject(w, self._own(eps[d]), s)
-            out.append(made[(s, d)])
+                    eps[d] = self._eps(wi.shape, wi.device, wi.dtype)
+                made[(s, d, id(wi))] = self._inject(wi, self._own(eps[d]), s)
+            out.append(made[(s, d, id(wi))])
         return out
 
     def _own(self, eps: Tensor) -> Tensor:
         """``eps`` as ``_inject`` may consume it: a copy where it would be changed in place."""
-        return eps.clone() if self.relative or self.kind is not WeightNoiseKind.ADDITIVE else eps
+        in_place = self.relative or self.kind in (NoiseKind.MULTIPLICATIVE, NoiseKind.LOGNORMAL)
+        return eps.clone() if in_place else eps
 
     def _inject(self, x: Tensor, eps: Tensor, sigma: float, out: Optional[Tensor] = None) -> Tensor:
         """``x`` with noise of strength ``sigma`` from the standard normals ``eps`` (which may
         be changed in place), written into ``out`` if given (no autograd then)."""
-        if self.kind is WeightNoiseKind.ADDITIVE:
+        if self.kind is NoiseKind.STUCK:
+            return self._stuck(x, eps, sigma, out)
+        if self.kind in (NoiseKind.ADDITIVE, NoiseKind.RELATIVE):
             if self.relative:
                 eps = eps.mul_(x.detach().abs().amax())
+            if self.kind is NoiseKind.RELATIVE:
+                sigma = sigma * float(self.rms)
             return torch.add(x, eps, alpha=sigma, out=out) if out is not None else torch.add(x, eps, alpha=sigma)
-        # multiplicative drift, forward only: x * exp(l) = x + x * (exp(l) - 1)
+        if self.kind is NoiseKind.MULTIPLICATIVE:  # forward only: x (1 + s e) = x + s (e x)
+            noise = eps.mul_(x.detach())
+            return torch.add(x, noise, alpha=sigma, out=out) if out is not None else torch.add(x, noise, alpha=sigma)
+        # log-normal drift, forward only: x * exp(l) = x + x * (exp(l) - 1)
         drift = eps.mul_(sigma).exp_().sub_(1).mul_(x.detach())
         return torch.add(x, drift, out=out) if out is not None else x + drift
+
+    def _stuck(self, x: Tensor, u: Tensor, p: float, out: Optional[Tensor]) -> Tensor:
+        """Stuck-at faults from the uniforms ``u = (fault, sign, zero)``: each element with
+        probability ``p`` is replaced by 0 (share ``zero_fraction``) or by ±max|x| (random
+        sign); exact values, gradient 1 (forward only)."""
+        peak = x.detach().abs().amax()
+        value = torch.where(u[2] < self.zero_fraction, torch.zeros_like(x), torch.where(u[1] < 0.5, peak, -peak))
+        res = torch.where(u[0] < p, value + (x - x.detach()), x)
+        return out.copy_(res) if out is not None else res
+
+
+class NoiseChain(nn.Sequential):
+    """Several noise models on one weight, applied in order (drift, weight noise, faults):
+    the interface of ``Noise`` that hardened layers use; each group's weight passes through
+    every model's own draw (``Noise.draw_weights``)."""
+
+    @property
+    def site(self) -> str:
+        return self[0].site
+
+    @property
+    def active(self) -> bool:
+        return any(m.active for m in self)
+
+    @property
+    def groups(self) -> int:
+        return max(m.groups for m in self if m.active) if self.active else 1
+
+    def observe(self, x: Tensor) -> bool:
+        return any([m.observe(x) for m in self])  # a list, not a generator: every member records
+
+    def group_dim(self, x: Tensor) -> int:
+        return next(m for m in self if m.active and m.groups == self.groups).group_dim(x)
+
+    def draw_weights(self, w: Tensor) -> List[Tensor]:
+        ws: List[Tensor] = [w] * self.groups
+        for m in self:
+            if m.active:
+                ws = m.draw_weights(ws)
+        return ws

@@ -6,7 +6,7 @@ from typing import Dict, List
 
 from torch import fx, nn
 
-__all__ = ["insert_after", "insert_site_modules", "CONTAINER"]
+__all__ = ["insert_after", "insert_before_input", "insert_site_modules", "CONTAINER"]
 
 CONTAINER = "fxharden"
 """Attribute of the hardened module that holds the inserted quantizers and noise modules."""
@@ -22,6 +22,17 @@ def insert_after(node: fx.Node, target: str) -> fx.Node:
     return new
 
 
+def insert_before_input(node: fx.Node, target: str) -> fx.Node:
+    """Insert ``call_module(target)`` on ``node``'s first argument, for ``node`` only (other
+    users of that argument keep the original value)."""
+    arg = node.args[0]
+    graph = node.graph
+    with graph.inserting_before(node):
+        new = graph.call_module(target, (arg,))
+    node.replace_input_with(arg, new)
+    return new
+
+
 def key_for(site: str, taken: Dict[str, object]) -> str:
     """A ``ModuleDict`` key for a dotted site name (dots are not allowed in keys)."""
     key = site.replace(".", "__") or "root"
@@ -31,9 +42,13 @@ def key_for(site: str, taken: Dict[str, object]) -> str:
     return key
 
 
-def insert_site_modules(graph: fx.Graph, insertions: List[tuple]) -> None:
+def insert_site_modules(graph: fx.Graph, insertions: List[tuple], before: List[tuple] = ()) -> None:
     """Apply ``(node, [dotted module targets...])`` insertions: each target is called on the
-    node's output in order (e.g. quantizer then noise). One ``lint`` at the end."""
+    node's output in order (e.g. quantizer then noise); ``before``: ``(node, target)`` pairs
+    called on the node's first input (e.g. a DAC). One ``lint`` at the end."""
+    for node, target in before:
+        if node.args and isinstance(node.args[0], fx.Node):
+            insert_before_input(node, target)
     for node, targets in insertions:
         current = node
         for target in targets:

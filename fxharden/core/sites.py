@@ -102,7 +102,7 @@ class Site:
     quantize_weights: bool
     """Swap the conv/linear/attention module for one with quantized weights."""
     weight_noise: bool
-    """Perturb the weights of this site's layer (the config has weight noise and no rule of
+    """Perturb the weights of this site's layer (the config has weight noise, drift or faults and no rule of
     ``None`` leaves the layer alone)."""
     signed: bool
     """Grid of the output quantizer."""
@@ -215,7 +215,9 @@ def find_sites(graph: fx.Graph, modules: Dict[str, nn.Module], cfg: HardenConfig
             noise=rule is not None and rule.noise,
             quantize_output=quant and kind in (SiteKind.INPUT, SiteKind.ACTIVATION),
             quantize_weights=quant and cfg.quant.quantize_weights and has_weights,
-            weight_noise=rule is not None and cfg.weight_noise.kind is not WeightNoiseKind.NONE and has_weights,
+            weight_noise=rule is not None and has_weights and (cfg.weight_noise.kind is not WeightNoiseKind.NONE
+                                                               or cfg.weight_drift is not None
+                                                               or cfg.weight_faults is not None),
             signed=not _unsigned(node, modules),
         ))
     return sites

@@ -17,13 +17,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..core.calibrate import calibrate_noise
 from ..core.harden import HardenedModule, noise_sites, seed_noise, weight_noise_modules
 from ..core.noise import Noise
-from .results import PointStore, SweepMode
+from ..core.noise_models import NoiseKind
+from .results import PointStore, SweepMode, Units
 from .sweep_config import SweepConfig
 
 __all__ = ["EvalData", "Engine", "Level", "Item", "chunk_key", "chunk_seed", "weights_sha256", "CACHE_BYTES"]
 
+CALIBRATION_BATCHES = 4
+"""Batches of the evaluation data that calibrate the clean RMS of sites that have none."""
 CACHE_BYTES = 2 << 30
 """Evaluation data up to this size stay on the device as normalised batches between passes."""
 
@@ -83,7 +87,7 @@ class EvalData:
 
 
 def weights_sha256(hm: HardenedModule) -> str:
-    skip = {f"{name}.sigma" for name, m in hm.named_modules() if isinstance(m, Noise)}
+    skip = {f"{name}.{buf}" for name, m in hm.named_modules() if isinstance(m, Noise) for buf in ("sigma", "rms")}
     h = hashlib.sha256()
     for key, t in sorted(hm.state_dict().items()):
         if key not in skip:
@@ -120,14 +124,25 @@ class Engine:
     def attach(self, store: PointStore) -> None:
         self.store, self.done = store, store.load()
 
+    def _factor(self, mod: Noise) -> float:
+        """Sweep σ -> the module's own σ: relative units scale additive noise by the site's
+        RMS, absolute units scale relative noise by 1/RMS; multiplicative is dimensionless."""
+        relative_units = self.cfg.units is Units.RELATIVE
+        if mod.kind is NoiseKind.ADDITIVE and relative_units:
+            return float(mod.rms)
+        if mod.kind is NoiseKind.RELATIVE and not relative_units:
+            return 1.0 / float(mod.rms)
+        return 1.0
+
     def _set_sigmas(self, n: int, items: Sequence[Item]) -> None:
         # with shared noise, groups of one repeat share a draw at every site (their sigmas differ)
         draws = [r for _, _, r in items] if self.cfg.shared_noise else None
         for site, mod in self.mods[n].items():
+            k = self._factor(mod) if any(g for _, g, _ in items) else 1.0
             if self.cfg.mode is SweepMode.GLOBAL:
-                vec = [g if site in self.sites else 0.0 for _, g, _ in items]
+                vec = [g * k if site in self.sites else 0.0 for _, g, _ in items]
             else:
-                vec = [g if s == site else 0.0 for s, g, _ in items]
+                vec = [g * k if s == site else 0.0 for s, g, _ in items]
             if len(set(vec)) == 1:
                 mod.set_sigma(vec[0])
             else:
@@ -140,10 +155,13 @@ class Engine:
                 mod.set_sigma(vec, draws)
 
     def warm_up(self) -> int:
-        """One clean forward of the first batch per network (a statistics-based quantizer that
-        never saw data calibrates on it, the same in every run); returns the class count."""
+        """The clean RMS of every site never calibrated, on the first ``CALIBRATION_BATCHES``
+        batches, and one clean forward of the first batch per network (a statistics-based
+        quantizer that never saw data calibrates on the first batch, the same in every run);
+        returns the class count."""
         x, out = next(iter(self.data))[0], None
         for n, hm in enumerate(self.nets):
+            calibrate_noise(hm, self.data, max_batches=CALIBRATION_BATCHES, force=False)
             self._set_sigmas(n, [(None, 0.0, 0)])
             with torch.inference_mode():
                 out = hm(x)

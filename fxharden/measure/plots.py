@@ -85,45 +85,56 @@ def plot_accuracy(result: SweepResult, path: PathLike, site: Optional[str] = Non
 
 
 def plot_per_layer(result: SweepResult, path: PathLike) -> Path:
-    """Bar chart of μ per site, most sensitive (smallest μ) first; sites without a μ are
-    drawn as hatched bars at the largest sigma, labelled with their fit status.
+    """The sensitivity map: μ per site with error bars, in network order, coloured by site
+    kind. A μ from the crossing estimate is drawn lighter; a site whose accuracy never fell
+    half way is a hatched bar up to its lower bound (μ lies above it).
 
     Raises:
         ValueError: ``result`` is not a per-layer sweep.
     """
-    if result.mode is not SweepMode.PER_LAYER:
-        raise ValueError("plot_per_layer needs a per-layer sweep (mode=SweepMode.PER_LAYER / --per-layer)")
-    ranked = result.ranking()
+    from .sensitivity import Estimate, sensitivity
+
+    rows = sensitivity(result)
     top = max(result.sigmas) if result.points else 1.0
-    fig = new_figure(max(6.4, 0.32 * len(ranked) + 2), 4.2)
+    kinds = list(dict.fromkeys(r.kind or "?" for r in rows))
+    colour = {k: f"C{i % 10}" for i, k in enumerate(kinds)}
+    fig = new_figure(max(6.4, 0.3 * len(rows) + 2), 4.4)
     ax = fig.add_subplot()
-    quotes = [fit.quote() for _, fit in ranked]
-    for i, q in enumerate(quotes):
-        if q.kind in (QuoteKind.MU, QuoteKind.CROSSING):  # crossing: hatched, labelled with the status
-            ax.bar(i, q.value, yerr=q.err if math.isfinite(q.err) else None, capsize=2,
-                   color="C0" if q.is_mu else "none", edgecolor="C0" if q.is_mu else "C1",
-                   hatch=None if q.is_mu else "..")
-            if not q.is_mu:
-                ax.annotate(f"~ ({q.status.value})", (i, q.value), rotation=90, ha="center", va="bottom", fontsize=7)
+    for i, r in enumerate(rows):
+        c = colour[r.kind or "?"]
+        if r.estimate in (Estimate.FIT, Estimate.CROSSING):
+            err = r.mu_err if math.isfinite(r.mu_err) else None
+            ax.bar(i, r.mu, yerr=err, color=c, alpha=1.0 if r.estimate == Estimate.FIT else 0.45, capsize=2)
         else:
-            ax.bar(i, top, color="none", edgecolor="gray", hatch="//")
-            ax.annotate(q.status.value, (i, top), rotation=90, ha="center", va="top", fontsize=7)
-    ax.set_xticks(range(len(ranked)), [n for n, _ in ranked], rotation=70, ha="right", fontsize=7)
-    heights = [q.value if q.kind in (QuoteKind.MU, QuoteKind.CROSSING) else top for q in quotes] or [top]
+            height = r.mu if math.isfinite(r.mu) else top
+            ax.bar(i, height, color="none", edgecolor=c, hatch="//")
+            ax.annotate(">" if r.estimate == Estimate.LOWER_BOUND else "?", (i, height), ha="center", va="bottom",
+                        fontsize=7)
+    for k in kinds:
+        ax.bar(0, 0, color=colour[k], label=k)
+    ax.set_xticks(range(len(rows)), [r.site for r in rows], rotation=70, ha="right", fontsize=7)
+    heights = [r.mu for r in rows if math.isfinite(r.mu)] or [top]
     if max(heights) > 30 * min(heights):  # μ spans decades: log axis
         ax.set_yscale("log")
+    ax.set_xlabel("site (network order)")
     ax.set_ylabel("midpoint noise level μ")
-    ax.set_title("per-layer μ (smallest = most sensitive); dotted orange: crossing, fit not OK", fontsize=10)
+    ax.set_title("per-layer μ (lower = more sensitive); light: crossing estimate, hatched: > bound", fontsize=9)
+    ax.legend(fontsize=7, title="site kind", title_fontsize=7)
     ax.grid(True, axis="y", alpha=0.3)
     return save_figure(fig, path)
 
 
 def save_plots(result: SweepResult, out: PathLike) -> Dict[str, Path]:
-    """Write every plot that applies to ``result`` into directory ``out``."""
+    """Write every plot that applies to ``result`` into directory ``out`` (per-layer sweeps:
+    also the sensitivity table ``per_layer_mu.md``)."""
     out = Path(out)
     paths = {"accuracy": plot_accuracy(result, out / ACCURACY_PNG)}
     if result.mode is SweepMode.PER_LAYER:
+        from .sensitivity import PER_LAYER_MD, sensitivity_markdown
+
         paths["per_layer"] = plot_per_layer(result, out / PER_LAYER_PNG)
+        text = sensitivity_markdown(result).encode()
+        paths["per_layer_table"] = atomic_write_bytes(out / PER_LAYER_MD, lambda f: f.write(text))
     return paths
 
 

@@ -34,7 +34,7 @@ from .._files import atomic_write_bytes
 from .metrics import BOOTSTRAP_SIZE, MidpointFit, MidpointModel, fit_midpoint
 from .resume import FORMAT, HEADER_FILE, POINTS_FILE, PointStore, SweepMismatchError, fingerprint
 
-__all__ = ["SweepMode", "bootstrap_curves", "FitOptions", "FORMAT", "RESULTS_JSON", "RESULTS_CSV", "POINTS_FILE", "HEADER_FILE",
+__all__ = ["SweepMode", "Units", "bootstrap_curves", "FitOptions", "FORMAT", "RESULTS_JSON", "RESULTS_CSV", "POINTS_FILE", "HEADER_FILE",
            "SweepPoint", "SweepResult", "SweepMismatchError", "PointStore", "fingerprint", "load_result", "versions"]
 
 RESULTS_JSON, RESULTS_CSV = "results.json", "results.csv"
@@ -49,6 +49,15 @@ class SweepMode(str, Enum):
     """The same sigma at every (selected) noise site at once; one μ for the network."""
     PER_LAYER = "per_layer"
     """Sigma at one site, 0 elsewhere ("walking noise"); one μ per site."""
+
+
+class Units(str, Enum):
+    """The unit of a sweep's σ (and so of its μ)."""
+
+    ABSOLUTE = "absolute"
+    """σ in the units of the signal at each site (the paper): noise std = σ."""
+    RELATIVE = "relative"
+    """σ relative to each site's clean RMS (``calibrate_noise``): noise std = σ · rms_site."""
 
 
 def versions() -> Dict[str, str]:
@@ -242,6 +251,41 @@ class SweepResult:
     """Global mode: the same curve fitted with the other model (Eq. 1 beside the log one), for comparison."""
     other_per_site: Dict[str, MidpointFit] = field(default_factory=dict)
     """Per-layer mode: each site fitted with the other model, for comparison."""
+    site_kinds: Dict[str, str] = field(default_factory=dict)
+    """The kind (``SiteKind`` value) of every swept site, in network order."""
+    units: Units = Units.ABSOLUTE
+    """The unit of the sweep's σ grid and of its fits."""
+    site_rms: Dict[str, float] = field(default_factory=dict)
+    """Clean RMS of the signal at every swept site (mean over networks), the conversion
+    between the units: σ_abs = σ_rel · rms_site."""
+
+    @property
+    def rms_ref(self) -> float:
+        """Reference RMS of global noise: ``sqrt(mean over swept sites of rms²)`` (NaN without
+        RMS values). A global σ converts as σ_abs = σ_rel · rms_ref: the same total noise
+        power relative to the total clean signal power of the sites."""
+        values = [self.site_rms[s] for s in self.sites if s in self.site_rms]
+        return math.sqrt(float(np.mean(np.square(values)))) if values else math.nan
+
+    def mu_in(self, units: Units, site: Optional[str] = None) -> Tuple[float, float]:
+        """``(μ, error)`` of the global fit (``site=None``) or of a site's fit, in ``units``:
+        the fit's own μ converted with ``rms_ref`` (global) or the site's RMS (NaN if none)."""
+        fit = self.fit if site is None else self.per_site.get(site)
+        if fit is None:
+            return math.nan, math.nan
+        rms = self.rms_ref if site is None else self.site_rms.get(site, math.nan)
+        factor = 1.0 if Units(units) is self.units else (rms if self.units is Units.RELATIVE else 1.0 / rms)
+        return fit.mu * factor, fit.mu_err * factor
+
+    @property
+    def mu_abs(self) -> Tuple[float, float]:
+        """Global μ and its error in absolute units."""
+        return self.mu_in(Units.ABSOLUTE)
+
+    @property
+    def mu_rel(self) -> Tuple[float, float]:
+        """Global μ and its error relative to the clean RMS (``rms_ref``)."""
+        return self.mu_in(Units.RELATIVE)
 
     @property
     def sigmas(self) -> List[float]:
@@ -327,7 +371,9 @@ class SweepResult:
             "fit_options": self.fit_options.to_dict(),
             "other_fit": self.other_fit.to_dict() if self.other_fit is not None else None,
             "other_per_site": {s: f.to_dict() for s, f in self.other_per_site.items()},
-            "timing": self.timing,
+            "site_kinds": self.site_kinds, "units": self.units.value, "site_rms": self.site_rms,
+            "mu_abs": list(self.mu_abs) if self.fit is not None else None,
+            "mu_rel": list(self.mu_rel) if self.fit is not None else None, "timing": self.timing,
         }
 
     @classmethod
@@ -358,6 +404,8 @@ class SweepResult:
             fit_options=FitOptions.from_dict(data.get("fit_options")),
             other_fit=MidpointFit.from_dict(data["other_fit"]) if data.get("other_fit") else None,
             other_per_site={s: MidpointFit.from_dict(f) for s, f in data.get("other_per_site", {}).items()},
+            site_kinds=dict(data.get("site_kinds", {})), units=Units(data.get("units", "absolute")),
+            site_rms={k: float(v) for k, v in data.get("site_rms", {}).items()},
         )
 
     def to_csv(self) -> str:

@@ -10,7 +10,7 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 
 from ..core.config import check_sigma
-from .results import SweepMode
+from .results import SweepMode, Units
 
 __all__ = ["SweepConfig", "FORWARD_IMAGES", "round_sigma"]
 
@@ -66,10 +66,17 @@ class SweepConfig:
     """Networks with weight noise: keep it at sigma-0 points and in the clean accuracy too.
     By default the clean pass and sigma-0 points are noise-free; every point with sigma > 0
     gets the network's weight noise, drawn once per repeat."""
+    units: Units = Units.ABSOLUTE
+    """The unit of the σ grid: absolute (the paper) or relative to each site's clean RMS
+    (noise std = σ · rms_site; multiplicative noise is dimensionless and ignores it)."""
 
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
         set_("mode", SweepMode(self.mode))
+        try:
+            set_("units", Units(self.units))
+        except ValueError:
+            raise ValueError(f"units must be 'absolute' or 'relative', got {self.units!r}") from None
         set_("adaptive", self.sigmas is None if self.adaptive is None else bool(self.adaptive))
         if self.sigmas is not None:
             set_("sigmas", tuple(sorted({check_sigma(float(s)) for s in self.sigmas})))
@@ -107,7 +114,7 @@ class SweepConfig:
     def to_dict(self) -> Dict[str, Any]:
         """A JSON-serialisable dict (enums as values)."""
         out = asdict(self)
-        out.update(mode=self.mode.value, sigmas=list(self.sigmas) if self.sigmas is not None else None,
+        out.update(mode=self.mode.value, units=self.units.value, sigmas=list(self.sigmas) if self.sigmas is not None else None,
                    sites=list(self.sites) if self.sites is not None else None)
         return out
 
