@@ -29,6 +29,8 @@ _EXPORTS = {
     "measure.results": ("FitOptions", "SweepResult", "SweepMode", "load_result"),
     "measure.sweep_config": ("SweepConfig",),
     "measure.sweep": ("sweep",),
+    "measure.budget": ("BudgetError", "BudgetResult", "budget"),
+    "measure.noise_cost": ("CostModel",),
     "training.train": ("NoiseSchedule", "TrainConfig", "TrainResult", "train"),
     "experiments.reproduce": ("ReproduceResult", "reproduce"),
     "zoo.checkpoint": ("load_checkpoint", "save_checkpoint"),

@@ -1,6 +1,7 @@
 """The ``fxharden`` command line: parse -> build config -> call the public API -> print/save.
 
-Commands: ``sweep`` (accuracy versus noise, μ, results files and plots), ``inspect``
+Commands: ``sweep`` (accuracy versus noise, μ, results files and plots), ``budget`` (a per-site noise
+allocation), ``inspect``
 (what ``harden`` does to a model), ``train`` (QAT / noisy training with checkpoints) and
 ``reproduce`` (a paper experiment from a recipe file). The helpers below (model, device,
 data and harden-config resolution, ``user_errors``) are shared by every command.
@@ -322,8 +323,12 @@ def sweep_command(
                                             "around μ, or exactly the grid. Default: adaptive unless --sigmas."),
     repeats: int = typer.Option(5, min=1, help="Noise draws per point and network."),
     per_layer: bool = typer.Option(False, "--per-layer", help="Noise at one site at a time: one μ per site."),
-    units: str = typer.Option("absolute", help="Unit of sigma: absolute (the paper) or relative (to each site's "
-                              "clean RMS, calibrated on the data). Results carry μ in both."),
+    units: Optional[str] = typer.Option(None, help="Unit of sigma: absolute (the paper, the default) or relative "
+                                        "(to each site's clean RMS, calibrated on the data). Results carry μ in "
+                                        "both. Default with --sigma-map: the map's units."),
+    sigma_map: Optional[Path] = typer.Option(None, help="A noise allocation (sigma_map.json from `fxharden "
+                                             "budget`, or its folder): site s gets sigma × map[s], so "
+                                             "--sigmas 1 measures the allocation itself."),
     sites: Optional[str] = typer.Option(None, help="Comma-separated site names or regular expressions to inject "
                                         "noise at (default: all noise sites)."),
     device: Device = typer.Option(Device.AUTO, help="Where to run."),
@@ -362,12 +367,13 @@ def sweep_command(
 
     with user_errors():
         harden_config = harden_options(bits, scale, dynamic)
+        allocation, units = _read_allocation(sigma_map, units)
         config = SweepConfig(
             sigmas=parse_sigmas(sigmas), sigma_min=sigma_min, sigma_max=sigma_max, points=points, repeats=repeats,
             mode=SweepMode.PER_LAYER if per_layer else SweepMode.GLOBAL,
             sites=tuple(s.strip() for s in sites.split(",") if s.strip()) if sites else None,
             batch_size=batch_size, points_per_forward=points_per_forward, seed=seed, device=resolve_device(device),
-            adaptive=adaptive, chance=chance, max_images=max_images, units=units)
+            adaptive=adaptive, chance=chance, max_images=max_images, units=units, sigma_map=allocation)
         options = model_options(pretrained, weights, num_classes, model_arg)
         if synthetic:
             if data is not None or download:
@@ -397,10 +403,85 @@ def sweep_command(
     _print_result(result, files)
 
 
+def _read_allocation(path: Optional[Path], units: Optional[str]):
+    """``(sigma map or None, units)`` of ``--sigma-map``/``--units``."""
+    if path is None:
+        return None, units or "absolute"
+    from .measure.sigma_map import read_sigma_map
+
+    allocation, map_units = read_sigma_map(path)
+    if units is not None and units != map_units.value:
+        raise ValueError(f"--units {units} but the sigma map {path} is in {map_units.value} units; leave out --units "
+                         "or give the same units")
+    return allocation, map_units.value
+
+
 def _is_checkpoint(name: str) -> bool:
     from .zoo.checkpoint import is_checkpoint
 
     return is_checkpoint(name)
+
+
+# ---------------------------------------------------------------------- budget
+
+
+@app.command("budget")
+def budget_command(
+    model: str = typer.Argument(..., help="Checkpoint path or model name (model names have random weights)."),
+    max_drop: float = typer.Option(..., help="Allowed accuracy drop from clean, a fraction (0.01 = one point)."),
+    bits: Optional[int] = typer.Option(None, min=2, max=16, help="Quantize (model names only), as for sweep."),
+    scale: Optional[float] = typer.Option(None, help="Constant quantization step (with --bits; default 1.0)."),
+    dynamic: bool = typer.Option(False, "--dynamic", help="Learned quantization steps instead of --scale."),
+    profile: Optional[Path] = typer.Option(None, help="A per-layer sweep of this model on the same data (its output "
+                                           "folder or results.json); default: run one."),
+    protect: bool = typer.Option(True, "--protect/--no-protect", help="Keep sites digital (sigma 0) that alone "
+                                 "exceed the drop at the smallest sigma; --no-protect: such sites are an error."),
+    digital_sigma: Optional[float] = typer.Option(None, help="Cost of a protected site: as if analog at this sigma "
+                                                  "(default: the smallest sigma of the profile)."),
+    units: str = typer.Option("absolute", help="Unit of sigma: absolute or relative (to each site's clean RMS)."),
+    sigma_min: float = typer.Option(1e-3, help="Smallest sigma searched."),
+    sigma_max: float = typer.Option(10.0, help="Largest sigma searched."),
+    repeats: int = typer.Option(5, min=1, help="Noise draws per point."),
+    device: Device = typer.Option(Device.AUTO, help="Where to run."),
+    batch_size: int = typer.Option(256, min=1, help="Data images per batch."),
+    seed: int = typer.Option(0, help="Seeds the noise (and the random weights of model names)."),
+    out: Path = typer.Option(Path("runs/budget"), help="Output folder: budget.md, budget.json, budget.png, "
+                             "sigma_map.json (for `fxharden sweep MODEL --sigma-map`)."),
+    data: Optional[Path] = typer.Option(None, help="CIFAR-10 folder (default: $FXHARDEN_DATA)."),
+    split: Split = typer.Option(Split.TEST, help="Data split to evaluate on."),
+    max_images: Optional[int] = typer.Option(None, min=1, help="Use only the first N images."),
+    synthetic: bool = typer.Option(False, "--synthetic", help="Generated images instead of CIFAR-10 (demos, tests)."),
+) -> None:
+    """Find a per-site noise allocation within an accuracy drop at the least cost (E ∝ Σ ops/σ²), verified by
+    sweeps, and the sites to keep digital."""
+    from .measure.budget import budget
+    from .measure.noise_cost import CostModel
+    from .measure.results import load_result
+    from .measure.sweep import SweepConfig
+
+    with user_errors():
+        config = SweepConfig(sigma_min=sigma_min, sigma_max=sigma_max, repeats=repeats, batch_size=batch_size,
+                             seed=seed, device=resolve_device(device), max_images=max_images, units=units)
+        cost = CostModel(digital_sigma=digital_sigma)
+        prof = load_result(profile) if profile is not None else None
+        options = model_options(False, None, None, None)
+        if synthetic:
+            if data is not None:
+                raise typer.BadParameter("--synthetic generates its own data; leave out --data")
+            from .zoo.data import synthetic_dataset
+
+            ((_, hm),), _ = resolve_models([model], harden_options(bits, scale, dynamic), seed, options)
+            dataset = synthetic_dataset(n=max_images or 1000, num_classes=10, image_size=32, channels=3, seed=seed)
+        else:
+            ((_, hm),), dataset = resolve_models([model], harden_options(bits, scale, dynamic), seed, options,
+                                                data_options(data, split, False, max_images, None, None, None, None,
+                                                             OnCorrupt.STOP, None))
+        result = budget(hm, dataset, max_drop, config=config, profile=prof, cost=cost, protect=protect)
+        files = result.save(out)
+    console.print(result.markdown())
+    for path in files.values():
+        console.print(f"wrote {path}")
+    console.print(f"verify: fxharden sweep {model} --sigma-map {files['sigma_map']} --sigmas 1")
 
 
 # ---------------------------------------------------------------------- inspect

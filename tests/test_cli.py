@@ -77,6 +77,22 @@ def test_sweep_several_checkpoints(tmp_path):
     assert res.exit_code == 2 and "carries its own harden config" in res.output
 
 
+def test_sweep_reads_a_sigma_map_back(tmp_path):
+    from fxharden.measure.results import Units
+    from fxharden.measure.sigma_map import write_sigma_map
+
+    write_sigma_map(tmp_path / "map.json", {"conv1": 0.2, "fc3": 0.0, "relu1": 0.05}, Units.RELATIVE)
+    res = invoke("sweep", "lenet5", *FAST, "--sigma-map", tmp_path / "map.json", "--sigmas", "1",
+                 "--out", tmp_path / "run")
+    assert res.exit_code == 0, res.output
+    config = json.loads((tmp_path / "run" / "results.json").read_text())["config"]
+    assert config["sigma_map"] == {"conv1": 0.2, "fc3": 0.0, "relu1": 0.05} and config["units"] == "relative"
+    clash = invoke("sweep", "lenet5", *FAST, "--sigma-map", tmp_path / "map.json", "--units", "absolute",
+                   "--out", tmp_path / "other")
+    assert clash.exit_code == 2 and "relative units" in " ".join(clash.output.split())
+    assert not (tmp_path / "other" / "results.json").exists()
+
+
 def test_inspect_lists_sites():
     res = invoke("inspect", "lenet5", "--bits", "4", "--scale", "0.5")
     assert res.exit_code == 0, res.output
@@ -101,9 +117,12 @@ def test_help_is_complete():
     (["sweep", "lenet5", "--synthetic", "--sites", "nothing_here"], "matches no noise site"),
     (["sweep", "missing/ckpt.pt", "--synthetic"], "no checkpoint file at"),
     (["inspect", "no_such_net"], "unknown model"),
+    (["sweep", "lenet5", "--synthetic", "--sigma-map", "missing.json"], "no sigma map at"),
+    (["budget", "lenet5", "--synthetic", "--max-drop", "-0.1"], "max_drop is the allowed accuracy drop"),
+    (["budget", "lenet5", "--synthetic", "--max-drop", "0.01", "--digital-sigma", "0"], "digital_sigma must be"),
 ])
 def test_bad_input_gives_a_clean_error(args, message, tmp_path):
-    res = invoke(*args, "--out", tmp_path) if args[0] == "sweep" else invoke(*args)
+    res = invoke(*args, "--out", tmp_path) if args[0] in ("sweep", "budget") else invoke(*args)
     assert res.exit_code == 2, res.output
     assert message in " ".join(res.output.split())
     assert "Traceback" not in res.output and not isinstance(res.exception, (ValueError, TypeError))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import difflib
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import fx, nn
@@ -266,20 +266,30 @@ def noise_sites(model: nn.Module) -> List[str]:
     return list(_noise_modules(_check_hardened(model)))
 
 
-def set_noise(model: nn.Module, sigma: SigmaLike, sites: Optional[Iterable[str]] = None) -> None:
+def set_noise(model: nn.Module, sigma: Union[SigmaLike, Mapping[str, SigmaLike]],
+              sites: Optional[Iterable[str]] = None) -> None:
     """Set the noise strength.
 
     Args:
         model: a hardened model.
-        sigma: a float >= 0, or one float per batch group (see ``Noise``).
+        sigma: a float >= 0, or one float per batch group (see ``Noise``), or a per-site map
+            ``{site: sigma}`` (a noise allocation): each listed site gets its own value and
+            every other site gets 0.
         sites: ``None`` sets every site (global injection); otherwise only these sites get
-            ``sigma`` and every other site gets 0 (per-layer injection).
+            ``sigma`` and every other site gets 0 (per-layer injection). Not with a map.
 
     Raises:
         ValueError: negative/NaN sigma, or a site name that does not exist (the message
             lists close matches).
     """
     mods = _noise_modules(_check_hardened(model))
+    if isinstance(sigma, Mapping):
+        if sites is not None:
+            raise ValueError("set_noise: pass either a per-site sigma map or sites, not both")
+        _check_sites(mods, list(sigma))
+        for name, mod in mods.items():
+            mod.set_sigma(sigma.get(name, 0.0))
+        return
     chosen = set(mods) if sites is None else set(_check_sites(mods, [sites] if isinstance(sites, str) else sites))
     for name, mod in mods.items():
         mod.set_sigma(sigma if name in chosen else 0.0)

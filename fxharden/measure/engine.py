@@ -115,6 +115,7 @@ class Engine:
         # weight noise: each network's own strength (its current setting), on at points with sigma > 0
         self.weight_mods = [[(m, float(m.sigma) if m.groups == 1 else hm.harden_config.weight_noise.sigma)
                              for m in weight_noise_modules(hm).values()] for hm in nets]
+        self.weights = dict(cfg.sigma_map) if cfg.sigma_map is not None else {s: 1.0 for s in sites}
         self.store: Optional[PointStore] = None
         self.done: Dict[str, Dict[str, Any]] = {}
         self.counts: Dict[Level, List[List[int]]] = {}
@@ -139,10 +140,11 @@ class Engine:
         draws = [r for _, _, r in items] if self.cfg.shared_noise else None
         for site, mod in self.mods[n].items():
             k = self._factor(mod) if any(g for _, g, _ in items) else 1.0
+            w = self.weights.get(site, 0.0)
             if self.cfg.mode is SweepMode.GLOBAL:
-                vec = [g * k if site in self.sites else 0.0 for _, g, _ in items]
+                vec = [g * k * w if site in self.sites else 0.0 for _, g, _ in items]
             else:
-                vec = [g * k if s == site else 0.0 for s, g, _ in items]
+                vec = [g * k * w if s == site else 0.0 for s, g, _ in items]
             if len(set(vec)) == 1:
                 mod.set_sigma(vec[0])
             else:

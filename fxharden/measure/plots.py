@@ -17,7 +17,7 @@ from .._files import atomic_write_bytes
 from .midpoint_result import QuoteKind
 from .results import SweepMode, SweepResult
 
-__all__ = ["plot_accuracy", "plot_per_layer", "save_plots", "new_figure", "save_figure", "ACCURACY_PNG", "PER_LAYER_PNG"]
+__all__ = ["plot_accuracy", "plot_per_layer", "plot_budget", "save_plots", "new_figure", "save_figure", "ACCURACY_PNG", "PER_LAYER_PNG"]
 
 ACCURACY_PNG, PER_LAYER_PNG = "accuracy_vs_sigma.png", "per_layer_mu.png"
 
@@ -141,3 +141,41 @@ def save_plots(result: SweepResult, out: PathLike) -> Dict[str, Path]:
 def save_figure(fig, path: PathLike) -> Path:
     """Write ``fig`` as PNG to ``path`` atomically."""
     return atomic_write_bytes(path, lambda f: fig.savefig(f, format="png"))
+
+
+def plot_budget(result, path: PathLike) -> Path:
+    """A noise budget (``fxharden.measure.budget.BudgetResult``): left, σ per site in network
+    order (protected sites marked at the bottom) against the best uniform σ; right, the
+    verifying sweeps, accuracy versus equivalent uniform σ, with the allowed drop."""
+    fig = new_figure(11, 4.2)
+    ax, bx = fig.subplots(1, 2)
+    sites = result.sites
+    x = np.arange(len(sites))
+    analog = [s.sigma for s in sites if s.sigma > 0]
+    low = min(analog + [result.uniform_sigma if math.isfinite(result.uniform_sigma) else 1.0]) / 3
+    ax.bar(x, [s.sigma if s.sigma > 0 else np.nan for s in sites], color="C0", label="allocation")
+    for i, s in enumerate(sites):
+        if s.protected:
+            ax.plot(i, low, "x", color="C3", ms=9, label="protected (digital)" if i == min(
+                j for j, t in enumerate(sites) if t.protected) else None)
+    if math.isfinite(result.uniform_sigma):
+        ax.axhline(result.uniform_sigma, color="C1", ls="--", label=f"best uniform σ {result.uniform_sigma:.3g}")
+    ax.set_yscale("log")
+    ax.set_xticks(x, [s.site for s in sites], rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel(f"σ ({result.units.value})")
+    ax.set_title(f"Allocation, cost ratio vs uniform {result.cost_ratio:.3g}")
+    ax.legend(fontsize=8)
+    for i, (name, label) in enumerate((("allocation", "allocation (equivalent uniform σ)"),
+                                       ("uniform", "uniform σ"))):
+        pts = result.curves.get(name) or []
+        if pts:
+            t, acc, err = (np.array(v) for v in zip(*pts))
+            bx.errorbar(t, acc, yerr=err, fmt="o-", ms=3, color=f"C{i}", label=label)
+    bx.axhline(result.clean_accuracy - result.max_drop, color="k", ls=":", label=f"clean − {result.max_drop:g}")
+    bx.axvline(result.scale, color="C0", lw=0.8)
+    bx.set_xscale("log")
+    bx.set_xlabel(f"σ ({result.units.value})")
+    bx.set_ylabel("accuracy")
+    bx.set_title("Verifying sweeps")
+    bx.legend(fontsize=8)
+    return save_figure(fig, path)

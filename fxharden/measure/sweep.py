@@ -68,6 +68,15 @@ def _select_sites(all_sites: List[str], patterns: Optional[Tuple[str, ...]]) -> 
     return [s for s in all_sites if s in chosen]
 
 
+def _check_map(cfg: SweepConfig, all_sites: List[str]) -> None:
+    unknown = [s for s, _ in cfg.sigma_map or () if s not in all_sites]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], all_sites, n=3)
+        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise ValueError(f"sigma_map names {len(unknown)} site(s) this model does not have: "
+                         f"{', '.join(map(repr, unknown[:5]))}{hint}; the map must come from a budget of this model")
+
+
 def sweep(
     model: Union[ModelLike, Sequence[ModelLike], Mapping[str, ModelLike]],
     data: Any,
@@ -135,6 +144,7 @@ def sweep(
         for hm in nets:
             frozen.enter_context(frozen_weights(hm))  # the sweep never changes a weight
         sites = _select_sites(noise_sites(nets[0]), cfg.sites)
+        _check_map(cfg, noise_sites(nets[0]))
         for hm in nets:
             hm.eval().to(dev)
         data = EvalData(data, cfg.batch_size, cfg.max_images, dev)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -69,6 +69,11 @@ class SweepConfig:
     units: Units = Units.ABSOLUTE
     """The unit of the σ grid: absolute (the paper) or relative to each site's clean RMS
     (noise std = σ · rms_site; multiplicative noise is dimensionless and ignores it)."""
+    sigma_map: Optional[Tuple[Tuple[str, float], ...]] = None
+    """A per-site noise allocation (e.g. from ``fxharden.budget``): site ``s`` gets ``σ ·
+    sigma_map[s]`` and sites not in the map get no noise (kept digital), so σ = 1 measures
+    the allocation itself. A ``{site: factor}`` mapping is accepted. ``None``: every site
+    gets σ."""
 
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
@@ -77,6 +82,11 @@ class SweepConfig:
             set_("units", Units(self.units))
         except ValueError:
             raise ValueError(f"units must be 'absolute' or 'relative', got {self.units!r}") from None
+        if self.sigma_map is not None:
+            items = self.sigma_map.items() if isinstance(self.sigma_map, Mapping) else self.sigma_map
+            set_("sigma_map", tuple(sorted((str(k), check_sigma(float(v))) for k, v in items)))
+            if not any(v > 0 for _, v in self.sigma_map):
+                raise ValueError("sigma_map gives every site a factor of 0: nothing to sweep")
         set_("adaptive", self.sigmas is None if self.adaptive is None else bool(self.adaptive))
         if self.sigmas is not None:
             set_("sigmas", tuple(sorted({check_sigma(float(s)) for s in self.sigmas})))
@@ -115,7 +125,8 @@ class SweepConfig:
         """A JSON-serialisable dict (enums as values)."""
         out = asdict(self)
         out.update(mode=self.mode.value, units=self.units.value, sigmas=list(self.sigmas) if self.sigmas is not None else None,
-                   sites=list(self.sites) if self.sites is not None else None)
+                   sites=list(self.sites) if self.sites is not None else None,
+                   sigma_map=dict(self.sigma_map) if self.sigma_map is not None else None)
         return out
 
 

@@ -1,0 +1,164 @@
+"""Noise budget: per-site allocations verified against independent evaluations and an
+independently computed cost; sigma maps in set_noise and sweeps; bad input."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import fxharden
+from fxharden.core.noise import Noise
+from fxharden.measure.budget import BudgetError, budget
+from fxharden.measure.noise_cost import site_ops
+from fxharden.measure.sigma_map import read_sigma_map, write_sigma_map
+from fxharden.measure.results import Units
+from fxharden.measure.sweep import SweepConfig, sweep
+
+from torch import nn
+
+
+class Teacher(nn.Module):
+    """A small MLP labelled by its own clean predictions (clean accuracy 1). ``fc1`` scaled by
+    ``shrink`` and its output back by ``1/shrink``: same function, but noise at ``fc1`` meets a
+    smaller signal. ``dead`` is multiplied by 0: its noise never reaches the output."""
+
+    def __init__(self, shrink: float) -> None:
+        super().__init__()
+        self.gain = 1 / shrink
+        self.fc1, self.act, self.fc2, self.dead = nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4), nn.Linear(16, 4)
+        with torch.no_grad():
+            self.fc1.weight.mul_(shrink)
+            self.fc1.bias.mul_(shrink)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x) * self.gain)) + 0.0 * self.dead(x)
+
+
+def make_teacher(shrink):
+    torch.manual_seed(0)
+    model = Teacher(shrink).eval()
+    x = torch.randn(256, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        return model, (x, model(x).argmax(1))
+
+FAST = SweepConfig(repeats=3, batch_size=128, device="cpu", sigma_min=1e-3, sigma_max=10.0)
+# Teacher: x (16) -> fc1 (16->32) -> act -> fc2 (32->4), plus dead (16->4); ops per image by hand
+TEACHER_OPS = {"input": 16, "fc1": 16 * 32, "act": 32, "fc2": 32 * 4, "dead": 16 * 4}
+
+
+def hand_cost(sigma, digital_sigma):
+    """E = Σ ops/σ², digital sites at σ_d: written out from the documented formula."""
+    return sum(n / (sigma[s] ** 2 if sigma[s] > 0 else digital_sigma ** 2) for s, n in TEACHER_OPS.items())
+
+
+def eval_map(hm, data, sigma_map, seeds):
+    """Independent oracle: set_noise with the map, one plain forward per seed."""
+    accs = []
+    fxharden.set_noise(hm, sigma_map)
+    with torch.no_grad():
+        for seed in seeds:
+            fxharden.seed_noise(hm, seed)
+            accs.append(float((hm(data[0]).argmax(1) == data[1]).float().mean()))
+    fxharden.set_noise(hm, 0.0)
+    return np.array(accs)
+
+
+@pytest.fixture(scope="module")
+def plain():
+    model, data = make_teacher(1.0)
+    hm = fxharden.harden(model).eval()
+    return hm, data, budget(hm, data, 0.03, config=FAST)
+
+
+def test_site_ops_count_macs_and_elements(plain):
+    hm, data, _ = plain
+    assert site_ops(hm, data[0]) == TEACHER_OPS
+
+
+def test_allocation_keeps_the_drop_and_costs_less_than_uniform(plain):
+    hm, data, r = plain
+    assert r.drop <= 0.03 and r.clean_accuracy == 1.0
+    # an independent evaluation with the allocation: the drop stays within the target (3 standard errors)
+    accs = eval_map(hm, data, r.sigma_map, range(100, 130))
+    se = accs.std(ddof=1) / math.sqrt(len(accs))
+    assert 1.0 - accs.mean() <= 0.03 + 3 * se, (accs.mean(), se)
+    # the cost from the documented formula, computed here; the uniform σ is a measured passing point
+    assert r.cost == pytest.approx(hand_cost(r.sigma_map, r.digital_sigma), rel=1e-9)
+    uniform = {s: r.uniform_sigma for s in TEACHER_OPS}
+    assert r.uniform_cost == pytest.approx(hand_cost(uniform, r.digital_sigma), rel=1e-9)
+    assert r.cost <= hand_cost(uniform, r.digital_sigma)
+    assert r.shape == "sensitivity" and r.cost_ratio < 0.5  # the sensitivity shape wins clearly here
+    # the dead branch (noise never reaches the output) gets far more noise than the sites that matter
+    assert r.sigma_map["dead"] > 10 * max(r.sigma_map[s] for s in ("fc1", "fc2", "act"))
+    assert not r.protected
+
+
+def test_outputs_and_the_map_read_back_by_a_sweep(plain, tmp_path):
+    hm, data, r = plain
+    files = r.save(tmp_path)
+    assert files["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = files["table"].read_text()
+    assert all(f"`{s}`" in table for s in TEACHER_OPS) and "cost ratio" in table
+    assert json.loads(files["json"].read_text())["cost_ratio"] == pytest.approx(r.cost_ratio)
+    sigma, units = read_sigma_map(tmp_path)
+    assert sigma == pytest.approx(r.sigma_map) and units is Units.ABSOLUTE
+    # sweep at σ = 1 with the map: the allocation itself; agrees with the independent oracle
+    res = sweep(hm, data, config=SweepConfig(sigmas=(1.0,), repeats=20, batch_size=128, device="cpu",
+                                             sigma_map=sigma))
+    accs = eval_map(hm, data, sigma, range(200, 220))
+    p, q = res.site_points(None)[0].mean, accs.mean()
+    se = math.sqrt(accs.var(ddof=1) / 20 * 2) + 1e-3
+    assert abs(p - q) < 4 * se, (p, q)
+
+
+def test_set_noise_with_a_map_sets_each_site_and_zero_elsewhere(plain):
+    hm = plain[0]
+    fxharden.set_noise(hm, {"fc1": 0.5, "act": 0.25})
+    got = {m.site: float(m.sigma) for m in hm.modules() if isinstance(m, Noise)}
+    assert got == {"input": 0.0, "fc1": 0.5, "act": 0.25, "fc2": 0.0, "dead": 0.0}
+    with pytest.raises(ValueError, match="unknown noise site 'fc9'"):
+        fxharden.set_noise(hm, {"fc9": 0.1})
+    with pytest.raises(ValueError, match="not both"):
+        fxharden.set_noise(hm, {"fc1": 0.1}, sites=["fc1"])
+    fxharden.set_noise(hm, 0.0)
+
+
+def test_a_site_that_fails_alone_is_protected_or_named():
+    model, data = make_teacher(0.01)  # fc1 sees a 100x smaller signal: fails at the smallest σ
+    hm = fxharden.harden(model).eval()
+    with pytest.raises(BudgetError, match="fc1") as err:
+        budget(hm, data, 0.02, config=FAST, protect=False)
+    assert err.value.sites == ["fc1"]
+    r = budget(hm, data, 0.02, config=FAST)
+    assert r.protected == ["fc1"] and r.sigma_map["fc1"] == 0.0 and r.drop <= 0.02
+    assert r.digital_sigma == FAST.sigma_min
+    assert r.cost == pytest.approx(hand_cost(r.sigma_map, FAST.sigma_min), rel=1e-9)
+    accs = eval_map(hm, data, r.sigma_map, range(30))
+    assert 1.0 - accs.mean() <= 0.02 + 3 * accs.std(ddof=1) / math.sqrt(30)
+
+
+@pytest.mark.parametrize("drop", [-0.01, 1.0, float("nan"), True, "0.01"])
+def test_bad_max_drop_is_refused(plain, drop):
+    hm, data, _ = plain
+    with pytest.raises(ValueError, match="max_drop"):
+        budget(hm, data, drop, config=FAST)
+
+
+def test_bad_sigma_maps_are_refused(plain, tmp_path):
+    hm, data, _ = plain
+    with pytest.raises(ValueError, match="does not have: 'nope'"):
+        sweep(hm, data, config=SweepConfig(sigmas=(1.0,), repeats=1, device="cpu", sigma_map={"nope": 1.0}))
+    with pytest.raises(ValueError, match="every site a factor of 0"):
+        SweepConfig(sigma_map={"fc1": 0.0})
+    with pytest.raises(ValueError, match="no sigma map"):
+        read_sigma_map(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text('{"sigma": {"fc1": 1}}')
+    with pytest.raises(ValueError, match="is not a sigma map"):
+        read_sigma_map(tmp_path / "bad.json")
+    write_sigma_map(tmp_path / "neg.json", {"fc1": 0.1}, Units.RELATIVE)
+    text = (tmp_path / "neg.json").read_text().replace("0.1", "-0.1")
+    (tmp_path / "neg.json").write_text(text)
+    with pytest.raises(ValueError, match="finite number >= 0"):
+        read_sigma_map(tmp_path / "neg.json")
