@@ -250,6 +250,14 @@ def _fail_message(failing: Dict[str, str], max_drop: float, hint: str) -> str:
             f"measured: {listed}{', ...' if len(failing) > 8 else ''}; {hint}")
 
 
+def _noise_se(point) -> float:
+    """Standard error of a point's mean accuracy from the noise draws alone: the spread of its
+    repeats (the evaluation images are the same at every point, so their sampling error is
+    common to the clean accuracy and cancels in the drop)."""
+    acc = np.asarray(point.accuracy, dtype=float).ravel()
+    return float(acc.std(ddof=1) / math.sqrt(acc.size)) if acc.size > 1 else 0.0
+
+
 def _search(hm, data, base: SweepConfig, shape: Optional[Dict[str, float]], clean: float, max_drop: float,
             points: int) -> Tuple[float, float, List[Tuple[float, float, float]]]:
     """The largest measured scale whose drop (+2 standard errors) stays within ``max_drop``
@@ -258,7 +266,7 @@ def _search(hm, data, base: SweepConfig, shape: Optional[Dict[str, float]], clea
     ``(nan, nan, curve)`` when even the smallest fails."""
     measured: Dict[float, Tuple[float, float]] = {}
 
-    def fails(t: float) -> bool:  # conservative: the drop plus two standard errors of its repeats
+    def fails(t: float) -> bool:  # conservative: the drop plus two standard errors of the noise draws
         return clean - measured[t][0] + 2 * measured[t][1] > max_drop
 
     grid = list(np.geomspace(base.sigma_min, base.sigma_max, points))
@@ -267,7 +275,7 @@ def _search(hm, data, base: SweepConfig, shape: Optional[Dict[str, float]], clea
         cfg = replace(base, sigmas=tuple(grid), adaptive=False, sigma_map=shape)
         res = sweep(hm, data, config=cfg)
         for p in res.site_points(None):
-            measured[p.sigma] = (p.mean, p.err)
+            measured[p.sigma] = (p.mean, _noise_se(p))
         ts = sorted(measured)
         fail = next((i for i, s in enumerate(ts) if fails(s)), None)
         if fail is None:
