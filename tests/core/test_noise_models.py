@@ -105,6 +105,37 @@ def test_stuck_at_fraction_is_p_within_binomial_error():
     assert abs(float((stuck == 0).float().mean()) - zf) < 5 * math.sqrt(zf * (1 - zf) / k)
 
 
+def test_weight_models_draw_once_per_batch_group():
+    """A forward with one fault probability and drift per batch group: group r computes with
+    its own weight (own fault map and drift), exactly as an eager layer with that weight."""
+    p = 0.05
+    lin = nn.Linear(300, 200)
+    cfg = HardenConfig(quant=None, weight_faults=WeightFaultConfig(p=p), weight_drift=WeightDriftConfig(0.05, 9.0))
+    hm = fxharden.harden(nn.Sequential(lin), config=cfg)
+    layer = hm.get_submodule("0")
+    drift, faults = layer.weight_noise
+    assert (drift.site, faults.site) == ("0.weight.drift", "0.weight.faults")  # own sites, own streams
+    faults.set_sigma([0.0, p, p])
+    drift.set_sigma([0.0, drift.sigma.item(), drift.sigma.item()])
+    ws = layer.weight_noise.draw_weights(lin.weight.detach())
+    w = lin.weight.detach()
+    assert torch.equal(ws[0], w)  # sigma 0 in group 0: the clean weight
+    stuck = [(wr.abs() == wr.abs().max()) | (wr == 0) for wr in ws[1:]]
+    n = w.numel()
+    for s in stuck:
+        assert abs(float(s.float().mean()) - p) < 5 * math.sqrt(p * (1 - p) / n)
+    assert float((stuck[0] & stuck[1]).float().mean()) < p * p + 5 * math.sqrt(p * p / n)  # independent maps
+    x = torch.randn(3 * 4, 300)
+    fxharden.seed_noise(hm, 7)
+    with torch.no_grad():
+        out = hm(x)
+    fxharden.seed_noise(hm, 7)
+    ws = layer.weight_noise.draw_weights(w)  # the same draws again, from the restarted streams
+    for r in range(3):
+        eager = F.linear(x[4 * r:4 * r + 4], ws[r], lin.bias)
+        assert torch.allclose(out[4 * r:4 * r + 4], eager, atol=1e-5), r
+
+
 def test_drift_is_lognormal_with_the_time_dependent_sigma():
     drift = WeightDriftConfig(sigma_decade=0.05, t=999.0, t0=1.0)
     assert drift.sigma == pytest.approx(0.05 * 3.0)  # log10(1000) = 3
