@@ -478,7 +478,7 @@ def budget_command(
                                                              OnCorrupt.STOP, None))
         result = budget(hm, dataset, max_drop, config=config, profile=prof, cost=cost, protect=protect)
         files = result.save(out)
-    console.print(result.markdown())
+    console.print(result.markdown(), soft_wrap=True)  # a markdown table: lines are not wrapped
     for path in files.values():
         console.print(f"wrote {path}")
     console.print(f"verify: fxharden sweep {model} --sigma-map {files['sigma_map']} --sigmas 1")
