@@ -7,7 +7,7 @@ import math
 from typing import Any, Dict, Iterable, Optional
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from .harden import _noise_modules
 from .noise import Noise

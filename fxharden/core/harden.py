@@ -138,7 +138,7 @@ def harden(
     made: Dict[str, nn.Module] = {}  # container key per (site name, role); shared by both graphs
     skipped: Dict[str, str] = {}
     infos: Dict[str, SiteInfo] = {}
-    qc, wn = config.quant, config.weight_noise
+    qc = config.quant
 
     def module_for(site: str, role: str, build) -> str:
         if (site, role) not in made:

@@ -40,7 +40,7 @@ from .engine import EvalData
 from .noise_cost import CostModel, allocation_cost, site_ops
 from .results import SweepMode, SweepResult, Units
 from .sigma_map import SIGMA_MAP_FILE, write_sigma_map
-from .sensitivity import Estimate, sensitivity
+from .sensitivity import sensitivity
 from .sweep import sweep
 from .sweep_config import SweepConfig
 
@@ -219,7 +219,6 @@ def budget(model: ModelLike, data: Any, max_drop: float, *, config: Optional[Swe
     tu, accu, ucurve = _search(hm, data, base, None, clean, max_drop, grid_points)
     uniform_cost = allocation_cost(ops, {s: tu for s in sites}, d_sigma) if math.isfinite(tu) else math.inf
     if not math.isfinite(t) and not math.isfinite(tu):
-        worst = {s: f"alone {why}" if s in failing else "" for s in sites}
         raise BudgetError(f"no allocation keeps the accuracy drop within {max_drop:g} at the smallest scale "
                           f"{base.sigma_min:g}; sites that fail alone: "
                           f"{', '.join(s for s in failing) or 'none (the drop comes from all sites together)'}; "

@@ -23,7 +23,7 @@ import numpy as np
 from scipy.interpolate import PchipInterpolator
 
 __all__ = ["BOOTSTRAP_SIZE", "INTERVAL", "crossing", "crossing_many", "interpolation_error", "distinct_means", "parametric_replicas",
-           "percentile_interval", "bootstrap_mu"]
+           "percentile_interval"]
 
 #: Replica curves drawn when the caller gives none (parametric bootstrap).
 BOOTSTRAP_SIZE = 200
