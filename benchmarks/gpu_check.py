@@ -24,6 +24,7 @@ import torchvision
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import overhead  # noqa: E402  (sibling benchmark script)
+from sweep_speed import timed_plain_pass  # noqa: E402  (sibling benchmark script)
 
 import fxharden  # noqa: E402
 from fxharden.core.noise import Noise  # noqa: E402
@@ -101,13 +102,7 @@ def sweep_rows(table: Table, sizes: Sizes, device: torch.device, data, sync) -> 
         sites = fxharden.noise_sites(hm)
 
         def plain_pass() -> float:
-            sync()
-            t = time.perf_counter()
-            with torch.inference_mode():
-                for x in xs:
-                    plain(x)
-            sync()
-            return time.perf_counter() - t
+            return timed_plain_pass(plain, xs, sync)
 
         plain_pass()
         base = statistics.median(plain_pass() for _ in range(max(3, sizes.reps // 4)))

@@ -94,6 +94,17 @@ def throughput(hm, data, batch: int, device: torch.device, reps: int) -> None:
         print(f"    {k:28s} {statistics.median(v):12,.0f} images/s   {statistics.median(v) / base:5.2f}x")
 
 
+def timed_plain_pass(plain, xs, sync) -> float:
+    """Seconds of one inference pass of ``plain`` over the batches ``xs`` (``sync`` waits for the device)."""
+    sync()
+    t = time.perf_counter()
+    with torch.inference_mode():
+        for x in xs:
+            plain(x)
+    sync()
+    return time.perf_counter() - t
+
+
 def _shared_kw(shared: bool) -> dict:
     """``shared_noise`` when this version of the sweep has the setting (else nothing)."""
     return {"shared_noise": shared} if "shared_noise" in SweepConfig.__dataclass_fields__ else {}
@@ -111,13 +122,7 @@ def cost_per_point(name: str, data, batch: int, device: torch.device, reps: int)
     sigmas = [0.02, 0.05, 0.1, 0.2]
 
     def plain_pass() -> float:
-        sync()
-        t = time.perf_counter()
-        with torch.inference_mode():
-            for x in xs:
-                plain(x)
-        sync()
-        return time.perf_counter() - t
+        return timed_plain_pass(plain, xs, sync)
 
     def swept(mode: str, shared: bool):
         kw = dict(sigmas=sigmas, repeats=2, batch_size=batch, device=str(device), **_shared_kw(shared))
