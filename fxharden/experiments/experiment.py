@@ -129,6 +129,9 @@ class BudgetSpec:
     max_steps: Optional[int] = None
     batch_size: Optional[int] = None
     """Training batch size; ``None``: the model recipe's (128)."""
+    curves: Optional[Tuple[str, ...]] = None
+    """Train only these curves of the grid (their keys, e.g. ``"lenet5-b8-s8"``); ``None``: all. A CPU-sized
+    budget can so keep the paper's grid in the file and run a stated part of it."""
 
 
 @dataclass(frozen=True)
@@ -275,6 +278,8 @@ class Experiment:
         paper_budget = Budget(budget or self.default_budget) is Budget.PAPER
         cells = []
         for v in self.variants:
+            if spec.curves is not None and v.key not in spec.curves:
+                continue
             d = training_defaults(v.model, v.bits is not None, paper_budget)
             train = TrainConfig(epochs=spec.epochs or d.epochs, lr=v.lr or d.lr, batch_size=spec.batch_size or d.batch_size,
                                 optimizer=d.optimizer.value, max_steps=spec.max_steps, device=device,
@@ -403,8 +408,14 @@ def _budget(table: Mapping, where: str) -> BudgetSpec:
     _check_keys(_table(table, where), [f.name for f in BudgetSpec.__dataclass_fields__.values()], where)
     kw = dict(table)
     for key, value in kw.items():
-        kw[key] = _floats(value, f"{where}.{key}") if key in ("sigmas", "matched_sigmas") else \
-            _int(value, f"{where}.{key}")
+        if key == "curves":
+            if not isinstance(value, list) or not value or not all(isinstance(c, str) and c for c in value):
+                raise ExperimentError(f"{where}.curves must be a non-empty list of curve keys such as "
+                                      f"\"lenet5-b8-s8\", got {value!r}")
+            kw[key] = tuple(dict.fromkeys(value))
+        else:
+            kw[key] = _floats(value, f"{where}.{key}") if key in ("sigmas", "matched_sigmas") else \
+                _int(value, f"{where}.{key}")
     return BudgetSpec(**kw)
 
 
@@ -450,6 +461,11 @@ def parse_experiment(data: Mapping[str, Any], source: str = "<experiment>") -> E
             variants.setdefault(v.key, v)
     if not variants:
         raise ExperimentError(f"{source}: [[grid]] defines no curve")
+    for budget, spec in named.items():
+        unknown = [c for c in spec.curves or () if c not in variants]
+        if unknown:
+            raise ExperimentError(f"{source} [budget.{budget.value}].curves: {unknown} not in the grid; its curves "
+                                  f"are {list(variants)}")
     paper = []
     for i, row in enumerate(_as_list(data.get("paper", []))):
         where = f"{source} [[paper]] #{i + 1}"

@@ -93,6 +93,24 @@ def test_cell_keys_change_with_their_settings():
     assert base.cells()[0].key == base.cells(data=DataSpec(root="/elsewhere"))[0].key  # data location is no identity
 
 
+def test_a_budget_can_run_a_stated_part_of_the_grid():
+    grid = [{"models": ["lenet5"], "bits": ["fp32", 8], "scaling": ["dynamic", 1, 8]}]
+    exp = parse_experiment({"name": "part", "sweep": {"sigmas": [0.1, 1.0]}, "grid": grid,
+                            "budget": {"cpu": {"seeds": 2, "curves": ["lenet5-b8-s8", "lenet5-fp32"]},
+                                       "paper": {"seeds": 3}}})
+    assert len(exp.variants) == 4  # the file keeps the whole grid
+    assert [(c.variant.key, c.seed) for c in exp.cells(Budget.CPU)] == [
+        ("lenet5-fp32", 0), ("lenet5-fp32", 1), ("lenet5-b8-s8", 0), ("lenet5-b8-s8", 1)]
+    assert len(exp.cells(Budget.PAPER)) == 4 * 3
+    with pytest.raises(ExperimentError, match=r"\[budget.cpu\].curves: \['lenet5-b8-s2'\] not in the grid; "
+                                              r"its curves are \['lenet5-fp32', 'lenet5-b8-dyn'"):
+        parse_experiment({"name": "part", "sweep": {"sigmas": [0.1]}, "grid": grid,
+                          "budget": {"cpu": {"curves": ["lenet5-b8-s2"]}}}, "x.toml")
+    with pytest.raises(ExperimentError, match="curves must be a non-empty list of curve keys"):
+        parse_experiment({"name": "part", "sweep": {"sigmas": [0.1]}, "grid": grid,
+                          "budget": {"cpu": {"curves": "lenet5-fp32"}}}, "x.toml")
+
+
 @pytest.mark.parametrize("change, match", [
     ({"grid": [{"models": ["lenet5"], "bits": ["int8"]}]}, "bits must be \"fp32\" or an integer"),
     ({"grid": [{"models": ["lenet5"], "bits": [8], "scaling": ["static"]}]}, "scaling must be \"dynamic\""),
