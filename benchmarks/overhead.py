@@ -18,6 +18,7 @@ Run:  python benchmarks/overhead.py [--device cpu|cuda] [--reps 30]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import os
 import statistics
@@ -116,7 +117,20 @@ def timed(fn, sync) -> float:
     return time.perf_counter() - t
 
 
+FROZEN = "q8+noise frozen"
+"""The 8-bit model evaluated inside ``fxharden.frozen_weights`` (weights quantized once, as
+``evaluate`` and sweeps do); eval only."""
+
+
 def compare(variants: dict, x: torch.Tensor, reps: int, train: bool, sync, warmup: int = 3) -> dict:
+    variants = {k: m for k, m in variants.items() if not (train and k == FROZEN)}
+    with contextlib.ExitStack() as stack:
+        if FROZEN in variants:
+            stack.enter_context(fxharden.frozen_weights(variants[FROZEN]))
+        return _compare(variants, x, reps, train, sync, warmup)
+
+
+def _compare(variants: dict, x: torch.Tensor, reps: int, train: bool, sync, warmup: int) -> dict:
     times = {k: [] for k in variants}
     for m in variants.values():
         m.train(train)
@@ -195,6 +209,7 @@ def main() -> None:
             "plain": model,
             "noise": fxharden.harden(model, bits=None, sigma=0.1),
             "q8+noise": fxharden.harden(model, bits=8, scale=1.0, sigma=0.1),
+            FROZEN: fxharden.harden(model, bits=8, scale=1.0, sigma=0.1),
             "naive": naive(model, 0.1),
         }
         bm, why = brevitas_model(name, 0.1, model)

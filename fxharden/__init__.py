@@ -24,6 +24,7 @@ _EXPORTS = {
                     "set_noise", "set_weight_noise"),
     "core.noise_models": ("NoiseKind", "ConverterConfig", "WeightFaultConfig", "WeightDriftConfig"),
     "core.calibrate": ("calibrate_noise",),
+    "core.quant": ("frozen_weights",),
     "core.trace": ("UntraceableModelError",),
     "measure.metrics": ("FitStatus", "MidpointFit", "MidpointModel", "Quote", "QuoteKind", "fit_midpoint"),
     "measure.results": ("FitOptions", "SweepResult", "SweepMode", "load_result"),

@@ -34,7 +34,7 @@ from ..zoo.data import as_batches
 from ..core.harden import HardenedModule, harden, noise_sites, seed_noise, weight_noise_modules
 from ..zoo.options import Optimizer
 from ..core.noise import Noise
-from ..core.quant import ActQuant
+from ..core.quant import ActQuant, frozen_weights
 from .status import ProgressFile
 
 __all__ = ["Optimizer", "LRSchedule", "Precision", "NoiseSchedule", "TrainConfig", "EpochLog", "TrainResult",
@@ -254,9 +254,10 @@ def evaluate(model: nn.Module, data: Any, batch_size: int = 512, device: Optiona
     was, correct, total = model.training, 0, 0
     model.eval()
     try:
-        for x, y in as_batches(data, batch_size, dev):
-            correct += int((model(x).argmax(1) == y).sum())
-            total += len(y)
+        with frozen_weights(model):  # the weights cannot change here: quantize each once, not once per batch
+            for x, y in as_batches(data, batch_size, dev):
+                correct += int((model(x).argmax(1) == y).sum())
+                total += len(y)
     finally:
         model.train(was)
     return correct / max(total, 1)
