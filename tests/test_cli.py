@@ -147,7 +147,7 @@ def test_changed_settings_in_the_same_out_dir_are_refused(tmp_path):
 
 
 def test_inspect_reports_what_was_left_out(monkeypatch):
-    import fxharden.cli as cli
+    import fxharden.cli.inspect as cli
     from torch import nn
 
     class DataDependent(nn.Module):

@@ -1,0 +1,222 @@
+"""What every command shares: the Typer app, console output, the Device/Split choices, the
+model/data option sets and the resolution of models, devices, data and harden configs
+(``user_errors`` turns the API's errors into a message and exit code 2)."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from enum import Enum
+from pathlib import Path
+from typing import Iterator, List, Optional, Tuple
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from ..zoo.options import OnCorrupt
+
+app = typer.Typer(
+    name="fxharden",
+    help="Harden PyTorch models against noisy computation and measure their robustness "
+         "(midpoint noise level μ).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+# markup off: user text (file names, recipe sections such as [[grid]] or [budget.paper], model
+# names) is printed as it is; styles are applied with Text objects only
+console = Console(markup=False, highlight=False)
+err_console = Console(stderr=True, markup=False, highlight=False)
+
+PIPE_WIDTH = 250
+"""Width of tables written to a file or pipe (a terminal's own width is used otherwise)."""
+
+
+def show(renderable, stderr: bool = False) -> None:
+    """Print a table or text without markup; to a file or pipe at ``PIPE_WIDTH`` columns
+    instead of rich's 80 (a terminal keeps its own width)."""
+    target = err_console if stderr else console
+    if not target.is_terminal:
+        target = Console(stderr=stderr, markup=False, highlight=False, width=PIPE_WIDTH)
+    target.print(renderable, soft_wrap=isinstance(renderable, str))
+
+
+def styled(label: str, style: str, text: str) -> Text:
+    """``label`` in ``style``, then ``text`` exactly as given (no markup)."""
+    return Text.assemble((label, style), " ", text)
+
+
+class Device(str, Enum):
+    """Where to run."""
+
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+class Split(str, Enum):
+    """Which CIFAR-10 split to evaluate on."""
+
+    TEST = "test"
+    TRAIN = "train"
+
+
+# ---------------------------------------------------------------------- shared options
+
+def _model_opts():
+    return dict(
+        pretrained=typer.Option(False, "--pretrained", help="Load the library's pretrained weights (timm: hub or "
+                                "its cache, the tag of timm:NAME.TAG; torchvision: DEFAULT)."),
+        weights=typer.Option(None, help="Weights file (state_dict or .safetensors) for any model source; for "
+                             "torchvision also DEFAULT or a weights name such as IMAGENET1K_V1."),
+        num_classes=typer.Option(None, min=1, help="Classifier head size; differs from the weights' head: a new "
+                                 "head (fine-tune it). Default: the weights' head, or the data's classes."),
+        model_arg=typer.Option(None, help="key=value argument for the model builder (repeatable), e.g. "
+                               "--model-arg depth=4 for package.module:factory."),
+    )
+
+
+def _data_opts():
+    return dict(
+        input_size=typer.Option(None, min=1, help="Override the model's input size (square, pixels)."),
+        mean=typer.Option(None, help="Override the normalisation mean, e.g. 0.485,0.456,0.406."),
+        std=typer.Option(None, help="Override the normalisation std, e.g. 0.229,0.224,0.225."),
+        crop_pct=typer.Option(None, min=0.01, max=1.0, help="Override the centre-crop fraction (resize to "
+                              "size / crop-pct, then crop)."),
+        on_corrupt=typer.Option(OnCorrupt.STOP, help="An image that cannot be decoded: stop, or skip it with a "
+                                "warning."),
+        workers=typer.Option(None, min=0, help="Processes decoding images (default: up to 4)."),
+    )
+
+
+_M, _D = _model_opts(), _data_opts()
+
+# ---------------------------------------------------------------------- shared helpers
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the API's user-facing errors into a one-paragraph message and exit code 2."""
+    from ..zoo.data import DataNotFoundError
+    from ..core.trace import UntraceableModelError
+
+    try:
+        yield
+    except (ValueError, FileNotFoundError, FileExistsError, PermissionError, TimeoutError, ConnectionError,
+            DataNotFoundError, UntraceableModelError) as err:
+        show(styled("Error:", "bold red", str(err)), stderr=True)
+        raise typer.Exit(2) from None
+
+
+def harden_options(bits: Optional[int], scale: Optional[float], dynamic: bool):
+    """The ``HardenConfig`` of ``--bits/--scale/--dynamic`` (``None``: noise sites only)."""
+    from ..core.config import HardenConfig
+
+    if bits is None:
+        if dynamic or scale is not None:
+            raise typer.BadParameter("--scale and --dynamic need --bits (they set the quantization step)")
+        return None
+    if dynamic and scale is not None:
+        raise typer.BadParameter("give either --scale (constant step) or --dynamic (learned steps), not both")
+    return HardenConfig.from_shorthand(bits=bits, scale=None if dynamic else (1.0 if scale is None else scale))
+
+
+def resolve_device(device: Device) -> str:
+    """``"cpu"`` or ``"cuda"``; ``auto`` picks CUDA when available."""
+    from ..devices import resolve_device as pick
+
+    return str(pick(None if device is Device.AUTO else device.value))
+
+
+def model_options(pretrained: bool, weights: Optional[str], num_classes: Optional[int],
+                  model_arg: Optional[List[str]]):
+    """The ``ModelOptions`` of ``--pretrained/--weights/--num-classes/--model-arg``."""
+    from ..zoo.inputs import ModelOptions
+    from ..zoo.sources import parse_model_args
+
+    return ModelOptions(pretrained=pretrained, weights=weights, num_classes=num_classes,
+                        model_args=parse_model_args(model_arg))
+
+
+def _floats(text: Optional[str], option: str) -> Optional[Tuple[float, ...]]:
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise typer.BadParameter(f"{option} must be comma-separated numbers, e.g. 0.485,0.456,0.406; got {text!r}") \
+            from None
+
+
+def data_options(data: Optional[Path], split: "Split", download: bool, max_images: Optional[int],
+                 input_size: Optional[int], mean: Optional[str], std: Optional[str], crop_pct: Optional[float],
+                 on_corrupt: "OnCorrupt", workers: Optional[int]):
+    """The ``DataOptions`` of ``--data`` and the preprocessing overrides."""
+    from ..zoo.inputs import DataOptions
+
+    return DataOptions(path=data, split=split.value, max_images=max_images, on_corrupt=on_corrupt.value,
+                       workers=workers, download=download, input_size=input_size, mean=_floats(mean, "--mean"),
+                       std=_floats(std, "--std"), crop_pct=crop_pct)
+
+
+def resolve_models(names: List[str], harden_config, seed: int = 0, options=None, data=None):
+    """``([(label, hardened model)], data)``: per MODEL argument, a checkpoint path
+    (``is_checkpoint``) loaded with its own harden config, or a model source
+    (``fxharden.zoo.sources``) loaded with ``options`` (seeded random weights without weights)
+    and hardened with ``harden_config``; the evaluation data (when ``data``, ``DataOptions``,
+    is given) decoded with the first source's preprocessing (CIFAR-10's for checkpoints)."""
+    import torch
+
+    from ..core.config import HardenConfig
+    from ..core.harden import harden
+    from ..zoo.checkpoint import is_checkpoint, load_checkpoint
+    from ..zoo.folders import resolve_data
+    from ..zoo.inputs import ModelOptions, load_with_data
+    from ..zoo.models import CIFAR_PREPROCESS, load_model
+
+    options = options or ModelOptions()
+    out, dataset, preprocess = [], None, None
+    for name in names:
+        if is_checkpoint(name):
+            if harden_config is not None:
+                raise typer.BadParameter(f"{name} is a checkpoint: it carries its own harden config, so "
+                                         "--bits/--scale/--dynamic do not apply")
+            ck = load_checkpoint(name)
+            out.append((name, ck.model))
+            if preprocess is None and data is not None and ck.arch:  # the preprocessing of the trained architecture
+                kwargs = dict(ck.arch_kwargs)
+                preprocess = load_model(ck.arch, num_classes=kwargs.pop("num_classes", None),
+                                        model_args=kwargs).preprocess
+            continue
+        if any(ch in name for ch in "/\\") or name.endswith((".pt", ".pth")):
+            raise typer.BadParameter(f"no checkpoint file at {name!r}; give an existing checkpoint path or a "
+                                     "model source (lenet5, timm:NAME, torchvision:NAME, package.module:factory)")
+        torch.manual_seed(seed)
+        if data is not None and dataset is None:
+            lm, dataset = load_with_data(name, options, data)
+        else:
+            lm = load_model(name, pretrained=options.pretrained, weights=options.weights,
+                            num_classes=options.num_classes, model_args=options.model_args)
+        out.append((name, harden(lm.model, config=harden_config or HardenConfig(quant=None))))
+    if data is not None and dataset is None:
+        dataset = resolve_data(data.path, preprocess=data.preprocess(preprocess or CIFAR_PREPROCESS), split=data.split,
+                               max_images=data.max_images, on_corrupt=data.on_corrupt, workers=data.workers,
+                               download=data.download)
+    return out, dataset
+
+
+def parse_sigmas(text: Optional[str]) -> Optional[Tuple[float, ...]]:
+    """``"0.1,0.2,0.5"`` -> floats (each > 0)."""
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise typer.BadParameter(f"--sigmas must be a comma-separated list of numbers, got {text!r}") from None
+    if not values or any(not (math.isfinite(v) and v > 0) for v in values):
+        raise typer.BadParameter(f"--sigmas must be noise levels > 0 (sigma 0 is always measured), got {text!r}")
+    return values
+
+
+# ---------------------------------------------------------------------- sweep

@@ -1,0 +1,73 @@
+"""``fxharden budget``: a per-site noise allocation within an accuracy drop, verified by sweeps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..zoo.options import OnCorrupt
+from ._app import (Device, Split, app, console, data_options, harden_options, model_options, resolve_device,
+                   resolve_models, user_errors)
+
+@app.command("budget")
+def budget_command(
+    model: str = typer.Argument(..., help="Checkpoint path or model name (model names have random weights)."),
+    max_drop: float = typer.Option(..., help="Allowed accuracy drop from clean, a fraction (0.01 = one point)."),
+    bits: Optional[int] = typer.Option(None, min=2, max=16, help="Quantize (model names only), as for sweep."),
+    scale: Optional[float] = typer.Option(None, help="Constant quantization step (with --bits; default 1.0)."),
+    dynamic: bool = typer.Option(False, "--dynamic", help="Learned quantization steps instead of --scale."),
+    profile: Optional[Path] = typer.Option(None, help="A per-layer sweep of this model on the same data (its output "
+                                           "folder or results.json); default: run one."),
+    protect: bool = typer.Option(True, "--protect/--no-protect", help="Keep sites digital (sigma 0) that alone "
+                                 "exceed the drop at the smallest sigma; --no-protect: such sites are an error."),
+    digital_sigma: Optional[float] = typer.Option(None, help="Cost of a protected site: as if analog at this sigma "
+                                                  "(default: the smallest sigma of the profile)."),
+    units: str = typer.Option("absolute", help="Unit of sigma: absolute or relative (to each site's clean RMS)."),
+    sigma_min: float = typer.Option(1e-3, help="Smallest sigma searched."),
+    sigma_max: float = typer.Option(10.0, help="Largest sigma searched."),
+    repeats: int = typer.Option(5, min=1, help="Noise draws per point."),
+    device: Device = typer.Option(Device.AUTO, help="Where to run."),
+    batch_size: int = typer.Option(256, min=1, help="Data images per batch."),
+    seed: int = typer.Option(0, help="Seeds the noise (and the random weights of model names)."),
+    out: Path = typer.Option(Path("runs/budget"), help="Output folder: budget.md, budget.json, budget.png, "
+                             "sigma_map.json (for `fxharden sweep MODEL --sigma-map`)."),
+    data: Optional[Path] = typer.Option(None, help="CIFAR-10 folder (default: $FXHARDEN_DATA)."),
+    split: Split = typer.Option(Split.TEST, help="Data split to evaluate on."),
+    max_images: Optional[int] = typer.Option(None, min=1, help="Use only the first N images."),
+    synthetic: bool = typer.Option(False, "--synthetic", help="Generated images instead of CIFAR-10 (demos, tests)."),
+) -> None:
+    """Find a per-site noise allocation within an accuracy drop at the least cost (E ∝ Σ ops/σ²), verified by
+    sweeps, and the sites to keep digital."""
+    from ..measure.budget import budget
+    from ..measure.noise_cost import CostModel
+    from ..measure.results import load_result
+    from ..measure.sweep import SweepConfig
+
+    with user_errors():
+        config = SweepConfig(sigma_min=sigma_min, sigma_max=sigma_max, repeats=repeats, batch_size=batch_size,
+                             seed=seed, device=resolve_device(device), max_images=max_images, units=units)
+        cost = CostModel(digital_sigma=digital_sigma)
+        prof = load_result(profile) if profile is not None else None
+        options = model_options(False, None, None, None)
+        if synthetic:
+            if data is not None:
+                raise typer.BadParameter("--synthetic generates its own data; leave out --data")
+            from ..zoo.data import synthetic_dataset
+
+            ((_, hm),), _ = resolve_models([model], harden_options(bits, scale, dynamic), seed, options)
+            dataset = synthetic_dataset(n=max_images or 1000, num_classes=10, image_size=32, channels=3, seed=seed)
+        else:
+            ((_, hm),), dataset = resolve_models([model], harden_options(bits, scale, dynamic), seed, options,
+                                                data_options(data, split, False, max_images, None, None, None, None,
+                                                             OnCorrupt.STOP, None))
+        result = budget(hm, dataset, max_drop, config=config, profile=prof, cost=cost, protect=protect)
+        files = result.save(out)
+    console.print(result.markdown(), soft_wrap=True)  # a markdown table: lines are not wrapped
+    for path in files.values():
+        console.print(f"wrote {path}")
+    console.print(f"verify: fxharden sweep {model} --sigma-map {files['sigma_map']} --sigmas 1")
+
+
+# ---------------------------------------------------------------------- inspect

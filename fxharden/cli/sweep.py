@@ -1,0 +1,209 @@
+"""``fxharden sweep``: accuracy versus noise, μ, results files and plots (and the summary printed)."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from ..measure.midpoint_models import MidpointModel
+from ..zoo.options import OnCorrupt
+from ._app import (_D, _M, Device, Split, app, data_options, err_console, harden_options, model_options,
+                   parse_sigmas, resolve_device, resolve_models, show, styled, user_errors)
+
+def _progress_bar():
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, \
+        TimeRemainingColumn
+
+    return Progress(TextColumn("[bold]sweep"), BarColumn(), TaskProgressColumn(), TextColumn("{task.fields[rate]}"),
+                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err_console, transient=True)
+
+
+def _mu_text(fit) -> str:
+    """The quoted value of a fit (μ, a marked crossing, a lower bound, or nothing)."""
+    return "-" if fit is None else fit.quote().text()
+
+
+def _fit_line(fit) -> str:
+    """``μ ± err (χ²_red x, status)`` of a fit of one model, for side-by-side display."""
+    if fit is None:
+        return "-"
+    chi = f", reduced χ² {fit.chi2_red:.3g}" if math.isfinite(fit.chi2_red) else ""
+    mu = f"{fit.mu:.4g} ± {fit.mu_err:.2g}" if math.isfinite(fit.mu) else "no fit"
+    return f"{mu} ({fit.status.value}{chi})"
+
+
+def _crossing_text(fit) -> str:
+    if fit is None or not math.isfinite(fit.mu_crossing):
+        return "-"
+    err = f" ± {fit.mu_crossing_err:.2g}" if math.isfinite(fit.mu_crossing_err) else ""
+    return f"{fit.mu_crossing:.4g}{err}"
+
+
+def _print_result(result, files: dict) -> None:
+    summary = Table(title="Robustness sweep", show_header=False)
+    summary.add_column(style="bold")
+    summary.add_column()
+    summary.add_row("mode", result.mode.value)
+    summary.add_row("networks", str(len(result.networks)))
+    summary.add_row("images", str(result.num_images))
+    summary.add_row("clean accuracy", f"{result.clean_accuracy:.4f}")
+    summary.add_row("chance", f"{result.chance:.4g}")
+    if result.fit is not None:
+        q = result.fit.quote()
+        summary.add_row(f"μ (midpoint noise level, {result.units.value})" if q.is_mu
+                        else "μ: not quotable; shown instead", q.text())
+        for name, (mu, err) in (("μ_abs", result.mu_abs), ("μ_rel (to the sites' clean RMS)", result.mu_rel)):
+            if q.is_mu and math.isfinite(mu):
+                summary.add_row(name, f"{mu:.4g} ± {err:.2g}")
+        summary.add_row("fit status", f"{result.fit.status.value}: {result.fit.message}")
+        summary.add_row(f"{result.fit.model.value} model fit", _fit_line(result.fit))
+        if result.other_fit is not None:
+            summary.add_row(f"{result.other_fit.model.value} model fit (comparison)", _fit_line(result.other_fit))
+        summary.add_row("crossing estimate", _crossing_text(result.fit))
+        if result.mu_spread is not None:
+            summary.add_row("μ across networks", f"{result.mu_spread[0]:.4g} ± {result.mu_spread[1]:.2g}")
+    t = result.timing
+    summary.add_row("points", f"{len(result.points)} ({t.get('points_reused', 0)} reused from the output dir)")
+    summary.add_row("time", f"{t.get('seconds', 0):.1f} s, {t.get('forwards', 0)} forwards, "
+                            f"{t.get('images_per_second', 0):,.0f} images/s")
+    show(summary)
+    if result.per_site:
+        table = Table(title="Per-layer μ (most sensitive first)")
+        for col in ("rank", "site", "μ", "status", "crossing"):
+            table.add_column(col)
+        for i, (site, fit) in enumerate(result.ranking(), 1):
+            table.add_row(str(i), site, _mu_text(fit), fit.status.value, _crossing_text(fit))
+        show(table)
+    for path in files.values():
+        show(f"wrote {path}")
+
+
+@app.command("sweep")
+def sweep_command(
+    model: List[str] = typer.Argument(..., help="Model source (lenet5, vgg11, resnet18, timm:NAME[.TAG], "
+                                      "torchvision:NAME, package.module:factory) or checkpoint path(s); several "
+                                      "checkpoints give the uncertainty across networks."),
+    pretrained: bool = _M["pretrained"],
+    weights: Optional[str] = _M["weights"],
+    num_classes: Optional[int] = _M["num_classes"],
+    model_arg: Optional[List[str]] = _M["model_arg"],
+    bits: Optional[int] = typer.Option(None, min=2, max=16, help="Quantize weights and activations to this many "
+                                       "bits (model names only). Default: no quantization."),
+    scale: Optional[float] = typer.Option(None, help="Constant quantization step s of every post-activation "
+                                          "quantizer (with --bits; default 1.0)."),
+    dynamic: bool = typer.Option(False, "--dynamic", help="Learned (dynamic) quantization steps instead of --scale."),
+    sigmas: Optional[str] = typer.Option(None, help="Comma-separated noise levels, e.g. 0.01,0.1,1 "
+                                         "(default: log grid from --sigma-min to --sigma-max)."),
+    sigma_min: float = typer.Option(1e-3, help="Smallest sigma of the default grid."),
+    sigma_max: float = typer.Option(10.0, help="Largest sigma of the default grid."),
+    points: int = typer.Option(20, help="Points of the fixed default grid (with --fixed-grid)."),
+    adaptive: Optional[bool] = typer.Option(None, "--adaptive/--fixed-grid", help="Coarse pass plus refinement "
+                                            "around μ, or exactly the grid. Default: adaptive unless --sigmas."),
+    repeats: int = typer.Option(5, min=1, help="Noise draws per point and network."),
+    per_layer: bool = typer.Option(False, "--per-layer", help="Noise at one site at a time: one μ per site."),
+    units: Optional[str] = typer.Option(None, help="Unit of sigma: absolute (the paper, the default) or relative "
+                                        "(to each site's clean RMS, calibrated on the data). Results carry μ in "
+                                        "both. Default with --sigma-map: the map's units."),
+    sigma_map: Optional[Path] = typer.Option(None, help="A noise allocation (sigma_map.json from `fxharden "
+                                             "budget`, or its folder): site s gets sigma × map[s], so "
+                                             "--sigmas 1 measures the allocation itself."),
+    sites: Optional[str] = typer.Option(None, help="Comma-separated site names or regular expressions to inject "
+                                        "noise at (default: all noise sites)."),
+    device: Device = typer.Option(Device.AUTO, help="Where to run."),
+    batch_size: int = typer.Option(256, min=1, help="Data images per batch."),
+    points_per_forward: Optional[int] = typer.Option(None, min=1, help="(sigma, repeat) points batched into one "
+                                                     "forward pass (default: automatic)."),
+    seed: int = typer.Option(0, help="Seeds the noise (and the random weights of model names)."),
+    chance: Optional[float] = typer.Option(None, help="Chance accuracy (default: 1 / number of classes)."),
+    out: Path = typer.Option(Path("runs/sweep"), help="Output directory: results.json, results.csv, PNG plots; "
+                             "rerunning with the same directory resumes an interrupted sweep."),
+    data: Optional[Path] = typer.Option(None, help="CIFAR-10 folder, or an image folder (one subfolder per class; "
+                                        "decoded once with the model's preprocessing). Default: $FXHARDEN_DATA."),
+    download: bool = typer.Option(False, "--download", help="Let torchvision download CIFAR-10 if it is missing."),
+    split: Split = typer.Option(Split.TEST, help="CIFAR-10 split to evaluate on."),
+    max_images: Optional[int] = typer.Option(None, min=1, help="Use N images: CIFAR-10's first N, a stratified "
+                                             "selection of an image folder."),
+    input_size: Optional[int] = _D["input_size"],
+    mean: Optional[str] = _D["mean"],
+    std: Optional[str] = _D["std"],
+    crop_pct: Optional[float] = _D["crop_pct"],
+    on_corrupt: OnCorrupt = _D["on_corrupt"],
+    workers: Optional[int] = _D["workers"],
+    synthetic: bool = typer.Option(False, "--synthetic", help="Generated images instead of CIFAR-10 (demos, tests)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    fit_model: MidpointModel = typer.Option(MidpointModel.LOG, help="Quoted midpoint model: log (logistic in "
+                                            "ln σ) or paper (Eq. 1, logistic in σ); the other is fitted beside it."),
+    free_a_max: bool = typer.Option(False, "--free-a-max", help="Fit a_max freely (≤ 1) instead of tying it to "
+                                    "the clean accuracy ± its error."),
+    systematic: float = typer.Option(0.0, min=0.0, help="Relative systematic error of μ added in quadrature "
+                                     "(0.02 = 2 %)."),
+) -> None:
+    """Measure accuracy versus noise strength and the midpoint noise level μ."""
+    from ..measure.plots import save_plots
+    from ..measure.results import RESULTS_CSV, RESULTS_JSON, FitOptions
+    from ..measure.sweep import SweepConfig, SweepMode, sweep
+
+    with user_errors():
+        harden_config = harden_options(bits, scale, dynamic)
+        allocation, units = _read_allocation(sigma_map, units)
+        config = SweepConfig(
+            sigmas=parse_sigmas(sigmas), sigma_min=sigma_min, sigma_max=sigma_max, points=points, repeats=repeats,
+            mode=SweepMode.PER_LAYER if per_layer else SweepMode.GLOBAL,
+            sites=tuple(s.strip() for s in sites.split(",") if s.strip()) if sites else None,
+            batch_size=batch_size, points_per_forward=points_per_forward, seed=seed, device=resolve_device(device),
+            adaptive=adaptive, chance=chance, max_images=max_images, units=units, sigma_map=allocation)
+        options = model_options(pretrained, weights, num_classes, model_arg)
+        if synthetic:
+            if data is not None or download:
+                raise typer.BadParameter("--synthetic generates its own data; leave out --data/--download")
+            from ..zoo.data import synthetic_dataset
+
+            nets, _ = resolve_models(model, harden_config, seed, options)
+            dataset = synthetic_dataset(n=max_images or 1000, num_classes=10, image_size=32, channels=3, seed=seed)
+        else:
+            nets, dataset = resolve_models(model, harden_config, seed, options, data_options(
+                data, split, download, max_images, input_size, mean, std, crop_pct, on_corrupt, workers))
+        bar = _progress_bar() if progress else None
+        with bar or contextlib.nullcontext():
+            task = bar.add_task("sweep", total=None, rate="") if bar else None
+            started = time.perf_counter()
+
+            def report(done: int, total: int) -> None:
+                rate = done / max(time.perf_counter() - started, 1e-9)
+                bar.update(task, completed=done, total=total, rate=f"{rate:,.0f} images/s")
+
+            result = sweep(dict(nets), dataset, config=config, out=out, progress=report if bar else None,
+                           fit_options=FitOptions(model=fit_model, tie_a_max=not free_a_max, systematic=systematic))
+        files = {"json": out / RESULTS_JSON, "csv": out / RESULTS_CSV, **save_plots(result, out)}
+    if options.random and any(not _is_checkpoint(name) for name in model):
+        show(styled("Note:", "yellow", "model names have random weights; sweep a trained checkpoint "
+                                       "(fxharden train) for a meaningful μ."), stderr=True)
+    _print_result(result, files)
+
+
+def _read_allocation(path: Optional[Path], units: Optional[str]):
+    """``(sigma map or None, units)`` of ``--sigma-map``/``--units``."""
+    if path is None:
+        return None, units or "absolute"
+    from ..measure.sigma_map import read_sigma_map
+
+    allocation, map_units = read_sigma_map(path)
+    if units is not None and units != map_units.value:
+        raise ValueError(f"--units {units} but the sigma map {path} is in {map_units.value} units; leave out --units "
+                         "or give the same units")
+    return allocation, map_units.value
+
+
+def _is_checkpoint(name: str) -> bool:
+    from ..zoo.checkpoint import is_checkpoint
+
+    return is_checkpoint(name)
+
+
+# ---------------------------------------------------------------------- budget

@@ -1,0 +1,113 @@
+"""``fxharden train``: QAT and noisy training with checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from ..zoo.options import OnCorrupt, Optimizer
+from ._app import (_D, _M, Device, Split, app, data_options, harden_options, model_options, resolve_device,
+                   show, user_errors)
+
+@app.command("train")
+def train_command(
+    model: str = typer.Argument(..., help="Model source: lenet5, vgg11, resnet18, timm:NAME[.TAG], "
+                                "torchvision:NAME, package.module:factory."),
+    pretrained: bool = _M["pretrained"],
+    weights: Optional[str] = _M["weights"],
+    num_classes: Optional[int] = _M["num_classes"],
+    model_arg: Optional[List[str]] = _M["model_arg"],
+    bits: Optional[int] = typer.Option(None, min=2, max=16, help="QAT: quantize weights and activations to this "
+                                       "many bits. Default: fp32."),
+    scale: Optional[float] = typer.Option(None, help="Constant quantization step s of every post-activation "
+                                          "quantizer (with --bits; default 1.0)."),
+    dynamic: bool = typer.Option(False, "--dynamic", help="Learned (dynamic) quantization steps instead of --scale."),
+    train_sigma: float = typer.Option(0.0, min=0.0, help="Noisy training: noise strength at every noise site "
+                                      "while training (0: off)."),
+    ramp_epochs: int = typer.Option(0, min=0, help="Grow the training noise linearly from 0 over this many epochs."),
+    epochs: Optional[int] = typer.Option(None, min=1, help="Default: the model recipe's CPU budget (lenet5: 10)."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate. Default: the paper's for the model and precision."),
+    batch_size: int = typer.Option(128, min=1, help="Training batch size."),
+    optimizer: Optional[Optimizer] = typer.Option(None, help="Default: the model recipe's (Adam)."),
+    seed: int = typer.Option(0, help="Seeds the initial weights, the shuffling and the training noise."),
+    device: Device = typer.Option(Device.AUTO, help="Where to run."),
+    data: Optional[Path] = typer.Option(None, help="CIFAR-10 folder, or an image folder (with train/ and val/ "
+                                        "subfolders, or one folder of classes: 20% held out). Default: $FXHARDEN_DATA."),
+    download: bool = typer.Option(False, "--download", help="Let torchvision download CIFAR-10 if it is missing."),
+    synthetic: bool = typer.Option(False, "--synthetic", help="Generated images instead of CIFAR-10 (demos, tests)."),
+    input_size: Optional[int] = _D["input_size"],
+    mean: Optional[str] = _D["mean"],
+    std: Optional[str] = _D["std"],
+    crop_pct: Optional[float] = _D["crop_pct"],
+    on_corrupt: OnCorrupt = _D["on_corrupt"],
+    workers: Optional[int] = _D["workers"],
+    train_images: Optional[int] = typer.Option(None, min=1, help="Train on the first N training images only."),
+    test_images: Optional[int] = typer.Option(None, min=1, help="Evaluate on the first N test images only."),
+    max_steps: Optional[int] = typer.Option(None, min=1, help="Stop after this many optimizer steps."),
+    out: Path = typer.Option(Path("runs/train"), help="Output directory: checkpoint.pt (every epoch) and "
+                             "train_log.json."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Train a model with QAT and/or noisy training; checkpoints carry the harden config."""
+    import torch
+
+    from ..core.config import HardenConfig
+    from ..core.harden import harden
+    from ..zoo.data import DatasetKind, load_cifar10, load_splits
+    from ..zoo.inputs import load_with_data, resolve_splits
+    from ..zoo.recipes import training_defaults
+    from ..training.train import NoiseSchedule, TrainConfig, train
+
+    with user_errors():
+        harden_config = harden_options(bits, scale, dynamic) or HardenConfig(quant=None)
+        d = training_defaults(model, bits is not None)
+        config = TrainConfig(
+            epochs=epochs or d.epochs, batch_size=batch_size, lr=d.lr if lr is None else lr, optimizer=optimizer or d.optimizer,
+            seed=seed, device=resolve_device(device), train_sigma=NoiseSchedule(train_sigma, ramp_epochs),
+            max_steps=max_steps)
+        if synthetic and (data is not None or download):
+            raise typer.BadParameter("--synthetic generates its own data; leave out --data/--download")
+        if download:
+            load_cifar10("train", data, download=True)
+        dopts = data_options(data, Split.TEST, False, None, input_size, mean, std, crop_pct, on_corrupt, workers)
+
+        def splits(preprocess):
+            if synthetic:
+                return load_splits(DatasetKind.SYNTHETIC, train_images=train_images, test_images=test_images)
+            return resolve_splits(dopts, preprocess, train_images=train_images, test_images=test_images)
+
+        torch.manual_seed(seed)
+        lm, (train_set, test_set) = load_with_data(model, model_options(pretrained, weights, num_classes, model_arg),
+                                                   dopts, loader=splits)
+        net = harden(lm.model, config=harden_config)
+        result = train(net, train_set, test_set, config, out, resume=resume, arch=lm.source.text,
+                       arch_kwargs=lm.arch_kwargs, progress=progress)
+    table = Table(title=f"{model}: {'fp32' if bits is None else f'{bits}-bit'} training", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    last = result.history[-1] if result.history else None
+    for key, value in (("epochs", f"{len(result.history)} ({result.steps} steps"
+                                   + (f", resumed after epoch {result.resumed_from}" if result.resumed_from else "")
+                                   + ")"),
+                       ("train loss", f"{last.loss:.4f}" if last else "-"),
+                       ("clean test accuracy", f"{result.test_accuracy:.4f}" if result.test_accuracy is not None
+                        else "-"),
+                       ("training noise σ", f"{train_sigma:g}" + (f" (ramp {ramp_epochs} epochs)" if ramp_epochs else "")),
+                       ("time", f"{result.seconds:.1f} s"), ("checkpoint", str(result.checkpoint))):
+        table.add_row(key, value)
+    show(table)
+    source = " --synthetic" if synthetic else (f" --data {_quote(data)}" if data is not None else "")
+    show(f"next: fxharden sweep {_quote(result.checkpoint)}{source} --out {_quote(out / 'sweep')}")
+
+
+def _quote(path) -> str:
+    import shlex
+
+    return shlex.quote(str(path))
+
+
+# ---------------------------------------------------------------------- reproduce
