@@ -37,7 +37,7 @@ def reproduce_command(
                                   "sweep points)."),
 ) -> None:
     """Reproduce a paper experiment: train and sweep every cell, write tables and plots."""
-    from ..experiments.experiment import load_experiment
+    from ..experiments.recipe_file import load_experiment
     from ..experiments.reproduce import reproduce
     from ..zoo.data import load_cifar10
 

@@ -33,7 +33,8 @@ from ..measure.results import RESULTS_JSON, load_result
 from .curves import Curve, matched_crossings, merge_curve
 from .executors import Executor, ExecutorKind, make_executor
 from .progress import LiveProgress
-from .experiment import Budget, Cell, DataSpec, DatasetKind, Experiment, load_experiment
+from .experiment import Budget, Cell, DataSpec, DatasetKind, Experiment
+from .recipe_file import load_experiment
 from .report import write_figures, write_tables
 
 __all__ = ["reproduce", "run_cell", "ReproduceResult", "Curve", "RESULT"]

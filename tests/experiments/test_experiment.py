@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from fxharden.experiments.experiment import (Budget, DataSpec, DatasetKind, ExperimentError, Variant,
-                                 load_experiment, parse_experiment)
+from fxharden.experiments.experiment import Budget, DataSpec, DatasetKind, ExperimentError, Variant
+from fxharden.experiments.recipe_file import load_experiment, parse_experiment
 from fxharden.experiments.curves import merge_curve
 from fxharden.experiments.reproduce import RESULT, reproduce
 from fxharden.measure.results import load_result
@@ -167,7 +167,7 @@ def test_table1_values_line_up_with_the_paper():
     assert (paper["vgg11-b4-dyn"].accuracy, paper["vgg11-b4-dyn"].mu) == (86.5, 0.031)
     assert (paper["resnet18-b4-s8"].accuracy, paper["resnet18-b4-s8"].mu) == (86.5, 0.665)
     assert (paper["resnet18-b8-s10"].accuracy, paper["resnet18-b8-s10"].mu) == (10.0, 0.05)
-    lrs = {(c.variant.model, c.variant.bits is None): c.train.lr for c in exp.cells()}
+    lrs = {(c.variant.model, c.variant.bits is None): c.train.lr for c in exp.cells(Budget.PAPER)}
     assert lrs == {("vgg11", True): 1e-3, ("vgg11", False): 1e-4, ("resnet18", True): 1e-2, ("resnet18", False): 1e-2}
 
 

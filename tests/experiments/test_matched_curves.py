@@ -9,7 +9,8 @@ import torch
 
 import fxharden.training.train as train_module
 from fxharden.experiments.curves import AMax, matched_crossings, merge_curve
-from fxharden.experiments.experiment import ExperimentError, parse_experiment
+from fxharden.experiments.experiment import ExperimentError
+from fxharden.experiments.recipe_file import parse_experiment
 from fxharden.experiments.reproduce import reproduce
 
 WARM = """
@@ -136,7 +137,7 @@ def test_a_failed_cell_fails_the_cells_that_start_from_it(tmp_path, monkeypatch)
 
 
 def parse_experiment_file(path: Path):
-    from fxharden.experiments.experiment import load_experiment
+    from fxharden.experiments.recipe_file import load_experiment
 
     return load_experiment(path)
 
