@@ -64,6 +64,7 @@ class Split(str, Enum):
 
 # ---------------------------------------------------------------------- shared options
 
+
 def _model_opts():
     return dict(
         pretrained=typer.Option(False, "--pretrained", help="Load the library's pretrained weights (timm: hub or "

@@ -11,6 +11,7 @@ from ..zoo.options import OnCorrupt
 from ._app import (Device, Split, app, console, data_options, harden_options, model_options, resolve_device,
                    resolve_models, user_errors)
 
+
 @app.command("budget")
 def budget_command(
     model: str = typer.Argument(..., help="Checkpoint path or model name (model names have random weights)."),

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from ._app import _M, app, harden_options, model_options, resolve_models, show, user_errors
 
+
 @app.command("inspect")
 def inspect_command(
     model: str = typer.Argument(..., help="Model source (lenet5, timm:NAME, torchvision:NAME, "

@@ -14,6 +14,7 @@ from ..experiments.options import Budget
 from ._app import Device, app, show, styled, user_errors
 from .sweep import _mu_text
 
+
 @app.command("reproduce")
 def reproduce_command(
     recipe: Path = typer.Argument(..., help="Experiment file, e.g. recipes/quickstart.toml."),

@@ -16,6 +16,7 @@ from ..zoo.options import OnCorrupt
 from ._app import (_D, _M, Device, Split, app, data_options, err_console, harden_options, model_options,
                    parse_sigmas, resolve_device, resolve_models, show, styled, user_errors)
 
+
 def _progress_bar():
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, \
         TimeRemainingColumn

@@ -12,6 +12,7 @@ from ..zoo.options import OnCorrupt, Optimizer
 from ._app import (_D, _M, Device, Split, app, data_options, harden_options, model_options, resolve_device,
                    show, user_errors)
 
+
 @app.command("train")
 def train_command(
     model: str = typer.Argument(..., help="Model source: lenet5, vgg11, resnet18, timm:NAME[.TAG], "
