@@ -12,7 +12,6 @@ from rich.table import Table
 from ..experiments.executors import ExecutorKind
 from ..experiments.options import Budget
 from ._app import Device, app, show, styled, user_errors
-from .sweep import _mu_text
 
 
 @app.command("reproduce")
@@ -68,7 +67,7 @@ def reproduce_command(
         table.add_column(col)
     for c in res.curves:
         fit, paper = c.result.fit, c.paper
-        mu = _mu_text(fit)
+        mu = c.quote().text()
         table.add_row(c.variant.key, str(len(c.result.clean_accuracies)), f"{100 * c.peak_accuracy:.1f}", mu,
                       fit.status.value if fit else "-",
                       f"{paper.accuracy:g}" if paper and paper.accuracy is not None else "",

@@ -25,6 +25,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from ..measure.midpoint_errors import crossing, percentile_interval
+from ..measure.midpoint_result import FitStatus, Quote, QuoteKind
 from ..measure.results import SweepMode, SweepPoint, SweepResult, bootstrap_curves
 from .experiment import Cell, PaperValue, Variant
 
@@ -100,6 +101,27 @@ class Curve:
         if self.variant.matched:
             return max(p.mean for p in self.result.site_points())
         return self.result.clean_accuracy
+
+    def quote(self) -> Quote:
+        """The value every table shows as this curve's μ: the fit's quote (``MidpointFit.quote``),
+        except for a matched curve whose fit is not OK. That curve usually ends above chance on
+        its grid, so the fit's generic crossing (half way between its best and its lowest point)
+        is not a midpoint; it quotes its matched crossing instead, a_max from the clean networks
+        if the experiment has them, else from its best point, marked with that convention."""
+        fit = self.result.fit
+        q = fit.quote() if fit is not None else Quote(QuoteKind.NONE, math.nan, math.nan, FitStatus.FIT_FAILED,
+                                                         "no fit")
+        if not self.variant.matched or q.is_mu:
+            return q
+        for conv in (AMax.CLEAN, AMax.BEST):
+            x = self.crossings.get(conv)
+            if x is not None and math.isfinite(x.mu):
+                return Quote(QuoteKind.CROSSING, x.mu, x.mu_err, q.status,
+                             f"matched curve, fit {q.status.value}: the σ where the accuracy falls through "
+                             f"(a_max + chance) / 2 with a_max = {100 * x.a_max:.1f} % ({conv.value})",
+                             label=f"matched crossing, a_max {conv.value}")
+        return Quote(QuoteKind.NONE, math.nan, math.nan, q.status,
+                     f"matched curve, fit {q.status.value}, and it never falls through (a_max + chance) / 2")
 
 
 def merge_curve(variant: Variant, cells: List[Cell], done: Dict[str, Dict[str, Any]]) -> Optional[Curve]:

@@ -18,9 +18,8 @@ __all__ = ["write_tables", "write_architectures", "write_figures"]
 
 
 def _fmt_mu(curve: Curve) -> str:
-    """The quoted value (``MidpointFit.quote``): μ, ``~crossing (status)``, ``> σ_max`` or nothing."""
-    fit = curve.result.fit
-    return fit.quote().text(3) if fit is not None else "(no fit)"
+    """The quoted value (``Curve.quote``): μ, ``~crossing (status)``, ``> σ_max`` or nothing."""
+    return curve.quote().text(3)
 
 
 def _fmt_other(curve: Curve) -> str:
@@ -68,7 +67,7 @@ def write_tables(exp: Experiment, curves: List[Curve], out: Path, budget: Budget
           "| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
     md += ["| " + " | ".join(str(x) for x in r) + " |" for r in rows]
     md += ["", "μ: midpoint noise level from the log-σ logistic fit (a_max tied to the clean accuracy); "
-           "`~x (status)` = model-free crossing estimate, shown instead when the fit is not OK; `> x` = the "
+           "`~x (status)` = model-free crossing estimate, shown instead when the fit is not OK (a matched curve quotes its matched crossing, a_max clean if there is one, else best); `> x` = the "
            "accuracy never falls half way below σ = x. Eq. 1 fit: the paper's linear-σ logistic on the same "
            "points, for comparison. Matched curves: every point is its own network, trained and evaluated at that σ "
            "(warm-started curves: each network starts from the trained one at the next lower σ of the same seed; "
@@ -92,16 +91,15 @@ def write_tables(exp: Experiment, curves: List[Curve], out: Path, budget: Budget
 
     for c in curves:
         f, o, p = c.result.fit, c.result.other_fit, c.paper or PaperValue()
-        q = f.quote() if f is not None else None
+        q = c.quote()
         w.writerow([c.variant.key, c.variant.model, "fp32" if c.variant.bits is None else c.variant.bits,
                     c.variant.scaling, c.variant.training, len(c.result.clean_accuracies), c.peak_accuracy,
                     # mu / mu_err only when trustworthy; otherwise what is quoted instead, and why
-                    q.value if q is not None and q.is_mu else "", q.err if q is not None and q.is_mu else "",
-                    q.kind.value if q else "", num(q.value) if q else "", num(q.err) if q else "",
+                    q.value if q.is_mu else "", q.err if q.is_mu else "", q.kind.value, num(q.value), num(q.err),
                     num(f.mu_crossing) if f else "", num(f.mu_crossing_err) if f else "", f.status.value if f else "",
                     f.model.value if f else "", num(f.chi2_red) if f else "",
                     num(o.mu) if o else "", num(o.mu_err) if o else "", num(o.chi2_red) if o else "",
-                    o.status.value if o else "", f.message if f else "",
+                    o.status.value if o else "", q.reason,
                     *[num(getattr(c.crossings[conv], a)) if conv in c.crossings else ""
                       for conv in (AMax.CLEAN, AMax.BEST) for a in ("a_max", "mu", "mu_err")],
                     p.accuracy if p.accuracy is not None else "", p.mu if p.mu is not None else "",

@@ -72,6 +72,7 @@ class Quote:
     err: float  #: its 1-σ error (NaN if unknown)
     status: FitStatus
     reason: str  #: the fit's message
+    label: str = ""  #: shown in parentheses instead of the status (e.g. which crossing this is)
 
     @property
     def is_mu(self) -> bool:
@@ -89,7 +90,7 @@ class Quote:
         if self.kind is QuoteKind.MU:
             return f"{self.value:.{digits}g}{err}"
         if self.kind is QuoteKind.CROSSING:
-            return f"~{self.value:.{digits}g}{err} ({self.status.value})"
+            return f"~{self.value:.{digits}g}{err} ({self.label or self.status.value})"
         if self.kind is QuoteKind.LOWER_BOUND:
             return f"> {self.value:.{digits}g} ({self.status.value})"
         return f"- ({self.status.value})"

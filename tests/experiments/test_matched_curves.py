@@ -2,6 +2,7 @@
 
 import math
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -111,7 +112,7 @@ def test_warm_started_cell_starts_from_the_previous_cells_trained_network(tmp_pa
 
     md = (out / "results.md").read_text()
     row = next(line for line in md.splitlines() if line.startswith("| lenet5-fp32-matched-warm |"))
-    assert row.count("a_max") == 2  # both conventions: the σ_train = 0 curve exists
+    assert "(a_max " in row.split("|")[11] and "(a_max " in row.split("|")[12]  # both conventions: σ_train = 0 exists
     assert "warm-started" in md
 
 
@@ -176,3 +177,29 @@ def test_matched_crossing_error_reflects_the_spread_across_networks():
     # seed 0 alone crosses 0.5 at 10^(0.2/0.45), seed 1 alone at σ = 1: the error spans a good part of that
     lo, hi = 1.0, 10 ** (0.2 / 0.45)
     assert lo < x.mu < hi and 0.1 * (hi - lo) < x.mu_err < hi - lo
+
+
+def test_a_matched_curve_that_ends_above_chance_quotes_its_matched_crossing():
+    """Like the measured warm-started LeNet-5 curves: 45 % at σ = 0.5 falling to 25 % at σ = 5,
+    never near chance (10 %). The fit's generic crossing (half way between the best and the
+    lowest point, 35 %) is no midpoint; the table quotes the matched crossing instead."""
+    from fxharden.experiments.curves import Curve
+    from fxharden.measure.midpoint_result import QuoteKind
+
+    acc = {0.5: 45, 1.0: 42, 2.0: 35, 3.0: 31, 5.0: 25}
+    result = _matched({s: [a, a] for s, a in acc.items()})
+    variant = parse_experiment({"name": "m", "sweep": {"sigmas": [0.1], "matched_sigmas": [0.5]},
+                                "budget": {"cpu": {}}, "grid": {"models": "lenet5", "train_sigma": "matched"}}).variants[0]
+    assert not result.fit.ok  # no lower plateau on this grid
+    clean = Curve(variant, result, [], crossings=matched_crossings(result, clean_accuracy=0.57))
+    q = clean.quote()
+    # a_max 0.57: level (0.57 + 0.1) / 2 = 0.335, between σ = 2 (0.35) and σ = 3 (0.31), linear in ln σ
+    expected = math.exp(math.log(2) + (0.35 - 0.335) / (0.35 - 0.31) * math.log(1.5))
+    assert q.kind is QuoteKind.CROSSING and q.value == pytest.approx(expected)
+    assert q.text(3).endswith("(matched crossing, a_max clean)") and "a_max = 57.0 %" in q.reason
+    # without σ_train = 0 networks: a_max = best point 0.45, level 0.275, between σ = 3 and 5
+    best = Curve(variant, result, [], crossings=matched_crossings(result)).quote()
+    assert best.value == pytest.approx(math.exp(math.log(3) + (0.31 - 0.275) / (0.31 - 0.25) * math.log(5 / 3)))
+    assert best.text(3).endswith("(matched crossing, a_max best)")
+    # an ordinary curve keeps the fit's own quote
+    assert Curve(replace(variant, matched=False), result, []).quote() == result.fit.quote()
