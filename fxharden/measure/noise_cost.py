@@ -43,9 +43,9 @@ class CostModel:
 
 def site_ops(model: HardenedModule, x: Tensor) -> Dict[str, int]:
     """Operations per input image of every noise site (module doc), counted on one clean
-    forward of ``x[:1]``: output elements at the noise modules, MACs at conv/linear layers
-    (``fxharden.zoo.summary.count_flops``'s convention without bias). The model's noise
-    strengths are left as they were."""
+    forward of ``x[:1]`` in eval mode: output elements at the noise modules, MACs at
+    conv/linear layers (``fxharden.zoo.summary.count_flops``'s convention without bias). The
+    model's noise strengths, mode and state (e.g. batch-norm statistics) are left as they were."""
     sites = noise_sites(model)
     ops: Dict[str, int] = {}
     hooks = []
@@ -58,12 +58,15 @@ def site_ops(model: HardenedModule, x: Tensor) -> Dict[str, int]:
             hooks.append(layer.register_forward_hook(
                 lambda mod, inp, out, site=site: _count(ops, site, _macs(mod, inp[0], out), replace=True)))
     saved = {m: m.sigma.clone() for m in model.modules() if isinstance(m, Noise)}
+    was_training = model.training
     try:
         for m in saved:
             m.set_sigma(0.0)
+        model.eval()  # one image through a training-mode batch norm fails, and would move its statistics
         with torch.inference_mode():
             model(x[:1])
     finally:
+        model.train(was_training)
         for h in hooks:
             h.remove()
         for m, sigma in saved.items():

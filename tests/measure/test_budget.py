@@ -162,3 +162,26 @@ def test_bad_sigma_maps_are_refused(plain, tmp_path):
     (tmp_path / "neg.json").write_text(text)
     with pytest.raises(ValueError, match="finite number >= 0"):
         read_sigma_map(tmp_path / "neg.json")
+
+
+def test_site_ops_of_a_batch_norm_model_in_training_mode():
+    """A loaded checkpoint is in training mode; one image through its batch norm must neither
+    fail nor move the norm's statistics (ResNet-18 budgets did both before)."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn, self.act, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), \
+                nn.Linear(4 * 8 * 8, 2)
+
+        def forward(self, x):
+            return self.fc(self.act(self.bn(self.conv(x))).flatten(1))
+
+    torch.manual_seed(0)
+    hm = fxharden.harden(Net())
+    assert hm.training
+    before = {k: v.clone() for k, v in hm.state_dict().items() if "bn." in k}
+    ops = site_ops(hm, torch.randn(5, 3, 8, 8))
+    assert hm.training
+    assert all(torch.equal(before[k], v) for k, v in hm.state_dict().items() if k in before)
+    assert ops["conv"] == 8 * 8 * 4 * (3 * 3 * 3) and ops["fc"] == 2 * 4 * 8 * 8  # MACs by hand
