@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from ..zoo.options import OnCorrupt
-from ._app import (Device, Split, app, console, data_options, harden_options, model_options, resolve_device,
-                   resolve_models, user_errors)
+from ._app import (Device, Split, app, console, data_options, err_console, harden_options, model_options,
+                   resolve_device, resolve_models, user_errors)
 
 
 @app.command("budget")
@@ -38,6 +39,8 @@ def budget_command(
     split: Split = typer.Option(Split.TEST, help="Data split to evaluate on."),
     max_images: Optional[int] = typer.Option(None, min=1, help="Use only the first N images."),
     synthetic: bool = typer.Option(False, "--synthetic", help="Generated images instead of CIFAR-10 (demos, tests)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar (phase and images of "
+                                  "the sweep running)."),
 ) -> None:
     """Find a per-site noise allocation within an accuracy drop at the least cost (E ∝ Σ ops/σ²), verified by
     sweeps, and the sites to keep digital."""
@@ -63,7 +66,15 @@ def budget_command(
             ((_, hm),), dataset = resolve_models([model], harden_options(bits, scale, dynamic), seed, options,
                                                 data_options(data, split, False, max_images, None, None, None, None,
                                                              OnCorrupt.STOP, None))
-        result = budget(hm, dataset, max_drop, config=config, profile=prof, cost=cost, protect=protect)
+        bar = _progress_bar() if progress else None
+        with bar or contextlib.nullcontext():
+            task = bar.add_task("budget", total=None, phase="") if bar else None
+
+            def report(phase: str, done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total, phase=phase)
+
+            result = budget(hm, dataset, max_drop, config=config, profile=prof, cost=cost, protect=protect,
+                            progress=report if bar else None)
         files = result.save(out)
     console.print(result.markdown(), soft_wrap=True)  # a markdown table: lines are not wrapped
     for path in files.values():
@@ -72,3 +83,10 @@ def budget_command(
 
 
 # ---------------------------------------------------------------------- inspect
+
+
+def _progress_bar():
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("[bold]budget"), TextColumn("{task.fields[phase]}"), BarColumn(), TaskProgressColumn(),
+                    TimeElapsedColumn(), console=err_console, transient=True)

@@ -28,7 +28,7 @@ import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -165,7 +165,7 @@ class BudgetResult:
 
 def budget(model: ModelLike, data: Any, max_drop: float, *, config: Optional[SweepConfig] = None,
            profile: Optional[SweepResult] = None, cost: CostModel = CostModel(), protect: bool = True,
-           grid_points: int = 9) -> BudgetResult:
+           grid_points: int = 9, progress: Optional[Callable[[str, int, int], None]] = None) -> BudgetResult:
     """Find and verify a per-site noise allocation (module doc).
 
     Args:
@@ -179,6 +179,8 @@ def budget(model: ModelLike, data: Any, max_drop: float, *, config: Optional[Swe
         protect: keep sites digital that fail alone at the smallest σ; ``False``: such
             sites make the target impossible (``BudgetError``).
         grid_points: points of the first log grid of each scale search.
+        progress: called as ``progress(phase, done, total)`` while each sweep runs (images of
+            that sweep); phases ``"per-layer profile"``, ``"allocation search"``, ``"uniform search"``.
 
     Raises:
         ValueError: a bad ``max_drop`` or a profile that is not a per-layer sweep of the model.
@@ -191,7 +193,8 @@ def budget(model: ModelLike, data: Any, max_drop: float, *, config: Optional[Swe
     (_, hm), = resolve_networks(model)
     sites = noise_sites(hm)
     if profile is None:
-        profile = sweep(hm, data, config=replace(base, mode=SweepMode.PER_LAYER, adaptive=True))
+        profile = sweep(hm, data, config=replace(base, mode=SweepMode.PER_LAYER, adaptive=True),
+                        progress=_phase(progress, "per-layer profile"))
     rows = {r.site: r for r in sensitivity(profile)}
     missing = [s for s in sites if s not in rows]
     if missing or profile.units is not base.units:
@@ -215,8 +218,9 @@ def budget(model: ModelLike, data: Any, max_drop: float, *, config: Optional[Swe
     norm = math.sqrt(sum(ops[s] / raw[s] ** 2 for s in analog) / max(sum(ops[s] for s in analog), 1))
     shape = {s: raw.get(s, 0.0) * norm for s in sites}
     d_sigma = cost.digital_sigma or floor
-    t, acc, curve = _search(hm, data, base, shape, clean, max_drop, grid_points)
-    tu, accu, ucurve = _search(hm, data, base, None, clean, max_drop, grid_points)
+    t, acc, curve = _search(hm, data, base, shape, clean, max_drop, grid_points,
+                            _phase(progress, "allocation search"))
+    tu, accu, ucurve = _search(hm, data, base, None, clean, max_drop, grid_points, _phase(progress, "uniform search"))
     uniform_cost = allocation_cost(ops, {s: tu for s in sites}, d_sigma) if math.isfinite(tu) else math.inf
     if not math.isfinite(t) and not math.isfinite(tu):
         raise BudgetError(f"no allocation keeps the accuracy drop within {max_drop:g} at the smallest scale "
@@ -257,8 +261,14 @@ def _noise_se(point) -> float:
     return float(acc.std(ddof=1) / math.sqrt(acc.size)) if acc.size > 1 else 0.0
 
 
+def _phase(progress: Optional[Callable[[str, int, int], None]], name: str) -> Optional[Callable[[int, int], None]]:
+    """A sweep's ``progress(done, total)`` reporting as ``progress(name, done, total)``."""
+    return None if progress is None else (lambda done, total: progress(name, done, total))
+
+
 def _search(hm, data, base: SweepConfig, shape: Optional[Dict[str, float]], clean: float, max_drop: float,
-            points: int) -> Tuple[float, float, List[Tuple[float, float, float]]]:
+            points: int, progress: Optional[Callable[[int, int], None]] = None
+            ) -> Tuple[float, float, List[Tuple[float, float, float]]]:
     """The largest measured scale whose drop (+2 standard errors) stays within ``max_drop``
     (below the first that does not), verified with fresh draws: a log grid over sigma_min..sigma_max (extended down to
     sigma_min/1000 while every point fails), then two refinements of the bracket.
@@ -272,7 +282,7 @@ def _search(hm, data, base: SweepConfig, shape: Optional[Dict[str, float]], clea
     refinements = 0
     while refinements < 2:
         cfg = replace(base, sigmas=tuple(grid), adaptive=False, sigma_map=shape)
-        res = sweep(hm, data, config=cfg)
+        res = sweep(hm, data, config=cfg, progress=progress)
         for p in res.site_points(None):
             measured[p.sigma] = (p.mean, _noise_se(p))
         ts = sorted(measured)
@@ -291,7 +301,7 @@ def _search(hm, data, base: SweepConfig, shape: Optional[Dict[str, float]], clea
     for best in reversed(ts[:fail]):  # verify with fresh draws: the search picked a lucky point as often as not
         cfg = replace(base, sigmas=(best,), adaptive=False, sigma_map=shape, repeats=VERIFY_REPEATS * base.repeats,
                       seed=base.seed + 1)
-        point = sweep(hm, data, config=cfg).site_points(None)[0]
+        point = sweep(hm, data, config=cfg, progress=progress).site_points(None)[0]
         if clean - point.mean <= max_drop:
             return best, point.mean, curve
     return math.nan, math.nan, curve

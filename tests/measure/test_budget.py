@@ -185,3 +185,23 @@ def test_site_ops_of_a_batch_norm_model_in_training_mode():
     assert hm.training
     assert all(torch.equal(before[k], v) for k, v in hm.state_dict().items() if k in before)
     assert ops["conv"] == 8 * 8 * 4 * (3 * 3 * 3) and ops["fc"] == 2 * 4 * 8 * 8  # MACs by hand
+
+
+def test_budget_reports_progress_by_phase_and_runs_from_the_command_line(tmp_path):
+    model, data = make_teacher(1.0)
+    seen = {}
+    budget(fxharden.harden(model).eval(), data, 0.03, config=FAST,
+           progress=lambda phase, done, total: seen.setdefault(phase, []).append((done, total)))
+    assert set(seen) == {"per-layer profile", "allocation search", "uniform search"}
+    for calls in seen.values():
+        assert all(0 < done <= total for done, total in calls)
+    assert seen["per-layer profile"][-1][0] == seen["per-layer profile"][-1][1]  # the profile ran to its end
+
+    from typer.testing import CliRunner
+    from fxharden.cli import app
+
+    res = CliRunner().invoke(app, ["budget", "lenet5", "--synthetic", "--max-drop", "0.05", "--max-images", "64",
+                                   "--repeats", "1", "--sigma-min", "0.01", "--sigma-max", "1", "--device", "cpu",
+                                   "--out", str(tmp_path / "b")])
+    assert res.exit_code == 0, res.output
+    assert {"budget.md", "budget.json", "budget.png", "sigma_map.json"} <= {p.name for p in (tmp_path / "b").iterdir()}
