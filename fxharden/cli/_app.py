@@ -91,7 +91,15 @@ def _data_opts():
     )
 
 
-_M, _D = _model_opts(), _data_opts()
+def _quant_opts():
+    return dict(
+        scale=typer.Option(None, help="Constant quantization step s of every post-activation quantizer (with --bits; "
+                           "default 1.0)."),
+        dynamic=typer.Option(False, "--dynamic", help="Learned (dynamic) quantization steps instead of --scale."),
+    )
+
+
+_M, _D, _Q = _model_opts(), _data_opts(), _quant_opts()
 
 # ---------------------------------------------------------------------- shared helpers
 

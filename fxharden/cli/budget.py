@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from ..zoo.options import OnCorrupt
-from ._app import (Device, Split, app, console, data_options, err_console, harden_options, model_options,
+from ._app import (_Q, Device, Split, app, console, data_options, err_console, harden_options, model_options,
                    resolve_device, resolve_models, user_errors)
 
 
@@ -18,8 +18,8 @@ def budget_command(
     model: str = typer.Argument(..., help="Checkpoint path or model name (model names have random weights)."),
     max_drop: float = typer.Option(..., help="Allowed accuracy drop from clean, a fraction (0.01 = one point)."),
     bits: Optional[int] = typer.Option(None, min=2, max=16, help="Quantize (model names only), as for sweep."),
-    scale: Optional[float] = typer.Option(None, help="Constant quantization step (with --bits; default 1.0)."),
-    dynamic: bool = typer.Option(False, "--dynamic", help="Learned quantization steps instead of --scale."),
+    scale: Optional[float] = _Q["scale"],
+    dynamic: bool = _Q["dynamic"],
     profile: Optional[Path] = typer.Option(None, help="A per-layer sweep of this model on the same data (its output "
                                            "folder or results.json); default: run one."),
     protect: bool = typer.Option(True, "--protect/--no-protect", help="Keep sites digital (sigma 0) that alone "

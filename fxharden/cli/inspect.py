@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from ._app import _M, app, harden_options, model_options, resolve_models, show, user_errors
+from ._app import _M, _Q, app, harden_options, model_options, resolve_models, show, user_errors
 
 
 @app.command("inspect")
@@ -20,9 +20,8 @@ def inspect_command(
     num_classes: Optional[int] = _M["num_classes"],
     model_arg: Optional[List[str]] = _M["model_arg"],
     bits: Optional[int] = typer.Option(None, min=2, max=16, help="Quantize to this many bits (model names only)."),
-    scale: Optional[float] = typer.Option(None, help="Constant quantization step s of every post-activation "
-                                          "quantizer (with --bits; default 1.0)."),
-    dynamic: bool = typer.Option(False, "--dynamic", help="Learned (dynamic) quantization steps instead of --scale."),
+    scale: Optional[float] = _Q["scale"],
+    dynamic: bool = _Q["dynamic"],
     results: Optional[Path] = typer.Option(None, help="A per-layer sweep's output directory (or results.json): "
                                            "show each site's measured μ next to it."),
 ) -> None:

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from ..measure.midpoint_models import MidpointModel
 from ..zoo.options import OnCorrupt
-from ._app import (_D, _M, Device, Split, app, data_options, err_console, harden_options, model_options,
+from ._app import (_D, _M, _Q, Device, Split, app, data_options, err_console, harden_options, model_options,
                    parse_sigmas, resolve_device, resolve_models, show, styled, user_errors)
 
 
@@ -96,9 +96,8 @@ def sweep_command(
     model_arg: Optional[List[str]] = _M["model_arg"],
     bits: Optional[int] = typer.Option(None, min=2, max=16, help="Quantize weights and activations to this many "
                                        "bits (model names only). Default: no quantization."),
-    scale: Optional[float] = typer.Option(None, help="Constant quantization step s of every post-activation "
-                                          "quantizer (with --bits; default 1.0)."),
-    dynamic: bool = typer.Option(False, "--dynamic", help="Learned (dynamic) quantization steps instead of --scale."),
+    scale: Optional[float] = _Q["scale"],
+    dynamic: bool = _Q["dynamic"],
     sigmas: Optional[str] = typer.Option(None, help="Comma-separated noise levels, e.g. 0.01,0.1,1 "
                                          "(default: log grid from --sigma-min to --sigma-max)."),
     sigma_min: float = typer.Option(1e-3, help="Smallest sigma of the default grid."),

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from ..zoo.options import OnCorrupt, Optimizer
-from ._app import (_D, _M, Device, Split, app, data_options, harden_options, model_options, resolve_device,
+from ._app import (_D, _M, _Q, Device, Split, app, data_options, harden_options, model_options, resolve_device,
                    show, user_errors)
 
 
@@ -23,9 +23,8 @@ def train_command(
     model_arg: Optional[List[str]] = _M["model_arg"],
     bits: Optional[int] = typer.Option(None, min=2, max=16, help="QAT: quantize weights and activations to this "
                                        "many bits. Default: fp32."),
-    scale: Optional[float] = typer.Option(None, help="Constant quantization step s of every post-activation "
-                                          "quantizer (with --bits; default 1.0)."),
-    dynamic: bool = typer.Option(False, "--dynamic", help="Learned (dynamic) quantization steps instead of --scale."),
+    scale: Optional[float] = _Q["scale"],
+    dynamic: bool = _Q["dynamic"],
     train_sigma: float = typer.Option(0.0, min=0.0, help="Noisy training: noise strength at every noise site "
                                       "while training (0: off)."),
     ramp_epochs: int = typer.Option(0, min=0, help="Grow the training noise linearly from 0 over this many epochs."),
