@@ -227,3 +227,36 @@ def test_token_ids_are_never_quantized():
     assert torch.allclose(out, ref, atol=1e-6)
     q = ActQuant(8, signed=True)
     assert torch.equal(q(ids), ids) and q._observed == 0  # no calibration on ids either
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    xs=st.lists(st.floats(min_value=-1e4, max_value=1e4, allow_nan=False, width=32), min_size=1, max_size=64),
+    s=st.floats(min_value=2**-10, max_value=128.0, allow_nan=False, width=32),
+    bits=st.integers(min_value=2, max_value=16),
+    signed=st.booleans(),
+    zero_point=st.integers(min_value=-3, max_value=3),
+)
+def test_bit_for_bit_like_pytorch_fused_kernel(xs, s, bits, signed, zero_point):
+    """PyTorch's fused fake-quantize kernel is the reference: values and gradient mask agree
+    exactly, with and without autograd, per tensor and per channel."""
+    qmin, qmax = qrange(bits, signed)
+    zero_point = min(max(zero_point, qmin), qmax)
+    x = torch.tensor(xs, dtype=torch.float32)
+    scale = torch.tensor(s, dtype=torch.float32)
+    ref_x = x.clone().requires_grad_()
+    ref = torch.fake_quantize_per_tensor_affine(ref_x, scale, torch.tensor(zero_point, dtype=torch.int32), qmin, qmax)
+    ref.backward(torch.arange(len(xs), dtype=torch.float32))
+    with torch.no_grad():
+        assert torch.equal(fake_quantize(x, scale, qmin, qmax, zero_point), ref.detach())
+    ours_x = x.clone().requires_grad_()
+    ours = fake_quantize(ours_x, scale, qmin, qmax, zero_point)
+    ours.backward(torch.arange(len(xs), dtype=torch.float32))
+    assert torch.equal(ours.detach(), ref.detach()) and torch.equal(ours_x.grad, ref_x.grad)
+    # per channel: two channels with steps s and 3s
+    xc = torch.stack([x, x])
+    scales = torch.tensor([s, 3 * s], dtype=torch.float32)
+    zps = torch.full((2,), zero_point, dtype=torch.int32)
+    refc = torch.fake_quantize_per_channel_affine(xc, scales, zps, 0, qmin, qmax)
+    with torch.no_grad():
+        assert torch.equal(fake_quantize(xc, scales, qmin, qmax, zero_point, axis=0), refc)
