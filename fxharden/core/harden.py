@@ -136,6 +136,7 @@ def harden(
     modules = dict(root.named_modules())
     container = ensure_container(root)
     made: Dict[str, nn.Module] = {}  # container key per (site name, role); shared by both graphs
+    owners: set = set()  # noise modules whose input ownership is decided
     skipped: Dict[str, str] = {}
     infos: Dict[str, SiteInfo] = {}
     qc = config.quant
@@ -166,6 +167,14 @@ def harden(
             if site.noise:
                 targets.append(module_for(site.name, "noise", lambda: Noise(site.name, config.noise.seed,
                                                                             kind=config.noise.model)))
+                noise = container[made[(site.name, "noise")]]
+                # its input: the quantizer's new tensor, or the node's own result when that is new
+                # (in every graph that uses the module)
+                owned = site.quantize_output or site.fresh
+                noise.owns_input = owned and (noise.owns_input or noise not in owners)
+                owners.add(noise)
+                if site.module is not None and not site.quantize_output:
+                    noise._producer = (site.module,)
             converts = site.kind in (SiteKind.CONV, SiteKind.LINEAR) and (site.noise or site.quantize_weights)
             if converts and config.adc is not None:
                 targets.append(module_for(site.name, "adc", lambda: converter(config.adc)))

@@ -15,17 +15,22 @@ gets its own draw anyway; on weights (``draw_weights``) each group gets its own 
 copy of the weight.
 
 Cost: the standard-normal draw dominates (one number per element, several times a plain
-add). ``set_sigma(..., draws=...)`` lets groups that differ only in sigma share one draw
-(common random numbers: per group the noise is still N(0, sigma^2), i.i.d. within the group,
-and neighbouring sigma points see the same draw, so curves are smoother); groups whose sigma
-is 0 draw nothing. Every draw that outlives the call is a new tensor from ``_draw``; only the
-single-sigma path draws into a scratch buffer reused from call to call, consumed at once.
+add; torch's CPU generator is serial, so large CPU draws are split into ``LANES`` streams
+drawn on several threads). ``set_sigma(..., draws=...)`` lets groups that differ only in sigma
+share one draw (common random numbers: per group the noise is still N(0, sigma^2), i.i.d.
+within the group, and neighbouring sigma points see the same draw, so curves are smoother);
+groups whose sigma is 0 draw nothing. Draws consumed within the call (activations) go into
+scratch buffers reused from call to call; draws that outlive it (weights) are new tensors.
+Without autograd, the noise is added in place to an input the module owns (``owns_input``):
+on a CPU a new output tensor costs more than the add itself.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -38,7 +43,42 @@ __all__ = ["Noise", "NoiseChain", "SigmaLike", "stream_seed", "GroupDimError"]
 
 SigmaLike = Union[float, Sequence[float], Tensor]
 
-_scratch = threading.local()  # per thread: {(device, dtype): flat buffer} for single-sigma draws
+_scratch = threading.local()  # per thread: {(device, dtype, slot): flat buffer} for draws consumed at once
+
+LANES = 4
+"""A CPU draw of at least ``LANE_MIN`` numbers is split into ``LANES`` equal parts, each from
+its own stream (lane 0 is the site's stream, lane k seeded by ``stream_seed(seed, site#k)``),
+drawn on up to ``torch.get_num_threads()`` threads: torch's CPU generator is serial and is
+the largest cost of noise. The split depends only on the size, so the numbers do not depend on
+the thread count."""
+LANE_MIN = 1 << 16
+
+_pool: Tuple[int, Optional[ThreadPoolExecutor]] = (-1, None)  # (pid, pool): a forked child makes its own
+
+
+def _lane_pool() -> ThreadPoolExecutor:
+    global _pool
+    if _pool[0] != os.getpid() or _pool[1] is None:
+        _pool = (os.getpid(), ThreadPoolExecutor(LANES - 1, thread_name_prefix="fxharden-noise"))
+    return _pool[1]
+
+
+def _fill_lanes(flat: Tensor, gens: Sequence[torch.Generator], inference: bool) -> None:
+    """Fill ``LANES`` equal parts of the 1-d ``flat`` with standard normals, part ``k`` from
+    ``gens[k]``; the parts are shared among ``torch.get_num_threads()`` threads."""
+    n = flat.numel()
+    parts = [flat[n * k // LANES:n * (k + 1) // LANES] for k in range(LANES)]
+    workers = max(1, min(LANES, torch.get_num_threads()))
+
+    def run(share: int) -> None:
+        with torch.inference_mode(inference):  # thread-local, like the caller's mode
+            for k in range(share, LANES, workers):
+                parts[k].normal_(generator=gens[k])
+
+    futures = [_lane_pool().submit(run, j) for j in range(1, workers)]
+    run(0)
+    for f in futures:
+        f.result()
 
 
 def stream_seed(seed: int, site: str) -> int:
@@ -47,19 +87,30 @@ def stream_seed(seed: int, site: str) -> int:
     return int(hashlib.sha256(f"{int(seed)}/{site}".encode()).hexdigest()[:15], 16)
 
 
-def _scratch_normal(shape: torch.Size, device: torch.device, dtype: torch.dtype, gen: torch.Generator) -> Tensor:
+def _normal_(t: Tensor, gens: Sequence[torch.Generator]) -> Tensor:
+    """Fill the contiguous ``t`` with standard normals from the site's streams ``gens`` (one,
+    or ``LANES`` on the CPU: see there)."""
+    if len(gens) == 1 or t.numel() < LANE_MIN or t.device.type != "cpu":
+        return t.normal_(generator=gens[0])
+    _fill_lanes(t.view(-1), gens, torch.is_inference_mode_enabled())
+    return t
+
+
+def _scratch_normal(shape: torch.Size, device: torch.device, dtype: torch.dtype, gens: Sequence[torch.Generator],
+                    slot: int = 0) -> Tensor:
     """Standard normals of ``shape`` in a buffer reused from call to call (one per thread,
-    device and dtype, grown to the largest size asked). Valid until the next call: the caller
-    consumes it at once and never returns it or lets autograd keep it."""
+    device, dtype and ``slot``, grown to the largest size asked). Valid until the next call
+    for the same slot: the caller consumes it at once and never returns it or lets autograd
+    keep it. (Reuse matters on a CPU: a new large tensor costs a page fault per 4 KiB.)"""
     bufs = getattr(_scratch, "bufs", None)
     if bufs is None:
         bufs = _scratch.bufs = {}
-    n, key = shape.numel(), (device, dtype)
+    n, key = torch.Size(shape).numel(), (device, dtype, slot)
     buf = bufs.get(key)
     if buf is None or buf.numel() < n:
         with torch.inference_mode(False):  # a normal tensor: usable in and out of inference mode
             buf = bufs[key] = torch.empty(n, device=device, dtype=dtype)
-    return buf[:n].view(shape).normal_(generator=gen)
+    return _normal_(buf[:n].view(shape), gens)
 
 
 class GroupDimError(ValueError):
@@ -103,10 +154,16 @@ class Noise(nn.Module):
         self._host: Tuple[float, ...] = (0.0,)  # mirror of sigma (one value per group), no sync
         self._draws: Optional[Tuple[int, ...]] = None  # draw index per group (None: one each)
         self._generator: Optional[torch.Generator] = None
+        self._lanes: Optional[List[torch.Generator]] = None  # CPU: the site's LANES streams
         self.batch_dim: Optional[int] = 0
         """Batch dimension of the tensors at this site: 0 for a module used on its own; inside
         a hardened model ``locate_batch_dims`` sets it (``None``: the site has none)."""
         self._record: Optional[List[tuple]] = None  # shapes seen while locating batch dims
+        self.owns_input = False
+        """Set by ``harden``: the tensor this module receives is a new one that nothing else
+        reads (a quantizer's or a layer's output), so without autograd the noise is added to
+        it in place (no new tensor: on a CPU allocating the output costs more than the add)."""
+        self._producer: tuple = ()  # (layer,) whose output arrives here: its forward hooks see it
 
     def extra_repr(self) -> str:
         rel = ", relative" if self.relative else ""
@@ -115,7 +172,14 @@ class Noise(nn.Module):
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_generator"], state["_record"], state["_calibration"] = None, None, None  # restarted from the seed
+        state["_lanes"] = None
         return state
+
+    def __setstate__(self, state):
+        state.setdefault("owns_input", False)  # pickled before the attribute existed
+        state.setdefault("_producer", ())
+        state.setdefault("_lanes", None)
+        super().__setstate__(state)
 
     @property
     def calibrated(self) -> bool:
@@ -174,26 +238,40 @@ class Noise(nn.Module):
     def reseed(self, seed: int) -> None:
         """Restart the random stream from base seed ``seed``."""
         self.seed = int(seed)
-        self._generator = None
+        self._generator, self._lanes = None, None
 
     def _gen(self, device: torch.device) -> torch.Generator:
         gen = self._generator
         if gen is None or gen.device != device:
             gen = torch.Generator(device=device)
             gen.manual_seed(stream_seed(self.seed, self.site))
-            self._generator = gen
+            self._generator, self._lanes = gen, None
         return gen
 
-    def _draw(self, shape: Sequence[int], device: torch.device, dtype: torch.dtype) -> Tensor:
-        """Standard normals in a new tensor, from this site's stream."""
-        return torch.randn(tuple(shape), generator=self._gen(device), device=device, dtype=dtype)
+    def _gens(self, device: torch.device) -> List[torch.Generator]:
+        """The site's streams for normals: its own, and on the CPU the other ``LANES - 1``."""
+        first = self._gen(device)
+        if device.type != "cpu":
+            return [first]
+        if self._lanes is None:
+            rest = [torch.Generator().manual_seed(stream_seed(self.seed, f"{self.site}#{k}")) for k in range(1, LANES)]
+            self._lanes = [first] + rest
+        return self._lanes
 
-    def _eps(self, shape: Sequence[int], device: torch.device, dtype: torch.dtype) -> Tensor:
+    def _draw(self, shape: Sequence[int], device: torch.device, dtype: torch.dtype) -> Tensor:
+        """Standard normals in a new tensor, from this site's streams."""
+        return _normal_(torch.empty(tuple(shape), device=device, dtype=dtype), self._gens(device))
+
+    def _eps(self, shape: Sequence[int], device: torch.device, dtype: torch.dtype,
+             slot: Optional[int] = None) -> Tensor:
         """The random numbers one application of this model consumes: standard normals of
         ``shape``, or for stuck-at faults three uniform numbers per element (``(3, *shape)``:
-        fault, sign, stuck-at-zero)."""
+        fault, sign, stuck-at-zero). With ``slot`` the normals are in scratch buffer ``slot``
+        (see ``_scratch_normal``), else in a new tensor."""
         if self.kind is NoiseKind.STUCK:
             return torch.rand((3,) + tuple(shape), generator=self._gen(device), device=device, dtype=dtype)
+        if slot is not None:
+            return _scratch_normal(torch.Size(shape), device, dtype, self._gens(device), slot)
         return self._draw(shape, device, dtype)
 
     def _group_draws(self) -> Tuple[int, ...]:
@@ -240,12 +318,25 @@ class Noise(nn.Module):
                 f"relative noise at site {self.site!r} needs the site's clean signal RMS: call "
                 "fxharden.calibrate_noise(model, data) once on clean data (fxharden.sweep does it for you)")
         x32 = x if x.dtype in (torch.float32, torch.float64) else x.float()
+        mine = not (torch.is_grad_enabled() and x32.requires_grad) and (x32 is not x or self._may_overwrite())
         if self.groups > 1:
-            return self._grouped(x32, self.group_dim(x32), fresh=x32 is not x)
+            return self._grouped(x32, self.group_dim(x32), fresh=mine)
+        out = x32 if mine else None
         if self.kind is NoiseKind.STUCK:
-            return self._inject(x32, self._eps(x32.shape, x32.device, x32.dtype), self._host[0])
-        eps = _scratch_normal(x32.shape, x32.device, x32.dtype, self._gen(x32.device))
-        return self._inject(x32, eps, self._host[0])  # saves nothing for backward: eps is free again
+            return self._inject(x32, self._eps(x32.shape, x32.device, x32.dtype), self._host[0], out=out)
+        eps = _scratch_normal(x32.shape, x32.device, x32.dtype, self._gens(x32.device))
+        return self._inject(x32, eps, self._host[0], out=out)  # saves nothing for backward: eps is free again
+
+    def _may_overwrite(self) -> bool:
+        """Whether, without autograd, the noise may be added to the input in place: the module
+        owns its input and no forward hook (of this module, of the layer before it, or global)
+        may hold it."""
+        if not self.owns_input or self._forward_hooks or self._forward_pre_hooks:
+            return False
+        glob = torch.nn.modules.module
+        if glob._global_forward_hooks or glob._global_forward_pre_hooks:
+            return False
+        return not any(m._forward_hooks for m in self._producer)
 
     def _grouped(self, x: Tensor, dim: int, fresh: bool) -> Tensor:
         """Noise on ``x`` whose dim ``dim`` holds the groups: group ``r`` gets ``sigma[r]``;
@@ -266,8 +357,8 @@ class Noise(nn.Module):
                 elif out is not x:
                     o.copy_(xr)
                 continue
-            if d not in eps:
-                eps[d] = self._eps(xr.shape, x.device, x.dtype)
+            if d not in eps:  # consumed within this call: drawn into a reused buffer
+                eps[d] = self._eps(xr.shape, x.device, x.dtype, slot=len(eps))
             part = self._inject(xr, self._own(eps[d]), s, out=o)
             if o is None:
                 parts.append(part)

@@ -107,6 +107,10 @@ class Site:
     signed: bool
     """Grid of the output quantizer."""
     module: Optional[nn.Module] = None
+    fresh: bool = False
+    """The node's result is a new tensor that aliases no other value of the graph (a layer's
+    output; not the model's input, a view or the result of an in-place op), so the node
+    after it may overwrite it once nothing else reads it."""
 
 
 def _kind(node: fx.Node, modules: Dict[str, nn.Module], opaque: set) -> Optional[SiteKind]:
@@ -133,6 +137,26 @@ def _kind(node: fx.Node, modules: Dict[str, nn.Module], opaque: set) -> Optional
             return SiteKind.OTHER  # x + constant is not a residual add
         return kind or SiteKind.OTHER
     return None
+
+
+_FRESH_KINDS = (SiteKind.CONV, SiteKind.LINEAR, SiteKind.POOL, SiteKind.NORM, SiteKind.MATMUL)
+_IN_PLACE_FUNCS = {F.relu_, torch.relu_, operator.iadd, "relu_", "sigmoid_", "tanh_", "add_"}
+
+
+def _fresh(node: fx.Node, module: Optional[nn.Module], kind: SiteKind) -> bool:
+    """Whether ``node``'s result is a new tensor (see ``Site.fresh``); unknown layers are not."""
+    if node.op == "call_module":
+        if kind is SiteKind.ACTIVATION:
+            return not getattr(module, "inplace", False)
+        return kind in _FRESH_KINDS
+    if node.op not in ("call_function", "call_method") or "out" in node.kwargs:
+        return False
+    if kind is SiteKind.ACTIVATION:
+        inplace = node.kwargs.get("inplace", node.args[1] if len(node.args) > 1 and node.target is F.relu else False)
+        return node.target not in _IN_PLACE_FUNCS and inplace is not True
+    if kind is SiteKind.ADD:
+        return node.target not in _IN_PLACE_FUNCS
+    return kind in _FRESH_KINDS
 
 
 def _unsigned(node: fx.Node, modules: Dict[str, nn.Module]) -> bool:
@@ -219,5 +243,6 @@ def find_sites(graph: fx.Graph, modules: Dict[str, nn.Module], cfg: HardenConfig
                                                                or cfg.weight_drift is not None
                                                                or cfg.weight_faults is not None),
             signed=not _unsigned(node, modules),
+            fresh=_fresh(node, module, kind),
         ))
     return sites
