@@ -109,7 +109,7 @@ def sweep_rows(table: Table, sizes: Sizes, device: torch.device, data, sync) -> 
         for mode, kw in (("global", {}), ("per-layer", {"mode": "per_layer", "sites": tuple(sites[::max(1, len(sites) // 4)][:4])})):
             r = sweep(hm, data, sigmas=[0.02, 0.05, 0.1, 0.2], repeats=2, batch_size=sizes.sweep_batch,
                       device=str(device), **kw)
-            per_point = r.timing["eval_seconds"] / r.timing["points_measured"]
+            per_point = r.timing["points_seconds"] / r.timing["points_measured"]
             table.add("sweep", f"{name} {mode}: time per (sigma, repeat) point", f"{per_point / base:.2f}x plain",
                       f"{r.timing['images_per_second']:,.0f} images/s, {len(data)} images, target <= "
                       f"{'1.5' if mode == 'global' else '2'}x")

@@ -120,7 +120,8 @@ class Engine:
         self.done: Dict[str, Dict[str, Any]] = {}
         self.counts: Dict[Level, List[List[int]]] = {}
         self.images_done = self.images_total = 0
-        self.stats = {"forwards": 0, "images": 0, "points_measured": 0, "points_reused": 0, "eval_seconds": 0.0}
+        self.stats = {"forwards": 0, "images": 0, "points_measured": 0, "points_reused": 0, "eval_seconds": 0.0,
+                      "points_seconds": 0.0}
 
     def attach(self, store: PointStore) -> None:
         self.store, self.done = store, store.load()
@@ -199,6 +200,7 @@ class Engine:
         t0 = time.perf_counter()
         correct = self._run(n, items, seed)
         self.stats["points_measured"] += len(items) * tally
+        self.stats["points_seconds"] += (time.perf_counter() - t0) * tally  # the clean pass is not a point
         if self.store is not None:  # "seconds": for watchers of the store (images/s), never read back
             self.store.append({"key": f"{key}/{n}", "items": [list(i) for i in items], "correct": correct,
                                "total": self.data.num_images, "seconds": round(time.perf_counter() - t0, 6)})

@@ -237,7 +237,9 @@ class SweepResult:
     """How the noise of every point was seeded (see ``fxharden.sweep``)."""
     fingerprint: str = ""
     timing: Dict[str, float] = field(default_factory=dict)
-    """seconds, forwards, images, points_measured, points_reused, images_per_second."""
+    """seconds, forwards, images, points_measured, points_reused, images_per_second;
+    eval_seconds (every measured chunk, the clean pass included), points_seconds (the chunks
+    of sweep points only: ``points_seconds / points_measured`` is the cost of one point)."""
     versions: Dict[str, str] = field(default_factory=versions)
     fit: Optional[MidpointFit] = None
     """Global mode: the midpoint fit of the mean accuracy curve."""

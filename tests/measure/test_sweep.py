@@ -167,9 +167,11 @@ def test_results_files_round_trip(teacher, tmp_path):
 
 def test_changed_config_in_the_same_directory_is_refused(teacher, tmp_path):
     model, data = teacher
-    sweep(model, data, sigmas=[0.01, 0.1], repeats=1, out=tmp_path)
+    first = sweep(model, data, sigmas=[0.01, 0.1], repeats=1, out=tmp_path)
+    assert 0 < first.timing["points_seconds"] < first.timing["eval_seconds"]  # the clean pass is no point
     again = sweep(model, data, sigmas=[0.01, 0.1], repeats=1, out=tmp_path)  # same settings: all reused
     assert again.timing["points_measured"] == 0 and again.timing["points_reused"] == 2
+    assert again.timing["points_seconds"] == 0
     with pytest.raises(SweepMismatchError, match=r"different settings \(changed: settings.repeats\)"):
         sweep(model, data, sigmas=[0.01, 0.1], repeats=2, out=tmp_path)
     other = Teacher()
