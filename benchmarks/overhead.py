@@ -159,16 +159,20 @@ def _compare(variants: dict, x: torch.Tensor, reps: int, train: bool, sync, warm
 
 
 def generators(device: torch.device, n: int, reps: int, sync) -> None:
-    """ns per element of torch's standard-normal generator against the parts of a
-    table-based inverse-CDF sampler (random integers, then a table gather): the faster
-    sampler is only worth adding if those parts together beat ``normal_``."""
+    """ns per element of torch's standard-normal generator, of fxharden's draw (the same
+    generator in ``LANES`` streams on several threads), and of the parts of a table-based
+    inverse-CDF sampler (random integers, then a table gather): the faster sampler is only
+    worth adding if those parts together beat ``normal_``."""
     gen = torch.Generator(device=device).manual_seed(0)
     buf = torch.empty(n, device=device)
     table = torch.special.ndtri((torch.arange(1 << 16, device=device, dtype=torch.float64) + 0.5) / (1 << 16)).float()
     idx = torch.randint(0, 1 << 16, (n,), device=device, generator=gen)
     x = torch.randn(n, device=device)
+    from fxharden.core.noise import LANES, _normal_
+    lanes = [gen] + [torch.Generator(device=device).manual_seed(k) for k in range(1, LANES)]
     runs = {
         "normal_ (torch)": lambda: buf.normal_(generator=gen),
+        f"normal_, {LANES} lanes (fxharden)": lambda: _normal_(buf, lanes),
         "uniform_": lambda: buf.uniform_(generator=gen),
         "random_ int64 indices": lambda: idx.random_(0, 1 << 16, generator=gen),
         "table gather": lambda: torch.index_select(table, 0, idx, out=buf),
@@ -180,7 +184,7 @@ def generators(device: torch.device, n: int, reps: int, sync) -> None:
             got[k].append(timed(f, sync) / n * 1e9)
     print(f"noise generation on {device}, {n:,} elements, median of {reps}, ns per element:")
     for k, v in got.items():
-        print(f"    {k:24s} {statistics.median(v):6.2f}")
+        print(f"    {k:32s} {statistics.median(v):6.2f}")
 
 
 def main() -> None:

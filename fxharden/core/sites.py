@@ -152,8 +152,9 @@ def _fresh(node: fx.Node, module: Optional[nn.Module], kind: SiteKind) -> bool:
     if node.op not in ("call_function", "call_method") or "out" in node.kwargs:
         return False
     if kind is SiteKind.ACTIVATION:
-        inplace = node.kwargs.get("inplace", node.args[1] if len(node.args) > 1 and node.target is F.relu else False)
-        return node.target not in _IN_PLACE_FUNCS and inplace is not True
+        # an ``inplace`` flag by keyword, or any positional True (F.relu6(x, True), F.elu(x, 1.0, True))
+        inplace = node.kwargs.get("inplace") is True or any(a is True for a in node.args[1:])
+        return node.target not in _IN_PLACE_FUNCS and not inplace
     if kind is SiteKind.ADD:
         return node.target not in _IN_PLACE_FUNCS
     return kind in _FRESH_KINDS

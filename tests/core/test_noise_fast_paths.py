@@ -149,3 +149,20 @@ def test_scratch_slots_do_not_alias_within_one_grouped_call():
         for j in range(i + 1, 3):
             assert abs(float((g[i] * g[j]).mean())) < 5 / math.sqrt(LANE_MIN)
     assert noise_mod._scratch.bufs  # the buffers are reused, not new tensors per call
+
+
+class _Functional(nn.Module):
+    def forward(self, x):
+        a = F.relu(x)  # new tensor
+        b = F.relu(a, inplace=True)  # a's storage
+        c = F.relu6(b, True)  # b's storage, in place by position
+        d = c.relu_()
+        e = torch.tanh(d)  # new tensor
+        return e.add_(1.0)
+
+
+def test_function_sites_in_place_by_keyword_or_position_are_not_owned():
+    hm = fxharden.harden(_Functional(), bits=None, sigma=0.1)
+    owned = {m.site: m.owns_input for m in hm.modules() if isinstance(m, Noise)}
+    assert owned["relu"] and owned["tanh"]
+    assert not owned["relu_1"] and not owned["relu6"] and not owned["relu_"] and not owned["input"]
