@@ -157,7 +157,7 @@ def _fresh(node: fx.Node, module: Optional[nn.Module], kind: SiteKind) -> bool:
         return node.target not in _IN_PLACE_FUNCS and not inplace
     if kind is SiteKind.ADD:
         return node.target not in _IN_PLACE_FUNCS
-    return kind in _FRESH_KINDS
+    return kind in _FRESH_KINDS and node.target is not torch.einsum  # einsum("ij->ji", x) is a view
 
 
 def _unsigned(node: fx.Node, modules: Dict[str, nn.Module]) -> bool:

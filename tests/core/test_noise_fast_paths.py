@@ -158,11 +158,21 @@ class _Functional(nn.Module):
         c = F.relu6(b, True)  # b's storage, in place by position
         d = c.relu_()
         e = torch.tanh(d)  # new tensor
-        return e.add_(1.0)
+        f = torch.einsum("ij->ji", e)  # a view of e
+        return torch.matmul(f, e).add_(1.0)  # new tensor
 
 
 def test_function_sites_in_place_by_keyword_or_position_are_not_owned():
-    hm = fxharden.harden(_Functional(), bits=None, sigma=0.1)
+    kinds = fxharden.NoiseConfig().kinds | {fxharden.SiteKind.MATMUL}
+    hm = fxharden.harden(_Functional(), config=fxharden.HardenConfig(
+        quant=None, noise=fxharden.NoiseConfig(sigma=0.1, kinds=kinds)))
     owned = {m.site: m.owns_input for m in hm.modules() if isinstance(m, Noise)}
-    assert owned["relu"] and owned["tanh"]
+    assert owned["relu"] and owned["tanh"] and owned["matmul"]
     assert not owned["relu_1"] and not owned["relu6"] and not owned["relu_"] and not owned["input"]
+    assert not owned["einsum"]
+    x = torch.randn(5, 5)
+    with torch.no_grad():  # the view is overwritten by nobody: e, read by matmul, stays clean
+        fxharden.seed_noise(hm, 1)
+        fast = hm(x)
+    fxharden.seed_noise(hm, 1)
+    assert torch.equal(fast, hm(x.clone().requires_grad_()).detach())
