@@ -160,15 +160,18 @@ def _compare(variants: dict, x: torch.Tensor, reps: int, train: bool, sync, warm
 
 def generators(device: torch.device, n: int, reps: int, sync) -> None:
     """ns per element of torch's standard-normal generator, of fxharden's draw (the same
-    generator in ``LANES`` streams on several threads), and of the parts of a table-based
-    inverse-CDF sampler (random integers, then a table gather): the faster sampler is only
-    worth adding if those parts together beat ``normal_``."""
+    generator in ``LANES`` streams on several threads), of the parts of a table-based
+    inverse-CDF sampler (random integers, then a table gather: the faster sampler is only
+    worth adding if those parts together beat ``normal_``), of an add into a new tensor and
+    in place, and of fake quantization by PyTorch's fused kernel and by fxharden."""
     gen = torch.Generator(device=device).manual_seed(0)
     buf = torch.empty(n, device=device)
     table = torch.special.ndtri((torch.arange(1 << 16, device=device, dtype=torch.float64) + 0.5) / (1 << 16)).float()
     idx = torch.randint(0, 1 << 16, (n,), device=device, generator=gen)
     x = torch.randn(n, device=device)
     from fxharden.core.noise import LANES, _normal_
+    from fxharden.core.quant import fake_quantize
+    step = torch.tensor(0.05, device=device)
     lanes = [gen] + [torch.Generator(device=device).manual_seed(k) for k in range(1, LANES)]
     runs = {
         "normal_ (torch)": lambda: buf.normal_(generator=gen),
@@ -176,13 +179,16 @@ def generators(device: torch.device, n: int, reps: int, sync) -> None:
         "uniform_": lambda: buf.uniform_(generator=gen),
         "random_ int64 indices": lambda: idx.random_(0, 1 << 16, generator=gen),
         "table gather": lambda: torch.index_select(table, 0, idx, out=buf),
-        "add (one memory pass)": lambda: torch.add(x, buf, alpha=0.1),
+        "add into a new tensor": lambda: torch.add(x, buf, alpha=0.1),
+        "add in place": lambda: x.add_(buf, alpha=1e-30),
+        "fake-quantize, fused kernel": lambda: torch.fake_quantize_per_tensor_affine(x, 0.05, 0, -128, 127),
+        "fake-quantize, fxharden": lambda: fake_quantize(x, step, -128, 127),
     }
     got = {k: [] for k in runs}
     for _ in range(reps):
         for k, f in runs.items():
             got[k].append(timed(f, sync) / n * 1e9)
-    print(f"noise generation on {device}, {n:,} elements, median of {reps}, ns per element:")
+    print(f"noise generation and elementwise passes on {device}, {n:,} elements, median of {reps}, ns per element:")
     for k, v in got.items():
         print(f"    {k:32s} {statistics.median(v):6.2f}")
 
@@ -200,7 +206,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
           f"load average {os.getloadavg()[0]:.1f}")
     if args.generators:
-        generators(device, 1 << 22, args.reps, sync)
+        generators(device, 10 << 20, args.reps, sync)  # 40 MiB of float32: above glibc's mmap threshold
         return
     nets = {"lenet5": (LeNet5, 256), "resnet18": (lambda: torchvision.models.resnet18(num_classes=10), 64)}
     for name in args.models.split(","):
