@@ -28,6 +28,7 @@ on a CPU a new output tensor costs more than the add itself.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -96,7 +97,7 @@ def _normal_(t: Tensor, gens: Sequence[torch.Generator]) -> Tensor:
     return t
 
 
-def _scratch_normal(shape: torch.Size, device: torch.device, dtype: torch.dtype, gens: Sequence[torch.Generator],
+def _scratch_normal(shape: Sequence[int], device: torch.device, dtype: torch.dtype, gens: Sequence[torch.Generator],
                     slot: int = 0) -> Tensor:
     """Standard normals of ``shape`` in a buffer reused from call to call (one per thread,
     device, dtype and ``slot``, grown to the largest size asked). Valid until the next call
@@ -105,12 +106,12 @@ def _scratch_normal(shape: torch.Size, device: torch.device, dtype: torch.dtype,
     bufs = getattr(_scratch, "bufs", None)
     if bufs is None:
         bufs = _scratch.bufs = {}
-    n, key = torch.Size(shape).numel(), (device, dtype, slot)
+    n, key = math.prod(shape), (device, dtype, slot)
     buf = bufs.get(key)
     if buf is None or buf.numel() < n:
         with torch.inference_mode(False):  # a normal tensor: usable in and out of inference mode
             buf = bufs[key] = torch.empty(n, device=device, dtype=dtype)
-    return _normal_(buf[:n].view(shape), gens)
+    return _normal_(buf[:n].view(tuple(shape)), gens)
 
 
 class GroupDimError(ValueError):
@@ -271,7 +272,7 @@ class Noise(nn.Module):
         if self.kind is NoiseKind.STUCK:
             return torch.rand((3,) + tuple(shape), generator=self._gen(device), device=device, dtype=dtype)
         if slot is not None:
-            return _scratch_normal(torch.Size(shape), device, dtype, self._gens(device), slot)
+            return _scratch_normal(shape, device, dtype, self._gens(device), slot)
         return self._draw(shape, device, dtype)
 
     def _group_draws(self) -> Tuple[int, ...]:

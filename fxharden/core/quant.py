@@ -75,23 +75,22 @@ def fake_quantize(
     elif torch.is_grad_enabled() and x.requires_grad:
         y = _FixedStep.apply(x, scale, inv, qmin, qmax, zero_point)
     else:
-        y = _quantize(x, scale, inv, qmin, qmax, zero_point, None)
+        y = _quantize(x, scale, inv, qmin, qmax, zero_point)[0]
     return y if orig_dtype == torch.float32 else y.to(orig_dtype)
 
 
 def _quantize(x: Tensor, scale: Tensor, inv: Tensor, qmin: int, qmax: int, zero_point: int,
-              mask: Optional[list]) -> Tensor:
-    """The fake-quantized ``x`` in one new tensor, computed in place pass by pass; with
-    ``mask`` (a list) the gradient mask (not clipped) is appended to it."""
+              with_mask: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
+    """The fake-quantized ``x`` in one new tensor, computed in place pass by pass, and with
+    ``with_mask`` the gradient mask (not clipped)."""
     q = x.mul(inv).round_()
     if zero_point:
         q.add_(zero_point)
-    if mask is not None:
-        mask.append((q >= qmin).logical_and_(q <= qmax))
+    mask = (q >= qmin).logical_and_(q <= qmax) if with_mask else None
     q.clamp_(qmin, qmax)
     if zero_point:
         q.sub_(zero_point)
-    return q.mul_(scale)
+    return q.mul_(scale), mask
 
 
 class _FixedStep(torch.autograd.Function):
@@ -99,9 +98,8 @@ class _FixedStep(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, scale, inv, qmin, qmax, zero_point):  # type: ignore[override]
-        mask: list = []
-        y = _quantize(x, scale, inv, qmin, qmax, zero_point, mask)
-        ctx.save_for_backward(mask[0])
+        y, mask = _quantize(x, scale, inv, qmin, qmax, zero_point, with_mask=True)
+        ctx.save_for_backward(mask)
         return y
 
     @staticmethod
