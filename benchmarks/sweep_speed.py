@@ -34,7 +34,7 @@ import fxharden
 from fxharden.zoo.data import DataNotFoundError, load_cifar10, synthetic_dataset
 from fxharden.measure.metrics import fit_midpoint
 from fxharden.zoo.models import build_model
-from fxharden.measure.sweep import FORWARD_IMAGES, SweepConfig, sweep
+from fxharden.measure.sweep import CHUNK_LEVELS, SweepConfig, sweep
 from fxharden.training.train import TrainConfig, train
 
 
@@ -60,7 +60,7 @@ def throughput(hm, data, batch: int, device: torch.device, reps: int) -> None:
     xs = [x for x, _ in data.batches(batch, device=device)]
     n = sum(len(x) for x in xs)
     sigmas = [0.05 * (k + 1) for k in range(4)]
-    auto = max(1, FORWARD_IMAGES.get(device.type, 2048) // batch)
+    auto = CHUNK_LEVELS.get(device.type, 4) * 2  # what sweep picks for 2 repeats
 
     def bare() -> float:
         fxharden.set_noise(hm, 0.1)

@@ -86,6 +86,7 @@ CASES = [
     ("sweep-batch-size-0", SWEEP + ["--batch-size", "0"], "--batch-size", None),
     ("sweep-max-images-0", SWEEP + ["--max-images", "0"], "--max-images", None),
     ("sweep-points-per-forward-0", SWEEP + ["--points-per-forward", "0"], "--points-per-forward", None),
+    ("sweep-forward-images-0", SWEEP + ["--forward-images", "0"], "--forward-images", None),
     ("sweep-unknown-site", SWEEP + ["--sites", "nothing_here"], "matches no noise site", None),
     ("sweep-bad-site-regex", SWEEP + ["--sites", "conv(["], "neither a site name nor a regular expression", None),
     ("sweep-sigma-min-zero", SWEEP[:-2] + ["--sigma-min", "0"], "sigma_min must be > 0", None),

@@ -118,7 +118,10 @@ def sweep_command(
     device: Device = typer.Option(Device.AUTO, help="Where to run."),
     batch_size: int = typer.Option(256, min=1, help="Data images per batch."),
     points_per_forward: Optional[int] = typer.Option(None, min=1, help="(sigma, repeat) points batched into one "
-                                                     "forward pass (default: automatic)."),
+                                                     "forward pass (default: 4 levels × repeats on a CPU)."),
+    forward_images: Optional[int] = typer.Option(None, min=1, help="The most images in one forward pass, "
+                                                 "replicas included: batches are measured in slices (default: 512 "
+                                                 "on a CPU, 16384 on CUDA)."),
     seed: int = typer.Option(0, help="Seeds the noise (and the random weights of model names)."),
     chance: Optional[float] = typer.Option(None, help="Chance accuracy (default: 1 / number of classes)."),
     out: Path = typer.Option(Path("runs/sweep"), help="Output directory: results.json, results.csv, PNG plots; "
@@ -156,7 +159,8 @@ def sweep_command(
             sigmas=parse_sigmas(sigmas), sigma_min=sigma_min, sigma_max=sigma_max, points=points, repeats=repeats,
             mode=SweepMode.PER_LAYER if per_layer else SweepMode.GLOBAL,
             sites=tuple(s.strip() for s in sites.split(",") if s.strip()) if sites else None,
-            batch_size=batch_size, points_per_forward=points_per_forward, seed=seed, device=resolve_device(device),
+            batch_size=batch_size, points_per_forward=points_per_forward, forward_images=forward_images, seed=seed,
+            device=resolve_device(device),
             adaptive=adaptive, chance=chance, max_images=max_images, units=units, sigma_map=allocation)
         options = model_options(pretrained, weights, num_classes, model_arg)
         if synthetic:

@@ -1,5 +1,6 @@
 """The sweep engine: evaluation data kept on the device, and chunks of (site, σ, repeat)
-items measured in one replicated forward pass each, reused from the point store on resume.
+items measured together (every forward pass holds a replica of its images per item),
+reused from the point store on resume.
 
 Seeding: before a chunk runs on network ``n`` every noise stream is restarted with
 ``seed_noise(model, chunk_seed(seed, n, chunk_key(items)))``, so a point's accuracies depend
@@ -108,8 +109,9 @@ class Engine:
     """Measures chunks of items on every network; chunks already in the store are reused."""
 
     def __init__(self, nets: List[HardenedModule], data: EvalData, sites: List[str], cfg: SweepConfig, per_forward: int,
-                 progress: Optional[Callable[[int, int], None]]) -> None:
+                 forward_images: int, progress: Optional[Callable[[int, int], None]]) -> None:
         self.nets, self.data, self.sites, self.cfg, self.R, self.progress = nets, data, sites, cfg, per_forward, progress
+        self.forward_images = forward_images
         self.mods = [{m.site: m for m in hm.modules() if isinstance(m, Noise) and m.site in names}
                      for hm, names in ((hm, set(noise_sites(hm))) for hm in nets)]
         # weight noise: each network's own strength (its current setting), on at points with sigma > 0
@@ -182,12 +184,14 @@ class Engine:
         self._set_sigmas(n, items)
         seed_noise(hm, seed)
         correct = torch.zeros(R, dtype=torch.long, device=self.data.device)
+        step = max(1, self.forward_images // R)  # data images per forward pass
         with torch.inference_mode():
-            for x, y in self.data:
-                out = hm(x.repeat(R, *([1] * (x.dim() - 1))) if R > 1 else x)
-                correct += (out.argmax(1).view(R, -1) == y).sum(1)
-                self.stats["forwards"] += 1
-                self.stats["images"] += R * len(y)
+            for batch, labels in self.data:
+                for x, y in zip(batch.split(step), labels.split(step)):
+                    out = hm(x.repeat(R, *([1] * (x.dim() - 1))) if R > 1 else x)
+                    correct += (out.argmax(1).view(R, -1) == y).sum(1)
+                    self.stats["forwards"] += 1
+                    self.stats["images"] += R * len(y)
         counts = correct.tolist()  # the one host sync of the chunk
         self.stats["eval_seconds"] += time.perf_counter() - t0
         return counts

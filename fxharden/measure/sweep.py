@@ -6,7 +6,8 @@ site, 0 elsewhere), and fits the midpoint noise level μ (``fxharden.measure.met
 
 How it is fast:
 
-* points are batched: each data batch is replicated ``R`` times and group ``r`` of the
+* points are batched: each data batch (or a slice of it, so that a forward pass holds at most
+  ``SweepConfig.forward_images`` images) is replicated ``R`` times and group ``r`` of the
   replicated batch gets its own sigma (``set_noise`` with one value per group), so one
   forward pass measures ``R`` (site, sigma, repeat) items; items of one repeat share their
   standard-normal draw at every site (``SweepConfig.shared_noise``), and a site draws
@@ -48,9 +49,9 @@ from ..zoo.models import ModelLike, resolve_networks
 from .engine import Engine, EvalData, weights_sha256
 from .grid import run_grid
 from .results import FORMAT, FitOptions, PointStore, SweepMode, SweepPoint, SweepResult
-from .sweep_config import FORWARD_IMAGES, SweepConfig
+from .sweep_config import CHUNK_LEVELS, FORWARD_IMAGES, SweepConfig
 
-__all__ = ["SweepMode", "SweepConfig", "sweep", "resolve_networks", "FORWARD_IMAGES"]
+__all__ = ["SweepMode", "SweepConfig", "sweep", "resolve_networks", "CHUNK_LEVELS", "FORWARD_IMAGES"]
 
 
 def _select_sites(all_sites: List[str], patterns: Optional[Tuple[str, ...]]) -> List[str]:
@@ -148,10 +149,12 @@ def sweep(
         for hm in nets:
             hm.eval().to(dev)
         data = EvalData(data, cfg.batch_size, cfg.max_images, dev)
-        per_forward = cfg.points_per_forward or max(1, FORWARD_IMAGES.get(dev.type, 2048) // cfg.batch_size)
-        engine = Engine(nets, data, sites, cfg, per_forward, progress)
+        per_forward = cfg.points_per_forward or CHUNK_LEVELS.get(dev.type, 4) * cfg.repeats
+        forward_images = cfg.forward_images or FORWARD_IMAGES.get(dev.type, 512)
+        engine = Engine(nets, data, sites, cfg, per_forward, forward_images, progress)
         classes = engine.warm_up()
-        settings = {**cfg.to_dict(), "device": dev.type, "points_per_forward": per_forward}
+        settings = {**cfg.to_dict(), "device": dev.type, "points_per_forward": per_forward,
+                    "forward_images": forward_images}
         identity = {"format": FORMAT, "settings": settings, "data": data.identity, "networks": [
             {"harden": config_to_dict(hm.harden_config), "weights_sha256": weights_sha256(hm)} for hm in nets]}
         if out is not None:

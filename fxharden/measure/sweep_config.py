@@ -12,10 +12,16 @@ import numpy as np
 from ..core.config import check_sigma
 from .results import SweepMode, Units
 
-__all__ = ["SweepConfig", "FORWARD_IMAGES", "round_sigma"]
+__all__ = ["SweepConfig", "CHUNK_LEVELS", "FORWARD_IMAGES", "round_sigma"]
 
-FORWARD_IMAGES = {"cpu": 2048, "cuda": 16384}
-"""Images per forward pass (replicas included) when ``points_per_forward`` is automatic."""
+CHUNK_LEVELS = {"cpu": 4, "cuda": 16}
+"""Noise levels measured together when ``points_per_forward`` is automatic:
+``points_per_forward = CHUNK_LEVELS × repeats`` (the adaptive coarse pass measures that many
+levels per wave, and the levels of one repeat share their draws)."""
+FORWARD_IMAGES = {"cpu": 512, "cuda": 16384}
+"""The most images (replicas included) in one forward pass when ``forward_images`` is
+automatic. On a CPU a replicated forward of 2,048 images costs more per image than one of
+512 (larger activations, more memory traffic): ``benchmarks/sweep_speed.py --cost-only``."""
 
 
 @dataclass(frozen=True)
@@ -35,9 +41,15 @@ class SweepConfig:
     sites: Optional[Tuple[str, ...]] = None
     """Only these noise sites (exact names or ``re.fullmatch`` patterns); ``None``: all."""
     batch_size: int = 256
-    """Data images per batch (one forward pass holds ``points_per_forward`` replicas of it)."""
+    """Data images per batch (a forward pass holds ``points_per_forward`` replicas of the
+    batch, or of a slice of it: see ``forward_images``)."""
     points_per_forward: Optional[int] = None
-    """Items (site, sigma, repeat) per forward pass; ``None``: ``FORWARD_IMAGES // batch_size``."""
+    """Items (site, sigma, repeat) per forward pass; ``None``: ``CHUNK_LEVELS × repeats``."""
+    forward_images: Optional[int] = None
+    """The most images in one forward pass, replicas included: each batch is measured in
+    slices of ``max(1, forward_images // points_per_forward)`` images. ``None``:
+    ``FORWARD_IMAGES`` of the device (CPU 512, CUDA 16,384). Accuracies do not depend on
+    it except through the draws."""
     shared_noise: bool = True
     """Common random numbers: within one forward pass, the (sigma, repeat) items that differ
     only in sigma share one standard-normal draw per noise site, each scaled by its own sigma
@@ -98,7 +110,8 @@ class SweepConfig:
         if self.sigma_min >= self.sigma_max:
             raise ValueError(f"sigma_min ({self.sigma_min}) must be below sigma_max ({self.sigma_max})")
         for name, low in (("points", 2), ("repeats", 1), ("batch_size", 1), ("coarse_points", 2),
-                          ("refine_points", 1), ("refine_rounds", 0), ("points_per_forward", 1), ("max_images", 1)):
+                          ("refine_points", 1), ("refine_rounds", 0), ("points_per_forward", 1), ("forward_images", 1),
+                          ("max_images", 1)):
             value = getattr(self, name)
             if (value is not None or name in ("points", "repeats", "batch_size")) and \
                     (not isinstance(value, int) or isinstance(value, bool) or value < low):

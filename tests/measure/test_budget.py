@@ -89,7 +89,9 @@ def test_allocation_keeps_the_drop_and_costs_less_than_uniform(plain):
     uniform = {s: r.uniform_sigma for s in TEACHER_OPS}
     assert r.uniform_cost == pytest.approx(hand_cost(uniform, r.digital_sigma), rel=1e-9)
     assert r.cost <= hand_cost(uniform, r.digital_sigma)
-    assert r.shape == "sensitivity" and r.cost_ratio < 0.5  # the sensitivity shape wins clearly here
+    # the sensitivity shape wins; by how much is not asserted: on 256 images the uniform search's
+    # passing point moves a grid step with the draws (ratios 0.1 to 1.0 over seeds 0-4)
+    assert r.shape == "sensitivity"
     # the dead branch (noise never reaches the output) gets far more noise than the sites that matter
     assert r.sigma_map["dead"] > 10 * max(r.sigma_map[s] for s in ("fc1", "fc2", "act"))
     assert not r.protected

@@ -37,7 +37,7 @@ def test_sweep_repeats_get_independent_weight_noise_whatever_the_batching():
         y = model(x).argmax(1)
     hm = weight_noisy(model, 0.05)
     repeats, kwargs = 12, dict(sigmas=[1e-6], batch_size=64, seed=3)
-    batched = sweep(hm, (x, y), repeats=repeats, points_per_forward=repeats, **kwargs)
+    batched = sweep(hm, (x, y), repeats=repeats, points_per_forward=repeats, forward_images=repeats * 64, **kwargs)
     single = sweep(hm, (x, y), repeats=repeats, points_per_forward=1, **kwargs)
     assert batched.timing["forwards"] == 2 * 256 // 64  # the case under test: all repeats in one pass
     # the clean pass has no weight noise: the teacher's labels are its own clean predictions
