@@ -18,6 +18,7 @@ Data: real CIFAR-10 through $FXHARDEN_DATA (or --data) when present, else genera
 
 Run:  python benchmarks/sweep_speed.py [--device cuda] [--images 2000] [--resnet18]
       python benchmarks/sweep_speed.py --cost-only [--cost-images 512]   (only (c))
+      python benchmarks/sweep_speed.py --cost-only --forward-images 2048,512   (c) per slice size
 """
 
 from __future__ import annotations
@@ -110,8 +111,9 @@ def _shared_kw(shared: bool) -> dict:
     return {"shared_noise": shared} if "shared_noise" in SweepConfig.__dataclass_fields__ else {}
 
 
-def cost_per_point(name: str, data, batch: int, device: torch.device, reps: int) -> None:
-    """(c): seconds per (σ, repeat) point over the seconds of one plain fp32 pass of the data."""
+def cost_per_point(name: str, data, batch: int, device: torch.device, reps: int, scan=None) -> None:
+    """(c): seconds per (σ, repeat) point over the seconds of one plain fp32 pass of the data;
+    with ``scan`` (a list of ``forward_images`` values) global mode with shared draws at each."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     torch.manual_seed(0)
     plain = build_model(name).to(device).eval()
@@ -124,8 +126,10 @@ def cost_per_point(name: str, data, batch: int, device: torch.device, reps: int)
     def plain_pass() -> float:
         return timed_plain_pass(plain, xs, sync)
 
-    def swept(mode: str, shared: bool):
+    def swept(mode: str, shared: bool, forward_images=None):
         kw = dict(sigmas=sigmas, repeats=2, batch_size=batch, device=str(device), **_shared_kw(shared))
+        if forward_images is not None:
+            kw.update(forward_images=forward_images)
         if mode == "per_layer":
             kw.update(mode="per_layer", sites=tuple(every))
 
@@ -137,7 +141,10 @@ def cost_per_point(name: str, data, batch: int, device: torch.device, reps: int)
     runs = {"plain fp32 pass": plain_pass, "global, shared draws": swept("global", True),
             "global, independent": swept("global", False), "per-layer, shared": swept("per_layer", True),
             "per-layer, independent": swept("per_layer", False)}
-    if not _shared_kw(True):
+    if scan:
+        runs = {"plain fp32 pass": plain_pass,
+                **{f"global, shared, {n} images/forward": swept("global", True, n) for n in scan}}
+    elif not _shared_kw(True):
         runs = {k: v for k, v in runs.items() if "independent" not in k}
     for f in runs.values():
         f()
@@ -149,7 +156,7 @@ def cost_per_point(name: str, data, batch: int, device: torch.device, reps: int)
     print(f"(c) {name}: cost per (σ, repeat) point on {len(data)} images, batch {batch}, {device}, median of {reps} "
           f"(per-layer sites: {', '.join(every)})")
     for k, v in got.items():
-        print(f"    {k:24s} {statistics.median(v) * 1e3:9.1f} ms   {statistics.median(v) / base:5.2f}x plain")
+        print(f"    {k:34s} {statistics.median(v) * 1e3:9.1f} ms   {statistics.median(v) / base:5.2f}x plain")
 
 
 def mu_spread(hm, data, batch: int, device: torch.device, seeds: int) -> None:
@@ -216,6 +223,8 @@ def main() -> None:
     parser.add_argument("--resnet18-steps", type=int, default=None, help="cap ResNet-18's training steps")
     parser.add_argument("--cost-images", type=int, default=512, help="images for (c)")
     parser.add_argument("--cost-only", action="store_true", help="only (c), on LeNet-5 and ResNet-18")
+    parser.add_argument("--forward-images", default=None,
+                        help="(c): comma-separated forward_images values to compare (global, shared draws)")
     parser.add_argument("--skip-throughput", action="store_true", help="skip (a)")
     parser.add_argument("--mu-spread", type=int, default=0, help="(d) with this many seeds (LeNet-5 only)")
     args = parser.parse_args()
@@ -225,7 +234,9 @@ def main() -> None:
           f"load average {os.getloadavg()[0]:.1f}")
     if args.cost_only:
         for name in ("lenet5", "resnet18"):
-            cost_per_point(name, test_set.subset(min(args.cost_images, len(test_set))), args.batch, device, args.reps)
+            scan = [int(v) for v in args.forward_images.split(",")] if args.forward_images else None
+            cost_per_point(name, test_set.subset(min(args.cost_images, len(test_set))), args.batch, device, args.reps,
+                           scan)
         return
     test_full = test_set
     test_set = test_full.subset(min(args.images, len(test_full)))

@@ -94,6 +94,8 @@ def test_sweep_end_to_end(plain_teacher):
     r = sweep(model, (x, y), repeats=2, batch_size=64, sigma_max=100.0, seed=3)
     assert r.clean_accuracy == eager_accuracy(model, x, y, 64) == 1.0
     assert r.chance == 0.25 and r.num_images == 256 and r.mode is SweepMode.GLOBAL
+    # automatic batching on a CPU: 4 levels × 2 repeats per chunk, forward passes of <= 512 images
+    assert r.config["points_per_forward"] == 8 and r.config["forward_images"] == 512
     sig, acc, _ = r.curve()
     assert acc[0] > 0.95  # sigma 1e-3 flips (almost) nothing
     assert acc[-1] < 0.25 + 0.15  # at sigma 100 the accuracy is at chance
