@@ -40,3 +40,35 @@ def test_help_loads_no_heavy_package(argv):
 def test_probe_sees_a_heavy_import():
     """The probe itself: a command that imports torch is reported."""
     assert "torch" in _loaded_after("import fxharden.core.harden")
+
+
+SPIN_PROBE = """
+import os, sys
+seen = []
+class Watch:  # records GOMP_SPINCOUNT when torch is first imported (libgomp reads it then)
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" and not seen:
+            seen.append(os.environ.get("GOMP_SPINCOUNT"))
+        return None
+sys.meta_path.insert(0, Watch())
+from fxharden.cli import app
+try:
+    app(["inspect", "lenet5"], prog_name="fxharden")
+except SystemExit as e:
+    assert e.code in (0, None), e.code
+sys.stderr.write("SPIN=" + repr(seen) + "\\n")
+"""
+
+
+@pytest.mark.parametrize("given, expected", [(None, "1000"), ("7", "7")])
+def test_a_command_sets_the_openmp_spin_count_before_torch_loads(given, expected):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"}
+    if given is not None:
+        env["GOMP_SPINCOUNT"] = given  # the user's own setting is kept
+    run = subprocess.run([sys.executable, "-c", SPIN_PROBE], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                         env=env)
+    assert run.returncode == 0, run.stderr
+    line = [ln for ln in run.stderr.splitlines() if ln.startswith("SPIN=")][-1]
+    assert line == f"SPIN={[expected]!r}"

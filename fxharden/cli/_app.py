@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from enum import Enum
 from pathlib import Path
 from typing import Iterator, List, Optional, Tuple
@@ -24,6 +25,20 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+OPENMP_SPINCOUNT = "1000"
+"""``GOMP_SPINCOUNT`` of a command's process unless the environment sets it. By default an
+idle OpenMP thread of torch's CPU kernels spins for milliseconds before it sleeps, and on a
+machine with as many cores as torch threads it keeps the core from the threads that draw
+noise (``fxharden.core.noise``: 4 streams on several threads). With 1,000 spins the draws run
+in parallel; the plain model is as fast (docs/reproduction.md, "Speed")."""
+
+
+@app.callback()
+def _before_every_command() -> None:
+    # runs before a command imports torch: libgomp reads the variable when torch loads it
+    os.environ.setdefault("GOMP_SPINCOUNT", OPENMP_SPINCOUNT)
+
+
 # markup off: user text (file names, recipe sections such as [[grid]] or [budget.paper], model
 # names) is printed as it is; styles are applied with Text objects only
 console = Console(markup=False, highlight=False)
