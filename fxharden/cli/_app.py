@@ -30,7 +30,7 @@ OPENMP_SPINCOUNT = "1000"
 idle OpenMP thread of torch's CPU kernels spins for milliseconds before it sleeps, and on a
 machine with as many cores as torch threads it keeps the core from the threads that draw
 noise (``fxharden.core.noise``: 4 streams on several threads). With 1,000 spins the draws run
-in parallel; the plain model is as fast (docs/reproduction.md, "Speed")."""
+in parallel, and the plain model's own speed changes little (docs/reproduction.md, "Speed")."""
 
 
 @app.callback()

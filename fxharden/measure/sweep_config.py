@@ -21,7 +21,8 @@ levels per wave, and the levels of one repeat share their draws)."""
 FORWARD_IMAGES = {"cpu": 512, "cuda": 16384}
 """The most images (replicas included) in one forward pass when ``forward_images`` is
 automatic. On a CPU a replicated forward of 2,048 images costs more per image than one of
-512 (larger activations, more memory traffic): ``benchmarks/sweep_speed.py --cost-only``."""
+512 (larger activations, more memory traffic): ``benchmarks/sweep_speed.py --cost-only
+--forward-images 2048,1024,512,256``."""
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,9 @@ class SweepConfig:
     forward_images: Optional[int] = None
     """The most images in one forward pass, replicas included: each batch is measured in
     slices of ``max(1, forward_images // points_per_forward)`` images. ``None``:
-    ``FORWARD_IMAGES`` of the device (CPU 512, CUDA 16,384). Accuracies do not depend on
-    it except through the draws."""
+    ``FORWARD_IMAGES`` of the device (CPU 512, CUDA 16,384). What a point measures does not
+    depend on it; the draws do (weight noise is drawn once per forward pass, so a slice
+    gets its own weight draw)."""
     shared_noise: bool = True
     """Common random numbers: within one forward pass, the (sigma, repeat) items that differ
     only in sigma share one standard-normal draw per noise site, each scaled by its own sigma
