@@ -118,7 +118,8 @@ def sweep_command(
     device: Device = typer.Option(Device.AUTO, help="Where to run."),
     batch_size: int = typer.Option(256, min=1, help="Data images per batch."),
     points_per_forward: Optional[int] = typer.Option(None, min=1, help="(sigma, repeat) points batched into one "
-                                                     "forward pass (default: 4 levels × repeats on a CPU)."),
+                                                     "forward pass (default: 4 noise levels × repeats on a CPU, "
+                                                     "16 × repeats on CUDA)."),
     forward_images: Optional[int] = typer.Option(None, min=1, help="The most images in one forward pass, "
                                                  "replicas included: batches are measured in slices (default: 512 "
                                                  "on a CPU, 16384 on CUDA)."),

@@ -4,9 +4,9 @@
 round-half-to-even and the multiplication by ``1/s`` (a float32 reciprocal) is the arithmetic
 of PyTorch's fused fake-quantize kernels, so every path gives their values bit for bit. The
 fused kernels are not used: on the CPU they run about 2x slower than the same arithmetic as
-four in-place passes (they also write a mask; ``benchmarks/overhead.py --generators``), so a fixed step runs ``_FixedStep`` (the
-passes, a mask kept only when autograd needs it) and a learned step the composite path with
-a straight-through round. Nothing else in fxharden rounds or clamps.
+four in-place passes (they also write a mask; ``benchmarks/overhead.py --generators``), so a
+fixed step runs ``_quantize`` (the passes; ``_FixedStep`` keeps a mask when autograd needs
+it) and a learned step the composite path with a straight-through round. Nothing else in fxharden rounds or clamps.
 """
 
 from __future__ import annotations
