@@ -19,6 +19,7 @@ from .layers import HARDENED_LAYERS, can_harden_weights, harden_layer, weight_ax
 from .noise import Noise, NoiseChain, SigmaLike
 from .noise_models import ConverterConfig, NoiseKind
 from .passes import ensure_container, insert_site_modules, key_for
+from .placement import model_placement, place_modules
 from .quant import ActQuant, WeightQuant
 from .sites import Site, find_sites, node_description
 from .trace import capture
@@ -113,6 +114,8 @@ def harden(
         ValueError: invalid bits/scale/sigma (the message says the valid range), or
             ``config`` given together with ``bits``/``scale``/``sigma``/config fields.
         UntraceableModelError: with ``strict=True``, when a submodule cannot be traced.
+        ModelPlacementError: the model's tensors are on several devices (see
+            ``fxharden.core.placement``: the new modules are made on the model's device).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"harden expects a torch.nn.Module, got {type(model).__name__}")
@@ -130,6 +133,7 @@ def harden(
                              "already holds these: pass only config (change it with config.replace(...)), "
                              "or only the keyword form (bits, scale, sigma, ...)")
 
+    device, dtype = model_placement(model)
     model = _copy_model(model)
     cap = capture(model, config.leaf_modules, config.strict)
     root = cap.root
@@ -189,6 +193,7 @@ def harden(
         insert_site_modules(graph, insertions, before)
         graphs[mode] = graph
     graphs.setdefault(False, graphs[True])
+    place_modules([m for m in root.modules() if isinstance(m, (ActQuant, Noise))], device, dtype)
 
     report = HardenReport(sites=tuple(infos.values()), opaque=dict(cap.opaque), skipped=skipped)
     hm = build_hardened(root, graphs, model.training, f"Hardened{type(model).__name__}",

@@ -127,7 +127,8 @@ class Noise(nn.Module):
 
     Sigma is a scalar or one value per batch group (see the module doc). Noise is generated
     and added in float32 (or float64) at the site: under bf16/fp16 autocast the site's output
-    is upcast to float32, so small noise on large activations is not rounded away.
+    is upcast to float32, so small noise on large activations is not rounded away; without
+    autocast a half/bfloat16 input gets its noisy output back in its own dtype.
 
     Args:
         site: dotted name of the layer this module follows (``<layer>.weight`` on weights).
@@ -234,7 +235,7 @@ class Noise(nn.Module):
                                  f"{len(draws)} indices for {values.numel()} values")
         self._host = tuple(values.flatten().tolist())
         self._active, self._draws = any(v != 0 for v in self._host), draws
-        self.sigma = values.to(device=self.sigma.device, dtype=torch.float32)
+        self.sigma = values.to(device=self.sigma.device, dtype=self.sigma.dtype)
 
     def reseed(self, seed: int) -> None:
         """Restart the random stream from base seed ``seed``."""
@@ -319,7 +320,14 @@ class Noise(nn.Module):
                 f"relative noise at site {self.site!r} needs the site's clean signal RMS: call "
                 "fxharden.calibrate_noise(model, data) once on clean data (fxharden.sweep does it for you)")
         x32 = x if x.dtype in (torch.float32, torch.float64) else x.float()
-        mine = not (torch.is_grad_enabled() and x32.requires_grad) and (x32 is not x or self._may_overwrite())
+        y = self._noisy(x32, fresh=x32 is not x)
+        if x32 is x or torch.is_autocast_enabled(x.device.type):
+            return y  # under autocast the float32 result keeps noise that the low precision would round away
+        return y.to(x.dtype)  # a half/bfloat16 model without autocast: its next layer takes its own dtype
+
+    def _noisy(self, x32: Tensor, fresh: bool) -> Tensor:
+        """The noisy ``x32`` (float32 or float64); ``fresh``: an upcast copy nobody else holds."""
+        mine = not (torch.is_grad_enabled() and x32.requires_grad) and (fresh or self._may_overwrite())
         if self.groups > 1:
             return self._grouped(x32, self.group_dim(x32), fresh=mine)
         out = x32 if mine else None

@@ -158,7 +158,7 @@ class ActQuant(nn.Module):
     @torch.no_grad()
     def _observe(self, x: Tensor) -> None:
         peak = x.detach().abs().amax() if self.signed else x.detach().amax().clamp_min(0)
-        step = (peak.float() / self.qmax).clamp_min(MIN_STEP)
+        step = (peak.float() / self.qmax).clamp_min(MIN_STEP).to(self.scale.dtype)
         if self._observed == 0:
             self.scale.copy_(step)
         else:
