@@ -48,7 +48,7 @@ def main(out: Path) -> None:
     print(f"before: {_mu(net, test_set, out / 'sweep_before')}")
 
     torch.manual_seed(0)
-    config = TrainConfig(epochs=1, batch_size=16, lr=1e-3, train_sigma=NoiseSchedule(TRAIN_SIGMA), device="cpu")
+    config = TrainConfig(epochs=1, batch_size=16, lr=1e-3, train_sigma=NoiseSchedule(TRAIN_SIGMA))
     result = train(net, train_set, test_set, config, out / "train", arch=lm.source.text, arch_kwargs=lm.arch_kwargs,
                    progress=False)
     print(f"fine-tuned {len(result.history)} epoch(s) with sigma {TRAIN_SIGMA}: {result.checkpoint}")

@@ -84,7 +84,8 @@ def read_payload(path: Union[str, Path], map_location: Any = "cpu") -> Dict[str,
 
 
 def load_checkpoint(path: Union[str, Path], map_location: Any = "cpu") -> Checkpoint:
-    """Rebuild the hardened model stored at ``path``.
+    """Rebuild the hardened model stored at ``path``, on the device ``map_location`` names
+    (a device string or ``torch.device``; default the CPU), whatever device saved it.
 
     Raises:
         FileNotFoundError: no file at ``path``.
@@ -97,5 +98,7 @@ def load_checkpoint(path: Union[str, Path], map_location: Any = "cpu") -> Checkp
     base = build_model(payload["arch"], **payload["arch_kwargs"])
     model = harden(base, config=config)
     model.load_state_dict(payload["model"])
+    if isinstance(map_location, (str, torch.device)):
+        model.to(map_location)  # the model where its tensors were mapped, not only its state
     return Checkpoint(model=model, arch=payload["arch"], arch_kwargs=payload["arch_kwargs"], config=config,
                       state=payload["state"])
