@@ -139,6 +139,18 @@ def test_missing_data_says_where_it_looked(tmp_path, monkeypatch):
     assert "CIFAR-10 test split not found" in text and "--download" in text and "Traceback" not in res.output
 
 
+def test_a_relative_data_env_reaches_child_processes_as_an_absolute_path(tmp_path, monkeypatch):
+    """``FXHARDEN_DATA=../cifar fxharden ...``: the processes a command starts (cell workers, Ray
+    tasks) inherit its environment but may run in another folder, so the command makes it absolute."""
+    import os
+
+    (tmp_path / "typed_here").mkdir()
+    monkeypatch.chdir(tmp_path / "typed_here")
+    monkeypatch.setenv("FXHARDEN_DATA", "../cifar")
+    assert invoke("inspect", "lenet5").exit_code == 0
+    assert os.environ["FXHARDEN_DATA"] == str(tmp_path / "cifar")
+
+
 def test_changed_settings_in_the_same_out_dir_are_refused(tmp_path):
     args = ["sweep", "lenet5", *FAST, "--sigmas", "0.1,1", "--out", tmp_path]
     assert invoke(*args).exit_code == 0

@@ -9,7 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
+
+from fxharden.zoo.options import DATA_ENV, data_env
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -31,6 +35,15 @@ EXPECTED = {
 }
 
 
+def _example_env() -> dict:
+    """This environment, with fxharden importable and ``$FXHARDEN_DATA`` absolute: the examples
+    run in another folder than the one a relative value was typed in."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    if data_env() is not None:
+        env[DATA_ENV] = str(data_env())
+    return env
+
+
 def test_every_example_is_checked():
     assert {p.name for p in EXAMPLES.glob("*.py") if not p.name.startswith("_")} == set(EXPECTED)
 
@@ -38,8 +51,7 @@ def test_every_example_is_checked():
 @pytest.mark.parametrize("script", sorted(EXPECTED))
 def test_example_runs(script, tmp_path):
     lines, files = EXPECTED[script]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    run = subprocess.run([sys.executable, str(EXAMPLES / script), "out"], cwd=tmp_path, env=env,
+    run = subprocess.run([sys.executable, str(EXAMPLES / script), "out"], cwd=tmp_path, env=_example_env(),
                          capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     printed = run.stdout.splitlines()
@@ -47,3 +59,27 @@ def test_example_runs(script, tmp_path):
         assert any(re.fullmatch(pattern, line) for line in printed), f"no line matching {pattern!r} in:\n{run.stdout}"
     for name in files:
         assert (tmp_path / "out" / name).is_file(), f"{script} did not write out/{name}"
+
+
+def test_a_relative_data_path_reaches_the_examples(tmp_path, monkeypatch):
+    """``FXHARDEN_DATA=../../data pytest``: the stand-in image folder of the examples, written in
+    another folder, holds CIFAR-10 images (class names, pixels) from that data, not generated ones."""
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (12, 32, 32, 3), dtype=np.uint8), np.arange(12, dtype=np.uint8) % 3
+    (tmp_path / "data").mkdir()
+    np.savez(tmp_path / "data" / "cifar10_test.npz", x=x, y=y)
+    (tmp_path / "typed" / "here").mkdir(parents=True)
+    (tmp_path / "run").mkdir()
+    monkeypatch.chdir(tmp_path / "typed" / "here")
+    monkeypatch.setenv(DATA_ENV, "../../data")  # from the examples' folder, this names no data
+    code = (f"import sys; sys.path.insert(0, {str(EXAMPLES)!r}); import _stand_ins; "
+            "_stand_ins.image_folder('images', classes=3, per_class=2)")
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path / "run", env=_example_env(),
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    for label, name in enumerate(("airplane", "automobile", "bird")):
+        written = sorted((tmp_path / "run" / "images" / name).glob("*.png"))
+        assert len(written) == 2, name
+        # the first two images of that class, in order
+        for png, i in zip(written, np.flatnonzero(y == label)[:2]):
+            assert np.array_equal(np.asarray(Image.open(png)), x[i])

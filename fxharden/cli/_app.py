@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from ..zoo.options import OnCorrupt
+from ..zoo.options import OnCorrupt, make_data_env_absolute
 
 app = typer.Typer(
     name="fxharden",
@@ -37,6 +37,9 @@ in parallel, and the plain model's own speed changes little (docs/reproduction.m
 def _before_every_command() -> None:
     # runs before a command imports torch: libgomp reads the variable when torch loads it
     os.environ.setdefault("GOMP_SPINCOUNT", OPENMP_SPINCOUNT)
+    # a relative $FXHARDEN_DATA means the folder from where the command was typed, also for the
+    # processes it starts (cell workers, Ray tasks) in another working directory
+    make_data_env_absolute()
 
 
 # markup off: user text (file names, recipe sections such as [[grid]] or [budget.paper], model

@@ -261,8 +261,9 @@ def _run(exp: Experiment, cells: List[Cell], out: Path, budget: Budget, start: f
     display = progress if isinstance(progress, LiveProgress) else LiveProgress() if progress else None
     attempts: Dict[str, int] = {}
     own = not isinstance(executor, Executor)
-    ex = make_executor(ExecutorKind(executor or "local"), jobs, address, retries, num_gpus, connect_timeout) \
-        if own and todo else executor  # before any file is written: an unreachable cluster leaves nothing
+    ex = executor if isinstance(executor, Executor) else None  # a kind: one is made only when a cell is left
+    if own and todo:  # before any file is written: an unreachable cluster leaves nothing
+        ex = make_executor(ExecutorKind(executor or "local"), jobs, address, retries, num_gpus, connect_timeout)
     if display is not None:
         display.attach(out / "cells", SWEEP_DIR, len(cells), len(done), watch=ex is not None and ex.shared_filesystem)
         display.print(f"{exp.name}: {len(cells)} cells ({len(done)} already done), budget {budget.value}")

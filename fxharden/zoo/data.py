@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .options import DATA_ENV, data_env
+
 __all__ = [
     "DATA_ENV", "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR10_CLASSES", "SPLITS", "NPZ_FILES", "TV_FOLDER",
     "DataNotFoundError", "CorruptDataError", "TensorImageDataset", "load_cifar10", "synthetic_dataset",
@@ -31,8 +33,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DATA_ENV = "FXHARDEN_DATA"
-"""Environment variable naming the data root when no ``root`` argument is given."""
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 """Per-channel mean of the CIFAR-10 training images, scaled to [0, 1]."""
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -199,9 +199,9 @@ def _candidate_roots(root: Optional[PathLike]) -> List[Tuple[str, Path]]:
     out = []
     if root is not None:
         out.append(("root argument", Path(root).expanduser()))
-    env = os.environ.get(DATA_ENV)
-    if env:
-        out.append((f"${DATA_ENV}", Path(env).expanduser()))
+    env = data_env()  # a relative value: from the working directory (the CLI makes it absolute at start)
+    if env is not None:
+        out.append((f"${DATA_ENV}", env))
     out.append(("download cache", default_cache_dir()))
     seen, unique = set(), []
     for how, path in out:

@@ -7,12 +7,34 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple, Union
 
 if TYPE_CHECKING:
     from .preprocess import Preprocess
 
-__all__ = ["OnCorrupt", "Optimizer", "ModelOptions", "DataOptions"]
+__all__ = ["OnCorrupt", "Optimizer", "ModelOptions", "DataOptions", "DATA_ENV", "data_env", "make_data_env_absolute"]
+
+DATA_ENV = "FXHARDEN_DATA"
+"""Environment variable naming the data root when no ``root`` argument is given."""
+
+
+def data_env() -> Optional[Path]:
+    """The folder ``$FXHARDEN_DATA`` names, as an absolute path (``~`` expanded, a relative
+    value taken from the working directory of the moment), or ``None`` when it is unset or empty."""
+    value = os.environ.get(DATA_ENV)
+    return Path(os.path.abspath(Path(value).expanduser())) if value else None
+
+
+def make_data_env_absolute() -> Optional[Path]:
+    """Rewrite a relative ``$FXHARDEN_DATA`` (``../data``, as a user types it) as the absolute
+    path it means from the current working directory, once, so that every process started
+    later from another folder (workers, examples, subprocesses) finds the same data. Returns
+    the folder, or ``None`` when the variable is unset or empty (left as it is)."""
+    path = data_env()
+    if path is not None:
+        os.environ[DATA_ENV] = str(path)
+    return path
 
 
 class OnCorrupt(str, Enum):

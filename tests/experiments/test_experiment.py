@@ -237,6 +237,56 @@ def test_reproduce_writes_tables_and_plots_and_never_recomputes(tmp_path):
     assert third.computed == [] and (out / "results.md").read_text() == table
 
 
+def _contents(out: Path) -> dict:
+    """Every file under ``out`` (the lock aside) by relative path, with its bytes' digest."""
+    import hashlib
+
+    return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(out.rglob("*")) if p.is_file() and p.name != ".fxharden.lock"}
+
+
+def test_rerun_on_a_finished_folder_changes_nothing(tmp_path):
+    """The README's promise: a rerun reuses every cell. With nothing left to run, no executor is
+    made, yet the live display (on by default, as in the CLI) must not ask one for its file system."""
+    import socket
+    import subprocess
+    import sys
+
+    from typer.testing import CliRunner
+
+    from fxharden.cli import app
+    from fxharden.experiments.progress import LiveProgress
+
+    path, out = tiny(tmp_path), tmp_path / "out"
+    reproduce(path, out, progress=False)
+    finished = _contents(out)
+    cells = {p: p.stat().st_mtime_ns for p in out.glob(f"cells/*/{RESULT}")}
+    assert len(cells) == 2
+
+    for executor in ("local", None):  # a kind by name (the CLI passes ExecutorKind.LOCAL) or the default
+        res = reproduce(path, out, executor=executor, progress=LiveProgress())
+        assert res.computed == [] and not res.failed and sorted(res.reused) == sorted(c.parent.name for c in cells)
+    cli = CliRunner().invoke(app, ["reproduce", str(path), "--out", str(out)])  # progress on by default
+    assert cli.exit_code == 0, cli.output
+    assert "lenet5-b8-s1" in cli.output and "0 cells run, 2 reused" in cli.output
+    assert _contents(out) == finished, "a rerun rewrites the tables with the same bytes and trains nothing"
+    assert {p: p.stat().st_mtime_ns for p in cells} == cells
+
+    # a driver killed (-9) after its last cell, before the tables: its lock stays, the tables are missing
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (out / ".fxharden.lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "started": "then"}))
+    for name in ("results.md", "results.csv", "curves", "plots"):
+        if (out / name).is_dir():
+            shutil.rmtree(out / name)
+        else:
+            (out / name).unlink()
+    cli = CliRunner().invoke(app, ["reproduce", str(path), "--out", str(out)])
+    assert cli.exit_code == 0, cli.output
+    assert _contents(out) == finished and not (out / ".fxharden.lock").exists()
+    assert {p: p.stat().st_mtime_ns for p in cells} == cells
+
+
 def test_reproduce_without_data_says_where_to_put_it(tmp_path, monkeypatch):
     from fxharden.zoo.data import DATA_ENV, DataNotFoundError
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +65,30 @@ def test_env_var_is_used_and_root_wins(tmp_path, monkeypatch):
     assert len(load_cifar10("train", tmp_path / "explicit")) == 6
     # a path to the npz file itself means its folder
     assert len(load_cifar10("train", tmp_path / "explicit" / "cifar10_train.npz")) == 6
+
+
+def test_relative_env_path_means_the_folder_it_was_typed_in(tmp_path, monkeypatch):
+    from fxharden.zoo.options import data_env, make_data_env_absolute
+
+    _write_npz(tmp_path / "cifar", n_train=7)
+    for folder in ("typed_here", "elsewhere"):
+        (tmp_path / folder).mkdir()
+    monkeypatch.chdir(tmp_path / "typed_here")
+    monkeypatch.setenv(DATA_ENV, "../cifar")
+    assert data_env() == tmp_path / "cifar" and len(load_cifar10("train")) == 7
+    assert make_data_env_absolute() == tmp_path / "cifar" and os.environ[DATA_ENV] == str(tmp_path / "cifar")
+    monkeypatch.chdir(tmp_path / "elsewhere")  # once absolute, any folder finds the same data
+    assert len(load_cifar10("train")) == 7
+    # a relative value read later means the folder of that moment, and the error says which
+    monkeypatch.setenv(DATA_ENV, "../nowhere")
+    with pytest.raises(DataNotFoundError, match=re.escape(str(tmp_path / "nowhere" / "cifar10_train.npz"))):
+        load_cifar10("train")
+    for unset in ("", None):
+        if unset is None:
+            monkeypatch.delenv(DATA_ENV)
+        else:
+            monkeypatch.setenv(DATA_ENV, unset)
+        assert make_data_env_absolute() is None and os.environ.get(DATA_ENV) == unset
 
 
 def test_bad_split_lists_choices(tmp_path):
