@@ -28,7 +28,7 @@ _EXPORTS = {
     "core.trace": ("UntraceableModelError",),
     "measure.metrics": ("FitStatus", "MidpointFit", "MidpointModel", "Quote", "QuoteKind", "fit_midpoint"),
     "measure.results": ("FitOptions", "SweepResult", "SweepMode", "load_result"),
-    "measure.sweep_config": ("SweepConfig",),
+    "measure.sweep_config": ("SweepConfig", "WeightDraws"),
     "measure.sweep": ("sweep",),
     "measure.budget": ("BudgetError", "BudgetResult", "budget"),
     "measure.noise_cost": ("CostModel",),

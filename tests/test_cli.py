@@ -28,7 +28,7 @@ def invoke(*args):
 def test_sweep_writes_results_and_plots(tmp_path):
     out = tmp_path / "run"
     res = invoke("sweep", "lenet5", *FAST, "--sigmas", "0.05,0.5,5", "--bits", "8", "--out", out,
-                 "--forward-images", "100")
+                 "--forward-images", "100", "--weight-draws", "forward")
     assert res.exit_code == 0, res.output
     assert "Robustness sweep" in res.stdout and "clean accuracy" in res.stdout
     for name in ("results.json", "results.csv", "accuracy_vs_sigma.png"):
@@ -38,7 +38,7 @@ def test_sweep_writes_results_and_plots(tmp_path):
     assert [p.sigma for p in result.points] == [0.05, 0.5, 5.0] and result.num_images == 120
     assert result.networks == ["lenet5"] and result.harden_configs[0]["quant"]["bits"] == 8
     config = json.loads((out / "results.json").read_text())["config"]
-    assert config["adaptive"] is False and config["forward_images"] == 100
+    assert config["adaptive"] is False and config["forward_images"] == 100 and config["weight_draws"] == "forward"
     assert (out / "results.csv").read_text().startswith("site,sigma,n,accuracy_mean")
 
 

@@ -123,6 +123,9 @@ def sweep_command(
     forward_images: Optional[int] = typer.Option(None, min=1, help="The most images in one forward pass, "
                                                  "replicas included: batches are measured in slices (default: 512 "
                                                  "on a CPU, 16384 on CUDA)."),
+    weight_draws: str = typer.Option("repeat", help="Networks with weight noise: repeat (one weight draw per "
+                                     "point and repeat for the whole data set, a programmed chip) or forward (a "
+                                     "new draw in every forward pass, so the spread depends on the batching)."),
     seed: int = typer.Option(0, help="Seeds the noise (and the random weights of model names)."),
     chance: Optional[float] = typer.Option(None, help="Chance accuracy (default: 1 / number of classes)."),
     out: Path = typer.Option(Path("runs/sweep"), help="Output directory: results.json, results.csv, PNG plots; "
@@ -160,7 +163,8 @@ def sweep_command(
             sigmas=parse_sigmas(sigmas), sigma_min=sigma_min, sigma_max=sigma_max, points=points, repeats=repeats,
             mode=SweepMode.PER_LAYER if per_layer else SweepMode.GLOBAL,
             sites=tuple(s.strip() for s in sites.split(",") if s.strip()) if sites else None,
-            batch_size=batch_size, points_per_forward=points_per_forward, forward_images=forward_images, seed=seed,
+            batch_size=batch_size, points_per_forward=points_per_forward, forward_images=forward_images,
+            weight_draws=weight_draws, seed=seed,
             device=resolve_device(device),
             adaptive=adaptive, chance=chance, max_images=max_images, units=units, sigma_map=allocation)
         options = model_options(pretrained, weights, num_classes, model_arg)

@@ -188,7 +188,8 @@ class NoiseConfig:
 
 @dataclass(frozen=True)
 class WeightNoiseConfig:
-    """Noise on weights, sampled afresh at every forward pass (Noisy Machines, BayesFT)."""
+    """Noise on weights (Noisy Machines, BayesFT): sampled afresh at every forward pass, but
+    once per (point, repeat) for the whole data set in a sweep (``SweepConfig.weight_draws``)."""
 
     kind: WeightNoiseKind = WeightNoiseKind.NONE
     """Additive Gaussian or multiplicative log-normal drift."""

@@ -9,6 +9,12 @@ Weight noise and batch groups: when the weight-noise module holds one sigma per 
 batch dimension and uses one perturbed weight per group, exactly as if each group had run in
 its own forward pass (groups that share a draw and a sigma share the weight, and adjacent
 ones run in one call).
+
+Held draws: by default every forward pass draws new weights. Within ``weight_draws_held``
+each layer draws them (one per group) in its first forward pass and reuses the very same
+weights in every later one, as a programmed chip evaluated on one batch after another does:
+the sweep evaluates a data set in many forward passes, and its result must not depend on how
+the data are cut into them.
 """
 
 from __future__ import annotations
@@ -23,7 +29,9 @@ from torch import Tensor, nn
 from .noise import Noise
 from .quant import WeightQuant
 
-__all__ = ["HARDENED_LAYERS", "harden_layer", "can_harden_weights", "weight_axis"]
+Run = Tuple[int, int, Dict[str, Tensor]]  # (first batch group, number of groups, their weights)
+
+__all__ = ["HARDENED_LAYERS", "harden_layer", "can_harden_weights", "weight_axis", "weight_draws_held"]
 
 
 class _HardenedWeight:
@@ -33,6 +41,9 @@ class _HardenedWeight:
     weight_noise: Optional[Noise]
     _weight_names: Tuple[str, ...] = ("weight",)
     """Dotted names of the parameters that are hardened."""
+    _held: Optional[List[Run]] = None
+    """``None``: every forward pass draws its weights; a list: held (``weight_draws_held``), the
+    runs of the first forward pass in the block, empty until it has run."""
 
     def _quantized(self) -> Dict[str, Tensor]:
         ws = {n: self.get_parameter(n) for n in self._weight_names}  # type: ignore[attr-defined]
@@ -41,25 +52,44 @@ class _HardenedWeight:
         return ws
 
     def hardened_weights(self) -> Dict[str, Tensor]:
-        """The weights as the next (single-group) forward uses them: quantized, one noise draw."""
-        ws, noise = self._quantized(), self.weight_noise
-        if noise is not None and noise.active:
-            if noise.groups > 1:
-                raise ValueError(f"{noise.site}: weight noise has one sigma per batch group; a forward pass "
-                                 "draws one weight per group (there is no single hardened weight)")
-            ws = {n: noise(w) for n, w in ws.items()}
-        return ws
+        """The weights as the next (single-group) forward uses them: quantized, one noise draw
+        (the held one within ``weight_draws_held``, once drawn)."""
+        noise = self.weight_noise
+        if noise is not None and noise.active and noise.groups > 1:
+            raise ValueError(f"{noise.site}: weight noise has one sigma per batch group; a forward pass "
+                             "draws one weight per group (there is no single hardened weight)")
+        if noise is None or not noise.active:
+            return self._quantized()
+        return dict(self._runs()[0][2])
+
+    def _draw(self) -> Dict[str, Tensor]:
+        """One new draw of the (single-group) hardened weights."""
+        return {n: self.weight_noise(w) for n, w in self._quantized().items()}
 
     def hardened_weight(self) -> Tensor:
         """The single hardened weight of a conv or linear layer (see ``hardened_weights``)."""
         return self.hardened_weights()["weight"]
 
-    def _runs(self) -> List[Tuple[int, int, Dict[str, Tensor]]]:
+    def _runs(self) -> List[Run]:
         """The weights of every batch group (``Noise.draw_weights``), adjacent groups that use
-        the very same weights merged: ``(first group, number of groups, weights)``."""
+        the very same weights merged: ``(first group, number of groups, weights)``; drawn now,
+        or the held ones (``weight_draws_held``)."""
+        groups = self.weight_noise.groups
+        if self._held:
+            if sum(k for _, k, _ in self._held) != groups:
+                raise ValueError(f"{self.weight_noise.site}: the weight noise changed from "
+                                 f"{sum(k for _, k, _ in self._held)} to {groups} batch groups while its "
+                                 "draws are held; set the noise before entering weight_draws_held")
+            return self._held
+        runs = [(0, 1, self._draw())] if groups == 1 else self._draw_runs(groups)
+        if self._held is not None:
+            self._held.extend(runs)
+        return runs
+
+    def _draw_runs(self, groups: int) -> List[Run]:
         per_weight = {n: self.weight_noise.draw_weights(w) for n, w in self._quantized().items()}
-        runs: List[Tuple[int, int, Dict[str, Tensor]]] = []
-        for r in range(self.weight_noise.groups):
+        runs: List[Run] = []
+        for r in range(groups):
             ws = {n: v[r] for n, v in per_weight.items()}
             if runs and all(runs[-1][2][n] is w for n, w in ws.items()):
                 runs[-1] = (runs[-1][0], runs[-1][1] + 1, runs[-1][2])
@@ -72,11 +102,12 @@ class _HardenedWeight:
         noise = self.weight_noise
         if noise is None or noise.observe(x) or not noise.active:
             return apply(x, self._quantized())
-        if noise.groups == 1:
-            return apply(x, self.hardened_weights())
+        runs = self._runs()
+        if len(runs) == 1:
+            return apply(x, runs[0][2])
         dim = noise.group_dim(x)
         per = x.shape[dim] // noise.groups
-        outs = [apply(x.narrow(dim, r * per, k * per), ws) for r, k, ws in self._runs()]
+        outs = [apply(x.narrow(dim, r * per, k * per), ws) for r, k, ws in runs]
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim)
 
 
@@ -154,10 +185,11 @@ class HardenedMultiheadAttention(_HardenedWeight, nn.MultiheadAttention):
         noise = self.weight_noise
         if noise is None or noise.observe(query) or not noise.active:
             return attend(query, self._quantized())
-        if noise.groups == 1:
-            return attend(query, self.hardened_weights())
+        runs = self._runs()
+        if len(runs) == 1:
+            return attend(query, runs[0][2])
         dim = noise.group_dim(query)
-        outs = [attend(part(query, dim, (r, n)), ws, (r, n)) for r, n, ws in self._runs()]
+        outs = [attend(part(query, dim, (r, n)), ws, (r, n)) for r, n, ws in runs]
         if len(outs) == 1:
             return outs[0]
         weights = None if outs[0][1] is None else torch.cat([o[1] for o in outs], 0)
@@ -185,6 +217,24 @@ def weight_axis(module: nn.Module) -> Optional[int]:
     """The per-channel axis of the layer's weight quantizer: 0 (output channels) for
     convolutions, ``None`` (one step per tensor) for linear and attention projections."""
     return 0 if isinstance(module, nn.modules.conv._ConvNd) else None
+
+
+@contextlib.contextmanager
+def weight_draws_held(model: nn.Module) -> Iterator[None]:
+    """Within the block, every hardened layer of ``model`` draws its noisy weights (one per
+    batch group) in its first forward pass and uses the very same weights in every later one:
+    one programmed chip per group, whatever the number of forward passes it is evaluated in.
+    Set the noise (sigma per group, seed) before entering; leaving the block drops the draws,
+    and the next forward pass draws again. Meant for evaluation: the held weights do not follow
+    changes of the parameters inside the block."""
+    layers = [m for m in model.modules() if isinstance(m, _HardenedWeight) and m.weight_noise is not None]
+    try:
+        for m in layers:
+            m._held = []
+        yield
+    finally:
+        for m in layers:
+            m.__dict__.pop("_held", None)  # back to the class default: draw every forward
 
 
 def harden_layer(module: nn.Module, quant: Optional[WeightQuant], noise: Optional[Noise]) -> nn.Module:

@@ -5,10 +5,16 @@ reused from the point store on resume.
 Seeding: before a chunk runs on network ``n`` every noise stream is restarted with
 ``seed_noise(model, chunk_seed(seed, n, chunk_key(items)))``, so a point's accuracies depend
 only on the seed, the network, the data and its chunk, never on what ran before.
+
+Weight noise (``SweepConfig.weight_draws``): by default every layer draws its weights (one
+per item, or per repeat with shared noise) in the chunk's first forward pass and keeps them
+for the rest of the data (``weight_draws_held``): an item is one programmed chip evaluated on
+every image, however the data are cut into batches and slices.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -20,10 +26,11 @@ from torch import Tensor
 
 from ..core.calibrate import calibrate_noise
 from ..core.harden import HardenedModule, noise_sites, seed_noise, weight_noise_modules
+from ..core.layers import weight_draws_held
 from ..core.noise import Noise
 from ..core.noise_models import NoiseKind
 from .results import PointStore, SweepMode, Units
-from .sweep_config import SweepConfig
+from .sweep_config import SweepConfig, WeightDraws
 
 __all__ = ["EvalData", "Engine", "Level", "Item", "chunk_key", "chunk_seed", "weights_sha256", "CACHE_BYTES"]
 
@@ -185,7 +192,8 @@ class Engine:
         seed_noise(hm, seed)
         correct = torch.zeros(R, dtype=torch.long, device=self.data.device)
         step = max(1, self.forward_images // R)  # data images per forward pass
-        with torch.inference_mode():
+        held = weight_draws_held(hm) if self.cfg.weight_draws is WeightDraws.REPEAT else contextlib.nullcontext()
+        with torch.inference_mode(), held:  # held: the first forward's weight draws serve every slice
             for batch, labels in self.data:
                 for x, y in zip(batch.split(step), labels.split(step)):
                     out = hm(x.repeat(R, *([1] * (x.dim() - 1))) if R > 1 else x)

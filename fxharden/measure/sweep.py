@@ -11,7 +11,10 @@ How it is fast:
   replicated batch gets its own sigma (``set_noise`` with one value per group), so one
   forward pass measures ``R`` (site, sigma, repeat) items; items of one repeat share their
   standard-normal draw at every site (``SweepConfig.shared_noise``), and a site draws
-  nothing for the items whose sigma there is 0 (per-layer mode);
+  nothing for the items whose sigma there is 0 (per-layer mode); weight noise is drawn in
+  the first forward pass of a chunk and held for all its batches and slices (a repeat is one
+  programmed chip, ``SweepConfig.weight_draws``), so the batching never changes what a point
+  measures;
 * no host sync per batch: correct counts accumulate on the device and are read once per
   chunk of items; the data are normalised and moved to the device once;
 * adaptive grid: a coarse log-spaced pass in ascending sigma that stops raising sigma once
@@ -24,7 +27,9 @@ order. Before a chunk runs on network ``n``, every noise stream is restarted wit
 ``seed_noise(model, h(seed, n, chunk))``, ``h`` a hash of the chunk's items (site, sigma,
 repeat). A point's accuracies depend only on the seed, the network, the data and its chunk,
 never on what ran before, so a sweep resumed from its output directory gives the same
-results as an uninterrupted one. The clean pass uses ``seed_noise(model, 0)``.
+results as an uninterrupted one. The clean pass uses ``seed_noise(model, 0)``. Weight noise
+is drawn once per chunk from those streams (the first forward pass of the chunk), not once per
+forward pass, unless ``weight_draws="forward"``.
 """
 
 from __future__ import annotations
@@ -49,9 +54,9 @@ from ..zoo.models import ModelLike, resolve_networks
 from .engine import Engine, EvalData, weights_sha256
 from .grid import run_grid
 from .results import FORMAT, FitOptions, PointStore, SweepMode, SweepPoint, SweepResult
-from .sweep_config import CHUNK_LEVELS, FORWARD_IMAGES, SweepConfig
+from .sweep_config import CHUNK_LEVELS, FORWARD_IMAGES, SweepConfig, WeightDraws
 
-__all__ = ["SweepMode", "SweepConfig", "sweep", "resolve_networks", "CHUNK_LEVELS", "FORWARD_IMAGES"]
+__all__ = ["SweepMode", "SweepConfig", "WeightDraws", "sweep", "resolve_networks", "CHUNK_LEVELS", "FORWARD_IMAGES"]
 
 
 def _select_sites(all_sites: List[str], patterns: Optional[Tuple[str, ...]]) -> List[str]:
@@ -180,7 +185,8 @@ def sweep(
         site_kinds={s.name: s.kind for s in nets[0].report.sites if s.name in set(sites)},
         units=cfg.units, site_rms={s: float(np.mean([float(m[s].rms) for m in engine.mods])) for s in sites},
         config=settings, harden_configs=[n["harden"] for n in identity["networks"]], seed=cfg.seed,
-        seeding="seed_noise(model, sha256(seed/network/chunk)) before each chunk (see fxharden.sweep)",
+        seeding="seed_noise(model, sha256(seed/network/chunk)) before each chunk (see fxharden.sweep); weight noise "
+                f"drawn once per {'chunk' if cfg.weight_draws is WeightDraws.REPEAT else 'forward pass'}",
         fingerprint=engine.store.fingerprint if engine.store is not None else "",
         timing={**stats, "seconds": seconds, "images_per_second": stats["images"] / max(stats["eval_seconds"], 1e-9)},
     ).refit(fit_options)

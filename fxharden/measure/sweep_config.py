@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
+from enum import Enum
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
@@ -12,7 +13,7 @@ import numpy as np
 from ..core.config import check_sigma
 from .results import SweepMode, Units
 
-__all__ = ["SweepConfig", "CHUNK_LEVELS", "FORWARD_IMAGES", "round_sigma"]
+__all__ = ["SweepConfig", "WeightDraws", "CHUNK_LEVELS", "FORWARD_IMAGES", "round_sigma"]
 
 CHUNK_LEVELS = {"cpu": 4, "cuda": 16}
 """Noise levels measured together when ``points_per_forward`` is automatic:
@@ -23,6 +24,20 @@ FORWARD_IMAGES = {"cpu": 512, "cuda": 16384}
 automatic. On a CPU a replicated forward of 2,048 images costs more per image than one of
 512 (larger activations, more memory traffic): ``benchmarks/sweep_speed.py --cost-only
 --forward-images 2048,1024,512,256``."""
+
+
+
+class WeightDraws(str, Enum):
+    """How often a sweep draws the weight noise (additive, drift, faults) of a network."""
+
+    REPEAT = "repeat"
+    """One draw per repeat, for the whole data set: a repeat is one programmed chip, and every
+    batch and slice of the data is evaluated on the same weights, so the spread over repeats is
+    the chip-to-chip spread whatever ``points_per_forward``, ``forward_images`` or the device."""
+    FORWARD = "forward"
+    """A new draw in every forward pass (the slice of ``forward_images // points_per_forward``
+    images it holds): the spread over repeats shrinks with the number of slices, so it depends
+    on the batching and the device. For training-like noise that is fresh per evaluation."""
 
 
 @dataclass(frozen=True)
@@ -50,15 +65,15 @@ class SweepConfig:
     """The most images in one forward pass, replicas included: each batch is measured in
     slices of ``max(1, forward_images // points_per_forward)`` images. ``None``:
     ``FORWARD_IMAGES`` of the device (CPU 512, CUDA 16,384). What a point measures does not
-    depend on it; the draws do (weight noise is drawn once per forward pass, so a slice
-    gets its own weight draw)."""
+    depend on it, only the random numbers do (weight noise: see ``weight_draws``)."""
     shared_noise: bool = True
     """Common random numbers: within one forward pass, the (sigma, repeat) items that differ
     only in sigma share one standard-normal draw per noise site, each scaled by its own sigma
     (per point the noise is still i.i.d. N(0, sigma^2); different repeats stay independent).
     Cheaper, and neighbouring sigma points are compared on the same draw. Weight noise
-    likewise: within a forward pass, one weight draw per repeat, used by every sigma point of
-    that repeat (adjacent items with one weight run as one call). ``False``: every item draws its own noise."""
+    likewise: the sigma points measured together (one chunk of ``points_per_forward`` items)
+    share one weight draw per repeat (adjacent items with one weight run as one call).
+    ``False``: every item draws its own noise."""
     seed: int = 0
     device: Optional[str] = None
     """``"cpu"``, ``"cuda"``, ``"cuda:1"``; ``None``/``"auto"``: CUDA when available."""
@@ -79,7 +94,11 @@ class SweepConfig:
     weight_noise_at_zero: bool = False
     """Networks with weight noise: keep it at sigma-0 points and in the clean accuracy too.
     By default the clean pass and sigma-0 points are noise-free; every point with sigma > 0
-    gets the network's weight noise, drawn once per repeat."""
+    gets the network's weight noise (drawn as ``weight_draws`` says)."""
+    weight_draws: WeightDraws = WeightDraws.REPEAT
+    """Networks with weight noise: one weight draw per (point, repeat) for the whole data set,
+    a programmed chip (``"repeat"``, default), or a new one in every forward pass
+    (``"forward"``). With ``shared_noise`` the points of one chunk share a repeat's draw."""
     units: Units = Units.ABSOLUTE
     """The unit of the σ grid: absolute (the paper) or relative to each site's clean RMS
     (noise std = σ · rms_site; multiplicative noise is dimensionless and ignores it)."""
@@ -92,6 +111,11 @@ class SweepConfig:
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
         set_("mode", SweepMode(self.mode))
+        try:
+            set_("weight_draws", WeightDraws(self.weight_draws))
+        except ValueError:
+            raise ValueError(f"weight_draws must be one of {[w.value for w in WeightDraws]}, "
+                             f"got {self.weight_draws!r}") from None
         try:
             set_("units", Units(self.units))
         except ValueError:
@@ -139,7 +163,8 @@ class SweepConfig:
     def to_dict(self) -> Dict[str, Any]:
         """A JSON-serialisable dict (enums as values)."""
         out = asdict(self)
-        out.update(mode=self.mode.value, units=self.units.value, sigmas=list(self.sigmas) if self.sigmas is not None else None,
+        out.update(mode=self.mode.value, units=self.units.value, weight_draws=self.weight_draws.value,
+                   sigmas=list(self.sigmas) if self.sigmas is not None else None,
                    sites=list(self.sites) if self.sites is not None else None,
                    sigma_map=dict(self.sigma_map) if self.sigma_map is not None else None)
         return out

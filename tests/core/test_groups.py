@@ -80,3 +80,51 @@ def test_grouped_weight_noise_draws_one_weight_per_group():
             assert not torch.allclose(deltas[a], deltas[b], atol=1e-3)  # independent draws per group
     d = torch.cat([t.flatten() for t in deltas])
     assert abs(float(d.std()) - 0.1) < 0.1 * 5 / math.sqrt(2 * d.numel())  # N(0, 0.1^2) entries
+
+
+class Attend(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+
+    def forward(self, x):
+        return self.attn(x, x, x, need_weights=False)[0]
+
+
+@pytest.mark.parametrize("sigmas", [0.1, [0.1, 0.0, 0.1]], ids=["one group", "three groups"])
+def test_held_weight_draws_serve_every_forward_of_the_block(sigmas):
+    """Within ``weight_draws_held`` every forward uses the first forward's weights (per group);
+    outside, and after the block, every forward draws anew."""
+    from fxharden.core.layers import weight_draws_held
+    torch.manual_seed(0)
+    layer = nn.Linear(6, 5, bias=False)
+    hm = weight_noisy(nn.Sequential(layer), 0.1)
+    attn = weight_noisy(Attend().eval(), 0.1)
+    fxharden.set_weight_noise(hm, sigmas)
+    fxharden.set_weight_noise(attn, sigmas)
+    groups = 1 if isinstance(sigmas, float) else len(sigmas)
+    w = layer.weight.detach().double()
+
+    def effective(n):  # the weight each group computed with, solved from its outputs
+        x = torch.randn(groups * n, 6)
+        with torch.no_grad():
+            y = hm(x)
+        return [torch.linalg.lstsq(x[r * n:(r + 1) * n].double(), y[r * n:(r + 1) * n].double()).solution.T
+                for r in range(groups)]
+
+    q = torch.randn(groups * 3, 4, 8)
+    with torch.no_grad(), weight_draws_held(hm), weight_draws_held(attn):
+        first, again = effective(40), effective(20)  # another batch size: the same chips
+        a1, a2 = attn(q), attn(q)
+    after = effective(40)
+    with torch.no_grad():
+        a3 = attn(q)
+    for r, s in enumerate([sigmas] if groups == 1 else sigmas):
+        assert torch.allclose(first[r], again[r], atol=1e-5), r
+        if s == 0:
+            assert torch.allclose(first[r], w, atol=1e-5) and torch.allclose(after[r], w, atol=1e-5)
+        else:
+            assert not torch.allclose(first[r], w, atol=1e-3)  # noisy ...
+            assert not torch.allclose(first[r], after[r], atol=1e-3)  # ... and drawn again after the block
+    assert torch.equal(a1, a2) and not torch.allclose(a1, a3, atol=1e-4)
+    assert "_held" not in hm.get_submodule("0").__dict__  # dropped: the next forward draws
