@@ -79,10 +79,12 @@ def test_the_outputs_on_the_device_match_the_cpu_within_one_quantization_step(de
         y_cpu, y_dev = cpu(x), dev(x.to(device)).cpu()
     for (name, mc), (_, md) in zip(names["cpu"], names["dev"]):
         assert torch.allclose(mc.scale.cpu(), md.scale.cpu(), rtol=1e-5), name
-        step = float(mc.scale)
-        diff = (seen["cpu"][mc] - seen["dev"][md]).abs()
-        assert float((diff > step * 1.001).float().mean()) < 1e-3, f"{name}: values more than one step apart"
-        assert float((diff > 0).float().mean()) < 1e-2, f"{name}: too many values one step apart"
+        step = float(mc.scale.detach())
+        # grid indices apart (the steps themselves may differ in the last bit: their batch
+        # maxima went through different float32 kernels)
+        apart = ((seen["cpu"][mc] - seen["dev"][md]).abs() / step).round()
+        assert float((apart > 1).float().mean()) < 1e-3, f"{name}: values more than one step apart"
+        assert float((apart > 0).float().mean()) < 1e-2, f"{name}: too many values one step apart"
     assert float((y_cpu - y_dev).abs().max()) <= 0.02 * float(y_cpu.abs().max())
     assert float((y_cpu.argmax(1) == y_dev.argmax(1)).float().mean()) >= 0.95
 
