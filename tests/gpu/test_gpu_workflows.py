@@ -10,11 +10,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import fxharden
+from fxharden import HardenConfig
 from fxharden.measure.sweep import SweepConfig
 from fxharden.training.train import Precision, TrainConfig
 from fxharden.zoo.data import synthetic_dataset
@@ -177,3 +179,21 @@ def test_every_example_runs_on_the_device(script, device, tmp_path):
     sweeps = list((tmp_path / "out").glob("**/sweep.json"))
     assert sweeps, "the example wrote no sweep"
     assert {json.loads(p.read_text())["identity"]["settings"]["device"] for p in sweeps} == {device.type}
+
+
+def test_weight_noise_spread_over_repeats_is_the_same_on_the_device_and_the_cpu(device):
+    """A repeat is one programmed chip on either device: the standard deviation of the correct
+    counts over repeats agrees between the CPU and the device, each at its own default
+    batching (CPU: 4 levels per chunk, slices of 512 images; CUDA: 16 levels, 16,384 images)."""
+    model, (x, y) = teacher_data(2048)
+    cfg = HardenConfig.from_shorthand(bits=None).replace(
+        weight_noise=fxharden.WeightNoiseConfig(kind="additive", sigma=0.15, relative=True))
+    hm = fxharden.harden(model, config=cfg)
+    spreads = {}
+    for dev in ("cpu", device.type):
+        res = fxharden.sweep(hm, (x, y), sigmas=[1e-6], repeats=32, batch_size=512, seed=3, device=dev)
+        counts = res.points[0].correct[0]
+        assert len(set(counts)) > 1
+        spreads[dev] = float(np.std(counts, ddof=1))
+    ratio = spreads[device.type] / spreads["cpu"]
+    assert 0.5 < ratio < 2.0, spreads  # F(31, 31) ratio of standard deviations: 99.9 % inside
