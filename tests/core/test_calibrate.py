@@ -188,3 +188,18 @@ def test_quantizers_that_saw_training_data_are_left_alone():
     with torch.no_grad():
         hm.eval()(torch.randn(64, 16) * 10)  # eval mode does not move a step calibrated in training
     assert steps(hm) == before
+
+
+def test_locating_batch_dims_keeps_a_calibration_under_way():
+    """The probe forwards of ``locate_batch_dims`` restore the quantizers' state: a fresh
+    model that saw one eval batch still calibrates on the next ones (hand count: max|x|/127)."""
+    hm = fxharden.harden(mlp(), bits=8, scale=0.05).eval()
+    data = batches(3)
+    with torch.no_grad():
+        hm(data[0])
+        input_noise(hm).set_sigma([0.0, 0.0])  # per-group sigma: the next forward locates batch dims
+        hm(data[0][:2])
+    quant = hm.get_submodule("fxharden.input__quant")
+    assert quant.needs_data and quant._observed == 2  # both batches counted, the probes not
+    fxharden.calibrate_quantizers(hm, data[1:])
+    assert float(quant.scale) == pytest.approx(max(float(x.abs().max()) for x in data) / 127, rel=1e-6)
