@@ -23,7 +23,7 @@ _EXPORTS = {
     "core.harden": ("HardenedModule", "HardenReport", "harden", "harden_report", "noise_sites", "seed_noise",
                     "set_noise", "set_weight_noise"),
     "core.noise_models": ("NoiseKind", "ConverterConfig", "WeightFaultConfig", "WeightDriftConfig"),
-    "core.calibrate": ("calibrate_noise",),
+    "core.calibrate": ("calibrate_noise", "calibrate_quantizers"),
     "core.quant": ("frozen_weights",),
     "core.trace": ("UntraceableModelError",),
     "measure.metrics": ("FitStatus", "MidpointFit", "MidpointModel", "Quote", "QuoteKind", "fit_midpoint"),

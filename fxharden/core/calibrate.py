@@ -1,8 +1,11 @@
-"""``calibrate_noise``: measure every noise site's clean signal RMS, the reference of
-relative noise (``NoiseKind.RELATIVE``) and of sweeps in relative units."""
+"""Calibration on clean data: ``calibrate_quantizers`` fixes the statistics-based steps of a
+model that has not seen training data, ``calibrate_noise`` measures every noise site's clean
+signal RMS, the reference of relative noise (``NoiseKind.RELATIVE``) and of sweeps in relative
+units. Both run the model in eval mode, without gradients and with all noise off."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any, Dict, Iterable, Optional
 
@@ -10,13 +13,67 @@ import torch
 from torch import nn
 
 from .harden import _noise_modules
-from .noise import Noise
+from .noise import Noise, noise_off
+from .quant import ActQuant
 
-__all__ = ["calibrate_noise", "site_rms"]
+__all__ = ["calibrate_noise", "calibrate_quantizers", "site_rms"]
 
 
 def _inputs(batch: Any) -> Any:
     return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+def _run_clean(model: nn.Module, data: Iterable[Any], max_batches: Optional[int], what: str) -> int:
+    """Run ``model`` on at most ``max_batches`` batches of ``data`` in eval mode, without
+    gradients and with every noise off; mode and noise are restored. Returns the batch count."""
+    training, batches = model.training, 0
+    try:
+        with noise_off(model), torch.no_grad():
+            model.eval()
+            for batch in data:
+                if max_batches is not None and batches >= max_batches:
+                    break
+                model(_inputs(batch))
+                batches += 1
+    finally:
+        model.train(training)
+    if batches == 0:
+        raise ValueError(f"{what} got no data; pass a DataLoader or a list of input batches")
+    return batches
+
+
+def calibrate_quantizers(model: nn.Module, data: Iterable[Any], max_batches: Optional[int] = None) -> Dict[str, float]:
+    """Calibrate, on clean data, the statistics-based activation steps (the input quantizer,
+    activation quantizers without a constant step, ADC/DAC without a bound) that have seen no
+    training data, and fix them: later forwards, in either mode, do not change them.
+
+    Each step is the running maximum of ``peak / levels`` over the batches (``ActQuant``),
+    degenerate batches (peak 0 or constant) not counted. A quantizer that saw only degenerate
+    batches is fixed with a warning. Quantizers that already saw training data, constant
+    steps and fixed steps are left alone. ``fxharden.sweep`` and ``evaluate`` call this on
+    their own first batches; call it yourself before using a fresh model in eval mode.
+
+    Args:
+        model: a hardened model.
+        data: an iterable of input batches or ``(inputs, labels)`` pairs, on the model's device.
+        max_batches: use at most this many batches (``None``: the quantizers'
+            ``calibration_steps``).
+
+    Returns:
+        ``{quantizer name: step}`` of the quantizers that were calibrated.
+
+    Raises:
+        ValueError: ``data`` held no batch.
+    """
+    quants = {name: m for name, m in model.named_modules() if isinstance(m, ActQuant) and m.needs_data}
+    if not quants:
+        return {}
+    if max_batches is None:
+        max_batches = max(m.calibration_steps - m._observed for m in quants.values())
+    _run_clean(model, data, max_batches, "calibrate_quantizers")
+    for name, m in quants.items():
+        m.finish_calibration(name)
+    return {name: float(m.scale.detach()) for name, m in quants.items()}
 
 
 def calibrate_noise(model: nn.Module, data: Iterable[Any], max_batches: Optional[int] = 8,
@@ -25,7 +82,9 @@ def calibrate_noise(model: nn.Module, data: Iterable[Any], max_batches: Optional
     and store it in the module's ``rms`` buffer (it travels in checkpoints).
 
     The model runs in eval mode without gradients and with every noise set to 0, so each
-    site sees the clean signal; mode and noise are restored afterwards.
+    site sees the clean signal; mode and noise (every module's full setting) are restored
+    afterwards. Quantizers that still wait for data (``calibrate_quantizers``) are calibrated
+    on the same batches first, so the RMS is measured with their final steps.
 
     Args:
         model: a hardened model.
@@ -47,23 +106,14 @@ def calibrate_noise(model: nn.Module, data: Iterable[Any], max_batches: Optional
             and (force or not m.calibrated)]
     if not mods:
         return {}
-    saved = {m: (m.sigma.clone(), m._active) for m in model.modules() if isinstance(m, Noise)}
-    training = model.training
+    if any(isinstance(m, ActQuant) and m.needs_data for m in model.modules()):
+        if iter(data) is data:  # a one-shot iterator: keep the batches for the second pass
+            data = list(itertools.islice(data, max_batches))
+        calibrate_quantizers(model, data, max_batches)
     try:
-        for m in saved:
-            m.set_sigma(0.0)
         for m in mods:
             m._calibration = [0.0, 0]
-        model.eval()
-        batches = 0
-        with torch.no_grad():
-            for batch in data:
-                if max_batches is not None and batches >= max_batches:
-                    break
-                model(_inputs(batch))
-                batches += 1
-        if batches == 0:
-            raise ValueError("calibrate_noise got no data; pass a DataLoader or a list of input batches")
+        _run_clean(model, data, max_batches, "calibrate_noise")
         out = {}
         for m in mods:
             total, count = m._calibration
@@ -75,9 +125,6 @@ def calibrate_noise(model: nn.Module, data: Iterable[Any], max_batches: Optional
     finally:
         for m in mods:
             m._calibration = None
-        for m, (sigma, active) in saved.items():
-            m.sigma, m._active = sigma, active
-        model.train(training)
 
 
 def site_rms(model: nn.Module) -> Dict[str, float]:

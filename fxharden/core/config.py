@@ -134,7 +134,9 @@ class QuantConfig:
     weight_bits: Optional[int] = None
     """Bit width of weights if it differs from ``bits``; ``None`` means ``bits``."""
     calibration_steps: int = 30
-    """Statistics-initialised steps use the running max of this many first batches."""
+    """Statistics-initialised steps use the running max of this many first batches (training,
+    or eval mode for a model that has seen no training data; degenerate batches do not count;
+    ``fxharden.calibrate_quantizers`` fixes them on real data)."""
     quantize_weights: bool = True
     """Quantize conv/linear weights (per-channel / per-tensor, symmetric)."""
 

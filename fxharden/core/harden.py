@@ -239,7 +239,7 @@ def _harden_weights(root: nn.Module, site: Site, config: HardenConfig, skipped: 
 
 def converter(cfg: ConverterConfig) -> ActQuant:
     """An ADC/DAC: the one quantizer with the converter's grid (fixed or calibrated bound)."""
-    return ActQuant(cfg.bits, cfg.signed, step=cfg.step, calibration_steps=cfg.calibration_steps)
+    return ActQuant(cfg.bits, cfg.signed, step=cfg.step, calibration_steps=cfg.calibration_steps, converter=True)
 
 
 DRIFT_SUFFIX, FAULTS_SUFFIX = ".drift", ".faults"

@@ -27,12 +27,13 @@ on a CPU a new output tensor costs more than the add itself.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -40,7 +41,7 @@ from torch import Tensor, nn
 from .config import WeightNoiseKind, check_sigma
 from .noise_models import NoiseKind, parse_kind
 
-__all__ = ["Noise", "NoiseChain", "SigmaLike", "stream_seed", "GroupDimError"]
+__all__ = ["Noise", "NoiseChain", "NoiseSetting", "SigmaLike", "stream_seed", "GroupDimError", "noise_off"]
 
 SigmaLike = Union[float, Sequence[float], Tensor]
 
@@ -112,6 +113,16 @@ def _scratch_normal(shape: Sequence[int], device: torch.device, dtype: torch.dty
         with torch.inference_mode(False):  # a normal tensor: usable in and out of inference mode
             buf = bufs[key] = torch.empty(n, device=device, dtype=dtype)
     return _normal_(buf[:n].view(tuple(shape)), gens)
+
+
+class NoiseSetting(NamedTuple):
+    """What ``set_sigma`` sets on a ``Noise`` module, as ``Noise.setting`` returns it and
+    ``Noise.restore`` takes it back: the ``sigma`` buffer and the host mirrors the forward
+    reads (one value per group, the shared draw indices)."""
+
+    sigma: Tensor
+    host: Tuple[float, ...]
+    draws: Optional[Tuple[int, ...]]
 
 
 class GroupDimError(ValueError):
@@ -236,6 +247,17 @@ class Noise(nn.Module):
         self._host = tuple(values.flatten().tolist())
         self._active, self._draws = any(v != 0 for v in self._host), draws
         self.sigma = values.to(device=self.sigma.device, dtype=self.sigma.dtype)
+
+    def setting(self) -> NoiseSetting:
+        """The current noise setting, for ``restore`` (a copy: later changes do not touch it)."""
+        return NoiseSetting(self.sigma.detach().clone(), self._host, self._draws)
+
+    def restore(self, setting: NoiseSetting) -> None:
+        """Set the noise back to ``setting`` (from ``setting()``), sigma and the values the
+        forward reads alike, on the module's current device."""
+        self.sigma = setting.sigma.to(device=self.sigma.device)
+        self._host, self._draws = setting.host, setting.draws
+        self._active = any(v != 0 for v in self._host)
 
     def reseed(self, seed: int) -> None:
         """Restart the random stream from base seed ``seed``."""
@@ -430,6 +452,23 @@ class Noise(nn.Module):
         value = torch.where(u[2] < self.zero_fraction, torch.zeros_like(x), torch.where(u[1] < 0.5, peak, -peak))
         res = torch.where(u[0] < p, value + (x - x.detach()), x)
         return out.copy_(res) if out is not None else res
+
+
+@contextlib.contextmanager
+def noise_off(model: nn.Module) -> Iterator[nn.Module]:
+    """A block in which every ``Noise`` module of ``model`` (activations and weights, all
+    models) has sigma 0; each module's full setting (``Noise.setting``) is restored when the
+    block ends, however it ends. Use it wherever noise is switched off for a while (clean
+    calibration, clean accuracy): restoring only the ``sigma`` buffer would leave the values
+    the forward reads at 0."""
+    saved = {m: m.setting() for m in model.modules() if isinstance(m, Noise)}
+    try:
+        for m in saved:
+            m.set_sigma(0.0)
+        yield model
+    finally:
+        for m, setting in saved.items():
+            m.restore(setting)
 
 
 class NoiseChain(nn.Sequential):

@@ -72,8 +72,10 @@ class ConverterConfig:
     ``y = clamp(round(x / Δ), qmin, qmax) · Δ`` with the project's one quantizer; signed:
     ``[qmin, qmax] = [-2^(b-1), 2^(b-1) - 1]``, ``Δ = bound / 2^(b-1)``; unsigned:
     ``[0, 2^b - 1]``, ``Δ = bound / (2^b - 1)``. At most ``2^b`` output levels, all inside
-    ``[-bound, bound]``. ``bound=None``: the bound is the running maximum of ``|x|`` over the
-    first ``calibration_steps`` batches (then fixed), like a statistics-based quantizer.
+    ``[-bound, bound]``. ``bound=None``: the bound is the running maximum of ``|x|`` (signed
+    and unsigned grids alike) over the first ``calibration_steps`` batches, then fixed, like a
+    statistics-based quantizer (training, or eval mode for a model that has seen no training
+    data; ``fxharden.calibrate_quantizers`` fixes it on real data).
     """
 
     bits: int = 8
@@ -83,6 +85,7 @@ class ConverterConfig:
     signed: bool = True
     """Signed grid (bipolar converter) or unsigned (unipolar, for non-negative signals)."""
     calibration_steps: int = 30
+    """Batches whose running maximum of ``|x|`` sets a calibrated bound."""
 
     def __post_init__(self) -> None:
         if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not 2 <= self.bits <= 16:

@@ -12,6 +12,7 @@ it) and a learned step the composite path with a straight-through round. Nothing
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Dict, Iterator, Optional, Tuple
 
 import torch
@@ -115,12 +116,23 @@ class ActQuant(nn.Module):
 
     * constant step (``step`` given): the step never changes;
     * statistics-based (``step=None, learn=False``): the step is the running maximum of
-      ``|x| / qmax`` over the first ``calibration_steps`` batches, then fixed;
+      ``peak / levels`` over the first ``calibration_steps`` batches, then fixed;
     * dynamic (``step=None, learn=True``): initialised like the statistics-based one, then a
       learned parameter (the straight-through estimator gives it a gradient).
 
-    Calibration happens in training mode, and also in eval mode for a quantizer that has
-    never seen data (so a fresh model can be swept without training first).
+    ``peak`` is ``max|x|`` (signed grid) or ``max(x, 0)`` (unsigned), and ``levels = qmax``:
+    the peak is the top level. A converter (``converter=True``, an ADC/DAC with a calibrated
+    bound) follows the converter grid instead: the bound ``B = max|x|`` is the full scale, not
+    a level, ``Δ = B / 2^(b-1)`` signed, ``Δ = B / (2^b - 1)`` unsigned.
+
+    Calibration happens in training mode, and in eval mode for a quantizer that has not seen
+    data in training (so a fresh model can be evaluated without training first): it observes
+    its first ``calibration_steps`` eval batches too. The defined step for a fresh model is
+    ``fxharden.calibrate_quantizers(model, data)`` on real data, which ``sweep`` and
+    ``evaluate`` run themselves and which fixes the steps. A degenerate batch (peak 0, or all
+    values equal: a smoke test with ``torch.zeros``) is quantized but not counted: the first
+    real batch replaces its step. A step that only degenerate batches have set is fixed only
+    by ``finish_calibration``, with a warning.
 
     Integer tensors (token ids, indices) pass through unchanged: they are never quantized.
     """
@@ -132,10 +144,12 @@ class ActQuant(nn.Module):
         step: Optional[float] = None,
         learn: bool = False,
         calibration_steps: int = 30,
+        converter: bool = False,
     ) -> None:
         super().__init__()
-        self.bits, self.signed = bits, signed
+        self.bits, self.signed, self.converter = bits, signed, bool(converter)
         self.qmin, self.qmax = qrange(bits, signed)
+        self.levels = -self.qmin if converter and signed else self.qmax  # peak / levels = step
         self.calibration_steps = 0 if step is not None else calibration_steps
         self.learn = learn and step is None
         init = torch.tensor(float(step) if step is not None else 1.0)
@@ -145,31 +159,77 @@ class ActQuant(nn.Module):
             self.register_buffer("scale", init)
         self.register_buffer("observed", torch.tensor(0, dtype=torch.int64))
         self._observed = 0  # mirror of the buffer, read without a device sync
+        self._eval_calibration = False  # calibrating in eval mode (began there, with no data seen in training)
+        self._degenerate = False  # the step was set by degenerate batches only (not counted in observed)
+
+    def __setstate__(self, state):
+        state.setdefault("converter", False)  # pickled before these attributes existed
+        state.setdefault("levels", state["qmax"])
+        state.setdefault("_eval_calibration", False)
+        state.setdefault("_degenerate", False)
+        super().__setstate__(state)
 
     def extra_repr(self) -> str:
         kind = "constant" if self.calibration_steps == 0 else ("learned" if self.learn else "statistics")
         grid = "signed" if self.signed else "unsigned"
-        return f"bits={self.bits}, {grid}, step={kind}"
+        return f"bits={self.bits}, {grid}, step={kind}{', converter' if self.converter else ''}"
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: D401
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._observed = int(self.observed)
+        if self._observed == 0:
+            self._eval_calibration = False  # else the module's own history stands (locate_batch_dims restores it)
+
+    @property
+    def needs_data(self) -> bool:
+        """Whether the step still waits for data that ``calibrate_quantizers`` would give it:
+        statistics-based or dynamic, no batch seen in training, calibration not finished."""
+        return self._observed < self.calibration_steps and (self._observed == 0 or self._eval_calibration)
+
+    def _calibrating(self) -> bool:
+        if self._observed >= self.calibration_steps:
+            return False
+        return self.training or self._observed == 0 or self._eval_calibration
 
     @torch.no_grad()
     def _observe(self, x: Tensor) -> None:
-        peak = x.detach().abs().amax() if self.signed else x.detach().amax().clamp_min(0)
-        step = (peak.float() / self.qmax).clamp_min(MIN_STEP).to(self.scale.dtype)
+        x = x.detach()
+        peak = x.abs().amax() if self.signed or self.converter else x.amax().clamp_min(0)
+        step = (peak.float() / self.levels).clamp_min(MIN_STEP).to(self.scale.dtype)
         if self._observed == 0:
             self.scale.copy_(step)
+            # peak 0 or constant: not real data; the next batch calibrates again (one host sync
+            # per batch, only until the first real batch)
+            if bool((peak == 0) | (x.amin() == x.amax())):
+                self._degenerate = True
+                return
+            self._degenerate, self._eval_calibration = False, not self.training
         else:
             torch.maximum(self.scale, step, out=self.scale.data)
         self._observed += 1
         self.observed.fill_(self._observed)
 
+    def finish_calibration(self, name: str = "") -> None:
+        """Fix the step as it is now: no later batch changes it (``observed`` is set to
+        ``calibration_steps``). Warns when the step comes from degenerate batches only (peak 0
+        or constant data); a quantizer that has seen no batch at all is left as it is."""
+        if self._observed >= self.calibration_steps:
+            return
+        if self._observed == 0:
+            if not self._degenerate:
+                return
+            warnings.warn(
+                f"activation quantizer {name or '(unnamed)'!r} saw only degenerate batches (all values equal, "
+                f"e.g. zeros) while calibrating; its step is fixed at {float(self.scale.detach()):.3g} from them. "
+                "Calibrate on real data: fxharden.calibrate_quantizers(model, data) before any other forward, "
+                "or give the quantizer a constant step", stacklevel=3)
+        self._observed, self._eval_calibration, self._degenerate = self.calibration_steps, False, False
+        self.observed.fill_(self._observed)
+
     def forward(self, x: Tensor) -> Tensor:
         if not x.is_floating_point():
             return x  # ids and indices: quantizing them would change which row is looked up
-        if self._observed < self.calibration_steps and (self.training or self._observed == 0):
+        if self._calibrating():
             self._observe(x)
         scale = self.scale
         if self.learn:

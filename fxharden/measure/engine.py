@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..core.calibrate import calibrate_noise
+from ..core.calibrate import calibrate_noise, calibrate_quantizers
 from ..core.harden import HardenedModule, noise_sites, seed_noise, weight_noise_modules
 from ..core.layers import weight_draws_held
 from ..core.noise import Noise
@@ -167,12 +167,14 @@ class Engine:
                 mod.set_sigma(vec, draws)
 
     def warm_up(self) -> int:
-        """The clean RMS of every site never calibrated, on the first ``CALIBRATION_BATCHES``
-        batches, and one clean forward of the first batch per network (a statistics-based
-        quantizer that never saw data calibrates on the first batch, the same in every run);
+        """Per network: the statistics-based steps that never saw training data, calibrated and
+        fixed on the first batches (``calibrate_quantizers``: the same in every run, and no
+        point of the sweep moves them), the clean RMS of every site never calibrated, on the
+        first ``CALIBRATION_BATCHES`` batches, and one clean forward of the first batch;
         returns the class count."""
         x, out = next(iter(self.data))[0], None
         for n, hm in enumerate(self.nets):
+            calibrate_quantizers(hm, self.data)
             calibrate_noise(hm, self.data, max_batches=CALIBRATION_BATCHES, force=False)
             self._set_sigmas(n, [(None, 0.0, 0)])
             with torch.inference_mode():

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.harden import HardenedModule, noise_sites
-from ..core.noise import Noise
+from ..core.noise import Noise, noise_off
 from ..core.noise_models import check_param
 
 __all__ = ["CostModel", "site_ops", "allocation_cost"]
@@ -57,20 +57,15 @@ def site_ops(model: HardenedModule, x: Tensor) -> Dict[str, int]:
         if isinstance(layer, (nn.modules.conv._ConvNd, nn.Linear)):
             hooks.append(layer.register_forward_hook(
                 lambda mod, inp, out, site=site: _count(ops, site, _macs(mod, inp[0], out), replace=True)))
-    saved = {m: m.sigma.clone() for m in model.modules() if isinstance(m, Noise)}
     was_training = model.training
     try:
-        for m in saved:
-            m.set_sigma(0.0)
-        model.eval()  # one image through a training-mode batch norm fails, and would move its statistics
-        with torch.inference_mode():
+        with noise_off(model), torch.inference_mode():
+            model.eval()  # one image through a training-mode batch norm fails, and would move its statistics
             model(x[:1])
     finally:
         model.train(was_training)
         for h in hooks:
             h.remove()
-        for m, sigma in saved.items():
-            m.set_sigma(sigma if sigma.dim() else float(sigma))
     return {site: int(ops.get(site, 0)) for site in sites}
 
 

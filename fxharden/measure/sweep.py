@@ -144,7 +144,7 @@ def sweep(
     labelled = resolve_networks(model, harden_config)
     nets = [hm for _, hm in labelled]
     saved = [(hm.training, next(iter(hm.parameters()), torch.empty(0)).device,
-              {m: (m.sigma.clone(), m.seed) for m in hm.modules() if isinstance(m, Noise)}) for hm in nets]
+              {m: (m.setting(), m.seed) for m in hm.modules() if isinstance(m, Noise)}) for hm in nets]
     frozen = contextlib.ExitStack()
     try:
         for hm in nets:
@@ -173,8 +173,8 @@ def sweep(
         frozen.close()
         for hm, (training, device, noise) in zip(nets, saved):
             hm.train(training).to(device)
-            for m, (sigma, seed) in noise.items():
-                m.set_sigma(sigma.cpu() if sigma.dim() else float(sigma))
+            for m, (setting, seed) in noise.items():
+                m.restore(setting)
                 m.reseed(seed)
     stats, seconds = engine.stats, time.perf_counter() - t0
     points = [SweepPoint(s, g, tuple(tuple(c) for c in counts), data.num_images)

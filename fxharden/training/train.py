@@ -31,9 +31,10 @@ from ..devices import resolve_device
 from ..zoo.checkpoint import read_payload, save_checkpoint
 from ..core.config import check_sigma, config_to_dict
 from ..zoo.data import as_batches
-from ..core.harden import HardenedModule, harden, noise_sites, seed_noise, weight_noise_modules
+from ..core.harden import HardenedModule, harden, noise_sites, seed_noise
 from ..zoo.options import Optimizer
-from ..core.noise import Noise
+from ..core.calibrate import calibrate_quantizers
+from ..core.noise import Noise, noise_off
 from ..core.quant import ActQuant, frozen_weights
 from .status import ProgressFile
 
@@ -224,12 +225,9 @@ def _activation_noise(model: HardenedModule, schedule: NoiseSchedule) -> Dict[st
     return mods
 
 
-def _set_noise(mods: Dict[str, Noise], sigmas: Mapping[str, Any], seeds: Optional[Mapping[str, int]] = None) -> None:
+def _set_noise(mods: Dict[str, Noise], sigmas: Mapping[str, float]) -> None:
     for site, mod in mods.items():
-        sigma = sigmas[site]
-        mod.set_sigma(float(sigma) if isinstance(sigma, (int, float)) or sigma.dim() == 0 else sigma)
-        if seeds is not None:
-            mod.reseed(seeds[site])
+        mod.set_sigma(float(sigmas[site]))
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -249,8 +247,13 @@ def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Any, batch_size: int = 512, device: Optional[str] = None) -> float:
-    """Accuracy in [0, 1] of ``model`` in eval mode, with its current noise, on ``data``."""
+    """Accuracy in [0, 1] of ``model`` in eval mode, with its current noise, on ``data``.
+
+    Activation steps that have seen no training data are first calibrated and fixed on the
+    first batches of ``data``, clean (``fxharden.calibrate_quantizers``)."""
     dev = resolve_device(device) if device is not None else next(model.parameters()).device
+    if any(isinstance(m, ActQuant) and m.needs_data for m in model.modules()):
+        calibrate_quantizers(model, as_batches(data, batch_size, dev))
     was, correct, total = model.training, 0, 0
     model.eval()
     try:
@@ -263,15 +266,9 @@ def evaluate(model: nn.Module, data: Any, batch_size: int = 512, device: Optiona
     return correct / max(total, 1)
 
 
-def _clean_accuracy(model: HardenedModule, mods: Dict[str, Noise], data: Any, cfg: TrainConfig,
-                    dev: torch.device) -> float:
-    mods = {**mods, **weight_noise_modules(model)}  # clean: no activation noise and no weight noise
-    saved = {s: m.sigma.clone() for s, m in mods.items()}
-    _set_noise(mods, dict.fromkeys(mods, 0.0))
-    try:
+def _clean_accuracy(model: HardenedModule, data: Any, cfg: TrainConfig, dev: torch.device) -> float:
+    with noise_off(model):  # clean: no activation noise and no weight noise
         return evaluate(model, data, cfg.eval_batch_size, str(dev))
-    finally:
-        _set_noise(mods, saved)
 
 
 def _progress(enabled: bool):
@@ -375,7 +372,7 @@ def train(
         check_writable(out)
     model = model if isinstance(model, HardenedModule) else harden(model)
     mods = _activation_noise(model, cfg.noise)
-    caller_sigma = {s: m.sigma.clone() for s, m in mods.items()}
+    caller_noise = {s: m.setting() for s, m in mods.items()}
     caller_seed = {s: m.seed for s, m in mods.items()}
     payload = _load_resume(out, resume, cfg, model, arch)
     if payload is not None:
@@ -426,7 +423,8 @@ def train(
         return loss.detach(), logits.detach()
 
     def save() -> None:
-        _set_noise(mods, caller_sigma)  # the checkpoint keeps the caller's noise setting
+        for s, m in mods.items():  # the checkpoint keeps the caller's noise setting
+            m.restore(caller_noise[s])
         extra = {"history": [asdict(h) for h in history], "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
                  "train_config": json.loads(json.dumps(cfg.to_dict()))}
@@ -458,7 +456,7 @@ def train(
                 report = None if bar is None else (lambda l, a: bar.update(
                     task, completed=state["step"], description=f"epoch {epoch + 1}/{cfg.epochs}", loss=l, acc=a))
                 loss, acc = _epoch(model, batches, step, state, total, report, status.update)
-                test_acc = _clean_accuracy(model, mods, data_test, cfg, dev) \
+                test_acc = _clean_accuracy(model, data_test, cfg, dev) \
                     if data_test is not None and cfg.eval_each_epoch else None
                 history.append(EpochLog(epoch + 1, state["step"], loss, acc, test_acc, scheduler.get_last_lr()[0],
                                         f * cfg.noise.sigma, time.perf_counter() - t0))
@@ -469,11 +467,13 @@ def train(
                     status.update(state, force=True)
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
-        _set_noise(mods, caller_sigma, caller_seed)
+        for s, m in mods.items():
+            m.restore(caller_noise[s])
+            m.reseed(caller_seed[s])
     model.eval()
     acc = history[-1].test_accuracy if history else None
     if data_test is not None and acc is None:
-        acc = _clean_accuracy(model, mods, data_test, cfg, dev)
+        acc = _clean_accuracy(model, data_test, cfg, dev)
     return TrainResult(model=model, history=history, test_accuracy=acc, steps=state["step"],
                        seconds=time.perf_counter() - start, resumed_from=resumed_from,
                        checkpoint=(out / CHECKPOINT) if out is not None else None)

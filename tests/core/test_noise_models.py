@@ -10,6 +10,7 @@ from torch import nn
 import fxharden
 from fxharden import ConverterConfig, HardenConfig, NoiseConfig, NoiseKind, WeightDriftConfig, WeightFaultConfig
 from fxharden.core.config import config_from_dict, config_to_dict
+from fxharden.core.harden import converter
 from fxharden.core.noise import Noise
 
 N = 400_000
@@ -103,6 +104,44 @@ def test_stuck_at_fraction_is_p_within_binomial_error():
     assert bool(((stuck == 0) | (stuck.abs() == peak)).all())
     k = int(changed.sum())
     assert abs(float((stuck == 0).float().mean()) - zf) < 5 * math.sqrt(zf * (1 - zf) / k)
+
+
+@pytest.mark.parametrize("signed,x,delta,levels", [
+    # signed, B = max|x| = 2, 4 bits: Δ = B / 2^3 = 0.25, levels -2, -1.75, ..., 1.75 (2 is clipped)
+    (True, torch.linspace(-2, 2, 17), 0.25, [k * 0.25 for k in range(-8, 8)]),
+    # unsigned, B = max|x| = 3 (the negative end), 4 bits: Δ = B / 15 = 0.2, levels 0, ..., 3.0
+    (False, torch.tensor([-3.0, 0.0, 0.55, 1.0, 1.42]), 0.2, [0.0, 0.6, 1.0, 1.4]),
+])
+def test_calibrated_converter_bound_is_the_full_scale_of_the_documented_grid(signed, x, delta, levels):
+    adc = converter(ConverterConfig(bits=4, signed=signed)).eval()
+    y = adc(x)
+    assert float(adc.scale) == pytest.approx(delta, rel=1e-6)
+    if signed:
+        assert torch.allclose(y, torch.tensor(levels[:-1] + [levels[-1], levels[-1]]))  # -2..1.75, then 2 -> 1.75
+    else:
+        assert torch.allclose(y, torch.tensor([0.0] + levels))  # -3 clipped to 0; 0.55 -> 3Δ, 1 -> 5Δ, 1.42 -> 7Δ
+
+
+@pytest.mark.parametrize("bits,signed", [(3, True), (4, False)])
+def test_calibrated_adc_matches_the_closed_form_per_layer(bits, signed):
+    """ADCs with ``bound=None`` in a hardened model: each layer's bound is B = max|output| of
+    its calibration batch (eager), and the output is the clip-round-rescale with that grid."""
+    model = mlp()
+    hm = fxharden.harden(model, config=HardenConfig(quant=None, adc=ConverterConfig(bits=bits, signed=signed)))
+    x = torch.randn(2000, 16)
+    fxharden.calibrate_quantizers(hm, [x])
+    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    levels = 2 ** (bits - 1) if signed else 2**bits - 1
+
+    def adc(t):  # independent: bound from the data, then clip, round, scale
+        step = float(t.abs().max()) / levels
+        return torch.clamp(torch.round(t / step), lo, hi) * step
+
+    with torch.no_grad():
+        y = hm.eval()(x)
+        expected = adc(model[2](model[1](adc(model[0](x)))))
+    assert torch.allclose(y, expected, atol=1e-5)
+    assert len(torch.unique(y)) <= 2**bits
 
 
 def test_weight_models_draw_once_per_batch_group():

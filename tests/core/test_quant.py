@@ -5,12 +5,12 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
 import fxharden
-from fxharden.core.quant import ActQuant, WeightQuant, fake_quantize, frozen_weights, qrange
+from fxharden.core.quant import MIN_STEP, ActQuant, WeightQuant, fake_quantize, frozen_weights, qrange
 
 
 def reference(x: np.ndarray, s: float, bits: int, signed: bool) -> np.ndarray:
@@ -171,12 +171,49 @@ def test_act_quant_statistics_then_fixed():
     assert math.isclose(float(q.scale), 5.0 / 127, rel_tol=1e-6)
 
 
-def test_act_quant_eval_calibrates_once_when_never_trained():
-    q = ActQuant(4, signed=False, step=None).eval()
+def test_act_quant_eval_calibrates_its_first_batches_when_never_trained():
+    q = ActQuant(4, signed=False, step=None, calibration_steps=2).eval()
     q(torch.tensor([0.0, 3.0]))
     assert math.isclose(float(q.scale), 3.0 / 15, rel_tol=1e-6)
-    q(torch.tensor([30.0]))
-    assert math.isclose(float(q.scale), 3.0 / 15, rel_tol=1e-6)
+    q(torch.tensor([0.0, 6.0]))  # running max over the first calibration_steps batches
+    assert math.isclose(float(q.scale), 6.0 / 15, rel_tol=1e-6)
+    q(torch.tensor([0.0, 30.0]))  # then fixed
+    assert math.isclose(float(q.scale), 6.0 / 15, rel_tol=1e-6)
+
+
+def _peak(x: list, signed: bool) -> float:
+    return max(abs(v) for v in x) if signed else max(max(x), 0.0)
+
+
+def _real(x: list, signed: bool) -> bool:
+    return _peak(x, signed) > 0 and min(x) != max(x)
+
+
+batch = st.lists(st.floats(min_value=-100, max_value=100, allow_nan=False, width=32), min_size=2, max_size=16)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    smoke=st.lists(st.tuples(st.floats(min_value=-100, max_value=100, allow_nan=False, width=32),
+                             st.integers(1, 8)), min_size=1, max_size=3),
+    real=st.lists(batch, min_size=1, max_size=5),
+    bits=st.integers(2, 16), signed=st.booleans(), training=st.booleans(), steps=st.integers(1, 4),
+)
+def test_degenerate_batches_never_count_as_calibration(smoke, real, bits, signed, training, steps):
+    """Constant batches (zeros, a smoke test) before real data leave the step that the real
+    data alone give: the hand count max(peak of the first ``steps`` real batches) / qmax."""
+    real = [x for x in real if _real(x, signed)]
+    assume(real)
+    q = ActQuant(bits, signed, step=None, calibration_steps=steps).train(training)
+    for value, n in smoke:
+        q(torch.full((n,), value))
+    assert q._observed == 0  # nothing counted
+    for x in real:
+        q(torch.tensor(x))
+    qmax = qrange(bits, signed)[1]
+    expected = max(_peak(x, signed) for x in real[:steps]) / qmax
+    assert math.isclose(float(q.scale), max(expected, MIN_STEP), rel_tol=1e-6)
+    assert q._observed == min(len(real), steps) == int(q.observed)
 
 
 def test_dynamic_scale_is_learned():

@@ -282,3 +282,19 @@ def test_items_of_one_repeat_share_their_draw_only_when_shared(monkeypatch, shar
           shared_noise=shared)
     chunk = [s for s in seen if isinstance(s[0], list)]
     assert chunk == [([0.1, 0.1, 0.2, 0.2], [0, 1, 0, 1] if shared else None)]
+
+
+def test_a_smoke_test_forward_before_the_sweep_changes_nothing(teacher):
+    """A forward of zeros on a fresh model used to fix its input step at the minimum: the
+    sweep calibrates on its own first batches, so the result is the one without it, and the
+    input step is the hand count max|x| / 127 over the evaluation data."""
+    model, (x, y) = teacher
+    smoked, fresh = (fxharden.harden(model, bits=8, scale=0.05).eval() for _ in range(2))
+    with torch.no_grad():
+        smoked(torch.zeros(1, 16))
+    a = sweep(smoked, (x, y), sigmas=[0.002], repeats=2, batch_size=64)
+    b = sweep(fresh, (x, y), sigmas=[0.002], repeats=2, batch_size=64)
+    assert a.clean_accuracy == b.clean_accuracy and [p.correct for p in a.points] == [p.correct for p in b.points]
+    step = float(smoked.get_submodule("fxharden.input__quant").scale)
+    assert step == pytest.approx(float(x.abs().max()) / 127, rel=1e-6)
+    assert a.clean_accuracy > 0.9  # real steps, not the 1e-8 of an all-zero batch

@@ -345,3 +345,24 @@ def test_resume_refuses_another_model_other_bits_and_a_truncated_file(tmp_path):
     path.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(ValueError, match="the file cannot be read"):
         train(hardened("fp32"), TRAIN, config=cfg, out=tmp_path, resume=True, arch="lenet5")
+
+
+def test_evaluate_calibrates_a_fresh_model_on_its_data_first():
+    """A smoke-test forward of zeros, then ``evaluate``: the input step is the hand count
+    max|x| / 127 of the data (clean, noise off), and the accuracy is that of an eager loop."""
+    from fxharden.training.train import evaluate
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
+    x = torch.randn(256, 16)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    hm = fxharden.harden(model, bits=8, scale=0.05, sigma=0.5).eval()
+    with torch.no_grad():
+        hm(torch.zeros(1, 16))
+    fxharden.set_noise(hm, 0.0)
+    acc = evaluate(hm, (x, y), batch_size=64)
+    assert float(hm.get_submodule("fxharden.input__quant").scale) == pytest.approx(float(x.abs().max()) / 127, rel=1e-6)
+    with torch.no_grad():
+        eager = float((torch.cat([hm(x[i:i + 64]) for i in range(0, 256, 64)]).argmax(1) == y).float().mean())
+    assert acc == eager > 0.9
