@@ -16,40 +16,7 @@ from fxharden.zoo.summary import architecture_summary
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
-TINY = """
-name = "tiny"
-description = "two cells on synthetic data"
-dataset = "synthetic"
-
-[sweep]
-sigmas = {min = 0.05, max = 50.0, points = 7}
-repeats = 2
-batch_size = 64
-
-[budget]
-default = "cpu"
-
-[budget.cpu]
-epochs = 1
-seeds = 1
-batch_size = 32
-
-[budget.paper]
-epochs = 500
-seeds = 10
-
-[[grid]]
-models = ["lenet5"]
-bits = ["fp32", 8]
-scaling = [1]
-
-[[paper]]
-model = "lenet5"
-bits = 8
-scaling = 1
-accuracy = 70.0
-mu = 0.9
-"""
+TINY = (Path(__file__).resolve().parents[1] / "fixtures" / "tiny_recipe.toml").read_text()
 
 
 def tiny(tmp_path: Path, text: str = TINY) -> Path:

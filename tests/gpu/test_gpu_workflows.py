@@ -125,33 +125,7 @@ def test_budget_on_the_device(device):
     assert res.clean_accuracy - res.accuracy <= 0.05 + 0.02  # verified within the drop (binomial slack)
 
 
-TINY = """
-name = "tiny"
-description = "two cells on synthetic data"
-dataset = "synthetic"
-
-[sweep]
-sigmas = {min = 0.05, max = 50.0, points = 7}
-repeats = 2
-batch_size = 64
-
-[budget]
-default = "cpu"
-
-[budget.cpu]
-epochs = 1
-seeds = 1
-batch_size = 32
-
-[budget.paper]
-epochs = 500
-seeds = 10
-
-[[grid]]
-models = ["lenet5"]
-bits = ["fp32", 8]
-scaling = [1]
-"""
+TINY = (ROOT / "tests" / "fixtures" / "tiny_recipe.toml").read_text()  # two LeNet-5 cells on synthetic data
 
 
 def test_reproduce_two_cells_on_one_gpu(device, tmp_path):

@@ -31,12 +31,18 @@ class Teacher(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
-def test_sweep_repeats_get_independent_weight_noise_whatever_the_batching():
+def teacher_data(n):
+    """The teacher and ``n`` inputs labelled with its own clean predictions."""
     torch.manual_seed(0)
     model = Teacher().eval()
-    x = torch.randn(256, 16, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(n, 16, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         y = model(x).argmax(1)
+    return model, x, y
+
+
+def test_sweep_repeats_get_independent_weight_noise_whatever_the_batching():
+    model, x, y = teacher_data(256)
     hm = weight_noisy(model, 0.05)
     repeats, kwargs = 12, dict(sigmas=[1e-6], batch_size=64, seed=3)
     batched = sweep(hm, (x, y), repeats=repeats, points_per_forward=repeats, forward_images=repeats * 64, **kwargs)
@@ -118,11 +124,7 @@ def test_a_repeat_is_one_chip_for_the_whole_data_set(monkeypatch, points_per_for
     """Every forward pass of a repeat (all batches and slices of the data) uses the same noisy
     weights, and the sweep's counts are those of an independent plain-torch evaluation of the
     whole data set with those weights."""
-    torch.manual_seed(0)
-    model = Teacher().eval()
-    x = torch.randn(96, 16, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        y = model(x).argmax(1)
+    model, x, y = teacher_data(96)
     hm = weight_noisy(model, 0.05)
     repeats = 4
     res, chips = chips_of(monkeypatch, hm, lambda: sweep(
@@ -160,11 +162,7 @@ def test_spread_over_repeats_does_not_depend_on_the_batching():
     """The issue's measurement, small: the standard deviation of the correct counts over repeats
     is the same (within its statistical error) for 1 or 8 points per forward and for slices of
     8 or 512 images, i.e. on a CPU and on CUDA, whose defaults differ only in those."""
-    torch.manual_seed(0)
-    model = Teacher().eval()
-    x = torch.randn(512, 16, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        y = model(x).argmax(1)
+    model, x, y = teacher_data(512)
     hm = weight_noisy(model, 0.05)
     spreads = {}
     for ppf, images in ((1, 512), (8, 64), (8, 4096)):
