@@ -358,13 +358,17 @@ def test_shared_sparse_groups_along_a_later_batch_dim_in_float32():
     for grad in (False, True):
         mod.reseed(7)
         xin = x.clone().requires_grad_(grad)
-        got = mod(xin)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # under autocast the output stays float32
+            got = mod(xin)
         assert got.dtype == torch.float32
         torch.testing.assert_close(got.detach(), want)
         if grad:
             got.backward(torch.ones_like(got))
             torch.testing.assert_close(xin.grad, torch.ones_like(x))
     assert torch.equal(got.detach()[:, 2:4], x[:, 2:4].float())  # the sigma-0 group passed through
+    mod.reseed(7)
+    plain = mod(x)  # a bf16 model without autocast: the float32 result rounded once to bf16
+    assert plain.dtype == torch.bfloat16 and torch.equal(plain, want.to(torch.bfloat16))
 
 
 def test_weight_draws_follow_the_draw_indices_and_shared_weights_run_once(monkeypatch):
