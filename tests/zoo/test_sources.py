@@ -74,6 +74,26 @@ def test_weights_file_round_trip_head_mismatch_and_other_architecture(tmp_path):
         load_model("timm:test_vit", weights=str(path))
 
 
+def test_weights_of_a_larger_variant_are_an_error_batch_norm_counters_are_not(tmp_path):
+    import torchvision
+
+    path = tmp_path / "r34.pth"
+    torch.save(torchvision.models.resnet34(num_classes=10).state_dict(), path)  # resnet18's + 96 keys
+    with pytest.raises(WeightsError, match=r"80 keys that ResNet does not have: layer1\.2\..*larger variant.*"
+                                           r"Pick the model the file was saved from"):
+        load_model("torchvision:resnet18", weights=str(path), num_classes=10)
+    src = load_model("torchvision:resnet18", num_classes=10).model.eval()
+    state = src.state_dict()
+    extra = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    extra["fc.num_batches_tracked"] = torch.tensor(0)  # carries no weights: ignored
+    torch.save(extra, path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lm = load_model("torchvision:resnet18", weights=str(path), num_classes=10)
+    x = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(lm.model.eval()(x), src(x))
+
+
 def test_torchvision_weights_path_and_offline_default(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     src = load_model("torchvision:mobilenet_v3_small", num_classes=4).model.eval()
