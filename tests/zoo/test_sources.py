@@ -53,8 +53,20 @@ def test_factory_with_args_and_its_errors(factory_module):
         load_model("userpkg_nets:broken")
     with pytest.raises(ModelSourceError, match="returned a str, not an nn.Module"):
         load_model("userpkg_nets:not_a_model")
-    with pytest.raises(ModelSourceError, match="cannot import module 'nowhere_pkg.nets'"):
+    with pytest.raises(ModelSourceError, match=r"cannot import module 'nowhere_pkg.nets'.*does not look in the "
+                                               r"current folder.*holds nowhere_pkg/.*PYTHONPATH=\. fxharden"):
         load_model("nowhere_pkg.nets:small")
+
+
+def test_factory_import_errors_say_what_works(tmp_path, monkeypatch):
+    (tmp_path / "mypkg").mkdir()
+    (tmp_path / "mypkg" / "__init__.py").write_text("")
+    (tmp_path / "mypkg" / "nets.py").write_text("import not_installed_xyz\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ModelSourceError, match=r"mypkg.nets itself was found, but it imports 'not_installed_xyz'"):
+        load_model("mypkg.nets:small")
+    with pytest.raises(ModelSourceError, match=r"Package 'mypkg' was found but has no module 'mypkg.nope'"):
+        load_model("mypkg.nope:small")
 
 
 def test_weights_file_round_trip_head_mismatch_and_other_architecture(tmp_path):
