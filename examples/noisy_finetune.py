@@ -13,7 +13,8 @@ by ``resolve_splits`` (a stratified 20 % held out for measuring).
 
 Run: ``python examples/noisy_finetune.py [OUT_DIR]`` (default ``example_finetune``). Expected
 output: ``before: clean accuracy 0.xx, mu = ...``, ``fine-tuned 1 epoch(s) with sigma 0.1:
-OUT_DIR/checkpoint.pt``, ``after: clean accuracy 0.xx, mu = ...``.
+OUT_DIR/checkpoint.pt``, ``after: clean accuracy 0.xx, mu = ...`` (``fit.quote()``: μ only when the fit is ok, else a
+marked crossing, a lower bound or ``-``, with the fit's status).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ SIGMAS = (0.03, 0.06, 0.1, 0.2, 0.4, 1.0)
 
 def _mu(net, data, out: Path) -> str:
     result = sweep(net, data, sigmas=SIGMAS, repeats=2, out=out)
-    return f"clean accuracy {result.clean_accuracy:.3f}, mu = {result.fit.mu:.3g} ({result.fit.status.value})"
+    # quote(): mu only when the fit is ok, else the marked crossing, a lower bound or "-", with the status
+    return f"clean accuracy {result.clean_accuracy:.3f}, mu = {result.fit.quote().text(3)}"
 
 
 def main(out: Path) -> None:

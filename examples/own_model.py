@@ -13,7 +13,7 @@ when ``$FXHARDEN_DATA`` is set); the model is trained here for a few steps.
 Run: ``python examples/own_model.py [OUT_DIR]`` (default ``example_own_model``). Expected output:
 one line per site, ``<site> <kind> noise=<yes/no> quantizer=<what or ->`` (``head`` with
 ``noise=no quantizer=-``, ``pool`` with ``noise=no``), then ``clean accuracy: 0.xx`` and
-``mu = ...``.
+``mu = ...`` (``fit.quote()``: μ only when the fit is ok, else what stands for it, and why).
 """
 
 from __future__ import annotations
@@ -67,7 +67,10 @@ def main(out: Path) -> None:
 
     result = sweep(net, data, sigmas=(0.1, 0.3, 1.0, 3.0, 10.0), repeats=2, out=out)
     print(f"clean accuracy: {result.clean_accuracy:.3f}")
-    print(f"mu = {result.fit.mu:.3g} ({result.fit.status.value})")
+    quote = result.fit.quote()  # mu only when the fit is ok, else what stands for it, marked
+    print(f"mu = {quote.text(3)}")
+    if not quote.is_mu:
+        print(f"  (no fitted mu: {quote.reason})")
 
 
 if __name__ == "__main__":

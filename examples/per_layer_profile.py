@@ -13,12 +13,12 @@ a few steps, in place of your data and a downloaded checkpoint.
 
 Run: ``python examples/per_layer_profile.py [OUT_DIR]`` (default ``example_per_layer``).
 Expected output: ``clean accuracy: 0.xx``, ``N layers measured``, the five most sensitive layers
-as ``<layer>: mu = ...`` (smallest μ first), then ``wrote OUT_DIR/per_layer_mu.png``.
+as ``<layer>: mu = ...`` (smallest μ first; ``fit.quote()``: μ only where its fit is ok, else a
+marked crossing or lower bound), then ``wrote OUT_DIR/per_layer_mu.png``.
 """
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 
@@ -44,8 +44,7 @@ def main(out: Path) -> None:
     print(f"clean accuracy: {result.clean_accuracy:.3f} (chance {result.chance:.2f})")
     print(f"{len(result.per_site)} layers measured")
     for site, fit in result.ranking()[:5]:
-        mu = fit.mu if math.isfinite(fit.mu) else fit.mu_lower
-        print(f"{site}: mu = {mu:.3g} ({fit.status.value})")
+        print(f"{site}: mu = {fit.quote().text(3)}")  # mu only if the fit is ok, else what stands for it
     plots = save_plots(result, out)
     print(f"wrote {plots['per_layer']}")
 

@@ -14,7 +14,8 @@ trained for a few steps. Replace them with your folder and e.g. ``timm:resnet50`
 Run: ``python examples/robustness_report.py [OUT_DIR]`` (default ``example_report``). Expected
 output (numbers depend on the data): ``clean accuracy: 0.xx`` (above the 0.25 of chance), one
 ``sigma ...: accuracy ...`` line per noise level (falling towards 0.25 as σ grows), then
-``mu = ...`` and ``wrote OUT_DIR/results.json OUT_DIR/accuracy_vs_sigma.png``.
+``mu = ...`` (``fit.quote()``: μ ± error when the fit is ok, else a marked crossing, a lower bound
+or ``-``, and why) and ``wrote OUT_DIR/results.json OUT_DIR/accuracy_vs_sigma.png``.
 """
 
 from __future__ import annotations
@@ -44,8 +45,10 @@ def main(out: Path) -> None:
     sigmas, accuracy, _ = result.curve()
     for s, a in zip(sigmas, accuracy):
         print(f"sigma {s:g}: accuracy {a:.3f}")
-    fit = result.fit
-    print(f"mu = {fit.mu:.3g} ± {fit.mu_err:.2g} ({fit.status.value})")
+    quote = result.fit.quote()  # mu only when the fit is ok, else the marked crossing, a lower bound or "-"
+    print(f"mu = {quote.text(3)}")
+    if not quote.is_mu:
+        print(f"  (no fitted mu: {quote.reason})")
     plots = save_plots(result, out)
     print(f"wrote {out / 'results.json'} {plots['accuracy']}")
 

@@ -174,3 +174,15 @@ def test_inspect_reports_what_was_left_out(monkeypatch):
     assert res.exit_code == 0, res.output
     text = " ".join(res.stdout.split())
     assert "Opaque modules" in text and "symbolically traced variables cannot be used" in text
+
+
+def test_warnings_are_plain_messages(tmp_path):
+    from fxharden.zoo.models import load_model
+
+    torch.save(load_model("timm:test_resnet", num_classes=3).model.state_dict(), tmp_path / "w.pth")
+    res = runner.invoke(app, ["inspect", "timm:test_resnet", "--weights", str(tmp_path / "w.pth"),
+                              "--num-classes", "5"])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "Warning: " in text and "freshly initialised for 5 classes" in text
+    assert "UserWarning" not in text and "weights.py" not in text and "warnings.warn" not in text

@@ -18,19 +18,24 @@ from fxharden.zoo.options import DATA_ENV, data_env
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 
+# what fit.quote().text() prints: "0.321 ± 0.0061" (an ok fit), "~0.61 ± 0.02 (poor_fit)",
+# "> 32 (beyond_grid)" or "- (at_chance)"; never a raw fit.mu such as "nan (at_chance)"
+NUM = r"\d[\d.e+-]*"
+QUOTE = rf"({NUM}( ± {NUM})?|~{NUM}( ± {NUM})? \([\w ,]+\)|> {NUM} \(\w+\)|- \(\w+\))"
+
 # script: (lines that must appear (regular expressions), files it must write in its output folder)
 EXPECTED = {
     "robustness_report.py": ([r"clean accuracy: (0\.\d+|1\.000) \(chance 0\.25, 64 images\)",
-                              r"sigma 0\.03: accuracy \d\.\d{3}", r"sigma 3: accuracy \d\.\d{3}", r"mu = .+"],
+                              r"sigma 0\.03: accuracy \d\.\d{3}", r"sigma 3: accuracy \d\.\d{3}", rf"mu = {QUOTE}"],
                              ["results.json", "results.csv", "accuracy_vs_sigma.png", "weights.pth"]),
-    "per_layer_profile.py": ([r"clean accuracy: \d\.\d{3} \(chance 0\.25\)", r"\d+ layers measured", r"features\.\S+: mu = .+"],
+    "per_layer_profile.py": ([r"clean accuracy: \d\.\d{3} \(chance 0\.25\)", r"\d+ layers measured", rf"features\.\S+: mu = {QUOTE}"],
                              ["results.json", "per_layer_mu.png"]),
-    "noisy_finetune.py": ([r"before: clean accuracy \d\.\d{3}, mu = .+",
+    "noisy_finetune.py": ([rf"before: clean accuracy \d\.\d{{3}}, mu = {QUOTE}",
                            r"fine-tuned 1 epoch\(s\) with sigma 0\.1: .*checkpoint\.pt",
-                           r"after: clean accuracy \d\.\d{3}, mu = .+"],
+                           rf"after: clean accuracy \d\.\d{{3}}, mu = {QUOTE}"],
                           ["train/checkpoint.pt", "sweep_before/results.json", "sweep_after/results.json"]),
     "own_model.py": ([r"head linear noise=no quantizer=-", r"pool pool noise=no quantizer=-",
-                      r"conv1 conv noise=yes quantizer=weights bits=8.*", r"clean accuracy: \d\.\d{3}", r"mu = .+"],
+                      r"conv1 conv noise=yes quantizer=weights bits=8.*", r"clean accuracy: \d\.\d{3}", rf"mu = {QUOTE}"],
                      ["results.json"]),
 }
 
@@ -46,6 +51,13 @@ def _example_env() -> dict:
 
 def test_every_example_is_checked():
     assert {p.name for p in EXAMPLES.glob("*.py") if not p.name.startswith("_")} == set(EXPECTED)
+
+
+def test_examples_print_the_quoted_mu():
+    """The README: only a fit with status ok is shown as μ, through fit.quote()."""
+    for script in EXPECTED:
+        source = (EXAMPLES / script).read_text()
+        assert ".quote()" in source and not re.search(r"fit\.(mu|mu_lower|mu_err)\b", source), script
 
 
 @pytest.mark.parametrize("script", sorted(EXPECTED))

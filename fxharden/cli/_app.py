@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import warnings
 from enum import Enum
 from pathlib import Path
 from typing import Iterator, List, Optional, Tuple
@@ -33,13 +34,24 @@ noise (``fxharden.core.noise``: 4 streams on several threads). With 1,000 spins 
 in parallel, and the plain model's own speed changes little (docs/reproduction.md, "Speed")."""
 
 
+def plain_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """``warnings.showwarning`` of a command: ``Warning: message`` on stderr, without the
+    library's source path, line number and code line that Python's default prints."""
+    show(styled("Warning:", "bold yellow", str(message)), stderr=True)
+
+
 @app.callback()
-def _before_every_command() -> None:
+def _before_every_command(ctx: typer.Context) -> None:
     # runs before a command imports torch: libgomp reads the variable when torch loads it
     os.environ.setdefault("GOMP_SPINCOUNT", OPENMP_SPINCOUNT)
     # a relative $FXHARDEN_DATA means the folder from where the command was typed, also for the
     # processes it starts (cell workers, Ray tasks) in another working directory
     make_data_env_absolute()
+    # warnings are messages to the user, not to a developer; restored when the command ends
+    # (a test or a Python caller that invokes the app keeps its own)
+    previous = warnings.showwarning
+    warnings.showwarning = plain_warning
+    ctx.call_on_close(lambda: setattr(warnings, "showwarning", previous))
 
 
 # markup off: user text (file names, recipe sections such as [[grid]] or [budget.paper], model

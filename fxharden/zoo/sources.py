@@ -151,13 +151,28 @@ def parse_source(text: str) -> ModelSource:
     raise _unknown("model", text, source_names(), text)
 
 
+def _import_hint(module_name: str, err: ImportError) -> str:
+    """What makes ``module_name`` importable: the ``fxharden`` console script does not look in
+    the current folder (``python -c`` and ``python -m`` do), so the folder goes on PYTHONPATH."""
+    top = module_name.partition(".")[0]
+    missing = getattr(err, "name", None)
+    if missing and missing != top and (module_name == missing or module_name.startswith(missing + ".")):
+        return f"Package {missing.rpartition('.')[0]!r} was found but has no module {missing!r}; check the name."
+    if missing and missing != top:
+        return (f"{module_name} itself was found, but it imports {missing!r}, which is not installed in this "
+                "Python environment; install it.")
+    return (f"The fxharden command does not look in the current folder: from the folder that holds {top}/ "
+            f"(or {top}.py) run it as PYTHONPATH=. fxharden ..., or set PYTHONPATH to that folder, or install "
+            f"the package into this environment (pip install -e . in its project).")
+
+
 def _factory(source: ModelSource):
     module_name, _, attr = source.name.partition(":")
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as err:
-        raise ModelSourceError(f"{source.text}: cannot import module {module_name!r} ({err}); is its package "
-                               "installed or on PYTHONPATH (run from the folder that holds it)?") from None
+        raise ModelSourceError(f"{source.text}: cannot import module {module_name!r} ({err}). "
+                               + _import_hint(module_name, err)) from None
     for part in attr.split("."):
         if not hasattr(obj, part):
             names = [n for n in dir(obj) if not n.startswith("_")]

@@ -3,7 +3,8 @@ and local files (a state_dict, a ``{"state_dict": ...}`` / ``{"model": ...}`` wr
 safetensors).
 
 Loading a file compares its keys and shapes with the model's and says what does not fit:
-weights of another architecture (keys listed), missing or unexpected keys, or a classifier
+weights of another architecture (keys listed), missing keys, keys the model does not have
+(a larger variant of the architecture; only batch-norm counters are ignored), or a classifier
 head of another size (with the fix: ``--num-classes N``). When ``num_classes`` was given and
 differs from the file's head, the head is left freshly initialised (fine-tuning on new classes).
 """
@@ -39,7 +40,8 @@ class WeightsReport:
     loaded: int
     """Tensors copied into the model."""
     unexpected: List[str] = field(default_factory=list)
-    """Keys in the file that the model does not have (ignored)."""
+    """Keys in the file that the model does not have and that carry no weights
+    (``num_batches_tracked``; ignored). Any other such key is an error."""
     head_reset: List[str] = field(default_factory=list)
     """Head keys left freshly initialised because ``num_classes`` differs from the file's head."""
 
@@ -178,6 +180,11 @@ def resize_head(model: nn.Module, num_classes: int) -> None:
     setattr(parent, name.rpartition(".")[2], nn.Linear(old.in_features, num_classes, bias=old.bias is not None))
 
 
+_TOLERATED_EXTRA = ("num_batches_tracked",)
+"""Keys a file may hold that the model lacks: batch-norm step counters (a model built with
+``momentum=None`` or from a library version without them has none); they carry no weights."""
+
+
 def _listing(keys: List[str], n: int = 8) -> str:
     return ", ".join(keys[:n]) + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
 
@@ -189,8 +196,9 @@ def load_weights(model: nn.Module, path: os.PathLike, *, num_classes_given: bool
     (fresh) and the rest is loaded; without it that mismatch is an error naming the fix.
 
     Raises:
-        WeightsError: another architecture (few keys in common), missing keys, or a head of
-            another size; the message lists the keys and shapes.
+        WeightsError: another architecture (few keys in common), missing keys, keys the model
+            does not have (a larger variant: resnet34 weights for resnet18), or a head of
+            another size; the message counts and lists the keys and shapes.
     """
     state = read_state_dict(path)
     own = model.state_dict()
@@ -222,12 +230,17 @@ def load_weights(model: nn.Module, path: os.PathLike, *, num_classes_given: bool
     if missing:
         raise WeightsError(f"{path}: the file lacks {len(missing)} of the model's keys: {_listing(missing)}; "
                            "they would stay random. Check that it was saved from this model.")
-    load = {k: v for k, v in state.items() if k in own and k not in head_bad}
     unexpected = [k for k in state if k not in own]
+    foreign = [k for k in unexpected if not k.endswith(_TOLERATED_EXTRA)]
+    if foreign:
+        raise WeightsError(
+            f"{path}: the file has {len(foreign)} keys that {type(model).__name__} does not have: {_listing(foreign)}; "
+            f"the model's {len(own)} keys were all found, so the file is probably from a larger variant of the "
+            "architecture (resnet34 weights for resnet18, say). Pick the model the file was saved from, or save "
+            "only the keys this model has: torch.save({k: v for k, v in sd.items() if k in model.state_dict()}, "
+            "path).")
+    load = {k: v for k, v in state.items() if k in own and k not in head_bad}
     model.load_state_dict(load, strict=False)
-    if unexpected:
-        warnings.warn(f"{path}: ignored {len(unexpected)} keys the model does not have: {_listing(unexpected)}",
-                      stacklevel=2)
     reset = head_bad + missing_head
     if reset:
         warnings.warn(f"{path}: the classifier head ({_listing(reset)}) is freshly initialised for "

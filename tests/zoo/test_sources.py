@@ -53,8 +53,20 @@ def test_factory_with_args_and_its_errors(factory_module):
         load_model("userpkg_nets:broken")
     with pytest.raises(ModelSourceError, match="returned a str, not an nn.Module"):
         load_model("userpkg_nets:not_a_model")
-    with pytest.raises(ModelSourceError, match="cannot import module 'nowhere_pkg.nets'"):
+    with pytest.raises(ModelSourceError, match=r"cannot import module 'nowhere_pkg.nets'.*does not look in the "
+                                               r"current folder.*holds nowhere_pkg/.*PYTHONPATH=\. fxharden"):
         load_model("nowhere_pkg.nets:small")
+
+
+def test_factory_import_errors_say_what_works(tmp_path, monkeypatch):
+    (tmp_path / "mypkg").mkdir()
+    (tmp_path / "mypkg" / "__init__.py").write_text("")
+    (tmp_path / "mypkg" / "nets.py").write_text("import not_installed_xyz\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ModelSourceError, match=r"mypkg.nets itself was found, but it imports 'not_installed_xyz'"):
+        load_model("mypkg.nets:small")
+    with pytest.raises(ModelSourceError, match=r"Package 'mypkg' was found but has no module 'mypkg.nope'"):
+        load_model("mypkg.nope:small")
 
 
 def test_weights_file_round_trip_head_mismatch_and_other_architecture(tmp_path):
@@ -72,6 +84,26 @@ def test_weights_file_round_trip_head_mismatch_and_other_architecture(tmp_path):
     torch.testing.assert_close(new_head.conv1[0].weight, src.conv1[0].weight)
     with pytest.raises(WeightsError, match="another architecture.*File keys: conv1"):
         load_model("timm:test_vit", weights=str(path))
+
+
+def test_weights_of_a_larger_variant_are_an_error_batch_norm_counters_are_not(tmp_path):
+    import torchvision
+
+    path = tmp_path / "r34.pth"
+    torch.save(torchvision.models.resnet34(num_classes=10).state_dict(), path)  # resnet18's + 96 keys
+    with pytest.raises(WeightsError, match=r"80 keys that ResNet does not have: layer1\.2\..*larger variant.*"
+                                           r"Pick the model the file was saved from"):
+        load_model("torchvision:resnet18", weights=str(path), num_classes=10)
+    src = load_model("torchvision:resnet18", num_classes=10).model.eval()
+    state = src.state_dict()
+    extra = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    extra["fc.num_batches_tracked"] = torch.tensor(0)  # carries no weights: ignored
+    torch.save(extra, path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lm = load_model("torchvision:resnet18", weights=str(path), num_classes=10)
+    x = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(lm.model.eval()(x), src(x))
 
 
 def test_torchvision_weights_path_and_offline_default(tmp_path, monkeypatch):
