@@ -11,6 +11,7 @@ from rich.table import Table
 
 from ..experiments.executors import ExecutorKind
 from ..experiments.options import Budget
+from ..training.options import Precision
 from ._app import Device, app, show, styled, user_errors
 
 
@@ -26,13 +27,16 @@ def reproduce_command(
     retries: Optional[int] = typer.Option(None, min=0, help="Extra attempts per failing cell (default: 0 local, "
                                           "2 Ray)."),
     budget: Optional[Budget] = typer.Option(None, help="paper: the paper's schedule (500 epochs, 10 networks per "
-                                            "point); cpu: a CPU-sized one. Default: the file's."),
+                                            "point); cpu: a CPU-sized one; gpu: one sized for a GPU. Default: the "
+                                            "file's."),
     connect_timeout: float = typer.Option(30.0, min=0.1, help="Seconds to wait for the Ray cluster at --address "
                                           "to answer."),
     data: Optional[Path] = typer.Option(None, help="CIFAR-10 folder (default: $FXHARDEN_DATA)."),
     download: bool = typer.Option(False, "--download", help="Let torchvision download CIFAR-10 if it is missing."),
     synthetic: bool = typer.Option(False, "--synthetic", help="Generated images instead of CIFAR-10 (smoke runs)."),
     device: Device = typer.Option(Device.AUTO, help="Where each cell trains and sweeps."),
+    precision: Precision = typer.Option(Precision.AUTO, help="Training arithmetic: auto = bf16 autocast on CUDA, "
+                                        "fp32 elsewhere (not part of a cell's identity)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show live progress (cells, epochs, "
                                   "sweep points)."),
 ) -> None:
@@ -52,6 +56,7 @@ def reproduce_command(
         try:
             res = reproduce(exp, target, jobs=jobs, executor=executor, budget=budget,
                             data=data, synthetic=synthetic, device=None if device is Device.AUTO else device.value,
+                            precision=precision.value,
                             address=address, retries=retries, num_gpus=num_gpus, progress=progress,
                             connect_timeout=connect_timeout)
         except ImportError as err:

@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
+from ..training.options import Augment, Precision
 from ..zoo.options import OnCorrupt, Optimizer
 from ._app import (_D, _M, _Q, Device, Split, app, data_options, harden_options, model_options, resolve_device,
                    show, user_errors)
@@ -34,6 +35,10 @@ def train_command(
     optimizer: Optional[Optimizer] = typer.Option(None, help="Default: the model recipe's (Adam)."),
     seed: int = typer.Option(0, help="Seeds the initial weights, the shuffling and the training noise."),
     device: Device = typer.Option(Device.AUTO, help="Where to run."),
+    precision: Precision = typer.Option(Precision.AUTO, help="Arithmetic: auto = bf16 autocast on CUDA, fp32 "
+                                        "elsewhere; fp16 needs CUDA. Quantizers and noise compute in float32."),
+    augment: Augment = typer.Option(Augment.NONE, help="Data augmentation, on the device: none (the paper), or "
+                                    "random crop (4 px padding) + horizontal flip."),
     data: Optional[Path] = typer.Option(None, help="CIFAR-10 folder, or an image folder (with train/ and val/ "
                                         "subfolders, or one folder of classes: 20% held out). Default: $FXHARDEN_DATA."),
     download: bool = typer.Option(False, "--download", help="Let torchvision download CIFAR-10 if it is missing."),
@@ -68,7 +73,7 @@ def train_command(
         config = TrainConfig(
             epochs=epochs or d.epochs, batch_size=batch_size, lr=d.lr if lr is None else lr, optimizer=optimizer or d.optimizer,
             seed=seed, device=resolve_device(device), train_sigma=NoiseSchedule(train_sigma, ramp_epochs),
-            max_steps=max_steps)
+            max_steps=max_steps, precision=precision, augment=augment)
         if synthetic and (data is not None or download):
             raise typer.BadParameter("--synthetic generates its own data; leave out --data/--download")
         if download:

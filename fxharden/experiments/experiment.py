@@ -121,6 +121,9 @@ class BudgetSpec:
     max_steps: Optional[int] = None
     batch_size: Optional[int] = None
     """Training batch size; ``None``: the model recipe's (128)."""
+    augment: Optional[str] = None
+    """Training data augmentation (``none`` or ``crop_flip``, see ``fxharden.training.feed``);
+    ``None``: none, as the paper."""
     curves: Optional[Tuple[str, ...]] = None
     """Train only these curves of the grid (their keys, e.g. ``"lenet5-b8-s8"``); ``None``: all. A CPU-sized
     budget can so keep the paper's grid in the file and run a stated part of it."""
@@ -193,6 +196,8 @@ class Cell:
     def identity(self) -> Dict[str, Any]:
         """Everything that determines the cell's result (not where data or devices are)."""
         t = {k: v for k, v in self.train.to_dict().items() if k not in ("device", "precision", "deterministic")}
+        if t.get("augment") == "none":
+            del t["augment"]  # the default: cells trained before the option existed keep their keys
         ident = {"model": self.variant.model, "seed": self.seed, "train_sigma": self.train_sigma,
                  "eval_sigmas": list(self.eval_sigmas), "train": t, "harden": config_to_dict(self.harden),
                  "data": self.data.identity(), "repeats": self.repeats, "sweep_batch_size": self.sweep_batch_size}
@@ -258,8 +263,10 @@ class Experiment:
         return dict(self.paper).get(variant.key)
 
     def cells(self, budget: Optional[Budget] = None, data: Optional[DataSpec] = None,
-              device: Optional[str] = None) -> List[Cell]:
-        """Every cell of the experiment under ``budget``, curve by curve, seed by seed."""
+              device: Optional[str] = None, precision: str = "auto") -> List[Cell]:
+        """Every cell of the experiment under ``budget``, curve by curve, seed by seed
+        (``device`` and ``precision``: where and in which arithmetic they train; neither is
+        part of a cell's identity)."""
         from ..zoo.recipes import training_defaults
 
         spec = self.budget(budget)
@@ -275,7 +282,7 @@ class Experiment:
             d = training_defaults(v.model, v.bits is not None, paper_budget)
             train = TrainConfig(epochs=spec.epochs or d.epochs, lr=v.lr or d.lr, batch_size=spec.batch_size or d.batch_size,
                                 optimizer=d.optimizer.value, max_steps=spec.max_steps, device=device,
-                                eval_each_epoch=False)
+                                eval_each_epoch=False, precision=precision, augment=spec.augment or "none")
             previous: Dict[int, str] = {}  # warm start: seed -> key of the cell at the next lower sigma
             for sigma in (sorted(matched) if v.matched else (v.train_sigma,)):
                 for seed in range(spec.seeds):

@@ -15,3 +15,5 @@ class Budget(str, Enum):
     """The paper's schedule (500 epochs, 10 networks per point)."""
     CPU = "cpu"
     """A budget that fits a laptop CPU (few epochs, subsets, fewer seeds)."""
+    GPU = "gpu"
+    """A budget sized for one GPU (all data, tens of epochs, several cells at once)."""

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
+from ..training.options import Augment
 from .experiment import (Budget, BudgetSpec, DatasetKind, Experiment, ExperimentError, PaperValue, SweepSpec,
                          Variant)
 
@@ -139,6 +140,10 @@ def _budget(table: Mapping, where: str) -> BudgetSpec:
                 raise ExperimentError(f"{where}.curves must be a non-empty list of curve keys such as "
                                       f"\"lenet5-b8-s8\", got {value!r}")
             kw[key] = tuple(dict.fromkeys(value))
+        elif key == "augment":
+            choices = [a.value for a in Augment]
+            if value not in choices:
+                raise ExperimentError(f"{where}.augment must be one of {list(choices)}, got {value!r}")
         else:
             kw[key] = _floats(value, f"{where}.{key}") if key in ("sigmas", "matched_sigmas") else \
                 _int(value, f"{where}.{key}")

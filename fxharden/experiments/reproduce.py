@@ -191,6 +191,7 @@ def reproduce(
     data: Optional[PathLike] = None,
     synthetic: bool = False,
     device: Optional[str] = None,
+    precision: str = "auto",
     address: Optional[str] = None,
     retries: Optional[int] = None,
     num_gpus: float = 0,
@@ -208,6 +209,8 @@ def reproduce(
         data: CIFAR-10 folder (default ``$FXHARDEN_DATA``).
         synthetic: use generated data instead of CIFAR-10 (smoke runs).
         device: training/sweep device; ``None``: CUDA when available.
+        precision: training arithmetic (``auto``: bf16 autocast on CUDA, fp32 elsewhere;
+            ``fp32``, ``bf16``, ``fp16``); like the device, not part of a cell's identity.
         address: Ray cluster address (``executor="ray"``).
         retries: extra attempts per failing cell (default: 0 local, 2 Ray).
         num_gpus: GPUs per Ray task (a fraction packs several cells on one GPU).
@@ -238,7 +241,7 @@ def reproduce(
     budget = Budget(budget or exp.default_budget)
     exp.check(budget, device)  # everything knowable before a cell runs, before anything is written
     kind = DatasetKind.SYNTHETIC if synthetic else exp.dataset
-    cells = exp.cells(budget, DataSpec(kind, root=str(data) if data is not None else None), device)
+    cells = exp.cells(budget, DataSpec(kind, root=str(data) if data is not None else None), device, precision)
     _check_data(cells[0].data)
     out = Path(out)
     with run_lock(out, "reproduce"):

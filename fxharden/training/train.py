@@ -36,6 +36,8 @@ from ..zoo.options import Optimizer
 from ..core.calibrate import calibrate_quantizers
 from ..core.noise import Noise, noise_off
 from ..core.quant import ActQuant, frozen_weights
+from .feed import on_device, training_batches
+from .options import Augment, Precision
 from .status import ProgressFile
 
 __all__ = ["Optimizer", "LRSchedule", "Precision", "NoiseSchedule", "TrainConfig", "EpochLog", "TrainResult",
@@ -52,16 +54,6 @@ class LRSchedule(str, Enum):
     """Cosine decay from ``lr`` to 0 over all steps (the paper's schedule)."""
     CONSTANT = "constant"
 
-
-class Precision(str, Enum):
-    """Arithmetic of forward and backward passes. Quantizers always compute in float32."""
-
-    AUTO = "auto"
-    """bf16 autocast on CUDA, float32 elsewhere."""
-    FP32 = "fp32"
-    BF16 = "bf16"
-    FP16 = "fp16"
-    """fp16 autocast with a gradient scaler (CUDA only)."""
 
 
 @dataclass(frozen=True)
@@ -123,6 +115,9 @@ class TrainConfig:
     """Measure clean test accuracy after every epoch (when test data is given)."""
     deterministic: Optional[bool] = None
     """``torch.use_deterministic_algorithms`` while training; ``None``: on CPU only."""
+    augment: Augment = Augment.NONE
+    """Data augmentation (``fxharden.training.feed``): none (the paper), or random crop + flip,
+    done on the device for images held in memory."""
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
@@ -134,7 +129,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"TrainConfig.max_steps must be >= 1 or None, got {self.max_steps}")
-        for name, enum in (("optimizer", Optimizer), ("schedule", LRSchedule), ("precision", Precision)):
+        for name, enum in (("optimizer", Optimizer), ("schedule", LRSchedule), ("precision", Precision),
+                           ("augment", Augment)):
             try:
                 object.__setattr__(self, name, enum(getattr(self, name)))
             except ValueError:
@@ -157,7 +153,7 @@ class TrainConfig:
     def to_dict(self) -> Dict[str, Any]:
         """A JSON-serialisable dict (enums as their values)."""
         out = {**asdict(self), "optimizer": self.optimizer.value, "schedule": self.schedule.value,
-               "precision": self.precision.value}
+               "precision": self.precision.value, "augment": self.augment.value}
         out["train_sigma"] = {"sigma": self.noise.sigma, "ramp_epochs": self.noise.ramp_epochs,
                               "per_site": dict(self.noise.per_site)}
         return out
@@ -312,7 +308,8 @@ def _load_resume(out: Optional[Path], resume: bool, cfg: TrainConfig, model: Har
         raise ValueError(f"cannot resume {path}: it was hardened with another config ({', '.join(keys)} differ, "
                          f"e.g. quantization {_bits_text(stored_harden)} there, {_bits_text(harden_now)} now); {other}")
     stored, now = payload["state"].get("train_config") or {}, json.loads(json.dumps(cfg.to_dict()))
-    diff = sorted(k for k in now if k not in _NOT_COMPARED and stored.get(k) != now[k])
+    default = json.loads(json.dumps(TrainConfig().to_dict()))  # what a key absent from an older file meant
+    diff = sorted(k for k in now if k not in _NOT_COMPARED and stored.get(k, default.get(k)) != now[k])
     if diff:
         raise ValueError(f"cannot resume {path}: it was trained with other settings ({', '.join(diff)} differ); "
                          f"{other}")
@@ -383,6 +380,7 @@ def train(
                              f"({str(err).splitlines()[0]}); use the original model and settings, or another "
                              "output directory") from None
     model.to(dev)
+    data_train = on_device(data_train, dev)  # uint8 images stay on the GPU: a step only indexes there
     total = cfg.epochs * _num_batches(data_train, cfg.batch_size)
     total = min(total, cfg.max_steps or total)
     state: Dict[str, Any] = {"epoch": 0, "step": 0, "finished": False, "history": []}
@@ -451,8 +449,8 @@ def train(
                 seed_noise(model, seed)
                 f, per_site = cfg.noise.factor(epoch), dict(cfg.noise.per_site)
                 _set_noise(mods, {s: f * (per_site.get(s, 0.0) if per_site else cfg.noise.sigma) for s in mods})
-                batches = as_batches(data_train, cfg.batch_size, dev, shuffle=True,
-                                     generator=torch.Generator().manual_seed(seed), drop_last=True)
+                batches = training_batches(data_train, cfg.batch_size, dev, torch.Generator().manual_seed(seed),
+                                           cfg.augment)
                 report = None if bar is None else (lambda l, a: bar.update(
                     task, completed=state["step"], description=f"epoch {epoch + 1}/{cfg.epochs}", loss=l, acc=a))
                 loss, acc = _epoch(model, batches, step, state, total, report, status.update)

@@ -15,7 +15,7 @@ import math
 import os
 import zipfile
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from enum import Enum
 
@@ -131,9 +131,11 @@ class TensorImageDataset(torch.utils.data.Dataset):
         return n // batch_size if drop_last and n >= batch_size else math.ceil(n / batch_size)
 
     def batches(self, batch_size: int, *, shuffle: bool = False, generator: Optional[torch.Generator] = None,
-                device: Optional[Union[str, torch.device]] = None,
-                drop_last: bool = False) -> Iterator[Tuple[Tensor, Tensor]]:
+                device: Optional[Union[str, torch.device]] = None, drop_last: bool = False,
+                transform: Optional[Callable[[Tensor], Tensor]] = None) -> Iterator[Tuple[Tensor, Tensor]]:
         """Yield ``(x, y)``: float32 normalised images (B, C, H, W) and int64 labels on ``device``.
+        ``transform`` (e.g. augmentation) maps each uint8 batch, on ``device``, before it is
+        normalised.
 
         With ``shuffle`` the order is ``torch.randperm(len(self), generator=generator)``, so a
         seeded generator gives a reproducible order. ``drop_last`` drops the trailing partial
@@ -157,6 +159,8 @@ class TensorImageDataset(torch.utils.data.Dataset):
             else:
                 idx = order[start:start + batch_size]
                 xb, yb = self.images[idx], self.labels[idx]
+            if transform is not None:
+                xb = transform(xb.to(device) if device is not None else xb)
             yield self.normalize(xb, device), (yb.to(device) if device is not None else yb)
 
     def subset(self, indices: Union[int, Sequence[int], Tensor]) -> "TensorImageDataset":

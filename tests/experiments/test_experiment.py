@@ -85,7 +85,7 @@ def test_a_budget_can_run_a_stated_part_of_the_grid():
     ({"grid": [{"models": ["lenet5"], "train_sigma": ["sometimes"]}]}, "\"off\", \"matched\" or a sigma"),
     ({"sweep": {"sigmas": [0.0, 1.0]}}, "sigmas > 0"),
     ({"sweep": {"sigmas": {"min": 1, "max": 0.1, "points": 3}}}, "0 < min < max"),
-    ({"budget": {"gpu": {}}}, "budgets are \\['paper', 'cpu'\\]"),
+    ({"budget": {"tpu": {}}}, "budgets are \\['paper', 'cpu', 'gpu'\\]"),
     ({"colour": "red"}, r"unknown key\(s\) \['colour'\]"),
 ])
 def test_bad_experiment_files_name_the_problem(change, match):
@@ -120,7 +120,8 @@ def test_recipes_parse_and_cover_the_paper(path):
     exp = load_experiment(path)
     keys = {v.key for v in exp.variants}
     assert all(key in keys for key, _ in exp.paper), "every paper value belongs to a curve"
-    for budget in Budget:
+    assert {Budget.PAPER, Budget.CPU} <= {b for b, _ in exp.budgets}  # gpu is optional
+    for budget, _ in exp.budgets:
         cells = exp.cells(budget)
         assert cells and len({c.key for c in cells}) == len(cells)
     assert all(c.train.epochs == 500 for c in exp.cells(Budget.PAPER))
@@ -276,3 +277,19 @@ def test_cli_reproduce(tmp_path):
     assert "epoch" not in result.output and "cells (" not in result.output  # --no-progress: nothing live
     missing = CliRunner().invoke(app, ["reproduce", str(tmp_path / "nope.toml")])
     assert missing.exit_code == 2 and "recipes/" in missing.output
+
+
+def test_a_gpu_budget_with_augmentation_and_the_precision_of_reproduce(tmp_path):
+    """``[budget.gpu]`` may set ``augment``; it becomes part of the cells' training (and keys),
+    while ``precision`` like ``device`` is not; the default (no augmentation) keeps the keys
+    cells had before the option existed."""
+    text = TINY.replace("[budget.paper]", "[budget.gpu]\nepochs = 2\naugment = \"crop_flip\"\n\n[budget.paper]")
+    exp = load_experiment(tiny(tmp_path, text))
+    gpu = exp.cells("gpu", precision="bf16")
+    cpu = exp.cells("cpu", precision="bf16")
+    assert {c.train.augment.value for c in gpu} == {"crop_flip"} and {c.train.precision.value for c in gpu} == {"bf16"}
+    assert "augment" not in cpu[0].identity()["train"]
+    assert [c.key for c in cpu] == [c.key for c in exp.cells("cpu", precision="fp32")]
+    assert gpu[0].identity()["train"]["augment"] == "crop_flip"
+    with pytest.raises(ExperimentError, match=r"\[budget.gpu\].augment must be one of \['none', 'crop_flip'\]"):
+        load_experiment(tiny(tmp_path, text.replace('"crop_flip"', '"mixup"')))
