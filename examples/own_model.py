@@ -12,8 +12,10 @@ when ``$FXHARDEN_DATA`` is set); the model is trained here for a few steps.
 
 Run: ``python examples/own_model.py [OUT_DIR]`` (default ``example_own_model``). Expected output:
 one line per site, ``<site> <kind> noise=<yes/no> quantizer=<what or ->`` (``head`` with
-``noise=no quantizer=-``, ``pool`` with ``noise=no``), then ``clean accuracy: 0.xx`` and
-``mu = ...`` (``fit.quote()``: μ only when the fit is ok, else what stands for it, and why).
+``noise=no quantizer=-``, ``pool`` with ``noise=no``; the global average ``x.mean(dim=(2, 3))``
+is the pooling site ``mean``, not a MaxPool2d, so it keeps its noise), then
+``clean accuracy: 0.xx`` and ``mu = ...`` (``fit.quote()``: μ only when the fit is ok, else
+what stands for it, and why).
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ EXPECTED = {
                            rf"after: clean accuracy \d\.\d{{3}}, mu = {QUOTE}"],
                           ["train/checkpoint.pt", "sweep_before/results.json", "sweep_after/results.json"]),
     "own_model.py": ([r"head linear noise=no quantizer=-", r"pool pool noise=no quantizer=-",
+                      r"mean pool noise=yes quantizer=-",
                       r"conv1 conv noise=yes quantizer=weights bits=8.*", r"clean accuracy: \d\.\d{3}", rf"mu = {QUOTE}"],
                      ["results.json"]),
 }

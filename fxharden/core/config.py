@@ -63,7 +63,9 @@ class SiteKind(str, Enum):
 DEFAULT_NOISE_KINDS = frozenset(
     {SiteKind.INPUT, SiteKind.CONV, SiteKind.LINEAR, SiteKind.ACTIVATION, SiteKind.POOL, SiteKind.OPAQUE}
 )
-"""The paper's placement: the output of every input, conv, linear, activation and pooling layer."""
+"""The paper's placement: the output of every input, conv, linear, activation and pooling layer
+(pooling includes a global average spelled as a ``mean`` over the spatial dims, see
+``fxharden.core.sites._global_mean``)."""
 
 
 class WeightNoiseKind(str, Enum):
@@ -211,12 +213,29 @@ class WeightNoiseConfig:
 
 @dataclass(frozen=True)
 class LayerConfig:
-    """What a rule does to a matched site. A rule whose value is ``None`` leaves the site alone."""
+    """What a rule does to a matched site. A rule whose value is ``None`` leaves the site alone.
 
-    noise: bool = True
-    """Insert a noise node at this site's output."""
-    quantize: bool = True
-    """Quantize this site (its weights for conv/linear, its output for activations/input)."""
+    A field left at ``None`` is *not set*: the rule keeps what the less specific rules (or the
+    defaults) decided for it, so ``by_type={nn.Linear: LayerConfig(quantize=False)}`` together
+    with ``by_name={"fc": LayerConfig(noise=False)}`` gives ``fc`` no noise *and* no quantization.
+    """
+
+    noise: Optional[bool] = None
+    """Insert a noise node at this site's output; ``None``: not set by this rule."""
+    quantize: Optional[bool] = None
+    """Quantize this site (its weights for conv/linear, its output for activations/input);
+    ``None``: not set by this rule."""
+
+    def __post_init__(self) -> None:
+        for name in ("noise", "quantize"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, bool):
+                raise TypeError(f"LayerConfig.{name} must be True, False or None (not set), got {value!r}")
+
+    def over(self, base: "LayerConfig") -> "LayerConfig":
+        """This rule applied on top of ``base``: the fields set here win, the others come from ``base``."""
+        return LayerConfig(noise=base.noise if self.noise is None else self.noise,
+                           quantize=base.quantize if self.quantize is None else self.quantize)
 
 
 TypeKey = Union[type, Callable[..., Any], str]
@@ -224,7 +243,7 @@ TypeKey = Union[type, Callable[..., Any], str]
 
 @dataclass(frozen=True)
 class SiteRules:
-    """Per-layer overrides, resolved with this precedence (later wins):
+    """Per-layer overrides, resolved with this precedence (later wins, field by field):
 
     1. the defaults: sites whose kind is in ``NoiseConfig.kinds`` get noise, quantizers
        go where the method puts them;
@@ -234,7 +253,14 @@ class SiteRules:
        dotted site name;
     4. ``by_name``: keyed by the exact dotted site name.
 
-    A value of ``None`` means "leave this layer alone": no noise, no quantization.
+    Each matching rule overrides only the ``LayerConfig`` fields it sets (not ``None``);
+    among several matching rules of one kind, the later one wins. A value of ``None`` means
+    "leave this layer alone": no noise, no quantization, no weight noise; a more specific
+    ``LayerConfig`` that matches the same site then starts from "no noise, no quantization".
+
+    ``harden`` refuses a ``by_name`` key or a ``by_regex`` pattern that matches no site of
+    the model (a typo would otherwise be silently ignored); ``fxharden.harden_report(hm).sites``
+    lists the site names. ``by_type`` keys may match nothing (one rule set can serve many models).
     """
 
     by_type: tuple = ()

@@ -21,7 +21,7 @@ from .noise_models import ConverterConfig, NoiseKind
 from .passes import ensure_container, insert_site_modules, key_for
 from .placement import model_placement, place_modules
 from .quant import ActQuant, WeightQuant
-from .sites import Site, find_sites, node_description
+from .sites import Site, check_rules, find_sites, node_description
 from .trace import capture
 
 __all__ = ["harden", "HardenedModule", "SiteInfo", "HardenReport", "noise_sites", "set_noise",
@@ -111,8 +111,10 @@ def harden(
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module``, or is already hardened.
-        ValueError: invalid bits/scale/sigma (the message says the valid range), or
-            ``config`` given together with ``bits``/``scale``/``sigma``/config fields.
+        ValueError: invalid bits/scale/sigma (the message says the valid range),
+            ``config`` given together with ``bits``/``scale``/``sigma``/config fields, or a
+            ``SiteRules.by_name`` key or ``by_regex`` pattern that matches no site (the message
+            lists close matches).
         UntraceableModelError: with ``strict=True``, when a submodule cannot be traced.
         ModelPlacementError: the model's tensors are on several devices (see
             ``fxharden.core.placement``: the new modules are made on the model's device).
@@ -152,11 +154,12 @@ def harden(
             made[(site, role)] = key
         return f"fxharden.{made[(site, role)]}"
 
+    found = {mode: find_sites(graph, modules, config, set(cap.opaque) | _user_leaves(graph, modules, config))
+             for mode, graph in cap.graphs.items() if not (mode is False and graph is cap.graphs[True])}
+    check_rules(config, [site.name for sites in found.values() for site in sites])
     graphs = {}
-    for mode, graph in cap.graphs.items():
-        if mode is False and graph is cap.graphs[True]:
-            continue
-        sites = find_sites(graph, modules, config, set(cap.opaque) | _user_leaves(graph, modules, config))
+    for mode, sites in found.items():
+        graph = cap.graphs[mode]
         insertions, before = [], []
         for site in sites:
             targets = []

@@ -6,6 +6,7 @@ Analysis only: nothing here changes a graph. Nodes are matched by module type or
 
 from __future__ import annotations
 
+import difflib
 import functools
 import operator
 import re
@@ -19,7 +20,7 @@ from torch import fx, nn
 
 from .config import HardenConfig, LayerConfig, SiteKind, WeightNoiseKind
 
-__all__ = ["Site", "find_sites", "node_description"]
+__all__ = ["Site", "find_sites", "check_rules", "node_description"]
 
 _ACT_TYPES: tuple = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU,
@@ -54,7 +55,8 @@ _FUNC_KINDS: Dict[Any, SiteKind] = {
                                      F.scaled_dot_product_attention, "matmul", "bmm")},
     **{f: SiteKind.POOL for f in (F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d,
                                   F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
-                                  F.adaptive_max_pool1d, F.adaptive_max_pool2d)},
+                                  F.adaptive_avg_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d,
+                                  F.adaptive_max_pool3d, F.lp_pool1d, F.lp_pool2d)},
     **{f: SiteKind.NORM for f in (F.batch_norm, F.layer_norm, F.group_norm, F.instance_norm)},
     **{f: SiteKind.ADD for f in (operator.add, operator.iadd, torch.add, "add", "add_")},
     **{f: SiteKind.ACTIVATION for f in _ACT_FUNCS},
@@ -113,6 +115,35 @@ class Site:
     after it may overwrite it once nothing else reads it."""
 
 
+_MEANS = {torch.mean, "mean"}
+_FLATTENS = {torch.flatten, "flatten"}
+
+
+def _arg(node: fx.Node, index: int, name: str, default: Any = None) -> Any:
+    return node.args[index] if len(node.args) > index else node.kwargs.get(name, default)
+
+
+def _global_mean(node: fx.Node) -> bool:
+    """Whether a ``mean`` node is a global average pool over the spatial dims of an NC... tensor.
+
+    Recognised from the call alone (no shapes), with or without ``keepdim``:
+    ``x.mean((2, 3))``, ``torch.mean(x, [2, 3, 4])`` (two or more dims, all >= 2),
+    ``x.mean(dim=(-2, -1))`` (the last two or more dims), and ``x.flatten(2).mean(-1)`` /
+    ``torch.flatten(x, 2).mean(2)``. Not: one dim of an unflattened tensor (``x.mean(1)``,
+    the token mean of a transformer or ``x.pow(2).mean(-1)`` of an RMS norm), a mean over
+    everything, or ``x.sum((2, 3)) / n``; select those with ``SiteRules.by_name``.
+    """
+    dim = _arg(node, 1, "dim")
+    dims = tuple(dim) if isinstance(dim, (tuple, list)) else (dim,)
+    if not dims or not all(isinstance(d, int) and not isinstance(d, bool) for d in dims):
+        return False
+    if len(dims) >= 2:
+        return all(d >= 2 for d in dims) or sorted(dims) == list(range(-len(dims), 0))
+    src = node.args[0] if node.args else node.kwargs.get("input")
+    return (isinstance(src, fx.Node) and src.op in ("call_function", "call_method") and src.target in _FLATTENS
+            and _arg(src, 1, "start_dim") == 2 and _arg(src, 2, "end_dim", -1) == -1 and dims[0] in (2, -1))
+
+
 def _kind(node: fx.Node, modules: Dict[str, nn.Module], opaque: set) -> Optional[SiteKind]:
     if node.op == "placeholder":
         return SiteKind.INPUT
@@ -132,6 +163,8 @@ def _kind(node: fx.Node, modules: Dict[str, nn.Module], opaque: set) -> Optional
         target = node.target
         if target in _NOT_SITES:
             return None
+        if target in _MEANS and _global_mean(node):
+            return SiteKind.POOL
         kind = _FUNC_KINDS.get(target)
         if kind is SiteKind.ADD and not all(isinstance(a, fx.Node) for a in node.args[:2]):
             return SiteKind.OTHER  # x + constant is not a residual add
@@ -172,20 +205,51 @@ def _matches_type(key: Any, node: fx.Node, module: Optional[nn.Module]) -> bool:
     return node.op in ("call_function", "call_method") and node.target == key
 
 
+_LEFT_ALONE = LayerConfig(noise=False, quantize=False)
+
+
 def _resolve(cfg: HardenConfig, name: str, node: fx.Node, module: Optional[nn.Module],
              kind: SiteKind) -> Optional[LayerConfig]:
-    """Precedence (later wins): kind defaults < by_type < by_regex < by_name; None = leave alone."""
+    """Precedence (later wins): kind defaults < by_type < by_regex < by_name. Each rule overrides
+    the fields it sets (``LayerConfig.over``); a rule of ``None`` leaves the layer alone. Returns a
+    config with every field set, or ``None``."""
     rule: Optional[LayerConfig] = LayerConfig(noise=kind in cfg.noise.kinds, quantize=True)
-    for key, value in cfg.rules.by_type:
-        if _matches_type(key, node, module):
-            rule = value
-    for pattern, value in cfg.rules.by_regex:
-        if re.fullmatch(pattern, name):
-            rule = value
-    for key, value in cfg.rules.by_name:
-        if key == name:
-            rule = value
+    matching = [value for key, value in cfg.rules.by_type if _matches_type(key, node, module)]
+    matching += [value for pattern, value in cfg.rules.by_regex if re.fullmatch(pattern, name)]
+    matching += [value for key, value in cfg.rules.by_name if key == name]
+    for value in matching:
+        rule = None if value is None else value.over(_LEFT_ALONE if rule is None else rule)
     return rule
+
+
+def check_rules(cfg: HardenConfig, names: List[str]) -> None:
+    """Refuse ``by_name`` keys and ``by_regex`` patterns that match none of the site ``names``.
+
+    Raises:
+        ValueError: naming the rule, the closest site names (difflib) and what to do.
+    """
+    unique = list(dict.fromkeys(names))
+    for key, _ in cfg.rules.by_name:
+        if key in unique:
+            continue
+        inside = [n for n in unique if n.startswith(f"{key}.")]
+        close = [] if inside else difflib.get_close_matches(key, unique, n=5)
+        hint = f" did you mean {', '.join(map(repr, close))}?" if close else ""
+        if inside:
+            regex = re.escape(key) + r"\..*"
+            hint += (f" {key!r} is a module holding sites ({', '.join(map(repr, inside[:3]))}"
+                     f"{', ...' if len(inside) > 3 else ''}): use by_regex={{r'{regex}': ...}}.")
+        raise ValueError(f"SiteRules.by_name[{key!r}] matches no site of this model;{hint or ' no close match.'} "
+                         f"Fix or remove the rule (fxharden.harden_report(hm).sites lists the {len(unique)} "
+                         "site names; by_name needs the exact dotted name).")
+    for pattern, _ in cfg.rules.by_regex:
+        if any(re.fullmatch(pattern, n) for n in unique):
+            continue
+        close = [n for n in unique if re.search(pattern, n)][:5] or difflib.get_close_matches(pattern, unique, n=5)
+        hint = f" close site names: {', '.join(map(repr, close))}." if close else ""
+        raise ValueError(f"SiteRules.by_regex[{pattern!r}] matches no site of this model (the pattern must match "
+                         f"the whole dotted name, re.fullmatch);{hint} Fix or remove the rule "
+                         f"(fxharden.harden_report(hm).sites lists the {len(unique)} site names).")
 
 
 def node_description(node: fx.Node, module: Optional[nn.Module]) -> str:

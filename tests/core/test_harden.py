@@ -357,3 +357,79 @@ def test_multihead_attention_projections_are_quantized(batch_first):
     with torch.no_grad():
         out, clean = hn(x2), model(x)
     assert torch.allclose(out[:4], clean, atol=1e-6) and not torch.allclose(out[4:], clean, atol=1e-3)
+
+
+def test_rules_that_match_no_site_are_refused_with_close_matches():
+    model = WithUntraceable()  # sites: input, stem, odd, mean, head
+    with pytest.raises(ValueError, match=r"by_name\['haed'\] matches no site.*'head'.*Fix or remove"):
+        fxharden.harden(model, rules=SiteRules(by_name={"haed": LayerConfig(noise=False)}))
+    with pytest.raises(ValueError, match=r"by_regex\['hea'\] matches no site.*fullmatch.*'head'"):
+        fxharden.harden(model, rules=SiteRules(by_regex={"hea": None}))
+    nested = nn.Sequential(LeNetLike())  # sites 0.conv1, 0.relu1, ...: "0" names a module, not a site
+    with pytest.raises(ValueError, match=r"by_name\['0'\].*module holding sites.*by_regex"):
+        fxharden.harden(nested, rules=SiteRules(by_name={"0": None}))
+    fxharden.harden(nested, rules=SiteRules(by_regex={r"0\..*": None}, by_type={nn.GELU: None}))  # by_type may miss
+
+
+def test_more_specific_rule_overrides_only_the_fields_it_sets():
+    # the README's example on a LeNet: Linear layers unquantized with noise; fc2 by name: no noise
+    rules = SiteRules(by_type={nn.Linear: LayerConfig(noise=True, quantize=False)},
+                      by_name={"fc2": LayerConfig(noise=False)})
+    hm = fxharden.harden(LeNetLike(), config=HardenConfig(quant=QuantConfig(bits=4), rules=rules))
+    report = {s.name: s for s in fxharden.harden_report(hm).sites}
+    assert "fc1" in fxharden.noise_sites(hm) and "fc2" not in fxharden.noise_sites(hm)
+    assert report["fc2"].quantizer == "" and type(hm.get_submodule("fc2")) is nn.Linear  # quantize=False kept
+    assert report["conv1"].quantizer.startswith("weights bits=4")  # untouched by any rule
+    assert LayerConfig(noise=False).over(LayerConfig(noise=True, quantize=False)) == LayerConfig(False, False)
+    with pytest.raises(TypeError, match="True, False or None"):
+        LayerConfig(noise=1)
+
+
+class MeanPool(nn.Module):
+    def __init__(self, spelling):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.head = nn.Linear(4, 3)
+        self.spelling = spelling
+
+    def forward(self, x):
+        return self.head(self.spelling(self.conv(x)).flatten(1))
+
+
+MEANS = {
+    "x.mean((2, 3))": lambda x: x.mean((2, 3)),
+    "x.mean(dim=(-2, -1))": lambda x: x.mean(dim=(-2, -1)),
+    "torch.mean(x, (2, 3))": lambda x: torch.mean(x, (2, 3)),
+    "torch.mean(x, dim=[2, 3], keepdim=True)": lambda x: torch.mean(x, dim=[2, 3], keepdim=True),
+    "x.flatten(2).mean(-1)": lambda x: x.flatten(2).mean(-1),
+    "torch.flatten(x, 2).mean(2, keepdim=True)": lambda x: torch.flatten(x, 2).mean(2, keepdim=True),
+}
+
+
+@pytest.mark.parametrize("spelling", list(MEANS))
+def test_global_average_written_as_mean_is_a_pooling_noise_site(spelling):
+    torch.manual_seed(0)
+    model = MeanPool(MEANS[spelling]).eval()
+    hm = fxharden.harden(model, bits=None).eval()
+    pools = [s.name for s in fxharden.harden_report(hm).sites if s.kind == "pool"]
+    assert len(pools) == 1 and pools[0] in fxharden.noise_sites(hm)
+    sigma, n = 0.3, 20000
+    fxharden.set_noise(hm, sigma, sites=pools)
+    x = torch.randn(1, 3, 6, 6).expand(n, -1, -1, -1)
+    with torch.no_grad():
+        diff = hm(x) - model(x)
+    # hand computation: iid N(0, sigma^2) on the 4 pooled features, so head output j has std sigma * ||W_j||
+    expected = sigma * model.head.weight.detach().norm(dim=1)
+    assert torch.allclose(diff.mean(0), torch.zeros(3), atol=4 * expected.max() / n ** 0.5)
+    assert torch.allclose(diff.std(0), expected, rtol=0.03)
+
+
+@pytest.mark.parametrize("reduce", [lambda x: x.mean(1), lambda x: x.pow(2).mean(-1, keepdim=True), lambda x: x.mean()])
+def test_other_means_are_not_pooling_sites(reduce):
+    class Reduce(nn.Module):
+        def forward(self, x):
+            return reduce(x)
+
+    hm = fxharden.harden(Reduce(), bits=None)
+    kinds = [s.kind for s in fxharden.harden_report(hm).sites]
+    assert kinds[-1] == "other" and "pool" not in kinds
