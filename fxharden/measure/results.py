@@ -433,17 +433,22 @@ class SweepResult:
 
     def to_csv(self) -> str:
         """One row per point: site, sigma, mean/std/err accuracy, then every raw accuracy
-        (``net<n>_rep<r>``). The first row is the clean accuracy (sigma 0)."""
+        (``net<n>_rep<r>``). The first row is the clean accuracy (sigma 0). Other metrics:
+        the same columns hold the fit scores, and a last column the metric's mean value."""
         n_nets = len(self.clean_accuracies)
-        reps = max((len(p.correct[0]) for p in self.points), default=0)
+        reps = max((p.accuracy.shape[1] for p in self.points), default=0)
         raw = [f"net{n}_rep{r}" for n in range(n_nets) for r in range(reps)]
+        extra = self.metric != "top1"
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["site", "sigma", "n", "accuracy_mean", "accuracy_std", "accuracy_err", *raw])
+        w.writerow(["site", "sigma", "n", "accuracy_mean", "accuracy_std", "accuracy_err", *raw]
+                   + ([f"{self.metric}_mean"] if extra else []))
         w.writerow(["", 0.0, n_nets, self.clean_accuracy, float(np.std(self.clean_accuracies, ddof=1))
-                    if n_nets > 1 else 0.0, "", *[a for a in self.clean_accuracies for _ in range(reps)]])
+                    if n_nets > 1 else 0.0, "", *[a for a in self.clean_accuracies for _ in range(reps)]]
+                   + ([float(np.mean(self.metric_info.get("clean_values", [math.nan])))] if extra else []))
         for p in sorted(self.points, key=lambda p: (p.site or "", p.sigma)):
-            w.writerow([p.site or "", p.sigma, len(p.samples), p.mean, p.std, p.err, *p.accuracy.ravel().tolist()])
+            w.writerow([p.site or "", p.sigma, len(p.samples), p.mean, p.std, p.err, *p.accuracy.ravel().tolist()]
+                       + ([float(np.mean(p.values))] if extra and p.values else []))
         return buf.getvalue()
 
     def save(self, out: PathLike) -> Dict[str, Path]:

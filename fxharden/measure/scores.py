@@ -18,27 +18,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any, Callable, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .options import MetricName
+
 __all__ = ["MetricName", "Metric", "resolve_metric", "output_logits", "IGNORE_INDEX"]
 
 IGNORE_INDEX = -100
 """Targets with this value are not scored (Hugging Face's convention for labels)."""
-
-
-class MetricName(str, Enum):
-    """The built-in metrics."""
-
-    TOP1 = "top1"
-    TOP5 = "top5"
-    LOSS = "loss"
-    PERPLEXITY = "perplexity"
-    TOKEN_ACCURACY = "token_accuracy"
 
 
 def output_logits(out: Any) -> Tensor:
