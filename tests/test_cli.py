@@ -186,3 +186,13 @@ def test_warnings_are_plain_messages(tmp_path):
     text = " ".join(res.output.split())
     assert "Warning: " in text and "freshly initialised for 5 classes" in text
     assert "UserWarning" not in text and "weights.py" not in text and "warnings.warn" not in text
+
+
+def test_sweep_metric_option(tmp_path):
+    res = invoke("sweep", "lenet5", *FAST, "--sigmas", "0.1,10", "--metric", "loss", "--out", tmp_path)
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.stdout.split())
+    assert "loss: clean" in text and "floor 2.303" in text  # ln 10
+    assert load_result(tmp_path).metric == "loss"
+    bad = invoke("sweep", "lenet5", *FAST, "--metric", "top3", "--out", tmp_path / "bad")
+    assert bad.exit_code == 2 and "top1" in bad.output and "perplexity" in bad.output

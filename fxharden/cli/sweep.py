@@ -12,6 +12,7 @@ import typer
 from rich.table import Table
 
 from ..measure.midpoint_models import MidpointModel
+from ..measure.options import MetricName
 from ..zoo.options import OnCorrupt
 from ._app import (_D, _M, _Q, Device, Split, app, data_options, err_console, harden_options, model_options,
                    parse_sigmas, resolve_device, resolve_models, show, styled, user_errors)
@@ -53,7 +54,14 @@ def _print_result(result, files: dict) -> None:
     summary.add_row("mode", result.mode.value)
     summary.add_row("networks", str(len(result.networks)))
     summary.add_row("images", str(result.num_images))
-    summary.add_row("clean accuracy", f"{result.clean_accuracy:.4f}")
+    if result.metric != "top1":
+        info = result.metric_info
+        clean = ", ".join(f"{v:.4g}" for v in info.get("clean_values", []))
+        summary.add_row("metric", f"{result.metric}: clean {clean}, floor {info.get('floor', float('nan')):.4g}"
+                                  f"{' (measured)' if info.get('floor_measured') else ''}")
+        summary.add_row("clean score (fitted scale)", f"{result.clean_accuracy:.4f}")
+    else:
+        summary.add_row("clean accuracy", f"{result.clean_accuracy:.4f}")
     summary.add_row("chance", f"{result.chance:.4g}")
     if result.fit is not None:
         q = result.fit.quote()
@@ -150,8 +158,11 @@ def sweep_command(
                                     "the clean accuracy ± its error."),
     systematic: float = typer.Option(0.0, min=0.0, help="Relative systematic error of μ added in quadrature "
                                      "(0.02 = 2 %)."),
+    metric: MetricName = typer.Option(MetricName.TOP1, help="What to measure: top1 (the paper), top5, loss, "
+                                      "perplexity or token_accuracy; μ is where it has fallen half way from its "
+                                      "clean value to its floor (chance, ln V)."),
 ) -> None:
-    """Measure accuracy versus noise strength and the midpoint noise level μ."""
+    """Measure accuracy (or another metric) versus noise strength and the midpoint noise level μ."""
     from ..measure.plots import save_plots
     from ..measure.results import RESULTS_CSV, RESULTS_JSON, FitOptions
     from ..measure.sweep import SweepConfig, SweepMode, sweep
@@ -188,7 +199,8 @@ def sweep_command(
                 bar.update(task, completed=done, total=total, rate=f"{rate:,.0f} images/s")
 
             result = sweep(dict(nets), dataset, config=config, out=out, progress=report if bar else None,
-                           fit_options=FitOptions(model=fit_model, tie_a_max=not free_a_max, systematic=systematic))
+                           fit_options=FitOptions(model=fit_model, tie_a_max=not free_a_max, systematic=systematic),
+                           metric=metric.value)
         files = {"json": out / RESULTS_JSON, "csv": out / RESULTS_CSV, **save_plots(result, out)}
     if options.random and any(not _is_checkpoint(name) for name in model):
         show(styled("Note:", "yellow", "model names have random weights; sweep a trained checkpoint "

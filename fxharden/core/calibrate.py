@@ -16,11 +16,21 @@ from .harden import _noise_modules
 from .noise import Noise, noise_off
 from .quant import ActQuant
 
-__all__ = ["calibrate_noise", "calibrate_quantizers", "site_rms"]
+__all__ = ["calibrate_noise", "calibrate_quantizers", "site_rms", "call_model"]
 
 
 def _inputs(batch: Any) -> Any:
     return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+def call_model(model: nn.Module, inputs: Any) -> Any:
+    """``model(inputs)``; a dict of inputs (``input_ids``, ``attention_mask``) is passed by
+    keyword, a tuple or list positionally."""
+    if isinstance(inputs, dict):
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    return model(inputs)
 
 
 def _run_clean(model: nn.Module, data: Iterable[Any], max_batches: Optional[int], what: str) -> int:
@@ -33,7 +43,7 @@ def _run_clean(model: nn.Module, data: Iterable[Any], max_batches: Optional[int]
             for batch in data:
                 if max_batches is not None and batches >= max_batches:
                     break
-                model(_inputs(batch))
+                call_model(model, _inputs(batch))
                 batches += 1
     finally:
         model.train(training)

@@ -16,13 +16,14 @@ from torch import fx, nn
 from .config import HardenConfig, Scaling, SiteKind, WeightNoiseKind
 from .hardened import HardenedModule, HardenReport, SiteInfo, build_hardened
 from .layers import HARDENED_LAYERS, can_harden_weights, harden_layer, weight_axis
+from .module_route import LayerCandidate, LayerSite, attach_site, find_layers, layer_sites
 from .noise import Noise, NoiseChain, SigmaLike
 from .noise_models import ConverterConfig, NoiseKind
 from .passes import ensure_container, insert_site_modules, key_for
 from .placement import model_placement, place_modules
 from .quant import ActQuant, WeightQuant
-from .sites import Site, check_rules, find_sites, node_description
-from .trace import capture
+from .sites import _WEIGHT_KINDS, Site, check_rules, find_sites, module_unsigned, node_description, resolve_rule
+from .trace import OPAQUE_ROOT, capture
 
 __all__ = ["harden", "HardenedModule", "SiteInfo", "HardenReport", "noise_sites", "set_noise",
            "set_weight_noise", "seed_noise", "harden_report"]
@@ -140,6 +141,11 @@ def harden(
     cap = capture(model, config.leaf_modules, config.strict)
     root = cap.root
     modules = dict(root.named_modules())
+    # the module route: the known layers inside each opaque part become sites of their own
+    taken = {id(modules[n.target]) for g in cap.graphs.values() for n in g.nodes if n.op == "call_module"}
+    inner = find_layers(root, [p for p in cap.opaque if p in modules], taken,
+                        strip=OPAQUE_ROOT if cap.wrapped else "")
+    routed: set = set()
     container = ensure_container(root)
     made: Dict[str, nn.Module] = {}  # container key per (site name, role); shared by both graphs
     owners: set = set()  # noise modules whose input ownership is decided
@@ -156,12 +162,21 @@ def harden(
 
     found = {mode: find_sites(graph, modules, config, set(cap.opaque) | _user_leaves(graph, modules, config))
              for mode, graph in cap.graphs.items() if not (mode is False and graph is cap.graphs[True])}
-    check_rules(config, [site.name for sites in found.values() for site in sites])
+    check_rules(config, [site.name for sites in found.values() for site in sites]
+                + [c.name for layers in inner.values() for c in layers])
     graphs = {}
     for mode, sites in found.items():
         graph = cap.graphs[mode]
         insertions, before = [], []
         for site in sites:
+            part = str(site.node.target)
+            if site.kind is SiteKind.OPAQUE and inner.get(part):
+                # its layers are its sites: no site on its output, which may not even be a tensor
+                if part not in routed:
+                    routed.add(part)
+                    for info in _route_layers(root, inner[part], config, skipped):
+                        infos.setdefault(info.name, info)
+                continue
             targets = []
             qname = ""
             if site.quantize_output:
@@ -206,32 +221,79 @@ def harden(
     return hm
 
 
+def _route_layers(root: nn.Module, layers: List[LayerCandidate], config: HardenConfig,
+                  skipped: Dict[str, str]) -> List[SiteInfo]:
+    """Harden the layers of one opaque part on the module route; their report rows."""
+    qc = config.quant
+    perturbed = (config.weight_noise.kind is not WeightNoiseKind.NONE or config.weight_drift is not None
+                 or config.weight_faults is not None)
+    infos = []
+    for c in layers:
+        module = root.get_submodule(c.path)
+        rule = resolve_rule(config, c.name, None, module, c.kind)
+        quant = qc is not None and rule is not None and rule.quantize
+        noisy = rule is not None and rule.noise
+        has_weights = c.kind in _WEIGHT_KINDS
+        quantize_weights = quant and qc.quantize_weights and has_weights
+        weight_noise = rule is not None and has_weights and perturbed
+        qmod = noise = adc = dac = None
+        qname = ""
+        if quant and c.kind is SiteKind.ACTIVATION:
+            step = qc.scale if qc.scaling is Scaling.CONSTANT else None
+            qmod = ActQuant(qc.bits, not module_unsigned(module), step=step, learn=qc.scaling is Scaling.DYNAMIC,
+                            calibration_steps=qc.calibration_steps)
+            qname = str(qmod.extra_repr())
+        if noisy:
+            noise = Noise(c.name, config.noise.seed, kind=config.noise.model)
+            noise.owns_input = qmod is not None  # the quantizer's output is a new tensor
+        if c.kind in (SiteKind.CONV, SiteKind.LINEAR) and (noisy or quantize_weights):
+            adc = converter(config.adc) if config.adc is not None else None
+            dac = converter(config.dac) if config.dac is not None else None
+        if quantize_weights or weight_noise:
+            qname = _harden_modules(root, [(c.path, module)], quantize_weights, weight_noise, False, config, skipped,
+                                    label=lambda path, c=c: c.name + path[len(c.path):]) or qname
+        if any(m is not None for m in (qmod, noise, adc, dac)):
+            attach_site(root.get_submodule(c.path), LayerSite(c.name, qmod, noise, adc, dac))
+        infos.append(SiteInfo(c.name, c.kind.value, type(module).__name__, qname, noisy,
+                              f"inside {c.part!r}, which torch.fx cannot trace", route="module"))
+    return infos
+
+
 def _harden_weights(root: nn.Module, site: Site, config: HardenConfig, skipped: Dict[str, str]) -> str:
+    return _harden_modules(root, _weight_modules(site, root), site.quantize_weights, site.weight_noise,
+                           site.kind is SiteKind.OTHER, config, skipped)
+
+
+def _harden_modules(root: nn.Module, named: List[tuple], quantize: bool, perturb: bool, other: bool,
+                    config: HardenConfig, skipped: Dict[str, str], label=lambda path: path) -> str:
+    """Swap the conv/linear/embedding/attention layers among ``named`` (``(path, module)``)
+    for hardened ones; ``label(path)`` names them in the report and their weight noise."""
     qc = config.quant
     desc = ""
     inside_attention: List[str] = []
-    for name, module in _weight_modules(site, root):
+    for name, module in named:
         if any(name.startswith(f"{a}.") for a in inside_attention):
             continue  # the attention layer hardens its projection weights itself
         if isinstance(module, HARDENED_LAYERS):
             continue  # hardened already (a layer called twice, or found again in the other mode's graph)
-        if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear, nn.MultiheadAttention)) \
+        if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear, nn.MultiheadAttention, nn.Embedding)) \
                 and not can_harden_weights(module):
-            skipped[name] = f"{type(module).__name__} has its own forward; its weights are used as they are"
+            skipped[label(name)] = f"{type(module).__name__} has its own forward; its weights are used as they are"
             continue
         if not can_harden_weights(module):
-            if site.kind is SiteKind.OTHER and any(True for _ in module.parameters(recurse=False)):
-                skipped[name] = (f"{type(module).__name__}: only conv, linear and attention projection weights "
-                                 "are quantized and perturbed; its weights are used as they are")
+            if other and any(True for _ in module.parameters(recurse=False)):
+                skipped[label(name)] = (f"{type(module).__name__}: only conv, linear, embedding and attention "
+                                        "projection weights are quantized and perturbed; its weights are used as "
+                                        "they are")
             continue
         if isinstance(module, nn.MultiheadAttention):
             inside_attention.append(name)
-        wq = WeightQuant(qc.w_bits, weight_axis(module)) if site.quantize_weights else None
+        wq = WeightQuant(qc.w_bits, weight_axis(module)) if quantize else None
         noise = None
-        if site.weight_noise:
+        if perturb:
             noises = []
             for suffix, kind, sigma, extra in _weight_noise_models(config):
-                noise = Noise(f"{name}.weight{suffix}", config.noise.seed, kind=kind, **extra)
+                noise = Noise(f"{label(name)}.weight{suffix}", config.noise.seed, kind=kind, **extra)
                 noise.set_sigma(sigma)
                 noises.append(noise)
             noise = noises[0] if len(noises) == 1 else NoiseChain(*noises)
@@ -268,13 +330,18 @@ def _weight_noise_models(config: HardenConfig) -> List[tuple]:
 
 
 def _noise_modules(hm: HardenedModule) -> Dict[str, Noise]:
-    """Activation noise modules by site name, in graph order."""
+    """Activation noise modules by site name, in graph order; those of the layers inside an
+    opaque part (the module route) where the graph calls the part, in module order."""
     out: Dict[str, Noise] = {}
     for node in hm.graph.nodes:
         if node.op == "call_module":
             mod = hm.get_submodule(node.target)
             if isinstance(mod, Noise):
                 out[mod.site] = mod
+            elif not isinstance(mod, (ActQuant, HARDENED_LAYERS)):
+                for site in layer_sites(mod):
+                    if site.noise is not None:
+                        out.setdefault(site.noise.site, site.noise)
     return out
 
 

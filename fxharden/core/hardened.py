@@ -29,6 +29,9 @@ class SiteInfo:
     quantizer: str
     noise: bool
     note: str = ""
+    route: str = "graph"
+    """How the site was reached: ``"graph"`` (a node of the traced graph) or ``"module"`` (a
+    layer inside a part torch.fx cannot trace, hardened by hooks: ``fxharden.core.module_route``)."""
 
 
 @dataclass(frozen=True)

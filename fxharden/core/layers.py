@@ -131,6 +131,14 @@ class HardenedLinear(_HardenedWeight, nn.Linear):
         return self._grouped(x, lambda x, w: F.linear(x, w["weight"], self.bias))
 
 
+class HardenedEmbedding(_HardenedWeight, nn.Embedding):
+    """An embedding table read through the quantizer and weight noise (one-hot times the table)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._grouped(x, lambda x, w: F.embedding(x, w["weight"], self.padding_idx, self.max_norm,
+                                                         self.norm_type, self.scale_grad_by_freq, self.sparse))
+
+
 @contextlib.contextmanager
 def _parameters_replaced(module: nn.Module, tensors: Dict[str, Tensor]) -> Iterator[None]:
     """Within the block, ``module.<name>`` reads ``tensors[name]`` instead of the parameter."""
@@ -203,14 +211,31 @@ _SWAP = {
     nn.Linear: HardenedLinear,
     nn.modules.linear.NonDynamicallyQuantizableLinear: HardenedLinear,
     nn.MultiheadAttention: HardenedMultiheadAttention,
+    nn.Embedding: HardenedEmbedding,
 }
-HARDENED_LAYERS = tuple(set(_SWAP.values()))
+HARDENED_LAYERS = (_HardenedWeight,)
+"""Every hardened layer is an instance of this mixin."""
+
+_OPTIONAL_SWAPS = {("transformers.pytorch_utils", "Conv1D"): ("fxharden.core.layers_hf", "HardenedConv1D")}
+"""Layers of optional libraries: ``(module, class)`` -> their hardened class, imported only
+when a model holds one (the library is then imported already)."""
+
+
+def _swap_class(cls: type) -> Optional[type]:
+    hardened = _SWAP.get(cls)
+    if hardened is None and (cls.__module__, cls.__name__) in _OPTIONAL_SWAPS:
+        import importlib
+
+        module, name = _OPTIONAL_SWAPS[(cls.__module__, cls.__name__)]
+        hardened = getattr(importlib.import_module(module), name)
+    return hardened
 
 
 def can_harden_weights(module: nn.Module) -> bool:
-    """Whether ``module``'s weights can be quantized/perturbed: the plain torch layers only
-    (a subclass with its own ``forward``, e.g. timm's ``StdConv2d``, would lose it)."""
-    return type(module) in _SWAP
+    """Whether ``module``'s weights can be quantized/perturbed: the plain torch layers (and
+    transformers' ``Conv1D``) only (a subclass with its own ``forward``, e.g. timm's
+    ``StdConv2d``, would lose it)."""
+    return _swap_class(type(module)) is not None
 
 
 def weight_axis(module: nn.Module) -> Optional[int]:
@@ -239,7 +264,7 @@ def weight_draws_held(model: nn.Module) -> Iterator[None]:
 
 def harden_layer(module: nn.Module, quant: Optional[WeightQuant], noise: Optional[Noise]) -> nn.Module:
     """Return a hardened layer sharing ``module``'s parameters, buffers and hooks."""
-    cls = _SWAP[type(module)]
+    cls = _swap_class(type(module))
     new = cls.__new__(cls)
     new.__dict__ = module.__dict__.copy()
     new._modules = dict(module._modules)

@@ -32,6 +32,7 @@ import hashlib
 import math
 import os
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -336,6 +337,9 @@ class Noise(nn.Module):
             self._calibration[0] += float(x.detach().double().pow(2).sum())
             self._calibration[1] += x.numel()
         if self.observe(x) or not self._active or not isinstance(x, Tensor) or not x.is_floating_point():
+            if self._active and self._record is None and not isinstance(x, Tensor):
+                warnings.warn(f"noise site {self.site!r} received a {type(x).__name__}, not a tensor: no noise "
+                              "is added there (only tensors get noise)", RuntimeWarning, stacklevel=2)
             return x
         if self.kind is NoiseKind.RELATIVE and not self.calibrated:
             raise RuntimeError(

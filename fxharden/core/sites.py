@@ -20,7 +20,8 @@ from torch import fx, nn
 
 from .config import HardenConfig, LayerConfig, SiteKind, WeightNoiseKind
 
-__all__ = ["Site", "find_sites", "check_rules", "node_description"]
+__all__ = ["Site", "find_sites", "check_rules", "node_description", "module_kind", "module_unsigned", "resolve_rule",
+           "is_passthrough"]
 
 _ACT_TYPES: tuple = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU,
@@ -38,7 +39,8 @@ _NORM_TYPES: tuple = (
     nn.LocalResponseNorm,
 )
 _CONV_TYPES: tuple = (nn.modules.conv._ConvNd,)
-_LINEAR_TYPES: tuple = (nn.Linear, nn.Bilinear)
+_LINEAR_TYPES: tuple = (nn.Linear, nn.Bilinear, nn.Embedding)
+"""Layers whose output is a weighted sum (an embedding lookup is one-hot times its table)."""
 _WEIGHT_KINDS = (SiteKind.CONV, SiteKind.LINEAR, SiteKind.OPAQUE, SiteKind.OTHER)
 """Kinds of module sites whose layers may have weights to harden (e.g. attention is OTHER)."""
 
@@ -73,20 +75,52 @@ _NOT_SITES = {
 
 
 _TIMM_ACTIVATION_MODULES = ("timm.layers.activations", "timm.layers.activations_me")
+_HF_ACTIVATIONS = "transformers.activations"
+_HF_NOT_ACTIVATIONS = ("LinearActivation",)  # the identity: a site there would repeat the layer before it
+_HF_CONV1D = ("transformers.pytorch_utils", "Conv1D")
+"""GPT-2's linear layer (``x @ W + b`` with ``W`` stored transposed)."""
 
 
 @functools.lru_cache(maxsize=None)
 def _module_types(name: str) -> tuple:
     mod = sys.modules[name]
     return tuple(v for v in vars(mod).values() if isinstance(v, type) and issubclass(v, nn.Module)
-                 and v.__module__ == mod.__name__)
+                 and v.__module__ == mod.__name__ and v.__name__ not in _HF_NOT_ACTIVATIONS)
 
 
 def _activation_types() -> tuple:
-    """torch's activation modules plus timm's. A model can only hold timm's once timm is
-    imported, so timm is never imported here (it costs seconds and is optional)."""
-    extra = tuple(t for name in _TIMM_ACTIVATION_MODULES if name in sys.modules for t in _module_types(name))
+    """torch's activation modules plus timm's and transformers'. A model can only hold theirs
+    once the library is imported, so neither is imported here (they cost seconds and are
+    optional)."""
+    names = _TIMM_ACTIVATION_MODULES + (_HF_ACTIVATIONS,)
+    extra = tuple(t for name in names if name in sys.modules for t in _module_types(name))
     return _ACT_TYPES + extra
+
+
+def _linear_types() -> tuple:
+    """torch's linear layers, plus transformers' ``Conv1D`` once transformers is imported."""
+    hf = sys.modules.get(_HF_CONV1D[0])
+    return _LINEAR_TYPES + ((getattr(hf, _HF_CONV1D[1]),) if hf is not None else ())
+
+
+def module_kind(m: nn.Module) -> Optional[SiteKind]:
+    """The kind of a layer known by its type (conv, linear, activation, pooling, norm), else ``None``."""
+    for types, kind in ((_CONV_TYPES, SiteKind.CONV), (_linear_types(), SiteKind.LINEAR),
+                        (_activation_types(), SiteKind.ACTIVATION), (_POOL_TYPES, SiteKind.POOL),
+                        (_NORM_TYPES, SiteKind.NORM)):
+        if isinstance(m, types):
+            return kind
+    return None
+
+
+def module_unsigned(m: nn.Module) -> bool:
+    """Whether the layer's output is never negative (its quantizer takes the unsigned grid)."""
+    return isinstance(m, _UNSIGNED_TYPES)
+
+
+def is_passthrough(m: nn.Module) -> bool:
+    """Layers that are never sites: identity, dropout, drop-path, reshapes."""
+    return isinstance(m, (nn.Identity, nn.Dropout, nn.Flatten, nn.Unflatten)) or type(m).__name__ == "DropPath"
 
 
 @dataclass
@@ -149,14 +183,12 @@ def _kind(node: fx.Node, modules: Dict[str, nn.Module], opaque: set) -> Optional
         return SiteKind.INPUT
     if node.op == "call_module":
         m = modules[node.target]
-        for types, kind in ((_CONV_TYPES, SiteKind.CONV), (_LINEAR_TYPES, SiteKind.LINEAR),
-                            (_activation_types(), SiteKind.ACTIVATION), (_POOL_TYPES, SiteKind.POOL),
-                            (_NORM_TYPES, SiteKind.NORM)):
-            if isinstance(m, types):
-                return kind
+        kind = module_kind(m)
+        if kind is not None:
+            return kind
         if node.target in opaque:
             return SiteKind.OPAQUE
-        if isinstance(m, (nn.Identity, nn.Dropout, nn.Flatten, nn.Unflatten)) or type(m).__name__ == "DropPath":
+        if is_passthrough(m):
             return None
         return SiteKind.OTHER
     if node.op in ("call_function", "call_method"):
@@ -195,22 +227,23 @@ def _fresh(node: fx.Node, module: Optional[nn.Module], kind: SiteKind) -> bool:
 
 def _unsigned(node: fx.Node, modules: Dict[str, nn.Module]) -> bool:
     if node.op == "call_module":
-        return isinstance(modules.get(node.target), _UNSIGNED_TYPES)
+        return module_unsigned(modules.get(node.target))
     return node.target in _UNSIGNED_FUNCS
 
 
-def _matches_type(key: Any, node: fx.Node, module: Optional[nn.Module]) -> bool:
+def _matches_type(key: Any, node: Optional[fx.Node], module: Optional[nn.Module]) -> bool:
     if isinstance(key, type):
         return module is not None and isinstance(module, key)
-    return node.op in ("call_function", "call_method") and node.target == key
+    return node is not None and node.op in ("call_function", "call_method") and node.target == key
 
 
 _LEFT_ALONE = LayerConfig(noise=False, quantize=False)
 
 
-def _resolve(cfg: HardenConfig, name: str, node: fx.Node, module: Optional[nn.Module],
-             kind: SiteKind) -> Optional[LayerConfig]:
-    """Precedence (later wins): kind defaults < by_type < by_regex < by_name. Each rule overrides
+def resolve_rule(cfg: HardenConfig, name: str, node: Optional[fx.Node], module: Optional[nn.Module],
+                 kind: SiteKind) -> Optional[LayerConfig]:
+    """The rule of one site (``node`` is ``None`` for a layer reached by the module route).
+    Precedence (later wins): kind defaults < by_type < by_regex < by_name. Each rule overrides
     the fields it sets (``LayerConfig.over``); a rule of ``None`` leaves the layer alone. Returns a
     config with every field set, or ``None``."""
     rule: Optional[LayerConfig] = LayerConfig(noise=kind in cfg.noise.kinds, quantize=True)
@@ -296,7 +329,7 @@ def find_sites(graph: fx.Graph, modules: Dict[str, nn.Module], cfg: HardenConfig
         counts[base] = count + 1
         name = base if count == 0 else f"{base}_{count}"
         module = modules.get(node.target) if node.op == "call_module" else None
-        rule = _resolve(cfg, name, node, module, kind)
+        rule = resolve_rule(cfg, name, node, module, kind)
         quant = cfg.quant is not None and rule is not None and rule.quantize
         has_weights = kind in _WEIGHT_KINDS and node.op == "call_module"
         sites.append(Site(

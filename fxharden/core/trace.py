@@ -130,6 +130,8 @@ class Capture:
     """``{True: train-mode graph, False: eval-mode graph}``; the same object when they agree."""
     opaque: Dict[str, str] = field(default_factory=dict)
     """Dotted module name -> why it is one opaque layer."""
+    wrapped: bool = False
+    """The model's own forward could not be traced: ``root`` holds it as ``root.model``."""
 
 
 def _default_args(root: nn.Module) -> Dict[str, Any]:
@@ -185,7 +187,8 @@ def capture(model: nn.Module, leaf_modules: Sequence[Any] = (), strict: bool = F
                     if culprit is None:
                         root, graph = _opaque_root(model)
                         reason = f"{type(err).__name__}: {err} at {_user_location(err)}"
-                        return Capture(root=root, graphs={True: graph, False: graph}, opaque={OPAQUE_ROOT: reason})
+                        return Capture(root=root, graphs={True: graph, False: graph}, opaque={OPAQUE_ROOT: reason},
+                                       wrapped=True)
                     opaque[culprit] = f"{type(err).__name__}: {err} at {_user_location(err)}"
     finally:
         model.train(was_training)

@@ -24,12 +24,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..core.calibrate import calibrate_noise, calibrate_quantizers
+from ..core.calibrate import calibrate_noise, calibrate_quantizers, call_model
 from ..core.harden import HardenedModule, noise_sites, seed_noise, weight_noise_modules
 from ..core.layers import weight_draws_held
 from ..core.noise import Noise
 from ..core.noise_models import NoiseKind
 from .results import PointStore, SweepMode, Units
+from .scores import Metric, output_logits, resolve_metric
 from .sweep_config import SweepConfig, WeightDraws
 
 __all__ = ["EvalData", "Engine", "Level", "Item", "chunk_key", "chunk_seed", "weights_sha256", "CACHE_BYTES"]
@@ -41,6 +42,43 @@ CACHE_BYTES = 2 << 30
 
 Level = Tuple[Optional[str], float]  # (site, or None for global noise; sigma)
 Item = Tuple[Optional[str], float, int]  # (site, sigma, repeat)
+
+
+def _is_batch_list(data: Any) -> bool:
+    """A list of ``(inputs, targets)`` batches whose inputs may be a tensor, a dict or a tuple
+    of tensors (``[({"input_ids": ids, "attention_mask": mask}, ids), ...]``)."""
+    return (isinstance(data, (list, tuple)) and len(data) > 0
+            and not (len(data) == 2 and all(isinstance(t, Tensor) for t in data))
+            and all(isinstance(b, (tuple, list)) and len(b) == 2 and isinstance(b[1], Tensor) for b in data))
+
+
+def _map(x: Any, fn: Callable[[Tensor], Any]) -> Any:
+    """``fn`` on every tensor of a tensor, dict or tuple of inputs."""
+    if isinstance(x, Tensor):
+        return fn(x)
+    if isinstance(x, dict):
+        return {k: _map(v, fn) for k, v in x.items()}
+    if isinstance(x, (tuple, list)):
+        return type(x)(_map(v, fn) for v in x)
+    return x
+
+
+def _tensors(x: Any) -> List[Tensor]:
+    out: List[Tensor] = []
+    _map(x, out.append)
+    return out
+
+
+def replicate(x: Any, copies: int) -> Any:
+    """Every tensor of the inputs ``x`` repeated ``copies`` times along dim 0 (one batch group each)."""
+    return _map(x, lambda t: t.repeat(copies, *([1] * (t.dim() - 1))) if t.dim() else t) if copies > 1 else x
+
+
+def _split(x: Any, size: int, n: int) -> List[Any]:
+    """The inputs ``x`` (``n`` samples) cut into slices of ``size`` samples."""
+    if isinstance(x, Tensor):
+        return list(x.split(size))
+    return [_map(x, lambda t, a=a: t[a:a + size] if t.dim() and len(t) == n else t) for a in range(0, n, size)]
 
 
 class EvalData:
@@ -57,21 +95,26 @@ class EvalData:
 
         self.num_classes: Optional[int] = None
         self.cache: Optional[List[Tuple[Tensor, Tensor]]] = []
-        if isinstance(data, TensorImageDataset):
+        batch_list = _is_batch_list(data)
+        if batch_list:
+            batches = list(data)
+            source = lambda: ((_map(x, lambda t: t.to(device)), y.to(device)) for x, y in batches)  # noqa: E731
+        elif isinstance(data, TensorImageDataset):
             if max_images is not None and max_images < len(data):
                 data = data.subset(max_images)
             max_images, self.cache, self.num_classes = None, None, data.num_classes
             if data.images.numel() <= CACHE_BYTES:
                 data = data.to(device)
-        self._source = lambda: as_batches(data, batch_size, device)
+        self._source = source if batch_list else (lambda: as_batches(data, batch_size, device))
         self.max_images, self.device = max_images, device
         self.num_images, size, labels = 0, 0, hashlib.sha256()
         total = torch.zeros((), dtype=torch.float64, device=device)
         for x, y in self._read():
             self.num_images += len(y)
             labels.update(y.detach().cpu().numpy().tobytes())
-            total += x.double().sum()
-            size += x.numel() * x.element_size()
+            for t in _tensors(x):
+                total += t.double().sum()
+                size += t.numel() * t.element_size()
             if self.cache is not None:
                 self.cache.append((x, y))
                 self.cache = self.cache if size <= CACHE_BYTES else None
@@ -83,7 +126,7 @@ class EvalData:
         seen = 0
         for x, y in self._source():
             if self.max_images is not None and seen + len(y) > self.max_images:
-                x, y = x[:self.max_images - seen], y[:self.max_images - seen]
+                x, y = _split(x, self.max_images - seen, len(y))[0], y[:self.max_images - seen]
             if len(y):
                 yield x, y
             seen += len(y)
@@ -116,8 +159,14 @@ class Engine:
     """Measures chunks of items on every network; chunks already in the store are reused."""
 
     def __init__(self, nets: List[HardenedModule], data: EvalData, sites: List[str], cfg: SweepConfig, per_forward: int,
-                 forward_images: int, progress: Optional[Callable[[int, int], None]]) -> None:
+                 forward_images: int, progress: Optional[Callable[[int, int], None]],
+                 metric: Optional[Metric] = None) -> None:
         self.nets, self.data, self.sites, self.cfg, self.R, self.progress = nets, data, sites, cfg, per_forward, progress
+        self.metric = metric if metric is not None else resolve_metric("top1")
+        self.classic = True
+        """Top-1 of (batch, classes) logits: correct counts, exactly as before other metrics existed.
+        Otherwise the metric's mean value per item (``scores``), fitted as ``to_fit(value)``."""
+        self.to_fit: Callable[[float], float] = lambda v: v
         self.forward_images = forward_images
         self.mods = [{m.site: m for m in hm.modules() if isinstance(m, Noise) and m.site in names}
                      for hm, names in ((hm, set(noise_sites(hm))) for hm in nets)]
@@ -178,7 +227,13 @@ class Engine:
             calibrate_noise(hm, self.data, max_batches=CALIBRATION_BATCHES, force=False)
             self._set_sigmas(n, [(None, 0.0, 0)])
             with torch.inference_mode():
-                out = hm(x)
+                out = call_model(hm, x)
+            self.classic = self.metric.name == "top1" and isinstance(out, Tensor) and out.dim() == 2
+            if not self.classic:
+                try:
+                    return output_logits(out).shape[-1]
+                except (TypeError, IndexError):
+                    return None  # a callable metric that reads the outputs itself
             if not isinstance(out, Tensor) or out.dim() != 2:
                 raise TypeError(f"the model must return logits (batch, classes) to be swept, got {type(out).__name__}"
                                 f"{tuple(out.shape) if isinstance(out, Tensor) else ''}")
@@ -188,7 +243,23 @@ class Engine:
                              "train or load a head for those classes, or evaluate on data with the model's classes")
         return out.shape[1]
 
-    def _run(self, n: int, items: Sequence[Item], seed: int) -> List[int]:
+    def _run_metric(self, n: int, items: Sequence[Item]) -> List[float]:
+        """The metric's mean value per item: per-sample sums and counts added up on the device."""
+        hm, R = self.nets[n], len(items)
+        sums = torch.zeros(R, dtype=torch.float64, device=self.data.device)
+        counts = torch.zeros(R, dtype=torch.float64, device=self.data.device)
+        step = max(1, self.forward_images // R)
+        for batch, labels in self.data:
+            for x, y in zip(_split(batch, step, len(labels)), labels.split(step)):
+                out = call_model(hm, replicate(x, R))
+                s, c = self.metric.sums(out, replicate(y, R))
+                sums += s.view(R, -1).sum(1)
+                counts += c.view(R, -1).sum(1)
+                self.stats["forwards"] += 1
+                self.stats["images"] += R * len(y)
+        return (sums / counts.clamp_min(1e-300)).tolist()
+
+    def _run(self, n: int, items: Sequence[Item], seed: int) -> List[Any]:
         hm, R, t0 = self.nets[n], len(items), time.perf_counter()
         self._set_sigmas(n, items)
         seed_noise(hm, seed)
@@ -196,6 +267,10 @@ class Engine:
         step = max(1, self.forward_images // R)  # data images per forward pass
         held = weight_draws_held(hm) if self.cfg.weight_draws is WeightDraws.REPEAT else contextlib.nullcontext()
         with torch.inference_mode(), held:  # held: the first forward's weight draws serve every slice
+            if not self.classic:
+                values = self._run_metric(n, items)
+                self.stats["eval_seconds"] += time.perf_counter() - t0
+                return values
             for batch, labels in self.data:
                 for x, y in zip(batch.split(step), labels.split(step)):
                     out = hm(x.repeat(R, *([1] * (x.dim() - 1))) if R > 1 else x)
@@ -206,23 +281,35 @@ class Engine:
         self.stats["eval_seconds"] += time.perf_counter() - t0
         return counts
 
-    def _chunk(self, key: str, n: int, items: Sequence[Item], seed: int) -> List[int]:
-        rec, tally = self.done.get(f"{key}/{n}"), key != "clean"  # the clean pass is not a sweep point
-        if rec is not None and rec["total"] == self.data.num_images:
+    def _chunk(self, key: str, n: int, items: Sequence[Item], seed: int) -> List[Any]:
+        rec, tally = self.done.get(f"{key}/{n}"), key not in ("clean", "floor")  # not sweep points
+        field = "correct" if self.classic else "values"
+        if rec is not None and rec["total"] == self.data.num_images and field in rec:
             self.stats["points_reused"] += len(items) * tally
-            return rec["correct"]
+            return rec[field]
         t0 = time.perf_counter()
         correct = self._run(n, items, seed)
         self.stats["points_measured"] += len(items) * tally
         self.stats["points_seconds"] += (time.perf_counter() - t0) * tally  # the clean pass is not a point
         if self.store is not None:  # "seconds": for watchers of the store (images/s), never read back
-            self.store.append({"key": f"{key}/{n}", "items": [list(i) for i in items], "correct": correct,
+            self.store.append({"key": f"{key}/{n}", "items": [list(i) for i in items], field: correct,
                                "total": self.data.num_images, "seconds": round(time.perf_counter() - t0, 6)})
         return correct
 
     def clean(self) -> List[float]:
-        """The accuracy at sigma 0 of every network, unreplicated."""
-        return [self._chunk("clean", n, [(None, 0.0, 0)], 0)[0] / self.data.num_images for n in range(len(self.nets))]
+        """The accuracy at sigma 0 of every network, unreplicated (other metrics: the raw value)."""
+        scale = self.data.num_images if self.classic else 1
+        return [self._chunk("clean", n, [(None, 0.0, 0)], 0)[0] / scale for n in range(len(self.nets))]
+
+    def floor(self, sigma: float) -> float:
+        """The metric's mean value under global noise ``sigma`` at every site (a model that
+        knows nothing any more): over networks and repeats."""
+        items = [(None, sigma, r) for r in range(self.cfg.repeats)]
+        values = [v for n in range(len(self.nets))
+                  for start in range(0, len(items), self.R)
+                  for v in self._chunk(f"floor-{sigma!r}-{start}", n, items[start:start + self.R],
+                                       chunk_seed(self.cfg.seed, n, f"floor/{start}"))]
+        return float(np.mean(values))
 
     def measure(self, levels: Sequence[Level]) -> None:
         """Measure ``levels`` (each with every repeat) on every network, in chunks of ``R`` items."""
@@ -233,7 +320,8 @@ class Engine:
             for n in range(len(self.nets)):
                 correct = self._chunk(key, n, chunk, chunk_seed(self.cfg.seed, n, key))
                 for (s, g, r), c in zip(chunk, correct):
-                    self.counts.setdefault((s, g), [[0] * self.cfg.repeats for _ in self.nets])[n][r] = int(c)
+                    self.counts.setdefault((s, g), [[0] * self.cfg.repeats for _ in self.nets])[n][r] = \
+                        int(c) if self.classic else float(c)
                 self.images_done += len(chunk) * self.data.num_images
                 self.images_total = max(self.images_total, self.images_done)
                 if self.progress is not None:
@@ -244,4 +332,7 @@ class Engine:
         self.images_total = self.images_done + levels * self.cfg.repeats * len(self.nets) * self.data.num_images
 
     def mean(self, level: Level) -> float:
+        """The mean score of a level as the fit sees it (accuracy; other metrics: ``to_fit``)."""
+        if not self.classic:
+            return float(np.mean([self.to_fit(v) for row in self.counts[level] for v in row]))
         return float(np.mean(self.counts[level])) / self.data.num_images

@@ -83,10 +83,17 @@ class SweepPoint:
     sigma: float
     correct: Tuple[Tuple[int, ...], ...]
     total: int
+    scores: Optional[Tuple[Tuple[float, ...], ...]] = None
+    """Sweeps of another metric than top-1 (``correct`` is empty): the score the fit sees,
+    in ``[0, 1]`` (``fxharden.measure.scores``), per network and repeat."""
+    values: Optional[Tuple[Tuple[float, ...], ...]] = None
+    """... and the metric's own value (loss, perplexity, ...), per network and repeat."""
 
     @property
     def accuracy(self) -> np.ndarray:
-        """Accuracies, shape (networks, repeats)."""
+        """Accuracies (other metrics: their fit scores), shape (networks, repeats)."""
+        if self.scores is not None:
+            return np.asarray(self.scores, dtype=np.float64)
         return np.asarray(self.correct, dtype=np.float64) / max(self.total, 1)
 
     @property
@@ -130,14 +137,18 @@ class SweepPoint:
 
     def to_dict(self) -> Dict[str, Any]:
         """A JSON-serialisable dict, with the derived mean/std/err for readers of the file."""
-        return {"site": self.site, "sigma": self.sigma, "correct": [list(c) for c in self.correct],
-                "total": self.total, "mean": self.mean, "std": self.std, "err": self.err}
+        out = {"site": self.site, "sigma": self.sigma, "correct": [list(c) for c in self.correct],
+               "total": self.total, "mean": self.mean, "std": self.std, "err": self.err}
+        if self.scores is not None:
+            out.update(scores=[list(c) for c in self.scores], values=[list(c) for c in self.values or ()])
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "SweepPoint":
         """Inverse of ``to_dict`` (the derived fields are recomputed)."""
+        floats = lambda key: tuple(tuple(float(v) for v in c) for c in data[key]) if key in data else None  # noqa
         return cls(data["site"], float(data["sigma"]), tuple(tuple(int(v) for v in c) for c in data["correct"]),
-                   int(data["total"]))
+                   int(data["total"]), floats("scores"), floats("values"))
 
 
 @dataclass(frozen=True)
@@ -203,7 +214,8 @@ def _fit_points(points: Sequence[SweepPoint], chance: float, plateau: Optional[T
     """Midpoint fit of points (one site, or global), optionally of one network only."""
     pts = sorted((p for p in points if p.sigma > 0), key=lambda p: p.sigma)
     if column is not None:
-        pts = [SweepPoint(p.site, p.sigma, (p.correct[column],), p.total) for p in pts]
+        pts = [SweepPoint(p.site, p.sigma, (p.correct[column],), p.total) if p.scores is None else
+               SweepPoint(p.site, p.sigma, (), p.total, (p.scores[column],), (p.values[column],)) for p in pts]
     sigmas = np.array([p.sigma for p in pts])
     acc = np.array([p.mean for p in pts])
     dy = np.array([p.dy for p in pts])
@@ -260,6 +272,13 @@ class SweepResult:
     site_rms: Dict[str, float] = field(default_factory=dict)
     """Clean RMS of the signal at every swept site (mean over networks), the conversion
     between the units: σ_abs = σ_rel · rms_site."""
+    metric: str = "top1"
+    """What was measured (``fxharden.measure.scores``). Other than top-1, ``clean_accuracy``,
+    ``chance`` and the points' ``accuracy`` are fit scores in ``[0, 1]`` (0 at the floor);
+    the metric's own values are in the points' ``values`` and in ``metric_info``."""
+    metric_info: Dict[str, Any] = field(default_factory=dict)
+    """Other metrics: ``ideal``, ``floor`` (and whether it was measured), ``higher_is_better``,
+    ``clean_values`` (per network, the metric's own scale), ``log_scale``."""
 
     @property
     def rms_ref(self) -> float:
@@ -376,6 +395,7 @@ class SweepResult:
             "site_kinds": self.site_kinds, "units": self.units.value, "site_rms": self.site_rms,
             "mu_abs": list(self.mu_abs) if self.fit is not None else None,
             "mu_rel": list(self.mu_rel) if self.fit is not None else None, "timing": self.timing,
+            **({"metric": self.metric, "metric_info": self.metric_info} if self.metric != "top1" else {}),
         }
 
     @classmethod
@@ -408,21 +428,27 @@ class SweepResult:
             other_per_site={s: MidpointFit.from_dict(f) for s, f in data.get("other_per_site", {}).items()},
             site_kinds=dict(data.get("site_kinds", {})), units=Units(data.get("units", "absolute")),
             site_rms={k: float(v) for k, v in data.get("site_rms", {}).items()},
+            metric=data.get("metric", "top1"), metric_info=dict(data.get("metric_info", {})),
         )
 
     def to_csv(self) -> str:
         """One row per point: site, sigma, mean/std/err accuracy, then every raw accuracy
-        (``net<n>_rep<r>``). The first row is the clean accuracy (sigma 0)."""
+        (``net<n>_rep<r>``). The first row is the clean accuracy (sigma 0). Other metrics:
+        the same columns hold the fit scores, and a last column the metric's mean value."""
         n_nets = len(self.clean_accuracies)
-        reps = max((len(p.correct[0]) for p in self.points), default=0)
+        reps = max((p.accuracy.shape[1] for p in self.points), default=0)
         raw = [f"net{n}_rep{r}" for n in range(n_nets) for r in range(reps)]
+        extra = self.metric != "top1"
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["site", "sigma", "n", "accuracy_mean", "accuracy_std", "accuracy_err", *raw])
+        w.writerow(["site", "sigma", "n", "accuracy_mean", "accuracy_std", "accuracy_err", *raw]
+                   + ([f"{self.metric}_mean"] if extra else []))
         w.writerow(["", 0.0, n_nets, self.clean_accuracy, float(np.std(self.clean_accuracies, ddof=1))
-                    if n_nets > 1 else 0.0, "", *[a for a in self.clean_accuracies for _ in range(reps)]])
+                    if n_nets > 1 else 0.0, "", *[a for a in self.clean_accuracies for _ in range(reps)]]
+                   + ([float(np.mean(self.metric_info.get("clean_values", [math.nan])))] if extra else []))
         for p in sorted(self.points, key=lambda p: (p.site or "", p.sigma)):
-            w.writerow([p.site or "", p.sigma, len(p.samples), p.mean, p.std, p.err, *p.accuracy.ravel().tolist()])
+            w.writerow([p.site or "", p.sigma, len(p.samples), p.mean, p.std, p.err, *p.accuracy.ravel().tolist()]
+                       + ([float(np.mean(p.values))] if extra and p.values else []))
         return buf.getvalue()
 
     def save(self, out: PathLike) -> Dict[str, Path]:

@@ -54,6 +54,7 @@ from ..zoo.models import ModelLike, resolve_networks
 from .engine import Engine, EvalData, weights_sha256
 from .grid import run_grid
 from .results import FORMAT, FitOptions, PointStore, SweepMode, SweepPoint, SweepResult
+from .scores import Metric, resolve_metric
 from .sweep_config import CHUNK_LEVELS, FORWARD_IMAGES, SweepConfig, WeightDraws
 
 __all__ = ["SweepMode", "SweepConfig", "WeightDraws", "sweep", "resolve_networks", "CHUNK_LEVELS", "FORWARD_IMAGES"]
@@ -83,6 +84,31 @@ def _check_map(cfg: SweepConfig, all_sites: List[str]) -> None:
                          f"{', '.join(map(repr, unknown[:5]))}{hint}; the map must come from a budget of this model")
 
 
+FLOOR_FACTOR = 100.0
+"""A metric's unknown floor is measured at ``FLOOR_FACTOR`` times the largest σ of the grid
+(at least ``extend_to``), global noise at every site."""
+
+
+def _metric_scale(engine: Engine, scorer: Metric, cfg: SweepConfig, classes: Optional[int],
+                  clean_values: List[float]) -> Tuple[List[float], float, dict]:
+    """Map the metric's values to fit scores (``engine.to_fit``): accuracies keep their scale
+    (chance = floor); other metrics go to ``[0, 1]``, 0 at the floor and 1 at the ideal (the
+    clean value when the metric has none). Returns the clean scores, chance and the metric info."""
+    floor = scorer.floor_value(classes)
+    measured = floor is None
+    if measured:
+        floor = engine.floor(max(FLOOR_FACTOR * cfg.grid()[-1], cfg.extend_to or 0.0))
+    ideal = scorer.ideal if scorer.ideal is not None else float(np.mean(clean_values))
+    if scorer.higher_is_better and scorer.ideal == 1.0 and not measured:
+        engine.to_fit, chance = (lambda v: v), (cfg.chance if cfg.chance is not None else floor)
+    else:
+        engine.to_fit, chance = (lambda v: scorer.fit_score(v, ideal, floor)), 0.0
+    info = {"ideal": scorer.report(ideal), "floor": scorer.report(floor), "floor_measured": measured,
+            "higher_is_better": scorer.higher_is_better, "log_scale": scorer.log_scale, "classes": classes,
+            "clean_values": [scorer.report(v) for v in clean_values]}
+    return [engine.to_fit(v) for v in clean_values], chance, info
+
+
 def sweep(
     model: Union[ModelLike, Sequence[ModelLike], Mapping[str, ModelLike]],
     data: Any,
@@ -97,9 +123,10 @@ def sweep(
     out: Union[str, os.PathLike, None] = None,
     progress: Optional[Callable[[int, int], None]] = None,
     fit_options: Optional[FitOptions] = None,
+    metric: Union[str, Metric, Callable[..., Any]] = "top1",
     **config_kwargs: Any,
 ) -> SweepResult:
-    """Measure accuracy versus noise strength and fit the midpoint noise level μ.
+    """Measure accuracy (or another metric) versus noise strength and fit the midpoint noise level μ.
 
     Args:
         model: a plain model (hardened here with ``bits``/``scale`` or ``harden_config``;
@@ -108,7 +135,12 @@ def sweep(
             uncertainty is then taken across networks. Runs in eval mode under
             ``torch.inference_mode``; hardened models get their mode, device and noise back.
         data: a ``fxharden.zoo.data`` dataset, a torch ``Dataset``/``DataLoader`` of ``(x, y)``,
-            or an ``(x, y)`` pair of tensors; evaluated in order, without shuffling.
+            an ``(x, y)`` pair of tensors, or a list of ``(inputs, targets)`` batches whose
+            inputs are a tensor, a dict (passed by keyword: ``input_ids``, ``attention_mask``)
+            or a tuple of tensors; evaluated in order, without shuffling. Every tensor of a
+            batch is replicated per batch group. For a causal LM pass the input ids as
+            targets: token metrics score position ``t`` against target ``t + 1`` (``-100``
+            ignored), as Hugging Face does with ``labels``.
         sigmas, repeats, mode: shorthand for the ``SweepConfig`` fields of those names.
         config: a full ``SweepConfig``; excludes the shorthand and ``config_kwargs``.
         bits, scale, harden_config: how a plain model is hardened (see ``harden``).
@@ -119,15 +151,23 @@ def sweep(
             (replicas and reused chunks included) and the current estimate of the total.
         fit_options: how μ is fitted (quoted model, a_max tie, systematic error, bootstrap
             size); default ``FitOptions()``: the log-σ model with a_max tied to the clean accuracy.
+        metric: ``"top1"`` (default: correct counts, the paper's accuracy), ``"top5"``,
+            ``"loss"``, ``"perplexity"``, ``"token_accuracy"``, a ``Metric``, a torchmetrics
+            metric, or a callable ``(outputs, targets) -> per-sample scores`` (higher is
+            better). μ is the σ at which the score has fallen half way from its clean value to
+            its floor (chance; ``ln V`` for the loss, perplexity on the log scale; measured at a
+            large σ when not known): see ``fxharden.measure.scores``.
         **config_kwargs: other ``SweepConfig`` fields.
 
     Returns:
         A ``SweepResult``: every point, the clean accuracy, the fits.
 
     Raises:
-        ValueError: a bad setting, unknown sites, empty data, or ``out`` holding a sweep
-            with other settings (``SweepMismatchError``).
+        ValueError: a bad setting, unknown sites, empty data, an unknown metric, a metric
+            that does not return one score per sample, or ``out`` holding a sweep with other
+            settings (``SweepMismatchError``).
     """
+    scorer = resolve_metric(metric)
     if config is None:
         config = SweepConfig(sigmas=tuple(sigmas) if sigmas is not None else None, repeats=repeats, mode=mode,
                              **config_kwargs)
@@ -156,17 +196,23 @@ def sweep(
         data = EvalData(data, cfg.batch_size, cfg.max_images, dev)
         per_forward = cfg.points_per_forward or CHUNK_LEVELS.get(dev.type, 4) * cfg.repeats
         forward_images = cfg.forward_images or FORWARD_IMAGES.get(dev.type, 512)
-        engine = Engine(nets, data, sites, cfg, per_forward, forward_images, progress)
+        engine = Engine(nets, data, sites, cfg, per_forward, forward_images, progress, scorer)
         classes = engine.warm_up()
         settings = {**cfg.to_dict(), "device": dev.type, "points_per_forward": per_forward,
                     "forward_images": forward_images}
+        if not engine.classic:
+            settings["metric"] = scorer.name
         identity = {"format": FORMAT, "settings": settings, "data": data.identity, "networks": [
             {"harden": config_to_dict(hm.harden_config), "weights_sha256": weights_sha256(hm)} for hm in nets]}
         if out is not None:
             check_writable(out)
             engine.attach(PointStore(out, identity))
         clean = engine.clean()
-        chance = cfg.chance if cfg.chance is not None else 1.0 / classes
+        info: dict = {}
+        if engine.classic:
+            chance = cfg.chance if cfg.chance is not None else 1.0 / classes
+        else:
+            clean, chance, info = _metric_scale(engine, scorer, cfg, classes, clean)
         keys: List[Optional[str]] = [None] if cfg.mode is SweepMode.GLOBAL else list(sites)
         run_grid(engine, cfg, keys, float(np.mean(clean)), chance)
     finally:
@@ -177,8 +223,12 @@ def sweep(
                 m.restore(setting)
                 m.reseed(seed)
     stats, seconds = engine.stats, time.perf_counter() - t0
-    points = [SweepPoint(s, g, tuple(tuple(c) for c in counts), data.num_images)
-              for (s, g), counts in sorted(engine.counts.items(), key=lambda kv: (kv[0][0] or "", kv[0][1]))]
+    ordered = sorted(engine.counts.items(), key=lambda kv: (kv[0][0] or "", kv[0][1]))
+    if engine.classic:
+        points = [SweepPoint(s, g, tuple(tuple(c) for c in counts), data.num_images) for (s, g), counts in ordered]
+    else:
+        points = [SweepPoint(s, g, (), data.num_images, tuple(tuple(engine.to_fit(v) for v in c) for c in counts),
+                             tuple(tuple(scorer.report(v) for v in c) for c in counts)) for (s, g), counts in ordered]
     result = SweepResult(
         mode=cfg.mode, points=points, sites=sites, clean_accuracy=float(np.mean(clean)),
         clean_accuracies=clean, chance=chance, num_images=data.num_images, networks=[lb for lb, _ in labelled],
@@ -189,6 +239,7 @@ def sweep(
                 f"drawn once per {'chunk' if cfg.weight_draws is WeightDraws.REPEAT else 'forward pass'}",
         fingerprint=engine.store.fingerprint if engine.store is not None else "",
         timing={**stats, "seconds": seconds, "images_per_second": stats["images"] / max(stats["eval_seconds"], 1e-9)},
+        metric="top1" if engine.classic else scorer.name, metric_info=info,
     ).refit(fit_options)
     if out is not None:
         result.save(out)
