@@ -207,3 +207,26 @@ def test_budget_reports_progress_by_phase_and_runs_from_the_command_line(tmp_pat
                                    "--out", str(tmp_path / "b")])
     assert res.exit_code == 0, res.output
     assert {"budget.md", "budget.json", "budget.png", "sigma_map.json"} <= {p.name for p in (tmp_path / "b").iterdir()}
+
+
+def test_site_ops_count_each_call_of_a_layer_called_twice():
+    """``self.c(self.pool(self.c(x)))``: two sites ``c`` and ``c_1``, each counted on its own
+    call (the hook kept the last call for ``c`` and counted ``c_1``'s outputs: 1,296 and 36)."""
+
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c, self.pool = nn.Conv2d(4, 4, 3, padding=1), nn.MaxPool2d(2)
+
+        def forward(self, x):
+            return self.c(self.pool(self.c(x)))
+
+    hm = fxharden.harden(Twice(), bits=8).eval()  # with output quantizers between layer and noise
+    x = torch.randn(3, 4, 6, 6)
+    fan_in = 4 * 3 * 3
+    # by hand: first call 4×6×6 outputs, pool to 4×3×3, second call 4×3×3 outputs
+    hand = {"input": 4 * 6 * 6, "c": 4 * 6 * 6 * fan_in, "pool": 4 * 3 * 3, "c_1": 4 * 3 * 3 * fan_in}
+    assert hand["c"] == 5184 and hand["c_1"] == 1296
+    assert site_ops(hm, x) == hand
+    assert site_ops(fxharden.harden(Twice()).eval(), x) == hand
+
