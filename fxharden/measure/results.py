@@ -260,6 +260,11 @@ class SweepResult:
     site_rms: Dict[str, float] = field(default_factory=dict)
     """Clean RMS of the signal at every swept site (mean over networks), the conversion
     between the units: σ_abs = σ_rel · rms_site."""
+    identity: Dict[str, Any] = field(default_factory=dict)
+    """What the values were measured on: ``{"data": {images, labels_sha256, inputs_sum},
+    "weights_sha256": [one per network]}`` (``engine.EvalData.identity``,
+    ``engine.weights_sha256``); empty in results written before it was recorded (``load_result``
+    then reads it from the sweep's ``sweep.json`` when that is beside the file)."""
 
     @property
     def rms_ref(self) -> float:
@@ -376,6 +381,7 @@ class SweepResult:
             "site_kinds": self.site_kinds, "units": self.units.value, "site_rms": self.site_rms,
             "mu_abs": list(self.mu_abs) if self.fit is not None else None,
             "mu_rel": list(self.mu_rel) if self.fit is not None else None, "timing": self.timing,
+            "identity": self.identity,
         }
 
     @classmethod
@@ -408,6 +414,7 @@ class SweepResult:
             other_per_site={s: MidpointFit.from_dict(f) for s, f in data.get("other_per_site", {}).items()},
             site_kinds=dict(data.get("site_kinds", {})), units=Units(data.get("units", "absolute")),
             site_rms={k: float(v) for k, v in data.get("site_rms", {}).items()},
+            identity=dict(data.get("identity") or {}),
         )
 
     def to_csv(self) -> str:
@@ -451,4 +458,20 @@ def load_result(path: PathLike) -> SweepResult:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not valid JSON ({err}); was it written by fxharden sweep?") from None
-    return SweepResult.from_dict(data)
+    result = SweepResult.from_dict(data)
+    if not result.identity:
+        result.identity = _header_identity(path.parent / HEADER_FILE, result.fingerprint)
+    return result
+
+
+def _header_identity(header: Path, fp: str) -> Dict[str, Any]:
+    """``SweepResult.identity`` from the ``sweep.json`` of the same sweep (older results lack
+    it); empty when there is none or it belongs to another sweep."""
+    try:
+        stored = json.loads(header.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    ident = stored.get("identity") or {}
+    if not fp or stored.get("fingerprint") != fp or "data" not in ident:
+        return {}
+    return {"data": ident["data"], "weights_sha256": [n.get("weights_sha256", "") for n in ident.get("networks", [])]}

@@ -183,6 +183,7 @@ def sweep(
         mode=cfg.mode, points=points, sites=sites, clean_accuracy=float(np.mean(clean)),
         clean_accuracies=clean, chance=chance, num_images=data.num_images, networks=[lb for lb, _ in labelled],
         site_kinds={s.name: s.kind for s in nets[0].report.sites if s.name in set(sites)},
+        identity={"data": data.identity, "weights_sha256": [n["weights_sha256"] for n in identity["networks"]]},
         units=cfg.units, site_rms={s: float(np.mean([float(m[s].rms) for m in engine.mods])) for s in sites},
         config=settings, harden_configs=[n["harden"] for n in identity["networks"]], seed=cfg.seed,
         seeding="seed_noise(model, sha256(seed/network/chunk)) before each chunk (see fxharden.sweep); weight noise "
