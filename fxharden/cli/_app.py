@@ -198,8 +198,7 @@ def resolve_models(names: List[str], harden_config, seed: int = 0, options=None,
     from ..core.config import HardenConfig
     from ..core.harden import harden
     from ..zoo.checkpoint import is_checkpoint, load_checkpoint
-    from ..zoo.folders import resolve_data
-    from ..zoo.inputs import ModelOptions, load_with_data
+    from ..zoo.inputs import ModelOptions, load_with_data, resolve_dataset
     from ..zoo.models import CIFAR_PREPROCESS, load_model
 
     options = options or ModelOptions()
@@ -227,9 +226,7 @@ def resolve_models(names: List[str], harden_config, seed: int = 0, options=None,
                             num_classes=options.num_classes, model_args=options.model_args)
         out.append((name, harden(lm.model, config=harden_config or HardenConfig(quant=None))))
     if data is not None and dataset is None:
-        dataset = resolve_data(data.path, preprocess=data.preprocess(preprocess or CIFAR_PREPROCESS), split=data.split,
-                               max_images=data.max_images, on_corrupt=data.on_corrupt, workers=data.workers,
-                               download=data.download)
+        dataset = resolve_dataset(data, data.preprocess(preprocess or CIFAR_PREPROCESS))
     return out, dataset
 
 

@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any, Optional, Tuple
 
 from .data import TensorImageDataset
-from .folders import is_cifar_root, load_image_folder, resolve_data, stratified
+from .folders import is_cifar_root, load_image_folder, resolve_data, stratified, uses_cifar
 from .models import LoadedModel, load_model
 from .options import DataOptions, ModelOptions
 from .preprocess import Preprocess
 
-__all__ = ["load_with_data", "resolve_splits", "class_mismatch"]
+__all__ = ["load_with_data", "resolve_dataset", "cifar_overrides", "resolve_splits", "class_mismatch"]
 
 
 def class_mismatch(model_classes: Optional[int], data: TensorImageDataset, label: str) -> Optional[str]:
@@ -41,8 +41,7 @@ def load_with_data(source: str, model: ModelOptions, data: DataOptions,
                     model_args=model.model_args)
     preprocess = data.preprocess(lm.preprocess)
     if loader is None:
-        dataset = resolve_data(data.path, preprocess=preprocess, split=data.split, max_images=data.max_images,
-                               on_corrupt=data.on_corrupt, workers=data.workers, download=data.download)
+        dataset = resolve_dataset(data, preprocess)
         first = dataset
     else:
         dataset = loader(preprocess)
@@ -56,6 +55,37 @@ def load_with_data(source: str, model: ModelOptions, data: DataOptions,
     return lm, dataset
 
 
+def resolve_dataset(data: DataOptions, preprocess: Preprocess) -> TensorImageDataset:
+    """``resolve_data`` with ``data``'s options: an image folder decoded with ``preprocess``,
+    or CIFAR-10 with ``data``'s explicit overrides applied (``cifar_overrides``)."""
+    dataset = resolve_data(data.path, preprocess=preprocess, split=data.split, max_images=data.max_images,
+                           on_corrupt=data.on_corrupt, workers=data.workers, download=data.download)
+    return cifar_overrides(dataset, data) if uses_cifar(data.path, data.download) else dataset
+
+
+def cifar_overrides(dataset: TensorImageDataset, data: DataOptions) -> TensorImageDataset:
+    """CIFAR-10 images are used as they are (32x32, no crop): an explicit ``mean``/``std`` in
+    ``data`` replaces the normalisation; an ``input_size`` other than 32 or a ``crop_pct``
+    other than 1 cannot apply and is refused (it used to be ignored without a word).
+
+    Raises:
+        ValueError: ``input_size``/``crop_pct`` that would need resizing or cropping.
+    """
+    size = dataset.shape[-1]
+    if data.input_size is not None and data.input_size != size:
+        raise ValueError(f"--input-size {data.input_size} (input_size) does not apply to CIFAR-10: its images are "
+                         f"{size}x{size} and are used as they are (not resized); leave it out, or use an image folder "
+                         "(--data DIR with one subfolder per class), which is resized to the input size")
+    if data.crop_pct is not None and data.crop_pct != 1.0:
+        raise ValueError(f"--crop-pct {data.crop_pct:g} (crop_pct) does not apply to CIFAR-10: its images are used "
+                         "whole (not cropped); leave it out, or use an image folder (--data DIR)")
+    if data.mean is None and data.std is None:
+        return dataset
+    return TensorImageDataset(dataset.images, dataset.labels, mean=data.mean or dataset.mean,
+                              std=data.std or dataset.std, num_classes=dataset.num_classes, classes=dataset.classes,
+                              exact=dataset.exact)
+
+
 def resolve_splits(data: DataOptions, preprocess: Preprocess, *, train_images: Optional[int] = None,
                    test_images: Optional[int] = None,
                    holdout: float = 0.2) -> Tuple[TensorImageDataset, TensorImageDataset]:
@@ -66,7 +96,8 @@ def resolve_splits(data: DataOptions, preprocess: Preprocess, *, train_images: O
     from .data import DatasetKind, load_splits
 
     if data.path is None or is_cifar_root(data.path):
-        return load_splits(DatasetKind.CIFAR10, data.path, train_images=train_images, test_images=test_images)
+        train, test = load_splits(DatasetKind.CIFAR10, data.path, train_images=train_images, test_images=test_images)
+        return cifar_overrides(train, data), cifar_overrides(test, data)
     root = Path(data.path).expanduser()
     load = lambda p, n: load_image_folder(p, preprocess, max_images=n, on_corrupt=data.on_corrupt,  # noqa: E731
                                           workers=data.workers)
