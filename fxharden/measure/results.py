@@ -260,6 +260,10 @@ class SweepResult:
     site_rms: Dict[str, float] = field(default_factory=dict)
     """Clean RMS of the signal at every swept site (mean over networks), the conversion
     between the units: σ_abs = σ_rel · rms_site."""
+    provenance: Dict[str, Any] = field(default_factory=dict)
+    """Where the inputs came from, as the caller stated it (the CLI: ``{"preprocess": {input_size,
+    mean, std, crop_pct, interpolation, origin}, "weights": [one per network], "data": note}``);
+    empty when not given and in older results."""
     identity: Dict[str, Any] = field(default_factory=dict)
     """What the values were measured on: ``{"data": {images, labels_sha256, inputs_sum},
     "weights_sha256": [one per network]}`` (``engine.EvalData.identity``,
@@ -381,7 +385,7 @@ class SweepResult:
             "site_kinds": self.site_kinds, "units": self.units.value, "site_rms": self.site_rms,
             "mu_abs": list(self.mu_abs) if self.fit is not None else None,
             "mu_rel": list(self.mu_rel) if self.fit is not None else None, "timing": self.timing,
-            "identity": self.identity,
+            "identity": self.identity, "provenance": self.provenance,
         }
 
     @classmethod
@@ -414,7 +418,7 @@ class SweepResult:
             other_per_site={s: MidpointFit.from_dict(f) for s, f in data.get("other_per_site", {}).items()},
             site_kinds=dict(data.get("site_kinds", {})), units=Units(data.get("units", "absolute")),
             site_rms={k: float(v) for k, v in data.get("site_rms", {}).items()},
-            identity=dict(data.get("identity") or {}),
+            identity=dict(data.get("identity") or {}), provenance=dict(data.get("provenance") or {}),
         )
 
     def to_csv(self) -> str:

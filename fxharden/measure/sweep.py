@@ -97,6 +97,7 @@ def sweep(
     out: Union[str, os.PathLike, None] = None,
     progress: Optional[Callable[[int, int], None]] = None,
     fit_options: Optional[FitOptions] = None,
+    provenance: Optional[Mapping[str, Any]] = None,
     **config_kwargs: Any,
 ) -> SweepResult:
     """Measure accuracy versus noise strength and fit the midpoint noise level μ.
@@ -119,6 +120,9 @@ def sweep(
             (replicas and reused chunks included) and the current estimate of the total.
         fit_options: how μ is fitted (quoted model, a_max tie, systematic error, bootstrap
             size); default ``FitOptions()``: the log-σ model with a_max tied to the clean accuracy.
+        provenance: where the inputs came from (the preprocessing used and its origin, the
+            weights files), recorded as it is in ``SweepResult.provenance``; not part of the
+            sweep's identity.
         **config_kwargs: other ``SweepConfig`` fields.
 
     Returns:
@@ -183,6 +187,7 @@ def sweep(
         mode=cfg.mode, points=points, sites=sites, clean_accuracy=float(np.mean(clean)),
         clean_accuracies=clean, chance=chance, num_images=data.num_images, networks=[lb for lb, _ in labelled],
         site_kinds={s.name: s.kind for s in nets[0].report.sites if s.name in set(sites)},
+        provenance=dict(provenance or {}),
         identity={"data": data.identity, "weights_sha256": [n["weights_sha256"] for n in identity["networks"]]},
         units=cfg.units, site_rms={s: float(np.mean([float(m[s].rms) for m in engine.mods])) for s in sites},
         config=settings, harden_configs=[n["harden"] for n in identity["networks"]], seed=cfg.seed,
