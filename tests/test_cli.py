@@ -169,7 +169,7 @@ def test_inspect_reports_what_was_left_out(monkeypatch):
             return x * 2 if x.sum() > 0 else x  # untraceable: becomes one opaque layer
 
     model = nn.Sequential(nn.Conv2d(3, 4, 3), DataDependent(), nn.ReLU())
-    monkeypatch.setattr(cli, "resolve_models", lambda names, config, *a: ([("custom", harden(model))], None))
+    monkeypatch.setattr(cli, "resolve_models", lambda names, config, *a, **k: ([("custom", harden(model))], None, {}))
     res = invoke("inspect", "custom")
     assert res.exit_code == 0, res.output
     text = " ".join(res.stdout.split())

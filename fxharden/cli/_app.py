@@ -5,6 +5,7 @@ model/data option sets and the resolution of models, devices, data and harden co
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import warnings
@@ -199,23 +200,28 @@ def data_options(data: Optional[Path], split: "Split", download: bool, max_image
                        std=_floats(std, "--std"), crop_pct=crop_pct)
 
 
-def resolve_models(names: List[str], harden_config, seed: int = 0, options=None, data=None):
-    """``([(label, hardened model)], data)``: per MODEL argument, a checkpoint path
+def resolve_models(names: List[str], harden_config, seed: int = 0, options=None, data=None,
+                   model_preprocess: bool = False):
+    """``([(label, hardened model)], data, provenance)``: per MODEL argument, a checkpoint path
     (``is_checkpoint``) loaded with its own harden config, or a model source
     (``fxharden.zoo.sources``) loaded with ``options`` (seeded random weights without weights)
     and hardened with ``harden_config``; the evaluation data (when ``data``, ``DataOptions``,
-    is given) decoded with the first source's preprocessing (CIFAR-10's for checkpoints)."""
+    is given) decoded with the first model's preprocessing: a checkpoint's stored one (else
+    its architecture's), a source's own, each with the command line's overrides. A checkpoint
+    evaluated on the image folder it was trained on gets the images it held out.
+    ``provenance``: ``{"preprocess": {..., "origin"}, "weights": [...], "data": note}`` (the
+    preprocessing is ``None`` without data unless ``model_preprocess``: then the model's)."""
     import torch
 
     from ..core.config import HardenConfig
     from ..core.harden import harden
     from ..zoo.checkpoint import is_checkpoint, load_checkpoint
-    from ..zoo.folders import resolve_data
-    from ..zoo.inputs import ModelOptions, load_with_data
+    from ..zoo.folders import uses_cifar
+    from ..zoo.inputs import ModelOptions, effective_preprocess, heldout_data, load_with_data, resolve_dataset
     from ..zoo.models import CIFAR_PREPROCESS, load_model
 
     options = options or ModelOptions()
-    out, dataset, preprocess = [], None, None
+    out, dataset, preprocess, origin, weights, split = [], None, None, "", [], {}
     for name in names:
         if is_checkpoint(name):
             if harden_config is not None:
@@ -223,26 +229,77 @@ def resolve_models(names: List[str], harden_config, seed: int = 0, options=None,
                                          "--bits/--scale/--dynamic do not apply")
             ck = load_checkpoint(name)
             out.append((name, ck.model))
-            if preprocess is None and data is not None and ck.arch:  # the preprocessing of the trained architecture
+            weights.append(f"checkpoint {Path(name).resolve()}")
+            if preprocess is None and ck.preprocess is not None:
+                preprocess, origin, split = ck.preprocess, "the checkpoint (as trained)", ck.inputs.get("data", {})
+            elif preprocess is None and ck.arch:  # older checkpoints: the preprocessing of the trained architecture
                 kwargs = dict(ck.arch_kwargs)
-                preprocess = load_model(ck.arch, num_classes=kwargs.pop("num_classes", None),
-                                        model_args=kwargs).preprocess
+                lm = load_model(ck.arch, num_classes=kwargs.pop("num_classes", None), model_args=kwargs)
+                preprocess, origin = lm.preprocess, f"{lm.preprocess_origin} of {ck.arch} (not in the checkpoint)"
             continue
         if any(ch in name for ch in "/\\") or name.endswith((".pt", ".pth")):
             raise typer.BadParameter(f"no checkpoint file at {name!r}; give an existing checkpoint path or a "
                                      "model source (lenet5, timm:NAME, torchvision:NAME, package.module:factory)")
         torch.manual_seed(seed)
-        if data is not None and dataset is None:
+        if data is not None and dataset is None and preprocess is None:
             lm, dataset = load_with_data(name, options, data)
         else:
             lm = load_model(name, pretrained=options.pretrained, weights=options.weights,
                             num_classes=options.num_classes, model_args=options.model_args)
+        if preprocess is None:
+            preprocess, origin = lm.preprocess, lm.preprocess_origin
+        weights.append(lm.weights or f"random (seed {seed})")
         out.append((name, harden(lm.model, config=harden_config or HardenConfig(quant=None))))
-    if data is not None and dataset is None:
-        dataset = resolve_data(data.path, preprocess=data.preprocess(preprocess or CIFAR_PREPROCESS), split=data.split,
-                               max_images=data.max_images, on_corrupt=data.on_corrupt, workers=data.workers,
-                               download=data.download)
-    return out, dataset
+    if preprocess is None:
+        preprocess, origin = CIFAR_PREPROCESS, "the paper's CIFAR-10 preprocessing"
+    provenance = {"preprocess": None, "weights": weights, "data": ""}
+    if data is None:
+        if model_preprocess:
+            provenance["preprocess"] = {**preprocess.to_dict(), "origin": origin}
+        return out, dataset, provenance
+    given = [f"--{k.replace('_', '-')}" for k in ("input_size", "mean", "std", "crop_pct")
+             if getattr(data, k) is not None]
+    cifar = uses_cifar(data.path, data.download)
+    if cifar and split.get("kind") == "cifar10" and data.mean is None and data.std is None:
+        data = dataclasses.replace(data, mean=preprocess.mean, std=preprocess.std)  # as the checkpoint trained
+    used = data.preprocess(preprocess)
+    if dataset is None:
+        dataset = heldout_data(data, used, split)
+        if dataset is not None:
+            provenance["data"] = (f"the {len(dataset)} images of {data.path} that the checkpoint held out from "
+                                  "training (split stored in it)")
+        else:
+            dataset = resolve_dataset(data, used)
+    if cifar:
+        origin = "CIFAR-10 images as they are (32x32)" + (f"; {', '.join(given)} from the command line" if given
+                                                          else f"; normalisation: {origin}")
+    elif given:
+        origin = f"{origin}, with {', '.join(given)} from the command line"
+    provenance["preprocess"] = {**effective_preprocess(used, dataset, cifar).to_dict(), "origin": origin}
+    return out, dataset, provenance
+
+
+def inputs_rows(provenance) -> List[Tuple[str, str]]:
+    """Summary rows of a ``resolve_models`` provenance: preprocessing (and its origin), data
+    note, weights."""
+    rows = []
+    pre = provenance.get("preprocess")
+    if pre:
+        rows.append(("preprocessing", f"{describe_preprocess(pre)} (from {pre.get('origin', '?')})"))
+    if provenance.get("data"):
+        rows.append(("data", provenance["data"]))
+    if provenance.get("weights"):
+        rows.append(("weights", "; ".join(provenance["weights"])))
+    return rows
+
+
+def describe_preprocess(p) -> str:
+    """``224x224, mean (...), std (...), crop 0.875, bicubic`` of a ``Preprocess`` or its dict."""
+    d = p if isinstance(p, dict) else p.to_dict()
+    size = d["input_size"]
+    nums = lambda v: "(" + ", ".join(f"{x:.4g}" for x in v) + ")"  # noqa: E731
+    return (f"{size[1]}x{size[2]}, mean {nums(d['mean'])}, std {nums(d['std'])}, crop {d['crop_pct']:g}, "
+            f"{d['interpolation']}")
 
 
 def parse_sigmas(text: Optional[str]) -> Optional[Tuple[float, ...]]:

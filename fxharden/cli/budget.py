@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
 from ..zoo.options import OnCorrupt
-from ._app import (_Q, Device, Split, app, console, data_options, err_console, harden_options, model_options,
-                   resolve_device, resolve_models, user_errors)
+from ._app import (_D, _M, _Q, Device, Split, app, console, data_options, err_console, harden_options,
+                   inputs_rows, model_options, resolve_device, resolve_models, user_errors)
 
 
 @app.command("budget")
 def budget_command(
-    model: str = typer.Argument(..., help="Checkpoint path or model name (model names have random weights)."),
+    model: str = typer.Argument(..., help="Checkpoint path or model source (lenet5, timm:NAME, torchvision:NAME, "
+                                "package.module:factory; random weights unless --pretrained/--weights)."),
     max_drop: float = typer.Option(..., help="Allowed accuracy drop from clean, a fraction (0.01 = one point)."),
+    pretrained: bool = _M["pretrained"],
+    weights: Optional[str] = _M["weights"],
+    num_classes: Optional[int] = _M["num_classes"],
+    model_arg: Optional[List[str]] = _M["model_arg"],
     bits: Optional[int] = typer.Option(None, min=2, max=16, help="Quantize (model names only), as for sweep."),
     scale: Optional[float] = _Q["scale"],
     dynamic: bool = _Q["dynamic"],
@@ -35,9 +40,18 @@ def budget_command(
     seed: int = typer.Option(0, help="Seeds the noise (and the random weights of model names)."),
     out: Path = typer.Option(Path("runs/budget"), help="Output folder: budget.md, budget.json, budget.png, "
                              "sigma_map.json (for `fxharden sweep MODEL --sigma-map`)."),
-    data: Optional[Path] = typer.Option(None, help="CIFAR-10 folder (default: $FXHARDEN_DATA)."),
-    split: Split = typer.Option(Split.TEST, help="Data split to evaluate on."),
-    max_images: Optional[int] = typer.Option(None, min=1, help="Use only the first N images."),
+    data: Optional[Path] = typer.Option(None, help="CIFAR-10 folder, or an image folder (one subfolder per class; "
+                                        "decoded once with the model's preprocessing). Default: $FXHARDEN_DATA."),
+    download: bool = typer.Option(False, "--download", help="Let torchvision download CIFAR-10 if it is missing."),
+    split: Split = typer.Option(Split.TEST, help="CIFAR-10 split to evaluate on."),
+    max_images: Optional[int] = typer.Option(None, min=1, help="Use N images: CIFAR-10's first N, a stratified "
+                                             "selection of an image folder."),
+    input_size: Optional[int] = _D["input_size"],
+    mean: Optional[str] = _D["mean"],
+    std: Optional[str] = _D["std"],
+    crop_pct: Optional[float] = _D["crop_pct"],
+    on_corrupt: OnCorrupt = _D["on_corrupt"],
+    workers: Optional[int] = _D["workers"],
     synthetic: bool = typer.Option(False, "--synthetic", help="Generated images instead of CIFAR-10 (demos, tests)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar (phase and images of "
                                   "the sweep running)."),
@@ -54,18 +68,19 @@ def budget_command(
                              seed=seed, device=resolve_device(device), max_images=max_images, units=units)
         cost = CostModel(digital_sigma=digital_sigma)
         prof = load_result(profile) if profile is not None else None
-        options = model_options(False, None, None, None)
+        options = model_options(pretrained, weights, num_classes, model_arg)
         if synthetic:
-            if data is not None:
-                raise typer.BadParameter("--synthetic generates its own data; leave out --data")
+            if data is not None or download:
+                raise typer.BadParameter("--synthetic generates its own data; leave out --data/--download")
             from ..zoo.data import synthetic_dataset
 
-            ((_, hm),), _ = resolve_models([model], harden_options(bits, scale, dynamic), seed, options)
+            ((_, hm),), _, provenance = resolve_models([model], harden_options(bits, scale, dynamic), seed, options)
             dataset = synthetic_dataset(n=max_images or 1000, num_classes=10, image_size=32, channels=3, seed=seed)
+            provenance["data"] = "synthetic images (32x32)"
         else:
-            ((_, hm),), dataset = resolve_models([model], harden_options(bits, scale, dynamic), seed, options,
-                                                data_options(data, split, False, max_images, None, None, None, None,
-                                                             OnCorrupt.STOP, None))
+            ((_, hm),), dataset, provenance = resolve_models(
+                [model], harden_options(bits, scale, dynamic), seed, options,
+                data_options(data, split, download, max_images, input_size, mean, std, crop_pct, on_corrupt, workers))
         bar = _progress_bar() if progress else None
         with bar or contextlib.nullcontext():
             task = bar.add_task("budget", total=None, phase="") if bar else None
@@ -76,10 +91,13 @@ def budget_command(
             result = budget(hm, dataset, max_drop, config=config, profile=prof, cost=cost, protect=protect,
                             progress=report if bar else None)
         files = result.save(out)
+    for key, value in inputs_rows(provenance):
+        console.print(f"{key}: {value}", soft_wrap=True)
     console.print(result.markdown(), soft_wrap=True)  # a markdown table: lines are not wrapped
     for path in files.values():
         console.print(f"wrote {path}")
-    console.print(f"verify: fxharden sweep {model} --sigma-map {files['sigma_map']} --sigmas 1")
+    source = " --synthetic" if synthetic else (f" --data {data}" if data is not None else "")
+    console.print(f"verify: fxharden sweep {model}{source} --sigma-map {files['sigma_map']} --sigmas 1")
 
 
 # ---------------------------------------------------------------------- inspect

@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from ._app import _M, _Q, app, harden_options, model_options, resolve_models, show, user_errors
+from ._app import _M, _Q, app, harden_options, inputs_rows, model_options, resolve_models, show, user_errors
 
 
 @app.command("inspect")
@@ -31,8 +31,9 @@ def inspect_command(
     from ..measure.sensitivity import sensitivity_by_site
 
     with user_errors():
-        ((label, hm),), _ = resolve_models([model], harden_options(bits, scale, dynamic), 0,
-                                           model_options(False, weights, num_classes, model_arg))
+        ((label, hm),), _, provenance = resolve_models([model], harden_options(bits, scale, dynamic), 0,
+                                                       model_options(False, weights, num_classes, model_arg),
+                                                       model_preprocess=True)
         report = harden_report(hm)
         measured = sensitivity_by_site(load_result(results)) if results is not None else None
         foreign = sorted(set(measured or ()) - set(report.noise_sites))
@@ -50,6 +51,8 @@ def inspect_command(
         table.add_row(s.name, s.kind, s.op, s.quantizer or "-", "yes" if s.noise else "no", *mu,
                       *((s.note,) if notes else ()))
     show(table)
+    for key, value in inputs_rows(provenance):
+        show(f"{key}: {value}")
     for title, items in (("Opaque modules (not traced; one layer each)", report.opaque),
                          ("Layers whose weights were left as they are", report.skipped)):
         if items:

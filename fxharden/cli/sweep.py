@@ -14,8 +14,8 @@ from rich.table import Table
 from ..measure.midpoint_models import MidpointModel
 from ..measure.options import MetricName
 from ..zoo.options import OnCorrupt
-from ._app import (_D, _M, _Q, Device, Split, app, data_options, err_console, harden_options, model_options,
-                   parse_sigmas, resolve_device, resolve_models, show, styled, user_errors)
+from ._app import (_D, _M, _Q, Device, Split, app, data_options, err_console, harden_options, inputs_rows,
+                   model_options, parse_sigmas, resolve_device, resolve_models, show, styled, user_errors)
 
 
 def _progress_bar():
@@ -54,6 +54,8 @@ def _print_result(result, files: dict) -> None:
     summary.add_row("mode", result.mode.value)
     summary.add_row("networks", str(len(result.networks)))
     summary.add_row("images", str(result.num_images))
+    for key, value in inputs_rows(result.provenance):
+        summary.add_row(key, value)
     if result.metric != "top1":
         info = result.metric_info
         clean = ", ".join(f"{v:.4g}" for v in info.get("clean_values", []))
@@ -184,10 +186,11 @@ def sweep_command(
                 raise typer.BadParameter("--synthetic generates its own data; leave out --data/--download")
             from ..zoo.data import synthetic_dataset
 
-            nets, _ = resolve_models(model, harden_config, seed, options)
+            nets, _, provenance = resolve_models(model, harden_config, seed, options)
             dataset = synthetic_dataset(n=max_images or 1000, num_classes=10, image_size=32, channels=3, seed=seed)
+            provenance["data"] = "synthetic images (32x32)"
         else:
-            nets, dataset = resolve_models(model, harden_config, seed, options, data_options(
+            nets, dataset, provenance = resolve_models(model, harden_config, seed, options, data_options(
                 data, split, download, max_images, input_size, mean, std, crop_pct, on_corrupt, workers))
         bar = _progress_bar() if progress else None
         with bar or contextlib.nullcontext():
@@ -200,7 +203,7 @@ def sweep_command(
 
             result = sweep(dict(nets), dataset, config=config, out=out, progress=report if bar else None,
                            fit_options=FitOptions(model=fit_model, tie_a_max=not free_a_max, systematic=systematic),
-                           metric=metric.value)
+                           metric=metric.value, provenance=provenance)
         files = {"json": out / RESULTS_JSON, "csv": out / RESULTS_CSV, **save_plots(result, out)}
     if options.random and any(not _is_checkpoint(name) for name in model):
         show(styled("Note:", "yellow", "model names have random weights; sweep a trained checkpoint "

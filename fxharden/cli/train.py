@@ -10,8 +10,8 @@ from rich.table import Table
 
 from ..training.options import Augment, Precision
 from ..zoo.options import OnCorrupt, Optimizer
-from ._app import (_D, _M, _Q, Device, Split, app, data_options, harden_options, model_options, resolve_device,
-                   show, user_errors)
+from ._app import (_D, _M, _Q, Device, Split, app, data_options, describe_preprocess, harden_options,
+                   model_options, resolve_device, show, user_errors)
 
 
 @app.command("train")
@@ -63,7 +63,7 @@ def train_command(
     from ..core.config import HardenConfig
     from ..core.harden import harden
     from ..zoo.data import DatasetKind, load_cifar10, load_splits
-    from ..zoo.inputs import load_with_data, resolve_splits
+    from ..zoo.inputs import effective_preprocess, inputs_record, load_with_data, resolve_splits
     from ..zoo.recipes import training_defaults
     from ..training.train import NoiseSchedule, TrainConfig, train
 
@@ -80,17 +80,22 @@ def train_command(
             load_cifar10("train", data, download=True)
         dopts = data_options(data, Split.TEST, False, None, input_size, mean, std, crop_pct, on_corrupt, workers)
 
+        split, used = {}, {}
+
         def splits(preprocess):
+            used["preprocess"] = preprocess
             if synthetic:
+                split["kind"] = "synthetic"
                 return load_splits(DatasetKind.SYNTHETIC, train_images=train_images, test_images=test_images)
-            return resolve_splits(dopts, preprocess, train_images=train_images, test_images=test_images)
+            return resolve_splits(dopts, preprocess, train_images=train_images, test_images=test_images, record=split)
 
         torch.manual_seed(seed)
         lm, (train_set, test_set) = load_with_data(model, model_options(pretrained, weights, num_classes, model_arg),
                                                    dopts, loader=splits)
+        preprocess = effective_preprocess(used["preprocess"], test_set, split.get("kind") != "folder")
         net = harden(lm.model, config=harden_config)
         result = train(net, train_set, test_set, config, out, resume=resume, arch=lm.source.text,
-                       arch_kwargs=lm.arch_kwargs, progress=progress)
+                       arch_kwargs=lm.arch_kwargs, inputs=inputs_record(preprocess, split), progress=progress)
     table = Table(title=f"{model}: {'fp32' if bits is None else f'{bits}-bit'} training", show_header=False)
     table.add_column(style="bold")
     table.add_column()
@@ -106,6 +111,7 @@ def train_command(
         table.add_row(key, value)
     show(table)
     source = " --synthetic" if synthetic else (f" --data {_quote(data)}" if data is not None else "")
+    show(f"preprocessing: {describe_preprocess(preprocess)} (stored in the checkpoint, with the held-out split)")
     show(f"next: fxharden sweep {_quote(result.checkpoint)}{source} --out {_quote(out / 'sweep')}")
 
 

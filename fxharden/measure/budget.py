@@ -24,6 +24,7 @@ How (``budget``):
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass, field, replace
@@ -174,7 +175,10 @@ def budget(model: ModelLike, data: Any, max_drop: float, *, config: Optional[Swe
         max_drop: allowed accuracy drop from clean, a fraction in [0, 1) (0.01 = one point).
         config: sweep settings (repeats, batch size, units, seed, device, max_images, the σ
             range sigma_min..sigma_max searched); mode, sigmas and sigma_map are set here.
-        profile: a per-layer sweep of this model on the same data (else one is run).
+        profile: a per-layer sweep of this model on the same data (else one is run); refused
+            (``ValueError``) when its weights hash, harden config or data identity differ
+            from this model's and data. Only its sensitivities are used: the reference clean
+            accuracy is always measured on ``model``.
         cost: the cost model (``noise_cost``).
         protect: keep sites digital that fail alone at the smallest σ; ``False``: such
             sites make the target impossible (``BudgetError``).
@@ -192,17 +196,20 @@ def budget(model: ModelLike, data: Any, max_drop: float, *, config: Optional[Swe
     base = replace(config or SweepConfig(), sigmas=None, sigma_map=None, sites=None, mode=SweepMode.GLOBAL)
     (_, hm), = resolve_networks(model)
     sites = noise_sites(hm)
-    if profile is None:
+    given = profile is not None
+    if not given:
         profile = sweep(hm, data, config=replace(base, mode=SweepMode.PER_LAYER, adaptive=True),
                         progress=_phase(progress, "per-layer profile"))
+    else:
+        _check_profile(profile, hm, data, base)
     rows = {r.site: r for r in sensitivity(profile)}
     missing = [s for s in sites if s not in rows]
     if missing or profile.units is not base.units:
         raise ValueError(f"the profile does not fit: {'it lacks sites ' + ', '.join(missing[:5]) if missing else ''}"
                          f"{'' if profile.units is base.units else f'its units are {profile.units.value}'}; give a "
                          f"per-layer sweep of this model in {base.units.value} units")
-    clean, floor = profile.clean_accuracy, min(p.sigma for p in profile.points if p.sigma > 0)
-    failing = {s: _alone_at_floor(profile, s, clean, max_drop) for s in sites}
+    floor = min(p.sigma for p in profile.points if p.sigma > 0)
+    failing = {s: _alone_at_floor(profile, s, profile.clean_accuracy, max_drop) for s in sites}
     failing = {s: why for s, why in failing.items() if why}
     if failing and not protect:
         raise BudgetError(_fail_message(failing, max_drop, "protect=True keeps them digital"), sorted(failing))
@@ -218,6 +225,8 @@ def budget(model: ModelLike, data: Any, max_drop: float, *, config: Optional[Swe
     norm = math.sqrt(sum(ops[s] / raw[s] ** 2 for s in analog) / max(sum(ops[s] for s in analog), 1))
     shape = {s: raw.get(s, 0.0) * norm for s in sites}
     d_sigma = cost.digital_sigma or floor
+    # the reference: this model on these data (a given profile's own clean accuracy is not used)
+    clean = _clean_accuracy(hm, data, base) if given else profile.clean_accuracy
     t, acc, curve = _search(hm, data, base, shape, clean, max_drop, grid_points,
                             _phase(progress, "allocation search"))
     tu, accu, ucurve = _search(hm, data, base, None, clean, max_drop, grid_points, _phase(progress, "uniform search"))
@@ -236,6 +245,56 @@ def budget(model: ModelLike, data: Any, max_drop: float, *, config: Optional[Swe
                         f"fails alone {failing[s]}" if s in failing and alloc[s] == 0 else "") for s in sites]
     return BudgetResult(max_drop, base.units, clean, table, t, acc, tu, accu, alloc_cost, uniform_cost, d_sigma, kind,
                         {"allocation": curve, "uniform": ucurve})
+
+
+def _clean_accuracy(hm, data, base: SweepConfig) -> float:
+    """Accuracy of ``hm`` on ``data`` without noise (a sweep's clean pass; its one point at
+    the smallest σ is a by-product)."""
+    return sweep(hm, data, config=replace(base, sigmas=(base.sigma_min,), adaptive=False, repeats=1)).clean_accuracy
+
+
+def _check_profile(profile: SweepResult, hm, data: Any, base: SweepConfig) -> None:
+    """Refuse a profile measured on other weights, another harden config or other data (its
+    sensitivities would describe another network)."""
+    from ..core.calibrate import calibrate_quantizers
+    from ..core.config import config_to_dict
+    from .engine import EvalData, weights_sha256
+
+    redo = "run the budget without a profile (leave out --profile) to measure one on this model"
+    if profile.mode is not SweepMode.PER_LAYER:
+        raise ValueError(f"the profile is a {profile.mode.value} sweep; a budget needs a per-layer sweep of this "
+                         f"model; {redo}")
+    ident = profile.identity
+    if not ident.get("weights_sha256") or not ident.get("data"):
+        raise ValueError("the profile does not record which weights and data it measured (a results.json written "
+                         f"before fxharden recorded them, without its sweep.json beside it); {redo}")
+    param = next(iter(hm.parameters()), None)
+    evaluated = EvalData(data, base.batch_size, base.max_images, param.device if param is not None else "cpu")
+    calibrate_quantizers(hm, evaluated)  # as the profile's sweep did (and the budget's sweeps will) before hashing
+    diffs = []
+    mine = weights_sha256(hm)
+    if ident["weights_sha256"] != [mine]:
+        theirs = ", ".join(h[:12] for h in ident["weights_sha256"])
+        diffs.append(f"its weights (sha256 {theirs}) are not this model's ({mine[:12]}): a profile of other "
+                     "weights (e.g. from before a fine-tune) measures another network (the hash includes "
+                     "quantizer steps calibrated on the first batches: --batch-size must match too)")
+    if [_canonical(c) for c in profile.harden_configs] != [_canonical(config_to_dict(hm.harden_config))]:
+        diffs.append("its harden config (bits, scale, noise model, rules) differs from this model's")
+    here = evaluated.identity
+    there = ident["data"]
+    if (here["images"] != there.get("images") or here["labels_sha256"] != there.get("labels_sha256")
+            or not math.isclose(here["inputs_sum"], float(there.get("inputs_sum", math.nan)), rel_tol=1e-6,
+                                abs_tol=1e-6)):
+        diffs.append(f"its data differ ({there.get('images')} images, input sum {there.get('inputs_sum')!r}; "
+                     f"here {here['images']} images, input sum {here['inputs_sum']!r}): other images, labels, "
+                     "preprocessing or --max-images")
+    if diffs:
+        raise ValueError("the profile does not fit this model: " + "; ".join(diffs) + f"; {redo}")
+
+
+def _canonical(value: Any) -> Any:
+    """JSON round trip: a config as a stored results.json holds it."""
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
 def _alone_at_floor(profile: SweepResult, site: str, clean: float, max_drop: float) -> str:

@@ -19,11 +19,13 @@ from dataclasses import dataclass
 from typing import Dict, Mapping, Optional
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor, fx, nn
 
 from ..core.harden import HardenedModule, noise_sites
 from ..core.noise import Noise, noise_off
 from ..core.noise_models import check_param
+from ..core.passes import CONTAINER
+from ..core.quant import ActQuant
 
 __all__ = ["CostModel", "site_ops", "allocation_cost"]
 
@@ -44,48 +46,61 @@ class CostModel:
 def site_ops(model: HardenedModule, x: Tensor) -> Dict[str, int]:
     """Operations per input image of every noise site (module doc), counted on one clean
     forward of ``x[:1]`` in eval mode: output elements at the noise modules, MACs at
-    conv/linear layers (``fxharden.zoo.summary.count_flops``'s convention without bias). The
-    model's noise strengths, mode and state (e.g. batch-norm statistics) are left as they were."""
+    conv/linear layers (``fxharden.zoo.summary.count_flops``'s convention without bias). Each
+    site is one call of its layer (a graph node): a layer called twice is two sites, each
+    counted on its own call. The model's noise strengths, mode and state (e.g. batch-norm
+    statistics) are left as they were."""
     sites = noise_sites(model)
-    ops: Dict[str, int] = {}
-    hooks = []
-    for m in model.modules():
-        if isinstance(m, Noise) and m.site in sites:
-            hooks.append(m.register_forward_hook(lambda mod, inp, out: _count(ops, mod.site, inp[0].numel())))
-    for site in sites:
-        layer = _layer(model, site)
-        if isinstance(layer, (nn.modules.conv._ConvNd, nn.Linear)):
-            hooks.append(layer.register_forward_hook(
-                lambda mod, inp, out, site=site: _count(ops, site, _macs(mod, inp[0], out), replace=True)))
     was_training = model.training
     try:
         with noise_off(model), torch.inference_mode():
             model.eval()  # one image through a training-mode batch norm fails, and would move its statistics
-            model(x[:1])
+            counter = _OpCounter(model)
+            counter.run(x[:1])
     finally:
         model.train(was_training)
-        for h in hooks:
-            h.remove()
-    return {site: int(ops.get(site, 0)) for site in sites}
+    return {site: int(counter.ops.get(site, 0)) for site in sites}
 
 
-def _count(ops: Dict[str, int], site: str, n: int, replace: bool = False) -> None:
-    """Record (a hook must return None: a value would replace the output)."""
-    if replace or site not in ops:
-        ops[site] = n
+class _OpCounter(fx.Interpreter):
+    """Runs the model's current graph and counts at each noise node: the MACs of the conv or
+    linear node it follows (through the site's output quantizer), else its input's elements."""
+
+    def __init__(self, model: HardenedModule) -> None:
+        super().__init__(model, graph=model.graph)
+        self.ops: Dict[str, int] = {}
+        self.macs: Dict[fx.Node, int] = {}
+
+    def run_node(self, n: fx.Node):
+        out = super().run_node(n)
+        if n.op != "call_module":
+            return out
+        mod = self.module.get_submodule(str(n.target))
+        if isinstance(mod, (nn.modules.conv._ConvNd, nn.Linear)):
+            inp = self.env[n.args[0]] if isinstance(n.args[0], fx.Node) else n.args[0]
+            self.macs[n] = _macs(mod, inp, out)
+        elif isinstance(mod, Noise) and mod.site not in self.ops:
+            source = _site_node(self.module, n)
+            inp = self.env[n.args[0]]
+            self.ops[mod.site] = self.macs.get(source, inp.numel())
+        return out
+
+
+def _site_node(model: nn.Module, noise_node: fx.Node) -> fx.Node:
+    """The node whose output a noise node perturbs: back through the quantizers that
+    ``harden`` put between them."""
+    node = noise_node.args[0]
+    while (isinstance(node, fx.Node) and node.op == "call_module"
+           and str(node.target).startswith(f"{CONTAINER}.")
+           and isinstance(model.get_submodule(str(node.target)), ActQuant)):
+        node = node.args[0]
+    return node
 
 
 def _macs(layer: nn.Module, inp: Tensor, out: Tensor) -> int:
     if isinstance(layer, nn.modules.conv._ConvTransposeNd):
         return inp.numel() * (layer.out_channels // layer.groups) * layer.weight[0, 0].numel()
     return out.numel() * layer.weight[0].numel()  # fan-in: in_channels/groups × kernel, or in_features
-
-
-def _layer(model: nn.Module, site: str) -> Optional[nn.Module]:
-    try:
-        return model.get_submodule(site)
-    except AttributeError:
-        return None
 
 
 def allocation_cost(ops: Mapping[str, int], sigma: Mapping[str, float], digital_sigma: float) -> float:

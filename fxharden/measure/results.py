@@ -279,6 +279,15 @@ class SweepResult:
     metric_info: Dict[str, Any] = field(default_factory=dict)
     """Other metrics: ``ideal``, ``floor`` (and whether it was measured), ``higher_is_better``,
     ``clean_values`` (per network, the metric's own scale), ``log_scale``."""
+    provenance: Dict[str, Any] = field(default_factory=dict)
+    """Where the inputs came from, as the caller stated it (the CLI: ``{"preprocess": {input_size,
+    mean, std, crop_pct, interpolation, origin}, "weights": [one per network], "data": note}``);
+    empty when not given and in older results."""
+    identity: Dict[str, Any] = field(default_factory=dict)
+    """What the values were measured on: ``{"data": {images, labels_sha256, inputs_sum},
+    "weights_sha256": [one per network]}`` (``engine.EvalData.identity``,
+    ``engine.weights_sha256``); empty in results written before it was recorded (``load_result``
+    then reads it from the sweep's ``sweep.json`` when that is beside the file)."""
 
     @property
     def rms_ref(self) -> float:
@@ -396,6 +405,7 @@ class SweepResult:
             "mu_abs": list(self.mu_abs) if self.fit is not None else None,
             "mu_rel": list(self.mu_rel) if self.fit is not None else None, "timing": self.timing,
             **({"metric": self.metric, "metric_info": self.metric_info} if self.metric != "top1" else {}),
+            "identity": self.identity, "provenance": self.provenance,
         }
 
     @classmethod
@@ -429,6 +439,7 @@ class SweepResult:
             site_kinds=dict(data.get("site_kinds", {})), units=Units(data.get("units", "absolute")),
             site_rms={k: float(v) for k, v in data.get("site_rms", {}).items()},
             metric=data.get("metric", "top1"), metric_info=dict(data.get("metric_info", {})),
+            identity=dict(data.get("identity") or {}), provenance=dict(data.get("provenance") or {}),
         )
 
     def to_csv(self) -> str:
@@ -477,4 +488,20 @@ def load_result(path: PathLike) -> SweepResult:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not valid JSON ({err}); was it written by fxharden sweep?") from None
-    return SweepResult.from_dict(data)
+    result = SweepResult.from_dict(data)
+    if not result.identity:
+        result.identity = _header_identity(path.parent / HEADER_FILE, result.fingerprint)
+    return result
+
+
+def _header_identity(header: Path, fp: str) -> Dict[str, Any]:
+    """``SweepResult.identity`` from the ``sweep.json`` of the same sweep (older results lack
+    it); empty when there is none or it belongs to another sweep."""
+    try:
+        stored = json.loads(header.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    ident = stored.get("identity") or {}
+    if not fp or stored.get("fingerprint") != fp or "data" not in ident:
+        return {}
+    return {"data": ident["data"], "weights_sha256": [n.get("weights_sha256", "") for n in ident.get("networks", [])]}

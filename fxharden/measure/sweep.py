@@ -124,6 +124,7 @@ def sweep(
     progress: Optional[Callable[[int, int], None]] = None,
     fit_options: Optional[FitOptions] = None,
     metric: Union[str, Metric, Callable[..., Any]] = "top1",
+    provenance: Optional[Mapping[str, Any]] = None,
     **config_kwargs: Any,
 ) -> SweepResult:
     """Measure accuracy (or another metric) versus noise strength and fit the midpoint noise level μ.
@@ -157,6 +158,9 @@ def sweep(
             better). μ is the σ at which the score has fallen half way from its clean value to
             its floor (chance; ``ln V`` for the loss, perplexity on the log scale; measured at a
             large σ when not known): see ``fxharden.measure.scores``.
+        provenance: where the inputs came from (the preprocessing used and its origin, the
+            weights files), recorded as it is in ``SweepResult.provenance``; not part of the
+            sweep's identity.
         **config_kwargs: other ``SweepConfig`` fields.
 
     Returns:
@@ -233,6 +237,8 @@ def sweep(
         mode=cfg.mode, points=points, sites=sites, clean_accuracy=float(np.mean(clean)),
         clean_accuracies=clean, chance=chance, num_images=data.num_images, networks=[lb for lb, _ in labelled],
         site_kinds={s.name: s.kind for s in nets[0].report.sites if s.name in set(sites)},
+        provenance=dict(provenance or {}),
+        identity={"data": data.identity, "weights_sha256": [n["weights_sha256"] for n in identity["networks"]]},
         units=cfg.units, site_rms={s: float(np.mean([float(m[s].rms) for m in engine.mods])) for s in sites},
         config=settings, harden_configs=[n["harden"] for n in identity["networks"]], seed=cfg.seed,
         seeding="seed_noise(model, sha256(seed/network/chunk)) before each chunk (see fxharden.sweep); weight noise "

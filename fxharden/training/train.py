@@ -335,6 +335,7 @@ def train(
     resume: bool = False,
     arch: Optional[str] = None,
     arch_kwargs: Optional[Dict[str, Any]] = None,
+    inputs: Optional[Dict[str, Any]] = None,
     progress: bool = False,
 ) -> TrainResult:
     """Train a hardened model (QAT through the straight-through estimator, optional noise).
@@ -356,6 +357,8 @@ def train(
             steps, a warm restart). Fewer epochs than stored are refused.
         arch, arch_kwargs: the ``fxharden.zoo.models.build_model`` name and builder arguments of the model,
             stored in the checkpoint so ``load_checkpoint`` / ``fxharden sweep`` rebuild it.
+        inputs: how the data were prepared and split (``fxharden.zoo.inputs.inputs_record``),
+            stored in the checkpoint so sweeps of it use the same preprocessing and held-out images.
         progress: show a rich progress bar with loss and accuracy.
 
     Raises:
@@ -426,7 +429,7 @@ def train(
         extra = {"history": [asdict(h) for h in history], "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
                  "train_config": json.loads(json.dumps(cfg.to_dict()))}
-        save_checkpoint(out / CHECKPOINT, model, arch or "", arch_kwargs, {**state, **extra})
+        save_checkpoint(out / CHECKPOINT, model, arch or "", arch_kwargs, {**state, **extra}, inputs)
         log = {"arch": arch, "arch_kwargs": arch_kwargs or {}, **state, "train_config": extra["train_config"],
                "history": extra["history"]}
         atomic_write_json(out / LOG, log, indent=2)

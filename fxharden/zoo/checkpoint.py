@@ -11,13 +11,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import TYPE_CHECKING, Any, Dict, Optional, Union
 
 import torch
 
 from ..core.config import HardenConfig, config_from_dict, config_to_dict
 from .._files import atomic_write_bytes
 from ..core.harden import HardenedModule, harden
+
+if TYPE_CHECKING:
+    from .preprocess import Preprocess
 
 __all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "read_payload", "is_checkpoint", "FORMAT"]
 
@@ -34,6 +37,17 @@ class Checkpoint:
     config: HardenConfig
     state: Dict[str, Any] = field(default_factory=dict)
     """Training state: epoch, optimizer, scheduler, RNG, metrics (whatever was saved)."""
+    inputs: Dict[str, Any] = field(default_factory=dict)
+    """How its training data were prepared and split (``fxharden.zoo.inputs.inputs_record``):
+    ``{"preprocess": Preprocess.to_dict(), "data": {...}}``; empty in older checkpoints."""
+
+    @property
+    def preprocess(self) -> Optional["Preprocess"]:
+        """The preprocessing it was trained with (``None``: not recorded)."""
+        from .preprocess import Preprocess
+
+        stored = self.inputs.get("preprocess")
+        return Preprocess(**stored) if stored else None
 
 
 def save_checkpoint(
@@ -42,9 +56,12 @@ def save_checkpoint(
     arch: str,
     arch_kwargs: Optional[Dict[str, Any]] = None,
     state: Optional[Dict[str, Any]] = None,
+    inputs: Optional[Dict[str, Any]] = None,
 ) -> None:
-    """Save ``model`` (hardened from ``build_model(arch, **arch_kwargs)``) and training state."""
+    """Save ``model`` (hardened from ``build_model(arch, **arch_kwargs)``), training state and
+    ``inputs`` (the preprocessing and split of its data, ``Checkpoint.inputs``)."""
     payload = {
+        "inputs": dict(inputs or {}),
         "format": FORMAT,
         "arch": arch,
         "arch_kwargs": dict(arch_kwargs or {}),
@@ -101,4 +118,4 @@ def load_checkpoint(path: Union[str, Path], map_location: Any = "cpu") -> Checkp
     if isinstance(map_location, (str, torch.device)):
         model.to(map_location)  # the model where its tensors were mapped, not only its state
     return Checkpoint(model=model, arch=payload["arch"], arch_kwargs=payload["arch_kwargs"], config=config,
-                      state=payload["state"])
+                      state=payload["state"], inputs=dict(payload.get("inputs") or {}))

@@ -197,6 +197,11 @@ def is_cifar_root(path: PathLike) -> bool:
         any((p / f).is_file() for f in NPZ_FILES.values()) or (p / TV_FOLDER).is_dir()
 
 
+def uses_cifar(path: Optional[PathLike], download: bool = False) -> bool:
+    """Whether ``resolve_data(path, download=...)`` loads CIFAR-10 (not an image folder)."""
+    return path is None or is_cifar_root(path) or download or not Path(path).expanduser().is_dir()
+
+
 def resolve_data(path: Optional[PathLike] = None, *, preprocess: Optional[Preprocess] = None, split: str = "test",
                  max_images: Optional[int] = None, on_corrupt: OnCorrupt = OnCorrupt.STOP,
                  workers: Optional[int] = None, download: bool = False) -> TensorImageDataset:
@@ -208,7 +213,7 @@ def resolve_data(path: Optional[PathLike] = None, *, preprocess: Optional[Prepro
     Raises:
         DataNotFoundError, CorruptDataError, ValueError: with what was looked at and what to do.
     """
-    if path is None or is_cifar_root(path) or download or not Path(path).expanduser().is_dir():
+    if uses_cifar(path, download):
         try:
             data = load_cifar10(split, root=path, download=download)
         except DataNotFoundError as err:

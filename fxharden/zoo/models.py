@@ -61,6 +61,8 @@ class LoadedModel:
     """``build_model(source.text, **arch_kwargs)`` rebuilds the architecture (checkpoints store it)."""
     weights: Optional[str] = None
     """Where the weights came from (``timm pretrained``, a torchvision enum, a path); ``None``: random."""
+    preprocess_origin: str = ""
+    """Where ``preprocess`` comes from (printed by the CLI and recorded in results)."""
 
     @property
     def num_classes(self) -> Optional[int]:
@@ -120,14 +122,18 @@ def load_model(source: str, *, pretrained: bool = False, weights: Union[str, os.
             load_weights(model, weights, num_classes_given=num_classes is not None)
             origin = str(weights)
     if src.kind is SourceKind.RECIPE:
-        preprocess = CIFAR_PREPROCESS
+        preprocess, how = CIFAR_PREPROCESS, "the paper's CIFAR-10 preprocessing"
     elif src.kind is SourceKind.TORCHVISION and tv_enum is None:
         import torchvision
 
-        preprocess = Preprocess.for_model(model, torchvision.models.get_model_weights(src.name).DEFAULT)
+        default = torchvision.models.get_model_weights(src.name).DEFAULT
+        preprocess, how = Preprocess.for_model(model, default), f"torchvision {default} transforms()"
     else:
         preprocess = Preprocess.for_model(model, tv_enum)
-    loaded = LoadedModel(model, src, preprocess, arch_kwargs, origin)
+        how = (f"torchvision {tv_enum} transforms()" if tv_enum is not None
+               else "the model's pretrained config (timm)" if getattr(model, "pretrained_cfg", None)
+               else "default: timm's 224 px ImageNet preprocessing (the model names none)")
+    loaded = LoadedModel(model, src, preprocess, arch_kwargs, origin, how)
     if "num_classes" not in arch_kwargs and loaded.num_classes is not None and src.kind is not SourceKind.FACTORY:
         arch_kwargs["num_classes"] = loaded.num_classes
     return loaded

@@ -207,3 +207,78 @@ def test_budget_reports_progress_by_phase_and_runs_from_the_command_line(tmp_pat
                                    "--out", str(tmp_path / "b")])
     assert res.exit_code == 0, res.output
     assert {"budget.md", "budget.json", "budget.png", "sigma_map.json"} <= {p.name for p in (tmp_path / "b").iterdir()}
+
+
+def test_site_ops_count_each_call_of_a_layer_called_twice():
+    """``self.c(self.pool(self.c(x)))``: two sites ``c`` and ``c_1``, each counted on its own
+    call (the hook kept the last call for ``c`` and counted ``c_1``'s outputs: 1,296 and 36)."""
+
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c, self.pool = nn.Conv2d(4, 4, 3, padding=1), nn.MaxPool2d(2)
+
+        def forward(self, x):
+            return self.c(self.pool(self.c(x)))
+
+    hm = fxharden.harden(Twice(), bits=8).eval()  # with output quantizers between layer and noise
+    x = torch.randn(3, 4, 6, 6)
+    fan_in = 4 * 3 * 3
+    # by hand: first call 4×6×6 outputs, pool to 4×3×3, second call 4×3×3 outputs
+    hand = {"input": 4 * 6 * 6, "c": 4 * 6 * 6 * fan_in, "pool": 4 * 3 * 3, "c_1": 4 * 3 * 3 * fan_in}
+    assert hand["c"] == 5184 and hand["c_1"] == 1296
+    assert site_ops(hm, x) == hand
+    assert site_ops(fxharden.harden(Twice()).eval(), x) == hand
+
+
+def per_layer_profile(hm, data, out=None):
+    """The profile ``budget`` runs itself, made by hand."""
+    from dataclasses import replace
+    from fxharden.measure.sweep import SweepMode
+
+    return sweep(hm, data, config=replace(FAST, mode=SweepMode.PER_LAYER, adaptive=True), out=out)
+
+
+def test_a_profile_of_other_weights_is_refused(plain, tmp_path):
+    """A profile from before a fine-tune describes another network: refused, saying what
+    differs and what to do (it gave a 6.9-point drop for max_drop 0.02, reported negative)."""
+    hm, data, _ = plain
+    profile = per_layer_profile(hm, data, out=tmp_path / "p")
+    tuned = make_teacher(1.0)[0]
+    with torch.no_grad():
+        tuned.fc2.weight.add_(0.01)  # the "fine-tune"
+    with pytest.raises(ValueError, match=r"weights .* not this model's.*without a profile"):
+        budget(fxharden.harden(tuned).eval(), data, 0.03, config=FAST, profile=profile)
+    # other data, another harden config: refused too, each named
+    x2 = data[0] + 0.5
+    with pytest.raises(ValueError, match=r"its data differ") as err:
+        budget(hm, (x2, data[1]), 0.03, config=FAST, profile=profile)
+    assert "weights" not in str(err.value)
+    with pytest.raises(ValueError, match=r"harden config"):
+        budget(fxharden.harden(make_teacher(1.0)[0], bits=8).eval(), data, 0.03, config=FAST, profile=profile)
+    # a results.json written before the identity was recorded: read back from its sweep.json
+    from fxharden.measure.results import load_result
+
+    stored = json.loads((tmp_path / "p" / "results.json").read_text())
+    del stored["identity"]
+    (tmp_path / "p" / "results.json").write_text(json.dumps(stored))
+    assert load_result(tmp_path / "p").identity == profile.identity
+    (tmp_path / "p" / "sweep.json").unlink()
+    with pytest.raises(ValueError, match="does not record which weights"):
+        budget(hm, data, 0.03, config=FAST, profile=load_result(tmp_path / "p"))
+
+
+def test_the_reference_clean_accuracy_is_measured_on_the_model(plain):
+    """Only the profile's sensitivities are used: a profile whose clean accuracy is off (here
+    set to 0.5) neither moves the reference nor makes the drop negative."""
+    from dataclasses import replace
+
+    hm, data, _ = plain
+    profile = replace(per_layer_profile(hm, data), clean_accuracy=0.5)
+    r = budget(hm, data, 0.03, config=FAST, profile=profile)
+    with torch.no_grad():
+        eager = float((hm(data[0]).argmax(1) == data[1]).float().mean())  # the model itself, eagerly
+    assert r.clean_accuracy == eager == 1.0
+    assert 0 <= r.drop <= 0.03
+    accs = eval_map(hm, data, r.sigma_map, range(100, 130))
+    assert eager - accs.mean() <= 0.03 + 3 * accs.std(ddof=1) / math.sqrt(len(accs))
