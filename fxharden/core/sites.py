@@ -20,7 +20,7 @@ from torch import fx, nn
 
 from .config import HardenConfig, LayerConfig, SiteKind, WeightNoiseKind
 
-__all__ = ["Site", "find_sites", "check_rules", "node_description", "WEIGHT_FUNCS"]
+__all__ = ["Site", "find_sites", "check_rules", "node_description", "input_nodes", "WEIGHT_FUNCS"]
 
 _ACT_TYPES: tuple = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU,
@@ -103,7 +103,8 @@ class Site:
     """One place in the graph where fxharden acts."""
 
     name: str
-    """Stable dotted name (``layer1.0.conv1``, ``layer1.0.relu_1``, ``input``)."""
+    """Stable dotted name (``layer1.0.conv1``, ``layer1.0.relu_1``); an input site is ``input``
+    when ``forward`` has one tensor argument, else the argument's name (``a``, ``b``)."""
     node: fx.Node
     kind: SiteKind
     noise: bool
@@ -276,6 +277,13 @@ def node_description(node: fx.Node, module: Optional[nn.Module]) -> str:
     return target if isinstance(target, str) else getattr(target, "__name__", repr(target))
 
 
+def input_nodes(graph: fx.Graph) -> List[fx.Node]:
+    """The placeholders that are input sites: the required arguments of ``forward`` that the
+    graph reads. Not the parameters traced at a constant default (``mask=None``, see
+    ``trace.capture``), whose value is fixed."""
+    return [n for n in graph.nodes if n.op == "placeholder" and not n.args and n.users]
+
+
 def _parameter(target: str, modules: Dict[str, nn.Module]) -> bool:
     owner, _, attr = target.rpartition(".")
     module = modules.get(owner)
@@ -316,9 +324,9 @@ def _call_weights(node: fx.Node, modules: Dict[str, nn.Module]) -> tuple:
     return False, ""
 
 
-def _base_name(node: fx.Node) -> str:
+def _base_name(node: fx.Node, inputs: List[fx.Node]) -> str:
     if node.op == "placeholder":
-        return "input"
+        return "input" if len(inputs) == 1 else str(node.target)
     if node.op == "call_module":
         return str(node.target)
     base = re.sub(r"_\d+$", "", node.name)
@@ -329,6 +337,10 @@ def _base_name(node: fx.Node) -> str:
 def find_sites(graph: fx.Graph, modules: Dict[str, nn.Module], cfg: HardenConfig, opaque: set) -> List[Site]:
     """All sites of ``graph`` in graph order with their resolved behaviour.
 
+    Every required argument of ``forward`` that the graph reads is an input site
+    (``input_nodes``): ``input`` for a model with one, the argument's name for each of
+    several, so ``SiteRules.by_name`` can address each.
+
     Args:
         graph: a graph captured by ``trace.capture``.
         modules: ``dict(root.named_modules())``.
@@ -338,14 +350,12 @@ def find_sites(graph: fx.Graph, modules: Dict[str, nn.Module], cfg: HardenConfig
     """
     sites: List[Site] = []
     counts: Dict[str, int] = {}
-    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    inputs = input_nodes(graph)
     for node in graph.nodes:
         kind = _kind(node, modules, opaque)
-        if kind is None:
+        if kind is None or (kind is SiteKind.INPUT and node not in inputs):
             continue
-        if kind is SiteKind.INPUT and len(placeholders) > 1:
-            continue  # several inputs: no single 'input' site; rules can still add others
-        base = _base_name(node)
+        base = _base_name(node, inputs)
         count = counts.get(base, 0)
         counts[base] = count + 1
         name = base if count == 0 else f"{base}_{count}"
