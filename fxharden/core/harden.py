@@ -15,14 +15,15 @@ from torch import fx, nn
 
 from .config import HardenConfig, Scaling, SiteKind, WeightNoiseKind
 from .hardened import HardenedModule, HardenReport, SiteInfo, build_hardened
-from .layers import HARDENED_LAYERS, can_harden_weights, harden_layer, weight_axis
+from .layers import HARDENED_LAYERS, HardenedCall, can_harden_weights, harden_layer, weight_axis
 from .module_route import LayerCandidate, LayerSite, attach_site, find_layers, layer_sites
 from .noise import Noise, NoiseChain, SigmaLike
 from .noise_models import ConverterConfig, NoiseKind
 from .passes import ensure_container, insert_site_modules, key_for
 from .placement import model_placement, place_modules
 from .quant import ActQuant, WeightQuant
-from .sites import _WEIGHT_KINDS, Site, check_rules, find_sites, module_unsigned, node_description, resolve_rule
+from .sites import WEIGHT_FUNCS, _WEIGHT_KINDS, Site, check_rules, find_sites, module_unsigned, node_description, \
+    resolve_rule
 from .trace import OPAQUE_ROOT, capture
 
 __all__ = ["harden", "HardenedModule", "SiteInfo", "HardenReport", "noise_sites", "set_noise",
@@ -167,7 +168,7 @@ def harden(
     graphs = {}
     for mode, sites in found.items():
         graph = cap.graphs[mode]
-        insertions, before = [], []
+        insertions, before, calls = [], [], []
         for site in sites:
             part = str(site.node.target)
             if site.kind is SiteKind.OPAQUE and inner.get(part):
@@ -204,11 +205,17 @@ def harden(
                 before.append((site.node, module_for(site.name, "dac", lambda: converter(config.dac))))
             if targets:
                 insertions.append((site.node, targets))
-            if site.quantize_weights or site.weight_noise:
+            if (site.quantize_weights or site.weight_noise) and site.node.op == "call_function":
+                calls.append((site.node, module_for(site.name, "weights", lambda: _hardened_call(site, config))))
+                wq = container[made[(site.name, "weights")]].weight_quant
+                qname = f"weights {wq.extra_repr()}" if wq is not None else qname
+            elif site.quantize_weights or site.weight_noise:
                 qname = _harden_weights(root, site, config, skipped) or qname
+            if site.skip_weights:
+                skipped[site.name] = site.skip_weights
             infos.setdefault(site.name, SiteInfo(site.name, site.kind.value, node_description(site.node, site.module),
                                                  qname, site.noise, cap.opaque.get(str(site.node.target), "")))
-        insert_site_modules(graph, insertions, before)
+        insert_site_modules(graph, insertions, before, calls)
         graphs[mode] = graph
     graphs.setdefault(False, graphs[True])
     place_modules([m for m in root.modules() if isinstance(m, (ActQuant, Noise))], device, dtype)
@@ -289,17 +296,29 @@ def _harden_modules(root: nn.Module, named: List[tuple], quantize: bool, perturb
         if isinstance(module, nn.MultiheadAttention):
             inside_attention.append(name)
         wq = WeightQuant(qc.w_bits, weight_axis(module)) if quantize else None
-        noise = None
-        if perturb:
-            noises = []
-            for suffix, kind, sigma, extra in _weight_noise_models(config):
-                noise = Noise(f"{label(name)}.weight{suffix}", config.noise.seed, kind=kind, **extra)
-                noise.set_sigma(sigma)
-                noises.append(noise)
-            noise = noises[0] if len(noises) == 1 else NoiseChain(*noises)
+        noise = _weight_noise(label(name), config) if perturb else None
         _set_submodule(root, name, harden_layer(module, wq, noise))
         desc = f"weights {wq.extra_repr()}" if wq is not None else desc
     return desc
+
+
+def _weight_noise(layer: str, config: HardenConfig) -> Optional[nn.Module]:
+    """The weight noise of layer (or functional site) ``layer``: one ``Noise`` per configured
+    model (sites ``<layer>.weight``, ``.weight.drift``, ``.weight.faults``), chained."""
+    noises = []
+    for suffix, kind, sigma, extra in _weight_noise_models(config):
+        noise = Noise(f"{layer}.weight{suffix}", config.noise.seed, kind=kind, **extra)
+        noise.set_sigma(sigma)
+        noises.append(noise)
+    return noises[0] if len(noises) == 1 else NoiseChain(*noises)
+
+
+def _hardened_call(site: Site, config: HardenConfig) -> HardenedCall:
+    """The module that replaces a functional conv/linear call whose weight comes from parameters
+    (``F.linear(x, self.fc.weight)``, the ``F.conv2d`` inside timm's ``StdConv2d``)."""
+    fn = site.node.target
+    wq = WeightQuant(config.quant.w_bits, WEIGHT_FUNCS[fn]) if site.quantize_weights else None
+    return HardenedCall(fn, wq, _weight_noise(site.name, config) if site.weight_noise else None)
 
 
 def converter(cfg: ConverterConfig) -> ActQuant:

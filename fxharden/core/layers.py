@@ -3,6 +3,9 @@
 A hardened layer is the original layer object's class swapped for a subclass that
 transforms its weights before use: the parameters, their names in ``state_dict`` and
 ``isinstance`` checks stay the same; the transform's modules are added as children.
+A weight that reaches a functional call as a graph value (``F.linear(x, self.fc.weight)``,
+timm's ``StdConv2d``) is hardened by ``HardenedCall``, which takes the call's place in the
+graph and behaves like the swapped layers.
 
 Weight noise and batch groups: when the weight-noise module holds one sigma per batch group
 (a sweep measuring several repeats in one forward), the layer splits its input along the
@@ -31,7 +34,8 @@ from .quant import WeightQuant
 
 Run = Tuple[int, int, Dict[str, Tensor]]  # (first batch group, number of groups, their weights)
 
-__all__ = ["HARDENED_LAYERS", "harden_layer", "can_harden_weights", "weight_axis", "weight_draws_held"]
+__all__ = ["HARDENED_LAYERS", "HardenedCall", "harden_layer", "can_harden_weights", "weight_axis",
+           "weight_draws_held"]
 
 
 class _HardenedWeight:
@@ -45,8 +49,12 @@ class _HardenedWeight:
     """``None``: every forward pass draws its weights; a list: held (``weight_draws_held``), the
     runs of the first forward pass in the block, empty until it has run."""
 
+    def _raw_weights(self) -> Dict[str, Tensor]:
+        """The weights before quantization and noise, by name."""
+        return {n: self.get_parameter(n) for n in self._weight_names}  # type: ignore[attr-defined]
+
     def _quantized(self) -> Dict[str, Tensor]:
-        ws = {n: self.get_parameter(n) for n in self._weight_names}  # type: ignore[attr-defined]
+        ws = self._raw_weights()
         if self.weight_quant is not None:
             ws = {n: self.weight_quant(w) for n, w in ws.items()}
         return ws
@@ -137,6 +145,51 @@ class HardenedEmbedding(_HardenedWeight, nn.Embedding):
     def forward(self, x: Tensor) -> Tensor:
         return self._grouped(x, lambda x, w: F.embedding(x, w["weight"], self.padding_idx, self.max_norm,
                                                          self.norm_type, self.scale_grad_by_freq, self.sparse))
+
+
+class HardenedCall(_HardenedWeight, nn.Module):
+    """A functional conv or linear call whose weight argument is hardened, for weights that
+    reach the layer as a graph value: ``F.linear(x, self.fc.weight, self.fc.bias)``,
+    ``F.conv2d(x, self.weight)`` of a custom module, or the ``F.conv2d`` inside a conv subclass
+    with its own ``forward`` (timm's ``StdConv2d`` standardises its weight first). ``harden``
+    puts it in the graph in place of the call: ``fn(x, weight, *rest)`` runs as
+    ``fn(x, noise(quant(weight)), *rest)``, with one weight draw per batch group like the
+    class-swapped layers. Held draws (``weight_draws_held``) keep the first call's weights,
+    whatever weight later calls pass.
+
+    Args:
+        fn: the function called (``F.conv1d``/``conv2d``/``conv3d``, ``F.linear``).
+        quant: the weight quantizer (per output channel for convolutions), or ``None``.
+        noise: the weight noise (a ``Noise`` or ``NoiseChain``), or ``None``.
+    """
+
+    def __init__(self, fn: Callable[..., Tensor], quant: Optional[WeightQuant], noise: Optional[Noise]) -> None:
+        super().__init__()
+        self.fn = fn
+        self.weight_quant = quant
+        self.weight_noise = noise
+        self._weight: Optional[Tensor] = None  # the weight argument of the call in progress
+
+    def extra_repr(self) -> str:
+        return f"fn={getattr(self.fn, '__name__', self.fn)}"
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_weight"] = None
+        state.pop("_held", None)
+        return state
+
+    def _raw_weights(self) -> Dict[str, Tensor]:
+        if self._weight is None:
+            raise ValueError("HardenedCall has no weight outside a call: its weight is the call's argument")
+        return {"weight": self._weight}
+
+    def forward(self, x: Tensor, weight: Tensor, *args: object, **kwargs: object) -> Tensor:
+        self._weight = weight
+        try:
+            return self._grouped(x, lambda x, w: self.fn(x, w["weight"], *args, **kwargs))
+        finally:
+            self._weight = None
 
 
 @contextlib.contextmanager
@@ -232,9 +285,10 @@ def _swap_class(cls: type) -> Optional[type]:
 
 
 def can_harden_weights(module: nn.Module) -> bool:
-    """Whether ``module``'s weights can be quantized/perturbed: the plain torch layers (and
-    transformers' ``Conv1D``) only (a subclass with its own ``forward``, e.g. timm's
-    ``StdConv2d``, would lose it)."""
+    """Whether ``module``'s weights can be quantized/perturbed by a class swap: the plain torch
+    layers (and transformers' ``Conv1D``) only (a subclass with its own ``forward`` would lose
+    it). The tracer enters such a subclass, unless it is a leaf, and its functional call is
+    hardened (``HardenedCall``)."""
     return _swap_class(type(module)) is not None
 
 

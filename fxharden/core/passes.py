@@ -1,4 +1,6 @@
-"""Graph surgery only. Every insertion goes through ``insert_after``."""
+"""Graph surgery only. Every insertion goes through ``insert_after`` (or, on a layer's input,
+``insert_before_input``); a functional call whose weight is hardened is replaced by
+``replace_call``."""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ from typing import Dict, List
 
 from torch import fx, nn
 
-__all__ = ["insert_after", "insert_before_input", "insert_site_modules", "CONTAINER"]
+__all__ = ["insert_after", "insert_before_input", "replace_call", "insert_site_modules", "CONTAINER"]
 
 CONTAINER = "fxharden"
 """Attribute of the hardened module that holds the inserted quantizers and noise modules."""
@@ -33,6 +35,22 @@ def insert_before_input(node: fx.Node, target: str) -> fx.Node:
     return new
 
 
+def replace_call(node: fx.Node, target: str) -> fx.Node:
+    """Put ``call_module(target)(input, weight, *rest, **kwargs)`` in place of the functional
+    call ``node`` (``fn(input, weight, *rest, **kwargs)``, input and weight positional or by
+    keyword) and reroute its users to it."""
+    kwargs = dict(node.kwargs)
+    args = list(node.args)
+    head = [args.pop(0) if args else kwargs.pop(name) for name in ("input", "weight")]
+    graph = node.graph
+    with graph.inserting_before(node):
+        new = graph.call_module(target, tuple(head + args), kwargs)
+    new.meta = dict(node.meta)
+    node.replace_all_uses_with(new)
+    graph.erase_node(node)
+    return new
+
+
 def key_for(site: str, taken: Dict[str, object]) -> str:
     """A ``ModuleDict`` key for a dotted site name (dots are not allowed in keys)."""
     key = site.replace(".", "__") or "root"
@@ -42,10 +60,13 @@ def key_for(site: str, taken: Dict[str, object]) -> str:
     return key
 
 
-def insert_site_modules(graph: fx.Graph, insertions: List[tuple], before: List[tuple] = ()) -> None:
+def insert_site_modules(graph: fx.Graph, insertions: List[tuple], before: List[tuple] = (),
+                        calls: List[tuple] = ()) -> None:
     """Apply ``(node, [dotted module targets...])`` insertions: each target is called on the
     node's output in order (e.g. quantizer then noise); ``before``: ``(node, target)`` pairs
-    called on the node's first input (e.g. a DAC). One ``lint`` at the end."""
+    called on the node's first input (e.g. a DAC); ``calls``: ``(node, target)`` pairs whose
+    module replaces the functional call ``node`` (``replace_call``, after the insertions, which
+    it keeps). One ``lint`` at the end."""
     for node, target in before:
         if node.args and isinstance(node.args[0], fx.Node):
             insert_before_input(node, target)
@@ -53,6 +74,8 @@ def insert_site_modules(graph: fx.Graph, insertions: List[tuple], before: List[t
         current = node
         for target in targets:
             current = insert_after(current, target)
+    for node, target in calls:
+        replace_call(node, target)
     graph.lint()
 
 

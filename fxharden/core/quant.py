@@ -227,8 +227,8 @@ class ActQuant(nn.Module):
         self.observed.fill_(self._observed)
 
     def forward(self, x: Tensor) -> Tensor:
-        if not x.is_floating_point():
-            return x  # ids and indices: quantizing them would change which row is looked up
+        if not isinstance(x, Tensor) or not x.is_floating_point():
+            return x  # ids and indices (and a non-tensor input): quantizing them would change which row is looked up
         if self._calibrating():
             self._observe(x)
         scale = self.scale

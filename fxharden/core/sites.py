@@ -20,8 +20,8 @@ from torch import fx, nn
 
 from .config import HardenConfig, LayerConfig, SiteKind, WeightNoiseKind
 
-__all__ = ["Site", "find_sites", "check_rules", "node_description", "module_kind", "module_unsigned", "resolve_rule",
-           "is_passthrough"]
+__all__ = ["Site", "find_sites", "check_rules", "node_description", "input_nodes", "WEIGHT_FUNCS", "module_kind",
+           "module_unsigned", "resolve_rule", "is_passthrough"]
 
 _ACT_TYPES: tuple = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU,
@@ -43,6 +43,15 @@ _LINEAR_TYPES: tuple = (nn.Linear, nn.Bilinear, nn.Embedding)
 """Layers whose output is a weighted sum (an embedding lookup is one-hot times its table)."""
 _WEIGHT_KINDS = (SiteKind.CONV, SiteKind.LINEAR, SiteKind.OPAQUE, SiteKind.OTHER)
 """Kinds of module sites whose layers may have weights to harden (e.g. attention is OTHER)."""
+
+WEIGHT_FUNCS: Dict[Any, Optional[int]] = {F.conv1d: 0, F.conv2d: 0, F.conv3d: 0, F.linear: None}
+"""Functions whose weight argument (the second) ``harden`` quantizes and perturbs when it is
+computed from parameters (``F.linear(x, self.fc.weight)``), with the per-channel axis of its
+quantizer (as ``layers.weight_axis``). ``F.conv2d is torch.conv2d``: both spellings match."""
+_PARAM_OPERAND_FUNCS = {F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d, torch.matmul, operator.matmul,
+                        torch.mm, torch.bmm, torch.einsum, "matmul", "mm", "bmm"}
+"""Functions that may take a parameter as an operand but whose weights are not hardened: such a
+call is listed in the report's ``skipped``."""
 
 _UNSIGNED_FUNCS = {F.relu, F.relu_, torch.relu, torch.relu_, F.relu6, torch.sigmoid, F.sigmoid, F.hardsigmoid,
                    "relu", "relu_", "sigmoid", "sigmoid_"}
@@ -128,7 +137,8 @@ class Site:
     """One place in the graph where fxharden acts."""
 
     name: str
-    """Stable dotted name (``layer1.0.conv1``, ``layer1.0.relu_1``, ``input``)."""
+    """Stable dotted name (``layer1.0.conv1``, ``layer1.0.relu_1``); an input site is ``input``
+    when ``forward`` has one tensor argument, else the argument's name (``a``, ``b``)."""
     node: fx.Node
     kind: SiteKind
     noise: bool
@@ -136,13 +146,18 @@ class Site:
     quantize_output: bool
     """Insert an activation quantizer after this node (activations and the input)."""
     quantize_weights: bool
-    """Swap the conv/linear/attention module for one with quantized weights."""
+    """Quantize the weights of this site's layer: swap the conv/linear/attention module for one
+    with quantized weights, or for a functional conv/linear call (``WEIGHT_FUNCS``) whose weight is
+    computed from parameters, put a ``HardenedCall`` in its place."""
     weight_noise: bool
     """Perturb the weights of this site's layer (the config has weight noise, drift or faults and no rule of
     ``None`` leaves the layer alone)."""
     signed: bool
     """Grid of the output quantizer."""
     module: Optional[nn.Module] = None
+    skip_weights: str = ""
+    """Why the parameters this call takes as an operand are used as they are (a transposed
+    convolution or matmul with a parameter operand, ``_PARAM_OPERAND_FUNCS``); '' otherwise."""
     fresh: bool = False
     """The node's result is a new tensor that aliases no other value of the graph (a layer's
     output; not the model's input, a view or the result of an in-place op), so the node
@@ -295,9 +310,56 @@ def node_description(node: fx.Node, module: Optional[nn.Module]) -> str:
     return target if isinstance(target, str) else getattr(target, "__name__", repr(target))
 
 
-def _base_name(node: fx.Node) -> str:
+def input_nodes(graph: fx.Graph) -> List[fx.Node]:
+    """The placeholders that are input sites: the required arguments of ``forward`` that the
+    graph reads. Not the parameters traced at a constant default (``mask=None``, see
+    ``trace.capture``), whose value is fixed."""
+    return [n for n in graph.nodes if n.op == "placeholder" and not n.args and n.users]
+
+
+def _parameter(target: str, modules: Dict[str, nn.Module]) -> bool:
+    owner, _, attr = target.rpartition(".")
+    module = modules.get(owner)
+    return module is not None and isinstance(getattr(module, attr, None), nn.Parameter)
+
+
+def _from_parameters(value: Any, modules: Dict[str, nn.Module]) -> bool:
+    """Whether the graph value ``value`` is computed from parameters (``get_attr`` of an
+    ``nn.Parameter``) and from no model input: a weight, not an activation."""
+    if not isinstance(value, fx.Node):
+        return False
+    stack, seen, found = [value], set(), False
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        if node.op == "placeholder":
+            return False
+        if node.op == "get_attr":
+            found = found or _parameter(str(node.target), modules)
+        stack.extend(node.all_input_nodes)
+    return found
+
+
+def _call_weights(node: fx.Node, modules: Dict[str, nn.Module]) -> tuple:
+    """``(hardened, skip reason)`` for a function call: whether it is a ``WEIGHT_FUNCS`` call
+    whose weight is computed from parameters, and why parameters it takes as an operand are
+    not hardened ('' when it takes none or they are)."""
+    if node.op not in ("call_function", "call_method"):
+        return False, ""
+    if node.op == "call_function" and node.target in WEIGHT_FUNCS:
+        return _from_parameters(_arg(node, 1, "weight"), modules), ""
+    if node.target in _PARAM_OPERAND_FUNCS and any(_from_parameters(a, modules) for a in node.all_input_nodes):
+        name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", repr(node.target))
+        return False, (f"{name} with a parameter operand: only the weights of conv1d/2d/3d and linear calls "
+                       "(and of conv, linear and attention modules) are quantized and perturbed; used as it is")
+    return False, ""
+
+
+def _base_name(node: fx.Node, inputs: List[fx.Node]) -> str:
     if node.op == "placeholder":
-        return "input"
+        return "input" if len(inputs) == 1 else str(node.target)
     if node.op == "call_module":
         return str(node.target)
     base = re.sub(r"_\d+$", "", node.name)
@@ -308,6 +370,10 @@ def _base_name(node: fx.Node) -> str:
 def find_sites(graph: fx.Graph, modules: Dict[str, nn.Module], cfg: HardenConfig, opaque: set) -> List[Site]:
     """All sites of ``graph`` in graph order with their resolved behaviour.
 
+    Every required argument of ``forward`` that the graph reads is an input site
+    (``input_nodes``): ``input`` for a model with one, the argument's name for each of
+    several, so ``SiteRules.by_name`` can address each.
+
     Args:
         graph: a graph captured by ``trace.capture``.
         modules: ``dict(root.named_modules())``.
@@ -317,29 +383,29 @@ def find_sites(graph: fx.Graph, modules: Dict[str, nn.Module], cfg: HardenConfig
     """
     sites: List[Site] = []
     counts: Dict[str, int] = {}
-    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    inputs = input_nodes(graph)
     for node in graph.nodes:
         kind = _kind(node, modules, opaque)
-        if kind is None:
+        if kind is None or (kind is SiteKind.INPUT and node not in inputs):
             continue
-        if kind is SiteKind.INPUT and len(placeholders) > 1:
-            continue  # several inputs: no single 'input' site; rules can still add others
-        base = _base_name(node)
+        base = _base_name(node, inputs)
         count = counts.get(base, 0)
         counts[base] = count + 1
         name = base if count == 0 else f"{base}_{count}"
         module = modules.get(node.target) if node.op == "call_module" else None
         rule = resolve_rule(cfg, name, node, module, kind)
         quant = cfg.quant is not None and rule is not None and rule.quantize
-        has_weights = kind in _WEIGHT_KINDS and node.op == "call_module"
+        call_weights, skip = _call_weights(node, modules)
+        has_weights = (kind in _WEIGHT_KINDS and node.op == "call_module") or call_weights
+        perturbs = (cfg.weight_noise.kind is not WeightNoiseKind.NONE or cfg.weight_drift is not None
+                    or cfg.weight_faults is not None)
         sites.append(Site(
             name=name, node=node, kind=kind, module=module,
             noise=rule is not None and rule.noise,
             quantize_output=quant and kind in (SiteKind.INPUT, SiteKind.ACTIVATION),
             quantize_weights=quant and cfg.quant.quantize_weights and has_weights,
-            weight_noise=rule is not None and has_weights and (cfg.weight_noise.kind is not WeightNoiseKind.NONE
-                                                               or cfg.weight_drift is not None
-                                                               or cfg.weight_faults is not None),
+            weight_noise=rule is not None and has_weights and perturbs,
+            skip_weights=skip if rule is not None and ((quant and cfg.quant.quantize_weights) or perturbs) else "",
             signed=not _unsigned(node, modules),
             fresh=_fresh(node, module, kind),
         ))
