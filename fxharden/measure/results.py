@@ -270,8 +270,14 @@ class SweepResult:
         return math.sqrt(float(np.mean(np.square(values)))) if values else math.nan
 
     def mu_in(self, units: Units, site: Optional[str] = None) -> Tuple[float, float]:
-        """``(μ, error)`` of the global fit (``site=None``) or of a site's fit, in ``units``:
-        the fit's own μ converted with ``rms_ref`` (global) or the site's RMS (NaN if none)."""
+        """``(μ, error)`` of the global fit (``site=None``) or of a site's fit, in ``units``.
+
+        A site's μ converts exactly with its RMS (noise at one site has std σ_rel · rms_site =
+        σ_abs either way). The global μ in the sweep's own units is the measured one; in the
+        other units it is the equal-noise-power rescaling :attr:`mu_equal_power` (by
+        ``rms_ref``), not a μ measured in those units: a relative sweep gives each site noise in
+        proportion to its own RMS, an absolute sweep the same σ at every site. NaN without RMS.
+        """
         fit = self.fit if site is None else self.per_site.get(site)
         if fit is None:
             return math.nan, math.nan
@@ -281,13 +287,29 @@ class SweepResult:
 
     @property
     def mu_abs(self) -> Tuple[float, float]:
-        """Global μ and its error in absolute units."""
-        return self.mu_in(Units.ABSOLUTE)
+        """Global μ and its error as measured in absolute units; NaN for a relative sweep (its
+        absolute-unit value is the rescaling :attr:`mu_equal_power`, not a measured μ_abs)."""
+        return self.mu_in(Units.ABSOLUTE) if self.units is Units.ABSOLUTE else (math.nan, math.nan)
 
     @property
     def mu_rel(self) -> Tuple[float, float]:
-        """Global μ and its error relative to the clean RMS (``rms_ref``)."""
-        return self.mu_in(Units.RELATIVE)
+        """Global μ and its error as measured relative to each site's clean RMS; NaN for an
+        absolute sweep (see :attr:`mu_equal_power`)."""
+        return self.mu_in(Units.RELATIVE) if self.units is Units.RELATIVE else (math.nan, math.nan)
+
+    @property
+    def equal_power_units(self) -> Units:
+        """The units :attr:`mu_equal_power` is in: the other one than the sweep's."""
+        return Units.ABSOLUTE if self.units is Units.RELATIVE else Units.RELATIVE
+
+    @property
+    def mu_equal_power(self) -> Tuple[float, float]:
+        """Global μ rescaled to :attr:`equal_power_units` at equal total noise power: the
+        uniform σ whose noise power, relative to the sites' total clean power, equals that of
+        the measured μ (σ_abs = σ_rel · ``rms_ref``). A rescaling of the measured μ, not a
+        measurement: an absolute sweep of the same network gives a different μ whenever the
+        sites' RMS differ (NaN without RMS values or a global fit)."""
+        return self.mu_in(self.equal_power_units)
 
     @property
     def sigmas(self) -> List[float]:
@@ -374,9 +396,20 @@ class SweepResult:
             "other_fit": self.other_fit.to_dict() if self.other_fit is not None else None,
             "other_per_site": {s: f.to_dict() for s, f in self.other_per_site.items()},
             "site_kinds": self.site_kinds, "units": self.units.value, "site_rms": self.site_rms,
-            "mu_abs": list(self.mu_abs) if self.fit is not None else None,
-            "mu_rel": list(self.mu_rel) if self.fit is not None else None, "timing": self.timing,
+            **self._mu_fields(), "timing": self.timing,
         }
+
+    def _mu_fields(self) -> Dict[str, Any]:
+        """The derived μ entries of ``results.json``: the measured global μ under its own unit's
+        key (``mu_abs`` or ``mu_rel``; the other is None) and the equal-power rescaling. Files
+        of earlier versions hold a converted value under the other key; it is never read back."""
+        if self.fit is None:
+            return {"mu_abs": None, "mu_rel": None, "mu_equal_power": None}
+        measured = [_num(x) for x in self.mu_in(self.units)]
+        return {"mu_abs": measured if self.units is Units.ABSOLUTE else None,
+                "mu_rel": measured if self.units is Units.RELATIVE else None,
+                "mu_equal_power": {"units": self.equal_power_units.value,
+                                   "mu": [_num(x) for x in self.mu_equal_power], "rms_ref": _num(self.rms_ref)}}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "SweepResult":
@@ -433,6 +466,10 @@ class SweepResult:
         atomic_write_bytes(paths["json"], lambda f: f.write(text))
         atomic_write_bytes(paths["csv"], lambda f: f.write(table))
         return paths
+
+
+def _num(x: float) -> Optional[float]:
+    return None if math.isnan(x) else float(x)
 
 
 def load_result(path: PathLike) -> SweepResult:
