@@ -47,6 +47,7 @@ def fit_midpoint(
     model: Union[MidpointModel, str] = MidpointModel.LOG,
     plateau: Optional[Tuple[float, float]] = None,
     replicas: Optional[ArrayLike] = None,
+    plateau_replicas: Optional[ArrayLike] = None,
     n_boot: int = BOOTSTRAP_SIZE,
     systematic: float = 0.0,
     seed: int = 0,
@@ -59,7 +60,7 @@ def fit_midpoint(
     measured low-σ plateau by a Gaussian penalty; multi-start from the crossing estimate.
 
     Errors of μ: ``mu_err_cov`` from the covariance; with ``replicas`` (resampled curves,
-    e.g. over networks and repeats) ``[mu_boot_lo, mu_boot_hi]``, the central 68 % percentile
+    e.g. over networks, repeats and images: ``fxharden.measure.results`` draws them) ``[mu_boot_lo, mu_boot_hi]``, the central 68 % percentile
     interval of μ refitted on each; the quoted ``mu_err`` is ``max(mu_err_cov, half that
     interval)`` with ``systematic·μ`` added in quadrature. ``mu_crossing_err`` is half the 68 %
     interval of the crossing over the same replicas (without them: over ``n_boot`` curves
@@ -107,6 +108,9 @@ def fit_midpoint(
             that a_max is tied to; None leaves a_max free (≤ 1).
         replicas: ``(n, len(sigmas))`` resampled accuracy curves for the bootstrap of μ and
             of the crossing.
+        plateau_replicas: ``(n,)`` the plateau value of each replica (with ``plateau`` and
+            ``replicas``): a resampling that redraws the images moves the clean accuracy
+            together with the curve, and each replica's a_max is tied to its own value.
         n_boot: without ``replicas``, curves drawn from ``N(acc, acc_err)`` for the crossing's
             error (0: none; then DISAGREES is not assessed).
         systematic: relative systematic error of μ, added in quadrature (0.02 = 2 %).
@@ -135,6 +139,11 @@ def fit_midpoint(
         if reps.ndim != 2 or reps.shape[1] != p.n_raw:
             raise ValueError(f"replicas must have shape (n, {p.n_raw}), got {reps.shape}")
         reps = reps[:, p.order]
+    plat_reps = None
+    if plateau_replicas is not None and plateau is not None and reps is not None:
+        plat_reps = np.asarray(plateau_replicas, dtype=float)
+        if plat_reps.shape != (reps.shape[0],):
+            raise ValueError(f"plateau_replicas must have shape ({reps.shape[0]},), got {plat_reps.shape}")
     chance_f = math.nan if chance is None else float(chance)
     top = chance_f + A_MIN_TOL * (1.0 - chance_f) if chance is not None else 1.0
     cons = Constraints(plateau=None if plateau is None else (float(plateau[0]), float(plateau[1])),
@@ -172,7 +181,7 @@ def fit_midpoint(
     if fit.mu > p.s_u[-1]:
         return out.verdict(FitStatus.BEYOND_GRID, f"fitted mu {fit.mu:.4g} lies beyond the largest sigma "
                            f"{p.s_u[-1]:.4g} (extrapolation, not quoted).")
-    boot = _bootstrap(p, mdl, cons, fit, reps) if resampled else (math.nan, math.nan, 0)
+    boot = _bootstrap(p, mdl, cons, fit, reps, plat_reps) if resampled else (math.nan, math.nan, 0)
     out.set_fit(fit, boot)
     return out.verdict(*_judge(p, mdl, cons, out))
 
@@ -240,13 +249,16 @@ def _fit(p: Points, mdl: MidpointModel, cons: Constraints, mu_c: float) -> Union
                      x0_bounds=xb, w_bounds=wb)
 
 
-def _bootstrap(p: Points, mdl: MidpointModel, cons: Constraints, fit: CurveFit, reps: np.ndarray):
-    """Percentile interval of μ refitted on each replica (warm start); (lo, hi, n fitted)."""
+def _bootstrap(p: Points, mdl: MidpointModel, cons: Constraints, fit: CurveFit, reps: np.ndarray,
+               plateaus: Optional[np.ndarray] = None):
+    """Percentile interval of μ refitted on each replica (warm start; a_max tied to the
+    replica's own plateau when given); (lo, hi, n fitted)."""
     xb, wb, _ = _bounds(p, mdl)
     mid = 0.5 * (float(p.a_u.max()) + float(p.a_u.min()))
     mus = []
-    for row in reps:
-        r = fit_curve(mdl, p.s, row, p.e, weighted=p.weighted, cons=cons, mid=mid, starts=[fit.theta],
+    for b, row in enumerate(reps):
+        cons_b = cons if plateaus is None else replace(cons, plateau=(float(plateaus[b]), cons.plateau[1]))
+        r = fit_curve(mdl, p.s, row, p.e, weighted=p.weighted, cons=cons_b, mid=mid, starts=[fit.theta],
                       x0_bounds=xb, w_bounds=wb, max_nfev=200)
         if isinstance(r, CurveFit):
             mus.append(r.mu)

@@ -9,11 +9,13 @@
   instead of the linear one (added in quadrature to its bootstrap error).
 * :func:`parametric_replicas`: accuracy curves redrawn from ``N(acc, acc_err)``, for when
   the raw measurements behind the points are not at hand.
+* :func:`image_sampling_shifts`: how a curve moves when its images are redrawn (the images
+  are a sample of the data too), under a threshold model of per-image difficulty.
 * :func:`percentile_interval`: the central 68 % interval of replica values (μ refitted on
   each replica by ``fxharden.measure.metrics``, or the crossing).
 
-Replica curves from resampling networks and repeats (the measured spread itself) are built
-by ``fxharden.measure.results``; they enter here as an array ``(replicas, points)``.
+Replica curves from resampling networks, repeats and images are built by
+``fxharden.measure.results``; they enter here as an array ``(replicas, points)``.
 numpy/scipy only.
 """
 
@@ -26,7 +28,7 @@ import numpy as np
 from scipy.interpolate import PchipInterpolator
 
 __all__ = ["BOOTSTRAP_SIZE", "INTERVAL", "crossing", "crossing_many", "half_level", "interpolation_error",
-           "distinct_means", "monotone_envelope", "parametric_replicas", "percentile_interval"]
+           "distinct_means", "image_sampling_shifts", "monotone_envelope", "parametric_replicas", "percentile_interval"]
 
 #: Replica curves drawn when the caller gives none (parametric bootstrap).
 BOOTSTRAP_SIZE = 200
@@ -134,6 +136,36 @@ def parametric_replicas(acc: np.ndarray, err: np.ndarray, n: int, seed: int) -> 
     """``n`` curves ``acc + N(0, err)`` (clipped to [0, 1]), shape ``(n, points)``."""
     rng = np.random.default_rng(seed)
     return np.clip(acc[None, :] + err[None, :] * rng.standard_normal((n, acc.size)), 0.0, 1.0)
+
+
+def image_sampling_shifts(acc: np.ndarray, total: int, share: np.ndarray, n: int,
+                          rng: np.random.Generator) -> np.ndarray:
+    """Shifts ``(n, points)`` of an accuracy curve when its ``total`` images are redrawn from
+    the population they sample (the image term of the bootstrap).
+
+    Threshold model: every image has a robustness rank ``U ~ Uniform(0, 1)`` and is classified
+    correctly at a point of accuracy ``a`` when ``U < a`` — an image that is hard at one σ stays
+    hard at every larger σ. Redrawing the images then gives the curve ``F_N(a)``, the empirical
+    distribution function of ``N = total`` uniform ranks at each point's accuracy, the same
+    ranks at every σ (so the shifts are correlated along the curve as the nesting implies);
+    ``F_N`` at all points is drawn at once as a multinomial over the gaps between the sorted
+    accuracies. Each shift ``F_N(a) - a`` (variance ``a (1 - a) / N``) is scaled by
+    ``sqrt(share)``: the fraction of that Bernoulli variance which lies between images rather
+    than between noise draws of the same image (``SweepPoint``-level estimate by
+    ``fxharden.measure.results``; 1 for a deterministic evaluation such as the clean one).
+
+    Args:
+        acc: accuracy per point (fractions). total: images per point. share: per point, in [0, 1].
+        n: replicas. rng: the generator to draw from.
+    """
+    a = np.clip(np.asarray(acc, float), 0.0, 1.0)
+    order = np.argsort(a)
+    gaps = np.diff(np.concatenate([[0.0], a[order], [1.0]]))
+    counts = rng.multinomial(int(total), np.clip(gaps, 0.0, None) / max(gaps.sum(), 1e-300), size=n)
+    below = np.cumsum(counts, axis=1)[:, :-1]  # images with U < a, per sorted point
+    f_n = np.empty((n, a.size))
+    f_n[:, order] = below / max(int(total), 1)
+    return (f_n - a[None, :]) * np.sqrt(np.clip(np.asarray(share, float), 0.0, 1.0))[None, :]
 
 
 def percentile_interval(values: np.ndarray) -> Tuple[float, float]:

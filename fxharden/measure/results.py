@@ -12,7 +12,14 @@ A sweep directory holds:
   point (both written atomically at the end).
 
 The fits use ``fxharden.measure.metrics.fit_midpoint`` and can be redone from ``results.json`` alone
-(``load_result(path).refit()``).
+(``load_result(path).refit()``). μ's bootstrap redraws the networks, the noise draws (repeats)
+and the images, which are a sample of the data too. The points keep only correct counts, so
+the image term is modelled rather than resampled: a threshold model of per-image difficulty
+(an image wrong at one σ stays wrong at larger σ) moves every point and the clean accuracy
+together, each point by the share of its Bernoulli variance that the repeats show to lie
+between images (:func:`image_share`; ``midpoint_errors.image_sampling_shifts``). Storing
+per-image correctness per point would allow a plain resampling, at a cost of one bit per
+image, point and repeat; the model needs nothing beyond the counts already kept.
 """
 
 from __future__ import annotations
@@ -32,9 +39,10 @@ import numpy as np
 
 from .._files import atomic_write_bytes
 from .metrics import BOOTSTRAP_SIZE, MidpointFit, MidpointModel, fit_midpoint
+from .midpoint_errors import image_sampling_shifts
 from .resume import FORMAT, HEADER_FILE, POINTS_FILE, PointStore, SweepMismatchError, fingerprint
 
-__all__ = ["SweepMode", "Units", "bootstrap_curves", "FitOptions", "FORMAT", "RESULTS_JSON", "RESULTS_CSV", "POINTS_FILE", "HEADER_FILE",
+__all__ = ["SweepMode", "Units", "bootstrap_curves", "image_share", "FitOptions", "FORMAT", "RESULTS_JSON", "RESULTS_CSV", "POINTS_FILE", "HEADER_FILE",
            "SweepPoint", "SweepResult", "SweepMismatchError", "PointStore", "fingerprint", "load_result", "versions"]
 
 RESULTS_JSON, RESULTS_CSV = "results.json", "results.csv"
@@ -151,9 +159,12 @@ class FitOptions:
     systematic: float = 0.0
     """Relative systematic error of μ added in quadrature (0.02 = 2 %)."""
     n_boot: int = BOOTSTRAP_SIZE
-    """Bootstrap replicas (networks and repeats resampled) for μ's percentile interval."""
+    """Bootstrap replicas (networks, repeats and images resampled) for μ's percentile interval."""
     seed: int = 0
     """Seeds the bootstrap."""
+    images: bool = True
+    """Redraw the images in the bootstrap too (they are a sample of the data); False: only
+    networks and repeats, as results written before this option were fitted."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model", MidpointModel.parse(self.model))
@@ -165,51 +176,102 @@ class FitOptions:
     def to_dict(self) -> Dict[str, Any]:
         """JSON-ready dict."""
         return {"model": self.model.value, "tie_a_max": self.tie_a_max, "systematic": self.systematic,
-                "n_boot": self.n_boot, "seed": self.seed}
+                "n_boot": self.n_boot, "seed": self.seed, "images": self.images}
 
     @classmethod
     def from_dict(cls, data: Optional[Mapping[str, Any]]) -> "FitOptions":
-        """Inverse of ``to_dict``; missing keys (older files) take the defaults."""
+        """Inverse of ``to_dict``; missing keys take the defaults, except ``images``: files
+        without it were fitted without the image term, and keep saying so (their stored
+        fits are shown as they were; ``refit(FitOptions())`` adds it)."""
         data = dict(data or {})
-        return cls(**{k: data[k] for k in ("model", "tie_a_max", "systematic", "n_boot", "seed") if k in data})
+        kw = {k: data[k] for k in ("model", "tie_a_max", "systematic", "n_boot", "seed", "images") if k in data}
+        if data and "images" not in data:
+            kw["images"] = False
+        return cls(**kw)
 
 
-def bootstrap_curves(pts: Sequence[SweepPoint], n: int, seed: int = 0) -> Optional[np.ndarray]:
-    """``n`` bootstrap curves of ``pts`` (networks resampled, the same draw at every σ, then
-    each drawn network's repeats resampled per point), shape ``(n, points)``; ``None`` if
-    ``n <= 0`` or there are no points."""
-    return _replicas(pts, n, seed, None)
+def bootstrap_curves(pts: Sequence[SweepPoint], n: int, seed: int = 0, images: bool = True) -> Optional[np.ndarray]:
+    """``n`` bootstrap curves of ``pts``, shape ``(n, points)``; ``None`` if ``n <= 0`` or there
+    are no points. Networks are resampled (the same draw at every σ), then each drawn
+    network's repeats per point; with ``images`` the images too (:func:`image_share`,
+    ``fxharden.measure.midpoint_errors.image_sampling_shifts``)."""
+    out = _replicas(pts, n, seed, images=images)
+    return None if out is None else out[0]
 
 
-def _replicas(pts: Sequence[SweepPoint], n: int, seed: int, column: Optional[int]) -> Optional[np.ndarray]:
-    """``n`` bootstrap curves: networks resampled (the same draw at every σ), then each drawn
-    network's repeats resampled per point; accuracy = mean. Shape ``(n, points)``."""
+def image_share(point: SweepPoint) -> float:
+    """The fraction of the Bernoulli variance ``a (1 - a) / N`` of a point's accuracy that lies
+    between images rather than between noise draws of the same image.
+
+    For one network, the variance of its accuracy between repeats on the same images is
+    ``Σ_i p_i (1 - p_i) / N²`` (``p_i``: image i's chance of being right at this σ), and
+    ``a (1 - a) / N`` is that plus the image term ``Var_i(p_i) / N``; so the share is
+    ``1 - N · (variance between repeats) / (a (1 - a))``, averaged over networks and clipped to
+    [0, 1]. With one repeat there is no estimate and the share is 1 (the whole Bernoulli
+    variance: conservative)."""
+    acc = point.accuracy
+    if acc.shape[1] < 2:
+        return 1.0
+    bern = float(np.mean(acc * (1.0 - acc)))
+    if not bern > 0:
+        return 0.0
+    v_rep = float(np.mean(acc.var(axis=1, ddof=1)))
+    return float(np.clip(1.0 - point.total * v_rep / bern, 0.0, 1.0))
+
+
+def _replicas(pts: Sequence[SweepPoint], n: int, seed: int, images: bool = True,
+              clean: Optional[Tuple[float, int]] = None) -> Optional[Tuple[np.ndarray, Optional[np.ndarray]]]:
+    """``n`` bootstrap curves ``(n, points)`` and, with ``clean = (accuracy, images)``, the clean
+    accuracy of each replica ``(n,)``.
+
+    Three samples are redrawn: the networks (the same draw at every σ), each drawn network's
+    repeats per point (the noise draws), and, with ``images``, the images, which are a
+    sample of the data as well: the same image draw moves every point and the clean accuracy
+    together (``image_sampling_shifts``, scaled per point by :func:`image_share`; the clean
+    evaluation is deterministic, share 1). Without it the errors of μ cover only the networks
+    and the noise, and disjoint image subsets disagree by several quoted errors.
+    """
     if n <= 0 or not pts:
         return None
     rng = np.random.default_rng(seed)
-    accs = [p.accuracy if column is None else p.accuracy[column:column + 1] for p in pts]
+    accs = [p.accuracy for p in pts]
     n_nets, reps = accs[0].shape
     out = np.empty((n, len(pts)))
     for b in range(n):
         nets = rng.integers(n_nets, size=n_nets) if n_nets > 1 else np.zeros(1, dtype=int)
         for j, acc in enumerate(accs):
             out[b, j] = acc[nets[:, None], rng.integers(reps, size=(len(nets), reps))].mean()
-    return out
+    plateaus = None if clean is None else np.full(n, float(clean[0]))
+    if images:
+        img_rng = np.random.default_rng([seed, 1])  # its own stream: the draws above are unchanged
+        level = np.array([p.mean for p in pts] + ([clean[0]] if clean is not None else []))
+        share = np.array([image_share(p) for p in pts] + ([1.0] if clean is not None else []))
+        if clean is not None and clean[1] != pts[0].total:
+            raise ValueError(f"clean accuracy on {clean[1]} images but the points on {pts[0].total}")
+        shifts = image_sampling_shifts(level, pts[0].total, share, n, img_rng)
+        out = np.clip(out + shifts[:, :len(pts)], 0.0, 1.0)
+        if clean is not None:
+            plateaus = np.clip(plateaus + shifts[:, -1], 0.0, 1.0)
+    return out, plateaus
 
 
 def _fit_points(points: Sequence[SweepPoint], chance: float, plateau: Optional[Tuple[float, float]],
                 options: FitOptions, model: MidpointModel, column: Optional[int] = None,
-                bootstrap: bool = True) -> MidpointFit:
-    """Midpoint fit of points (one site, or global), optionally of one network only."""
+                bootstrap: bool = True, num_images: Optional[int] = None) -> MidpointFit:
+    """Midpoint fit of points (one site, or global), optionally of one network only; the
+    bootstrap redraws networks, repeats and images (:func:`_replicas`)."""
     pts = sorted((p for p in points if p.sigma > 0), key=lambda p: p.sigma)
     if column is not None:
         pts = [SweepPoint(p.site, p.sigma, (p.correct[column],), p.total) for p in pts]
     sigmas = np.array([p.sigma for p in pts])
     acc = np.array([p.mean for p in pts])
     dy = np.array([p.dy for p in pts])
-    reps = _replicas(pts, options.n_boot, options.seed, None) if bootstrap else None
-    return fit_midpoint(sigmas, acc, dy, chance=chance, model=model, plateau=plateau if options.tie_a_max else None,
-                        replicas=reps, systematic=options.systematic, seed=options.seed)
+    tie = plateau if options.tie_a_max else None
+    clean = (tie[0], num_images) if tie is not None and num_images == (pts[0].total if pts else None) else None
+    drawn = _replicas(pts, options.n_boot, options.seed, images=options.images, clean=clean) if bootstrap else None
+    reps, plateaus = drawn if drawn is not None else (None, None)
+    return fit_midpoint(sigmas, acc, dy, chance=chance, model=model, plateau=tie, replicas=reps,
+                        plateau_replicas=plateaus, systematic=options.systematic, seed=options.seed)
 
 
 @dataclass
@@ -361,7 +423,7 @@ class SweepResult:
             pts = self.site_points(site)
             if not any(p.sigma > 0 for p in pts):
                 return None
-            return _fit_points(pts, self.chance, plateau, opt, model, bootstrap=boot)
+            return _fit_points(pts, self.chance, plateau, opt, model, bootstrap=boot, num_images=self.num_images)
 
         if self.mode is SweepMode.GLOBAL:
             pts = self.site_points(None)
