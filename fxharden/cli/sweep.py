@@ -69,9 +69,12 @@ def _print_result(result, files: dict) -> None:
         q = result.fit.quote()
         summary.add_row(f"μ (midpoint noise level, {result.units.value})" if q.is_mu
                         else "μ: not quotable; shown instead", q.text())
-        for name, (mu, err) in (("μ_abs", result.mu_abs), ("μ_rel (to the sites' clean RMS)", result.mu_rel)):
-            if q.is_mu and math.isfinite(mu):
-                summary.add_row(name, f"{mu:.4g} ± {err:.2g}")
+        mu, err = result.mu_equal_power
+        if q.is_mu and math.isfinite(mu):
+            name = ("absolute σ at equal noise power (μ · rms_ref; a rescaling, not a measured μ_abs)"
+                    if result.equal_power_units.value == "absolute" else
+                    "relative σ at equal noise power (μ / rms_ref; a rescaling, not a measured μ_rel)")
+            summary.add_row(name, f"{mu:.4g} ± {err:.2g} (rms_ref {result.rms_ref:.4g})")
         summary.add_row("fit status", f"{result.fit.status.value}: {result.fit.message}")
         summary.add_row(f"{result.fit.model.value} model fit", _fit_line(result.fit))
         if result.other_fit is not None:
@@ -118,8 +121,10 @@ def sweep_command(
     repeats: int = typer.Option(5, min=1, help="Noise draws per point and network."),
     per_layer: bool = typer.Option(False, "--per-layer", help="Noise at one site at a time: one μ per site."),
     units: Optional[str] = typer.Option(None, help="Unit of sigma: absolute (the paper, the default) or relative "
-                                        "(to each site's clean RMS, calibrated on the data). Results carry μ in "
-                                        "both. Default with --sigma-map: the map's units."),
+                                        "(to each site's clean RMS, calibrated on the data). Results carry μ as "
+                                        "measured and, beside it, its equal-noise-power rescaling to the other "
+                                        "unit (global: by rms_ref; per layer: exact). Default with --sigma-map: "
+                                        "the map's units."),
     sigma_map: Optional[Path] = typer.Option(None, help="A noise allocation (sigma_map.json from `fxharden "
                                              "budget`, or its folder): site s gets sigma × map[s], so "
                                              "--sigmas 1 measures the allocation itself."),

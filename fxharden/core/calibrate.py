@@ -108,7 +108,10 @@ def calibrate_noise(model: nn.Module, data: Iterable[Any], max_batches: Optional
         ``{site: rms}`` of the modules that were (re)calibrated.
 
     Raises:
-        ValueError: ``data`` held no batch, or a site saw no floating-point values.
+        ValueError: ``data`` held no batch.
+
+    A site that saw only integer tensors (token ids at an input site) is left uncalibrated:
+    noise never applies there.
     """
     weights = {id(x) for m in model.modules() if isinstance(getattr(m, "weight_noise", None), nn.Module)
                for x in m.weight_noise.modules()}  # a layer's weight noise never sees activations
@@ -128,7 +131,7 @@ def calibrate_noise(model: nn.Module, data: Iterable[Any], max_batches: Optional
         for m in mods:
             total, count = m._calibration
             if count == 0:
-                raise ValueError(f"noise site {m.site!r} saw no floating-point values while calibrating")
+                continue  # only integer tensors (token ids) pass there: noise never applies, no RMS
             m.rms.fill_(math.sqrt(total / count))
             out[m.site] = float(m.rms)
         return out

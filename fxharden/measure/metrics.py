@@ -15,6 +15,7 @@ Data problems never raise: only malformed input (shapes, NaN, negative sigma) do
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Optional, Tuple, Union
 
 import numpy as np
@@ -24,7 +25,7 @@ from .midpoint_errors import BOOTSTRAP_SIZE, crossing, crossing_many, distinct_m
 from .midpoint_result import AT_CHANCE_TOL, A_MIN_TOL, CONST_P_VALUE, ERR_FLOOR, MIN_PLATEAU_POINTS, MIN_POINTS, \
     MIN_UNWEIGHTED_DOF, POOR_FIT_CHI2_RED, SIGNIFICANCE, FitStatus, MidpointFit, Quote, QuoteKind, \
     midpoint_model
-from .midpoint_models import Constraints, CurveFit, MidpointModel, fit_curve
+from .midpoint_models import Constraints, CurveFit, MidpointModel, evaluate, fit_curve
 from .midpoint_screen import Points, f_test_drop, prepare, screen
 
 __all__ = [
@@ -46,6 +47,7 @@ def fit_midpoint(
     model: Union[MidpointModel, str] = MidpointModel.LOG,
     plateau: Optional[Tuple[float, float]] = None,
     replicas: Optional[ArrayLike] = None,
+    plateau_replicas: Optional[ArrayLike] = None,
     n_boot: int = BOOTSTRAP_SIZE,
     systematic: float = 0.0,
     seed: int = 0,
@@ -58,12 +60,14 @@ def fit_midpoint(
     measured low-σ plateau by a Gaussian penalty; multi-start from the crossing estimate.
 
     Errors of μ: ``mu_err_cov`` from the covariance; with ``replicas`` (resampled curves,
-    e.g. over networks and repeats) ``[mu_boot_lo, mu_boot_hi]``, the central 68 % percentile
+    e.g. over networks, repeats and images: ``fxharden.measure.results`` draws them) ``[mu_boot_lo, mu_boot_hi]``, the central 68 % percentile
     interval of μ refitted on each; the quoted ``mu_err`` is ``max(mu_err_cov, half that
     interval)`` with ``systematic·μ`` added in quadrature. ``mu_crossing_err`` is half the 68 %
     interval of the crossing over the same replicas (without them: over ``n_boot`` curves
     drawn from ``N(acc, acc_err)``), with the interpolation ambiguity (linear vs monotone
-    cubic) added in quadrature.
+    cubic) added in quadrature. Without ``acc_err`` every point's error is the rms scatter
+    about the best falling *or rising* curve with a free lower plateau, so neither a rising
+    curve nor a drop that levels off above chance inflates it.
 
     Status, by the first rule that applies ("significant" = > SIGNIFICANCE errors):
       1. FIT_FAILED: fewer than 2 distinct sigmas.
@@ -82,11 +86,14 @@ def fit_midpoint(
          bottom 10 % (one suffices with ``chance``, which holds a_min near chance). A tied
          a_max is a measurement: no upper-plateau check.
       9. POOR_FIT: weighted and ``chi2_red > POOR_FIT_CHI2_RED``.
-      10. DISAGREES: μ and the points' crossing of the fitted half level ``a_min + δa``
-          differ by more than 3 combined errors (the crossing's from the bootstrap and the
-          interpolation ambiguity).
-      11. OK.
-    BEYOND_GRID gives ``mu = nan`` and ``mu_lower = largest σ``; rules 8-10 keep the fitted
+      10. FIT_FAILED: μ not resolved: its quoted error is not smaller than μ itself and than
+          the measured σ range (a coarse grid or a drop the points do not sample).
+      11. DISAGREES: the points' crossing of the fitted half level ``a_min + δa`` and the
+          fitted curve's crossing of it, sampled at the same σ and interpolated the same way
+          (so a coarse grid's interpolation bias cancels), differ by more than 3 combined
+          errors (the crossing's bootstrap error ⊕ μ's covariance error).
+      12. OK.
+    BEYOND_GRID gives ``mu = nan`` and ``mu_lower = largest σ``; rules 8-11 keep the fitted
     values for inspection. Every message states the measured facts behind its verdict.
 
     Args:
@@ -101,6 +108,9 @@ def fit_midpoint(
             that a_max is tied to; None leaves a_max free (≤ 1).
         replicas: ``(n, len(sigmas))`` resampled accuracy curves for the bootstrap of μ and
             of the crossing.
+        plateau_replicas: ``(n,)`` the plateau value of each replica (with ``plateau`` and
+            ``replicas``): a resampling that redraws the images moves the clean accuracy
+            together with the curve, and each replica's a_max is tied to its own value.
         n_boot: without ``replicas``, curves drawn from ``N(acc, acc_err)`` for the crossing's
             error (0: none; then DISAGREES is not assessed).
         systematic: relative systematic error of μ, added in quadrature (0.02 = 2 %).
@@ -129,6 +139,11 @@ def fit_midpoint(
         if reps.ndim != 2 or reps.shape[1] != p.n_raw:
             raise ValueError(f"replicas must have shape (n, {p.n_raw}), got {reps.shape}")
         reps = reps[:, p.order]
+    plat_reps = None
+    if plateau_replicas is not None and plateau is not None and reps is not None:
+        plat_reps = np.asarray(plateau_replicas, dtype=float)
+        if plat_reps.shape != (reps.shape[0],):
+            raise ValueError(f"plateau_replicas must have shape ({reps.shape[0]},), got {plat_reps.shape}")
     chance_f = math.nan if chance is None else float(chance)
     top = chance_f + A_MIN_TOL * (1.0 - chance_f) if chance is not None else 1.0
     cons = Constraints(plateau=None if plateau is None else (float(plateau[0]), float(plateau[1])),
@@ -137,7 +152,7 @@ def fit_midpoint(
     dof0 = p.n_raw + (plateau is not None) - n_free
     mu_c = crossing(p.s_u, p.a_u) if p.s_u.size >= 2 else math.nan
     if not p.weighted:  # per-point noise: rms residual of a preliminary (untied) fit
-        p = _with_scatter(p, mdl, cons, mu_c, dof0)
+        p = _with_scatter(p, mdl, mu_c, dof0)
     if reps is None and n_boot > 0:
         reps = parametric_replicas(p.a, p.e, n_boot, seed)
     rep_u = distinct_means(p.inv, p.w, reps) if reps is not None else None
@@ -156,33 +171,51 @@ def fit_midpoint(
     if isinstance(fit, str):
         return out.verdict(FitStatus.FIT_FAILED, fit)
     if not p.weighted:
-        p_drop = f_test_drop(p, fit.chi2 * p.e[0] ** 2, fit.dof, n_free)
+        # against the free (falling or mirrored) curve the scatter came from, not the constrained
+        # fit: a drop that levels off above chance is a drop even where a_min cannot follow it
+        rss_free = min(fit.chi2, float(p.n_raw - 4)) * p.e[0] ** 2
+        p_drop = f_test_drop(p, rss_free, p.n_raw - 4, 4)
         if p_drop > CONST_P_VALUE:
             return out.verdict(FitStatus.BEYOND_GRID, f"the drop is not significant against the scatter (F-test "
                                f"p = {p_drop:.2g}): no drop, mu > largest sigma {p.s_u[-1]:.4g}.")
     if fit.mu > p.s_u[-1]:
         return out.verdict(FitStatus.BEYOND_GRID, f"fitted mu {fit.mu:.4g} lies beyond the largest sigma "
                            f"{p.s_u[-1]:.4g} (extrapolation, not quoted).")
-    boot = _bootstrap(p, mdl, cons, fit, reps) if resampled else (math.nan, math.nan, 0)
+    boot = _bootstrap(p, mdl, cons, fit, reps, plat_reps) if resampled else (math.nan, math.nan, 0)
     out.set_fit(fit, boot)
     return out.verdict(*_judge(p, mdl, cons, out))
 
 
-def _crossing_err(p: Points, rep_u: Optional[np.ndarray], level: Optional[float]) -> float:
-    """Error of the crossing of ``level``: bootstrap half-interval ⊕ interpolation ambiguity."""
+def _crossing_boot_err(p: Points, rep_u: Optional[np.ndarray], level: Optional[float]) -> float:
+    """Bootstrap half-interval of the crossing of ``level`` (NaN: no replicas or no crossing)."""
     if rep_u is None or not math.isfinite(crossing(p.s_u, p.a_u, level)):
         return math.nan
     lo, hi = percentile_interval(crossing_many(p.s_u, rep_u, level))
-    return math.hypot(0.5 * (hi - lo), interpolation_error(p.s_u, p.a_u, level))
+    return 0.5 * (hi - lo)
 
 
-def _with_scatter(p: Points, mdl: MidpointModel, cons: Constraints, mu_c: float, dof0: int) -> Points:
+def _crossing_err(p: Points, rep_u: Optional[np.ndarray], level: Optional[float]) -> float:
+    """Error of the crossing of ``level``: bootstrap half-interval ⊕ interpolation ambiguity."""
+    return math.hypot(_crossing_boot_err(p, rep_u, level), interpolation_error(p.s_u, p.a_u, level))
+
+
+def _with_scatter(p: Points, mdl: MidpointModel, mu_c: float, dof0: int) -> Points:
+    """Every error set to the scatter about the best step-shaped curve through the points.
+
+    The scatter must not depend on the verdict it feeds: the preliminary fits leave a_min free
+    in [0, 1] (a drop that levels off above chance is measured, not misfit) and also fit the
+    mirrored curve ``1 - acc`` (a rising curve is fitted as well as a falling one), and the
+    smaller rms residual wins; its check against chance and the fall is left to the rules.
+    """
     scale = ERR_FLOOR
     if p.a_u.max() - p.a_u.min() > SIGNIFICANCE * ERR_FLOOR and p.s_u.size >= MIN_POINTS \
             and dof0 >= MIN_UNWEIGHTED_DOF:
-        pre = _fit(p, mdl, Constraints(None, cons.a_min_range, cons.fixed_a_min), mu_c)
-        if isinstance(pre, CurveFit) and pre.dof > 0:
-            scale = max(scale, ERR_FLOOR * math.sqrt(pre.chi2 / pre.dof))  # chi2 in units of ERR_FLOOR
+        free = Constraints(None, (0.0, 1.0))
+        mirror = replace(p, a=1.0 - p.a, a_u=1.0 - p.a_u)
+        rms = [math.sqrt(f.chi2 / f.dof) for f in (_fit(p, mdl, free, mu_c), _fit(mirror, mdl, free, math.nan))
+               if isinstance(f, CurveFit) and f.dof > 0]  # chi2 in units of ERR_FLOOR
+        if rms:
+            scale = max(scale, ERR_FLOOR * min(rms))
     return p.with_error(scale)
 
 
@@ -216,13 +249,16 @@ def _fit(p: Points, mdl: MidpointModel, cons: Constraints, mu_c: float) -> Union
                      x0_bounds=xb, w_bounds=wb)
 
 
-def _bootstrap(p: Points, mdl: MidpointModel, cons: Constraints, fit: CurveFit, reps: np.ndarray):
-    """Percentile interval of μ refitted on each replica (warm start); (lo, hi, n fitted)."""
+def _bootstrap(p: Points, mdl: MidpointModel, cons: Constraints, fit: CurveFit, reps: np.ndarray,
+               plateaus: Optional[np.ndarray] = None):
+    """Percentile interval of μ refitted on each replica (warm start; a_max tied to the
+    replica's own plateau when given); (lo, hi, n fitted)."""
     xb, wb, _ = _bounds(p, mdl)
     mid = 0.5 * (float(p.a_u.max()) + float(p.a_u.min()))
     mus = []
-    for row in reps:
-        r = fit_curve(mdl, p.s, row, p.e, weighted=p.weighted, cons=cons, mid=mid, starts=[fit.theta],
+    for b, row in enumerate(reps):
+        cons_b = cons if plateaus is None else replace(cons, plateau=(float(plateaus[b]), cons.plateau[1]))
+        r = fit_curve(mdl, p.s, row, p.e, weighted=p.weighted, cons=cons_b, mid=mid, starts=[fit.theta],
                       x0_bounds=xb, w_bounds=wb, max_nfev=200)
         if isinstance(r, CurveFit):
             mus.append(r.mu)
@@ -260,7 +296,14 @@ class _Assembler:
         step = float(x[j] - x[j - 1])
         if fit.slope < step / 8.0:  # step-like drop: μ known only to within its grid interval
             floor = step / math.sqrt(12.0) * (fit.mu if mdl is MidpointModel.LOG else 1.0)
-            mu_err_cov = max(mu_err_cov, floor)
+            # A clean step (the two points around μ on the two plateaus) places μ uniformly in
+            # its interval, whatever the (degenerate) covariance says; a point inside the drop
+            # means the shape is not resolved, and the covariance error stands.
+            a_g = p.a_u[p.s_u > 0] if mdl is MidpointModel.LOG else p.a_u
+            e_g = SIGNIFICANCE * (p.e_u[p.s_u > 0] if mdl is MidpointModel.LOG else p.e_u)
+            a_max, drop = fit.a_min + 2.0 * fit.delta_a, 2.0 * fit.delta_a
+            clean = a_g[j - 1] + e_g[j - 1] >= a_max - 0.1 * drop and a_g[j] - e_g[j] <= fit.a_min + 0.1 * drop
+            mu_err_cov = floor if clean else max(mu_err_cov, floor)
             self.notes.append("step-like drop (width < grid step/8): mu_err >= grid step/sqrt(12).")
         if "a_max" in fit.at_bound and fit.a_min + 2 * fit.delta_a >= 1.0 - 1e-9:
             self.notes.append("a_max at its bound 1.")
@@ -285,7 +328,7 @@ class _Assembler:
 
 
 def _judge(p: Points, mdl: MidpointModel, cons: Constraints, out: _Assembler) -> Tuple[FitStatus, str]:
-    """Rules 8-11 of :func:`fit_midpoint` on a kept fit."""
+    """Rules 8-12 of :func:`fit_midpoint` on a kept fit."""
     v = out.fit_vals
     mu, drop, a_min = v["mu"], 2.0 * v["delta_a"], v["a_min"]
     a_max = a_min + drop
@@ -315,15 +358,27 @@ def _judge(p: Points, mdl: MidpointModel, cons: Constraints, out: _Assembler) ->
             f"reduced chi2 {v['chi2_red']:.3g} > {POOR_FIT_CHI2_RED:g}: the {name} does not describe the "
             f"{p.n_raw} points within their errors (fit mu {mu:.4g}, crossing {out.base['mu_crossing']:.4g}).")
     mu_c = out.base["mu_crossing"]
-    level = a_min + 0.5 * drop  # where the points cross the fit's own half level
-    c_fit, c_err = crossing(p.s_u, p.a_u, level), _crossing_err(p, out.rep_u, level)
-    if math.isfinite(c_fit) and math.isfinite(c_err):
-        gap = abs(mu - c_fit) / math.hypot(v["mu_err"], c_err)
+    s_pos = p.s_u[p.s_u > 0]
+    span = float(s_pos[-1] - s_pos[0]) if s_pos.size > 1 else math.inf
+    if not v["mu_err"] < min(mu, span):
+        return FitStatus.FIT_FAILED, (
+            f"mu = {mu:.4g} is not resolved: its error {v['mu_err']:.2g} is not smaller than mu itself "
+            f"and the measured range {s_pos[0]:.4g}..{s_pos[-1]:.4g} (too few points across the drop); "
+            f"use mu_crossing = {mu_c:.4g} or measure more sigmas near it.")
+    # Where the points cross the fit's own half level, against where the fitted curve sampled
+    # at the same sigmas and interpolated the same way crosses it: the interpolation bias of a
+    # coarse grid is common to both and cancels, so only a misplaced fit shows.
+    level = a_min + 0.5 * drop
+    c_fit = crossing(p.s_u, p.a_u, level)
+    c_model = crossing(p.s_u, evaluate(mdl, p.s_u, mu, v["slope"], v["delta_a"], a_min), level)
+    c_err = _crossing_boot_err(p, out.rep_u, level)
+    if math.isfinite(c_fit) and math.isfinite(c_model) and math.isfinite(c_err):
+        gap = abs(c_model - c_fit) / math.hypot(v["mu_err_cov"], c_err)
         if gap > SIGNIFICANCE:
             return FitStatus.DISAGREES, (
-                f"fit mu {mu:.4g} ± {v['mu_err']:.2g} and the points' crossing of the fitted half level "
-                f"{level:.4g} at {c_fit:.4g} ± {c_err:.2g} (bootstrap ⊕ interpolation) differ by {gap:.1f} "
-                f"combined errors (> {SIGNIFICANCE:g}): the {name} misplaces the half-way point.")
+                f"the points cross the fitted half level {level:.4g} at {c_fit:.4g} ± {c_err:.2g} (bootstrap), "
+                f"the fitted curve on the same grid at {c_model:.4g} (fit mu {mu:.4g} ± {v['mu_err_cov']:.2g}): "
+                f"{gap:.1f} combined errors apart (> {SIGNIFICANCE:g}): the {name} misplaces the half-way point.")
     interval = (f", bootstrap [{v['mu_boot_lo']:.4g}, {v['mu_boot_hi']:.4g}]"
                 if math.isfinite(v["mu_boot_lo"]) else "")
     return FitStatus.OK, (f"mu = {mu:.4g} ± {v['mu_err']:.2g}{interval} ({name}, reduced chi2 "

@@ -12,7 +12,8 @@ A sweep directory holds:
   point (both written atomically at the end).
 
 The fits use ``fxharden.measure.metrics.fit_midpoint`` and can be redone from ``results.json`` alone
-(``load_result(path).refit()``).
+(``load_result(path).refit()``). The points and μ's bootstrap (networks, repeats and images
+redrawn) live in ``fxharden.measure.sweep_points``; both are re-exported here.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ import numpy as np
 from .._files import atomic_write_bytes
 from .metrics import BOOTSTRAP_SIZE, MidpointFit, MidpointModel, fit_midpoint
 from .resume import FORMAT, HEADER_FILE, POINTS_FILE, PointStore, SweepMismatchError, fingerprint
+from .sweep_points import SweepPoint, bootstrap_curves, draw_replicas, image_share
 
-__all__ = ["SweepMode", "Units", "bootstrap_curves", "FitOptions", "FORMAT", "RESULTS_JSON", "RESULTS_CSV", "POINTS_FILE", "HEADER_FILE",
+__all__ = ["SweepMode", "Units", "bootstrap_curves", "image_share", "FitOptions", "FORMAT", "RESULTS_JSON", "RESULTS_CSV", "POINTS_FILE", "HEADER_FILE",
            "SweepPoint", "SweepResult", "SweepMismatchError", "PointStore", "fingerprint", "load_result", "versions"]
 
 RESULTS_JSON, RESULTS_CSV = "results.json", "results.csv"
@@ -71,87 +73,6 @@ def versions() -> Dict[str, str]:
 
 
 @dataclass(frozen=True)
-class SweepPoint:
-    """One noise setting, measured on every network and repeat.
-
-    ``correct[n][r]`` is the number of correctly classified images (out of ``total``) of
-    network ``n`` in repeat ``r``.
-    """
-
-    site: Optional[str]
-    """The noise site (per-layer mode), or ``None`` for global injection."""
-    sigma: float
-    correct: Tuple[Tuple[int, ...], ...]
-    total: int
-    scores: Optional[Tuple[Tuple[float, ...], ...]] = None
-    """Sweeps of another metric than top-1 (``correct`` is empty): the score the fit sees,
-    in ``[0, 1]`` (``fxharden.measure.scores``), per network and repeat."""
-    values: Optional[Tuple[Tuple[float, ...], ...]] = None
-    """... and the metric's own value (loss, perplexity, ...), per network and repeat."""
-
-    @property
-    def accuracy(self) -> np.ndarray:
-        """Accuracies (other metrics: their fit scores), shape (networks, repeats)."""
-        if self.scores is not None:
-            return np.asarray(self.scores, dtype=np.float64)
-        return np.asarray(self.correct, dtype=np.float64) / max(self.total, 1)
-
-    @property
-    def samples(self) -> np.ndarray:
-        """The values the uncertainty is taken over: one per network (its mean over
-        repeats) when there are several networks, else one per repeat."""
-        acc = self.accuracy
-        return acc.mean(axis=1) if acc.shape[0] > 1 else acc[0]
-
-    @property
-    def mean(self) -> float:
-        """Mean accuracy over networks and repeats."""
-        return float(self.accuracy.mean())
-
-    @property
-    def std(self) -> float:
-        """Standard deviation of ``samples`` (0 for a single sample)."""
-        s = self.samples
-        return float(s.std(ddof=1)) if len(s) > 1 else 0.0
-
-    @property
-    def dy(self) -> float:
-        """Δy of the fits: with several networks the spread (standard deviation) of their
-        accuracies, as the paper does; with one network the standard error over its repeats
-        (noise draws). Floored at the binomial error of one network's mean over repeats."""
-        n_nets, reps = self.accuracy.shape
-        if n_nets < 2:
-            return self.err
-        a = min(max(self.mean, 0.0), 1.0)
-        floor = math.sqrt(max(a * (1 - a), 1.0 / max(self.total, 1)) / max(self.total, 1) / reps)
-        return max(self.std, floor)
-
-    @property
-    def err(self) -> float:
-        """Standard error of the mean over ``samples``, floored at the binomial standard
-        error of that mean, so points whose repeats agree exactly keep a finite weight."""
-        n = len(self.samples)
-        a = min(max(self.mean, 0.0), 1.0)
-        floor = math.sqrt(max(a * (1 - a), 1.0 / max(self.total, 1)) / max(self.total, 1) / n)
-        return max(self.std / math.sqrt(n), floor)
-
-    def to_dict(self) -> Dict[str, Any]:
-        """A JSON-serialisable dict, with the derived mean/std/err for readers of the file."""
-        out = {"site": self.site, "sigma": self.sigma, "correct": [list(c) for c in self.correct],
-               "total": self.total, "mean": self.mean, "std": self.std, "err": self.err}
-        if self.scores is not None:
-            out.update(scores=[list(c) for c in self.scores], values=[list(c) for c in self.values or ()])
-        return out
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "SweepPoint":
-        """Inverse of ``to_dict`` (the derived fields are recomputed)."""
-        floats = lambda key: tuple(tuple(float(v) for v in c) for c in data[key]) if key in data else None  # noqa
-        return cls(data["site"], float(data["sigma"]), tuple(tuple(int(v) for v in c) for c in data["correct"]),
-                   int(data["total"]), floats("scores"), floats("values"))
-
-
-@dataclass(frozen=True)
 class FitOptions:
     """How the midpoint fits of a result are made (stored with it; ``refit`` uses them)."""
 
@@ -162,9 +83,12 @@ class FitOptions:
     systematic: float = 0.0
     """Relative systematic error of μ added in quadrature (0.02 = 2 %)."""
     n_boot: int = BOOTSTRAP_SIZE
-    """Bootstrap replicas (networks and repeats resampled) for μ's percentile interval."""
+    """Bootstrap replicas (networks, repeats and images resampled) for μ's percentile interval."""
     seed: int = 0
     """Seeds the bootstrap."""
+    images: bool = True
+    """Redraw the images in the bootstrap too (they are a sample of the data); False: only
+    networks and repeats, as results written before this option were fitted."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model", MidpointModel.parse(self.model))
@@ -176,42 +100,25 @@ class FitOptions:
     def to_dict(self) -> Dict[str, Any]:
         """JSON-ready dict."""
         return {"model": self.model.value, "tie_a_max": self.tie_a_max, "systematic": self.systematic,
-                "n_boot": self.n_boot, "seed": self.seed}
+                "n_boot": self.n_boot, "seed": self.seed, "images": self.images}
 
     @classmethod
     def from_dict(cls, data: Optional[Mapping[str, Any]]) -> "FitOptions":
-        """Inverse of ``to_dict``; missing keys (older files) take the defaults."""
+        """Inverse of ``to_dict``; missing keys take the defaults, except ``images``: files
+        without it were fitted without the image term, and keep saying so (their stored
+        fits are shown as they were; ``refit(FitOptions())`` adds it)."""
         data = dict(data or {})
-        return cls(**{k: data[k] for k in ("model", "tie_a_max", "systematic", "n_boot", "seed") if k in data})
-
-
-def bootstrap_curves(pts: Sequence[SweepPoint], n: int, seed: int = 0) -> Optional[np.ndarray]:
-    """``n`` bootstrap curves of ``pts`` (networks resampled, the same draw at every σ, then
-    each drawn network's repeats resampled per point), shape ``(n, points)``; ``None`` if
-    ``n <= 0`` or there are no points."""
-    return _replicas(pts, n, seed, None)
-
-
-def _replicas(pts: Sequence[SweepPoint], n: int, seed: int, column: Optional[int]) -> Optional[np.ndarray]:
-    """``n`` bootstrap curves: networks resampled (the same draw at every σ), then each drawn
-    network's repeats resampled per point; accuracy = mean. Shape ``(n, points)``."""
-    if n <= 0 or not pts:
-        return None
-    rng = np.random.default_rng(seed)
-    accs = [p.accuracy if column is None else p.accuracy[column:column + 1] for p in pts]
-    n_nets, reps = accs[0].shape
-    out = np.empty((n, len(pts)))
-    for b in range(n):
-        nets = rng.integers(n_nets, size=n_nets) if n_nets > 1 else np.zeros(1, dtype=int)
-        for j, acc in enumerate(accs):
-            out[b, j] = acc[nets[:, None], rng.integers(reps, size=(len(nets), reps))].mean()
-    return out
+        kw = {k: data[k] for k in ("model", "tie_a_max", "systematic", "n_boot", "seed", "images") if k in data}
+        if data and "images" not in data:
+            kw["images"] = False
+        return cls(**kw)
 
 
 def _fit_points(points: Sequence[SweepPoint], chance: float, plateau: Optional[Tuple[float, float]],
                 options: FitOptions, model: MidpointModel, column: Optional[int] = None,
-                bootstrap: bool = True) -> MidpointFit:
-    """Midpoint fit of points (one site, or global), optionally of one network only."""
+                bootstrap: bool = True, num_images: Optional[int] = None) -> MidpointFit:
+    """Midpoint fit of points (one site, or global), optionally of one network only; the
+    bootstrap redraws networks, repeats and images (``sweep_points.draw_replicas``)."""
     pts = sorted((p for p in points if p.sigma > 0), key=lambda p: p.sigma)
     if column is not None:
         pts = [SweepPoint(p.site, p.sigma, (p.correct[column],), p.total) if p.scores is None else
@@ -219,9 +126,12 @@ def _fit_points(points: Sequence[SweepPoint], chance: float, plateau: Optional[T
     sigmas = np.array([p.sigma for p in pts])
     acc = np.array([p.mean for p in pts])
     dy = np.array([p.dy for p in pts])
-    reps = _replicas(pts, options.n_boot, options.seed, None) if bootstrap else None
-    return fit_midpoint(sigmas, acc, dy, chance=chance, model=model, plateau=plateau if options.tie_a_max else None,
-                        replicas=reps, systematic=options.systematic, seed=options.seed)
+    tie = plateau if options.tie_a_max else None
+    clean = (tie[0], num_images) if tie is not None and num_images == (pts[0].total if pts else None) else None
+    drawn = draw_replicas(pts, options.n_boot, options.seed, images=options.images, clean=clean) if bootstrap else None
+    reps, plateaus = drawn if drawn is not None else (None, None)
+    return fit_midpoint(sigmas, acc, dy, chance=chance, model=model, plateau=tie, replicas=reps,
+                        plateau_replicas=plateaus, systematic=options.systematic, seed=options.seed)
 
 
 @dataclass
@@ -298,8 +208,14 @@ class SweepResult:
         return math.sqrt(float(np.mean(np.square(values)))) if values else math.nan
 
     def mu_in(self, units: Units, site: Optional[str] = None) -> Tuple[float, float]:
-        """``(μ, error)`` of the global fit (``site=None``) or of a site's fit, in ``units``:
-        the fit's own μ converted with ``rms_ref`` (global) or the site's RMS (NaN if none)."""
+        """``(μ, error)`` of the global fit (``site=None``) or of a site's fit, in ``units``.
+
+        A site's μ converts exactly with its RMS (noise at one site has std σ_rel · rms_site =
+        σ_abs either way). The global μ in the sweep's own units is the measured one; in the
+        other units it is the equal-noise-power rescaling :attr:`mu_equal_power` (by
+        ``rms_ref``), not a μ measured in those units: a relative sweep gives each site noise in
+        proportion to its own RMS, an absolute sweep the same σ at every site. NaN without RMS.
+        """
         fit = self.fit if site is None else self.per_site.get(site)
         if fit is None:
             return math.nan, math.nan
@@ -309,13 +225,29 @@ class SweepResult:
 
     @property
     def mu_abs(self) -> Tuple[float, float]:
-        """Global μ and its error in absolute units."""
-        return self.mu_in(Units.ABSOLUTE)
+        """Global μ and its error as measured in absolute units; NaN for a relative sweep (its
+        absolute-unit value is the rescaling :attr:`mu_equal_power`, not a measured μ_abs)."""
+        return self.mu_in(Units.ABSOLUTE) if self.units is Units.ABSOLUTE else (math.nan, math.nan)
 
     @property
     def mu_rel(self) -> Tuple[float, float]:
-        """Global μ and its error relative to the clean RMS (``rms_ref``)."""
-        return self.mu_in(Units.RELATIVE)
+        """Global μ and its error as measured relative to each site's clean RMS; NaN for an
+        absolute sweep (see :attr:`mu_equal_power`)."""
+        return self.mu_in(Units.RELATIVE) if self.units is Units.RELATIVE else (math.nan, math.nan)
+
+    @property
+    def equal_power_units(self) -> Units:
+        """The units :attr:`mu_equal_power` is in: the other one than the sweep's."""
+        return Units.ABSOLUTE if self.units is Units.RELATIVE else Units.RELATIVE
+
+    @property
+    def mu_equal_power(self) -> Tuple[float, float]:
+        """Global μ rescaled to :attr:`equal_power_units` at equal total noise power: the
+        uniform σ whose noise power, relative to the sites' total clean power, equals that of
+        the measured μ (σ_abs = σ_rel · ``rms_ref``). A rescaling of the measured μ, not a
+        measurement: an absolute sweep of the same network gives a different μ whenever the
+        sites' RMS differ (NaN without RMS values or a global fit)."""
+        return self.mu_in(self.equal_power_units)
 
     @property
     def sigmas(self) -> List[float]:
@@ -367,7 +299,7 @@ class SweepResult:
             pts = self.site_points(site)
             if not any(p.sigma > 0 for p in pts):
                 return None
-            return _fit_points(pts, self.chance, plateau, opt, model, bootstrap=boot)
+            return _fit_points(pts, self.chance, plateau, opt, model, bootstrap=boot, num_images=self.num_images)
 
         if self.mode is SweepMode.GLOBAL:
             pts = self.site_points(None)
@@ -402,11 +334,22 @@ class SweepResult:
             "other_fit": self.other_fit.to_dict() if self.other_fit is not None else None,
             "other_per_site": {s: f.to_dict() for s, f in self.other_per_site.items()},
             "site_kinds": self.site_kinds, "units": self.units.value, "site_rms": self.site_rms,
-            "mu_abs": list(self.mu_abs) if self.fit is not None else None,
-            "mu_rel": list(self.mu_rel) if self.fit is not None else None, "timing": self.timing,
+            **self._mu_fields(), "timing": self.timing,
             **({"metric": self.metric, "metric_info": self.metric_info} if self.metric != "top1" else {}),
             "identity": self.identity, "provenance": self.provenance,
         }
+
+    def _mu_fields(self) -> Dict[str, Any]:
+        """The derived μ entries of ``results.json``: the measured global μ under its own unit's
+        key (``mu_abs`` or ``mu_rel``; the other is None) and the equal-power rescaling. Files
+        of earlier versions hold a converted value under the other key; it is never read back."""
+        if self.fit is None:
+            return {"mu_abs": None, "mu_rel": None, "mu_equal_power": None}
+        measured = [_num(x) for x in self.mu_in(self.units)]
+        return {"mu_abs": measured if self.units is Units.ABSOLUTE else None,
+                "mu_rel": measured if self.units is Units.RELATIVE else None,
+                "mu_equal_power": {"units": self.equal_power_units.value,
+                                   "mu": [_num(x) for x in self.mu_equal_power], "rms_ref": _num(self.rms_ref)}}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "SweepResult":
@@ -470,6 +413,10 @@ class SweepResult:
         atomic_write_bytes(paths["json"], lambda f: f.write(text))
         atomic_write_bytes(paths["csv"], lambda f: f.write(table))
         return paths
+
+
+def _num(x: float) -> Optional[float]:
+    return None if math.isnan(x) else float(x)
 
 
 def load_result(path: PathLike) -> SweepResult:

@@ -124,8 +124,12 @@ def test_curve_and_model_match_eq1():
 # ----------------------------------------------------------------- crossing estimate
 def test_crossing_linear_and_log_interpolation():
     acc = [0.9, 0.8, 0.4, 0.2]  # half of max/min = 0.55, reached 5/8 of the way from pt 1 to 2
+    # a σ = 0 point (the clean accuracy) does not switch the grid to linear σ: ln σ between σ > 0
     lin = fit_paper([0.0, 1.0, 2.0, 3.0], acc, [0.01] * 4)
-    assert math.isclose(lin.mu_crossing, 1.625)
+    assert math.isclose(lin.mu_crossing, 2**0.625)
+    # only a crossing in the segment from σ = 0 is interpolated linearly: 0.35/0.5 of the way to 1
+    first = fit_paper([0.0, 1.0, 2.0, 3.0], [0.9, 0.4, 0.3, 0.2], [0.01] * 4)
+    assert math.isclose(first.mu_crossing, 0.7)
     log = fit_paper([0.1, 1.0, 10.0, 100.0], acc, [0.01] * 4)
     assert math.isclose(log.mu_crossing, 10**0.625)
     # its error: the spread of the crossing over curves redrawn within the errors, plus the

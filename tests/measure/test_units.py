@@ -1,12 +1,13 @@
 """Sweeps in relative units: σ relative to each site's clean RMS, μ in both units."""
 
+import json
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from fxharden.measure.results import SweepMode, Units, load_result
+from fxharden.measure.results import SweepMode, SweepPoint, SweepResult, Units, load_result
 from fxharden.measure.sweep import sweep
 
 from torch import nn
@@ -76,7 +77,42 @@ def test_global_mu_in_both_units():
     ref = math.sqrt(np.mean([r.site_rms[s] ** 2 for s in r.sites]))
     assert r.rms_ref == pytest.approx(ref)
     assert math.isfinite(r.fit.mu)
-    assert r.mu_abs[0] == r.fit.mu and r.mu_rel[0] == pytest.approx(r.fit.mu / ref)
+    assert r.mu_abs[0] == r.fit.mu and math.isnan(r.mu_rel[0])  # no relative sweep was measured
+    assert r.equal_power_units is Units.RELATIVE and r.mu_equal_power[0] == pytest.approx(r.fit.mu / ref)
+
+
+def _relative_result(site_rms):
+    """A global relative-units result whose points follow a known log-logistic (μ = 0.34)."""
+    rng = np.random.default_rng(0)
+    total, sigmas = 4000, np.geomspace(0.03, 3.0, 13)
+    acc = 0.1 + 0.8 / (1 + (sigmas / 0.34) ** (1 / 0.3))
+    points = [SweepPoint(None, float(s), (tuple(int(c) for c in rng.binomial(total, a, size=3)),), total)
+              for s, a in zip(sigmas, acc)]
+    return SweepResult(mode=SweepMode.GLOBAL, points=points, sites=list(site_rms), clean_accuracy=0.9,
+                       clean_accuracies=[0.9], chance=0.1, num_images=total, networks=["net"], config={},
+                       harden_configs=[{}], seed=0, seeding="test", units=Units.RELATIVE,
+                       site_rms=dict(site_rms)).refit()
+
+
+def test_relative_sweep_labels_its_rescaling_equal_power_not_mu_abs():
+    """A relative sweep's μ converted by rms_ref is the equal-noise-power rescaling: it is
+    never shown or stored as a measured μ_abs (files of earlier versions still load)."""
+    site_rms = {"a": 1.0, "b": 3.0}
+    r = _relative_result(site_rms)
+    assert r.fit.ok, r.fit.message
+    rms_ref = math.sqrt((1.0**2 + 3.0**2) / 2)  # by hand: sqrt(mean rms²) = sqrt(5)
+    assert math.isnan(r.mu_abs[0])  # was mu_rel · rms_ref, labelled μ_abs
+    assert r.mu_rel == (r.fit.mu, r.fit.mu_err)
+    assert r.equal_power_units is Units.ABSOLUTE
+    assert r.mu_equal_power[0] == pytest.approx(r.fit.mu * rms_ref)
+    d = r.to_dict()
+    assert d["mu_abs"] is None and d["mu_rel"] == [r.fit.mu, r.fit.mu_err]
+    assert d["mu_equal_power"]["units"] == "absolute" and d["mu_equal_power"]["rms_ref"] == pytest.approx(rms_ref)
+    assert d["mu_equal_power"]["mu"][0] == pytest.approx(r.fit.mu * rms_ref)
+    old = dict(d, mu_abs=list(r.mu_equal_power))  # an earlier version's file: the rescaling under mu_abs
+    del old["mu_equal_power"]
+    back = SweepResult.from_dict(json.loads(json.dumps(old)))
+    assert math.isnan(back.mu_abs[0]) and back.mu_equal_power[0] == pytest.approx(r.fit.mu * rms_ref)
 
 
 def test_unknown_units_are_refused():
