@@ -259,8 +259,10 @@ def test_token_ids_are_never_quantized():
     hm.emb.register_forward_pre_hook(lambda m, a: seen.__setitem__("ids", a[0]))
     out = hm(ids)
     assert torch.equal(seen["ids"], ids)  # the ids reach the embedding as they are
-    # reference: the eager embedding rows of these ids, then the quantized head
-    ref = nn.functional.linear(model.emb(ids).mean(1), hm.head.hardened_weight(), model.head.bias)
+    # reference: the rows of the quantized embedding table (an embedding is a weight layer),
+    # then the quantized head
+    rows = nn.functional.embedding(ids, hm.emb.hardened_weight())
+    ref = nn.functional.linear(rows.mean(1), hm.head.hardened_weight(), model.head.bias)
     assert torch.allclose(out, ref, atol=1e-6)
     q = ActQuant(8, signed=True)
     assert torch.equal(q(ids), ids) and q._observed == 0  # no calibration on ids either
