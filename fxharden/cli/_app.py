@@ -119,6 +119,13 @@ def _data_opts():
         on_corrupt=typer.Option(OnCorrupt.STOP, help="An image that cannot be decoded: stop, or skip it with a "
                                 "warning."),
         workers=typer.Option(None, min=0, help="Processes decoding images (default: up to 4)."),
+        eval_data=typer.Option(None, "--data", help="CIFAR-10 folder, or an image folder (one subfolder per class; "
+                               "decoded once with the model's preprocessing). Default: $FXHARDEN_DATA."),
+        download=typer.Option(False, "--download", help="Let torchvision download CIFAR-10 if it is missing."),
+        split=typer.Option(Split.TEST, help="CIFAR-10 split to evaluate on."),
+        max_images=typer.Option(None, min=1, help="Use N images: CIFAR-10's first N, a stratified selection of an "
+                                "image folder."),
+        synthetic=typer.Option(False, "--synthetic", help="Generated images instead of CIFAR-10 (demos, tests)."),
     )
 
 

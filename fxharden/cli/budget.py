@@ -40,19 +40,17 @@ def budget_command(
     seed: int = typer.Option(0, help="Seeds the noise (and the random weights of model names)."),
     out: Path = typer.Option(Path("runs/budget"), help="Output folder: budget.md, budget.json, budget.png, "
                              "sigma_map.json (for `fxharden sweep MODEL --sigma-map`)."),
-    data: Optional[Path] = typer.Option(None, help="CIFAR-10 folder, or an image folder (one subfolder per class; "
-                                        "decoded once with the model's preprocessing). Default: $FXHARDEN_DATA."),
-    download: bool = typer.Option(False, "--download", help="Let torchvision download CIFAR-10 if it is missing."),
-    split: Split = typer.Option(Split.TEST, help="CIFAR-10 split to evaluate on."),
-    max_images: Optional[int] = typer.Option(None, min=1, help="Use N images: CIFAR-10's first N, a stratified "
-                                             "selection of an image folder."),
+    data: Optional[Path] = _D["eval_data"],
+    download: bool = _D["download"],
+    split: Split = _D["split"],
+    max_images: Optional[int] = _D["max_images"],
     input_size: Optional[int] = _D["input_size"],
     mean: Optional[str] = _D["mean"],
     std: Optional[str] = _D["std"],
     crop_pct: Optional[float] = _D["crop_pct"],
     on_corrupt: OnCorrupt = _D["on_corrupt"],
     workers: Optional[int] = _D["workers"],
-    synthetic: bool = typer.Option(False, "--synthetic", help="Generated images instead of CIFAR-10 (demos, tests)."),
+    synthetic: bool = _D["synthetic"],
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar (phase and images of "
                                   "the sweep running)."),
 ) -> None:

@@ -145,19 +145,17 @@ def sweep_command(
     chance: Optional[float] = typer.Option(None, help="Chance accuracy (default: 1 / number of classes)."),
     out: Path = typer.Option(Path("runs/sweep"), help="Output directory: results.json, results.csv, PNG plots; "
                              "rerunning with the same directory resumes an interrupted sweep."),
-    data: Optional[Path] = typer.Option(None, help="CIFAR-10 folder, or an image folder (one subfolder per class; "
-                                        "decoded once with the model's preprocessing). Default: $FXHARDEN_DATA."),
-    download: bool = typer.Option(False, "--download", help="Let torchvision download CIFAR-10 if it is missing."),
-    split: Split = typer.Option(Split.TEST, help="CIFAR-10 split to evaluate on."),
-    max_images: Optional[int] = typer.Option(None, min=1, help="Use N images: CIFAR-10's first N, a stratified "
-                                             "selection of an image folder."),
+    data: Optional[Path] = _D["eval_data"],
+    download: bool = _D["download"],
+    split: Split = _D["split"],
+    max_images: Optional[int] = _D["max_images"],
     input_size: Optional[int] = _D["input_size"],
     mean: Optional[str] = _D["mean"],
     std: Optional[str] = _D["std"],
     crop_pct: Optional[float] = _D["crop_pct"],
     on_corrupt: OnCorrupt = _D["on_corrupt"],
     workers: Optional[int] = _D["workers"],
-    synthetic: bool = typer.Option(False, "--synthetic", help="Generated images instead of CIFAR-10 (demos, tests)."),
+    synthetic: bool = _D["synthetic"],
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     fit_model: MidpointModel = typer.Option(MidpointModel.LOG, help="Quoted midpoint model: log (logistic in "
                                             "ln σ) or paper (Eq. 1, logistic in σ); the other is fitted beside it."),

@@ -41,8 +41,8 @@ def train_command(
                                     "random crop (4 px padding) + horizontal flip."),
     data: Optional[Path] = typer.Option(None, help="CIFAR-10 folder, or an image folder (with train/ and val/ "
                                         "subfolders, or one folder of classes: 20% held out). Default: $FXHARDEN_DATA."),
-    download: bool = typer.Option(False, "--download", help="Let torchvision download CIFAR-10 if it is missing."),
-    synthetic: bool = typer.Option(False, "--synthetic", help="Generated images instead of CIFAR-10 (demos, tests)."),
+    download: bool = _D["download"],
+    synthetic: bool = _D["synthetic"],
     input_size: Optional[int] = _D["input_size"],
     mean: Optional[str] = _D["mean"],
     std: Optional[str] = _D["std"],
