@@ -8,13 +8,13 @@ the graph at every draw). Here the numbers are a function of their coordinates i
 
 with the stream key and the counter 0-dim int64 *tensors* (buffers of the noise module), so
 changing them (``seed_noise``, the next call) changes no Python value Dynamo would guard on:
-no recompilation. ``f`` is a keyed hash, two rounds of the MurmurHash3 32-bit finalizer
-(``_fmix``), each round keyed by 32 bits derived from the stream key, the counter and the
-stream index ``s`` (several independent uniforms per element: ``s`` = 0, 1 for the two
-uniforms of a normal). Everything is int64 arithmetic on values below ``2**32`` (the
-multiplications are split so that no product overflows), then float conversion, ``log``,
-``sqrt``, ``cos``: elementwise ops that Inductor fuses with what consumes the numbers (the
-quantizer's output and the add of the noise) into one kernel.
+no recompilation. ``f`` is a keyed hash, two rounds of a 32-bit integer mixer (``_fmix``),
+each round keyed by 32 bits derived from the stream key, the counter and the stream index
+``s`` (several independent uniforms per element: ``s`` = 0, 1 for the two uniforms of a
+normal). Everything is int64 arithmetic on values below ``2**32`` (no product overflows),
+then float conversion, ``log``, ``sqrt``, ``cos``: elementwise ops that Inductor fuses with
+what consumes the numbers (the quantizer's output and the add of the noise) into one kernel;
+the per-call keys are computed once per call, not per element.
 
 Normals come from Box–Muller with the cosine branch only, ``z = sqrt(-2 ln u1) cos(2π u2)``,
 ``u1 = (h1 + 1/2) 2^-32`` in ``(0, 1]`` (smallest ``2^-33``: the tails reach ``6.7σ``),
@@ -32,7 +32,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["counter_uniform", "counter_normal", "compiling"]
+__all__ = ["counter_uniform", "counter_normal", "compiling", "refuse"]
 
 _is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None) or (lambda: False)  # torch >= 2.3
 
@@ -42,24 +42,32 @@ def compiling() -> bool:
     their compiled path. False in eager mode and on a torch without ``torch.compiler.is_compiling``."""
     return _is_compiling()
 
+
+def _eagerly(fn):
+    disable = getattr(getattr(torch, "compiler", None), "disable", None)
+    return disable(fn) if disable is not None else fn
+
+
+@_eagerly
+def refuse(error: Exception) -> None:
+    """Raise ``error`` for something a compiled model cannot do. A ``raise`` in traced code
+    would make Dynamo run the whole frame eagerly instead (where the refused path works, slowly
+    and without a word); this function runs outside the graph, so the error reaches the caller."""
+    raise error
+
 _M32 = 0xFFFFFFFF
 _GOLDEN = 0x9E3779B9  # 2^32 / golden ratio: separates the counter, the streams, the rounds
 
 
-def _mul32(x: Tensor, c: int) -> Tensor:
-    """``x * c mod 2^32`` for int64 ``x`` in ``[0, 2^32)`` and a 32-bit constant ``c``, in
-    products below ``2^49`` (a signed int64 product must not overflow)."""
-    lo, hi = c & 0xFFFF, c >> 16
-    return (x * lo + (((x * hi) & 0xFFFF) << 16)) & _M32
-
-
 def _fmix(h: Tensor) -> Tensor:
-    """MurmurHash3's 32-bit finalizer: a bijection of ``[0, 2^32)`` with full avalanche."""
+    """A 32-bit integer hash (Wellons' hash-prospector mixer ``[16 21f0aaad 15 735a2d97 15]``,
+    lower bias than MurmurHash3's finalizer): a bijection of ``[0, 2^32)`` with full avalanche.
+    Both multipliers are below ``2^31``, so no int64 product overflows."""
     h = h ^ (h >> 16)
-    h = _mul32(h, 0x85EBCA6B)
-    h = h ^ (h >> 13)
-    h = _mul32(h, 0xC2B2AE35)
-    return h ^ (h >> 16)
+    h = (h * 0x21F0AAAD) & _M32
+    h = h ^ (h >> 15)
+    h = (h * 0x735A2D97) & _M32
+    return h ^ (h >> 15)
 
 
 def _round_keys(key: Tensor, counter: Tensor, stream: int) -> tuple:

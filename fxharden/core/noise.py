@@ -51,7 +51,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import WeightNoiseKind, check_sigma
-from .counter_rng import compiling, counter_normal, counter_uniform
+from .counter_rng import compiling, counter_normal, counter_uniform, refuse
 from .noise_models import NoiseKind, parse_kind
 
 __all__ = ["Noise", "NoiseChain", "NoiseSetting", "SigmaLike", "stream_seed", "GroupDimError", "noise_off"]
@@ -383,9 +383,9 @@ class Noise(nn.Module):
         if not isinstance(x, Tensor) or not x.is_floating_point():
             return x
         if self.groups > 1:
-            raise NotImplementedError(
+            refuse(NotImplementedError(
                 f"noise site {self.site!r} has one sigma per batch group; batch groups run eagerly only: "
-                "use a single sigma under torch.compile, or run the uncompiled model")
+                "use a single sigma under torch.compile, or run the uncompiled model"))
         x32 = x if x.dtype in (torch.float32, torch.float64) else x.float()
         sigma = self.sigma.detach().reshape(()).to(x32.dtype)
         if self.kind is NoiseKind.STUCK:

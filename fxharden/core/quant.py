@@ -18,7 +18,7 @@ from typing import Dict, Iterator, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from .counter_rng import compiling
+from .counter_rng import compiling, refuse
 
 __all__ = ["qrange", "round_ste", "fake_quantize", "ActQuant", "WeightQuant", "MIN_STEP", "frozen_weights"]
 
@@ -238,11 +238,11 @@ class ActQuant(nn.Module):
             return x  # ids and indices: quantizing them would change which row is looked up
         if self._calibrating():
             if compiling():
-                raise RuntimeError(
+                refuse(RuntimeError(
                     f"an activation quantizer ({self.extra_repr()}) is still calibrating its step "
                     f"({self._observed} of {self.calibration_steps} batches seen) inside torch.compile, which "
                     "would recompile at every batch: call fxharden.calibrate_quantizers(model, data) on real data "
-                    "before compiling (it fixes the steps), or give the quantizers a constant step")
+                    "before compiling (it fixes the steps), or give the quantizers a constant step"))
             self._observe(x)
         scale = self.scale
         if self.learn:

@@ -3,7 +3,8 @@
 Oracles: Dynamo's own ``explain`` (graph and graph-break counts), ``error_on_recompile``,
 the standard normal distribution (moments, Kolmogorov–Smirnov), and the eager model (sigma 0).
 Dynamo-level checks use the ``eager``/``aot_eager`` backends (the same capture and guards as
-Inductor, without code generation); the statistics and the repeat run through Inductor."""
+Inductor, without code generation: Inductor's C++ compile takes a minute on a busy 2-core
+CPU); the statistics, the repeat and sigma 0 also run through Inductor in the ``slow`` tests."""
 
 import math
 
@@ -56,11 +57,12 @@ def corr(a, b):
     return float(torch.corrcoef(torch.stack([a.flatten().double(), b.flatten().double()]))[0, 1])
 
 
-def test_compiled_noise_is_iid_standard_normal_times_sigma_and_repeats_when_reseeded():
+@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_compiled_noise_is_iid_standard_normal_times_sigma_and_repeats_when_reseeded(backend):
     a, b = Noise("layer1", seed=3), Noise("layer2", seed=3)
     a.set_sigma(0.3)
     b.set_sigma(0.3)
-    step = torch.compile(lambda x: (a(x), b(x)), fullgraph=True)
+    step = torch.compile(lambda x: (a(x), b(x)), backend=backend, fullgraph=True)
     x = torch.zeros(N)
     with torch._dynamo.config.patch(error_on_recompile=True):
         first = step(x)
@@ -89,15 +91,16 @@ def test_compiled_weight_noise_models_follow_their_formulas(kind):
     n = Noise("w", seed=1, kind=kind)
     n.set_sigma(0.2)
     x = torch.full((N,), 1.5)
+    x[0] = 3.0  # max|x|: no element equals a stuck-at value
     y = torch.compile(n, backend="eager", fullgraph=True)(x)
     if kind == "multiplicative":
-        assert_standard_normal((y / x - 1) / 0.2)
+        assert_standard_normal(((y / x - 1) / 0.2)[1:])
     elif kind == "lognormal":
-        assert_standard_normal(torch.log(y / x) / 0.2)
+        assert_standard_normal((torch.log(y / x) / 0.2)[1:])
     else:  # stuck-at: a share p of the elements replaced by 0 or ±max|x|
         stuck = y != x
         assert abs(float(stuck.double().mean()) - 0.2) < 5 * math.sqrt(0.2 * 0.8 / N)
-        assert set(y[stuck].unique().tolist()) <= {0.0, 1.5, -1.5}
+        assert set(y[stuck].unique().tolist()) <= {0.0, 3.0, -3.0}
 
 
 def test_hardened_lenet_is_one_graph_in_both_modes_and_sigma_and_seed_do_not_recompile():
@@ -126,6 +129,12 @@ def test_compiled_output_at_sigma_0_equals_eager():
     hm, x = hardened_lenet(sigma=0.0)
     with torch.no_grad():
         assert torch.equal(torch.compile(hm, backend="aot_eager")(x), hm(x))
+
+
+@pytest.mark.slow
+def test_inductor_output_at_sigma_0_is_close_to_eager():
+    hm, x = hardened_lenet(sigma=0.0)
+    with torch.no_grad():
         assert torch.allclose(torch.compile(hm)(x), hm(x), atol=1e-5, rtol=1e-5)  # Inductor may reorder sums
 
 
