@@ -10,8 +10,8 @@ with the stream key and the counter 0-dim int64 *tensors* (buffers of the noise 
 changing them (``seed_noise``, the next call) changes no Python value Dynamo would guard on:
 no recompilation. ``f`` is a keyed hash, two rounds of a 32-bit integer mixer (``_fmix``),
 each round keyed by 32 bits derived from the stream key, the counter and the stream index
-``s`` (several independent uniforms per element: ``s`` = 0, 1 for the two uniforms of a
-normal). Everything is int64 arithmetic on values below ``2**32`` (no product overflows),
+``s`` (several independent uniforms per element, for stuck-at faults); a normal takes the
+hash ``h1`` and ``h2``, one more keyed round of ``h1``. Everything is int64 arithmetic on values below ``2**32`` (no product overflows),
 then float conversion, ``log``, ``sqrt``, ``cos``: elementwise ops that Inductor fuses with
 what consumes the numbers (the quantizer's output and the add of the noise) into one kernel;
 the per-call keys are computed once per call, not per element.
@@ -71,21 +71,25 @@ def _fmix(h: Tensor) -> Tensor:
 
 
 def _round_keys(key: Tensor, counter: Tensor, stream: int) -> tuple:
-    """Two 32-bit round keys (0-dim int64 tensors) of uniform stream ``stream`` for this
+    """Three 32-bit round keys (0-dim int64 tensors) of uniform stream ``stream`` for this
     (stream key, counter)."""
     lo, hi = key & _M32, (key >> 32) & _M32
     c_lo, c_hi = counter & _M32, (counter >> 32) & _M32
     k = _fmix(lo ^ _fmix((hi + _GOLDEN * (stream + 1)) & _M32))
     k1 = _fmix(k ^ c_lo)
     k2 = _fmix(k1 ^ c_hi ^ _GOLDEN)
-    return k1, k2
+    return k1, k2, _fmix(k2 ^ _GOLDEN)
 
 
-def _bits(key: Tensor, counter: Tensor, shape: Sequence[int], stream: int, device: torch.device) -> Tensor:
-    """32 random bits per element of ``shape`` (int64 values in ``[0, 2^32)``)."""
-    k1, k2 = _round_keys(key.to(device), counter.to(device), stream)
-    idx = torch.arange(math.prod(shape), device=device, dtype=torch.int64).view(tuple(shape)) & _M32
-    return _fmix(_fmix(idx ^ k1) ^ k2)
+def _bits(key: Tensor, counter: Tensor, shape: Sequence[int], stream: int, device: torch.device,
+          second: bool = False):
+    """32 random bits per element of ``shape`` (int64 values in ``[0, 2^32)``); with
+    ``second``, a pair: the second is one more keyed round of the first (cheaper than a second
+    chain: Inductor's C++ code, and its compile time, grow with every integer op)."""
+    k1, k2, k3 = _round_keys(key.to(device), counter.to(device), stream)
+    idx = torch.arange(math.prod(shape), device=device, dtype=torch.int64).view(tuple(shape))
+    h = _fmix(_fmix(idx ^ k1) ^ k2)
+    return (h, _fmix(h ^ k3)) if second else h
 
 
 def counter_uniform(key: Tensor, counter: Tensor, shape: Sequence[int], stream: int = 0,
@@ -102,6 +106,7 @@ def counter_normal(key: Tensor, counter: Tensor, shape: Sequence[int], dtype: to
     """Standard normals of ``shape`` for stream key ``key`` and call ``counter`` (0-dim int64
     tensors), by Box–Muller (see the module doc)."""
     device = key.device if device is None else device
-    u1 = (_bits(key, counter, shape, 0, device).to(dtype) + 0.5) * (2.0 ** -32)
-    u2 = _bits(key, counter, shape, 1, device).to(dtype) * (2.0 ** -32)
+    h1, h2 = _bits(key, counter, shape, 0, device, second=True)
+    u1 = (h1.to(dtype) + 0.5) * (2.0 ** -32)
+    u2 = h2.to(dtype) * (2.0 ** -32)
     return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos((2.0 * math.pi) * u2)

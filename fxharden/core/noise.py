@@ -154,6 +154,11 @@ class Noise(nn.Module):
     is upcast to float32, so small noise on large activations is not rounded away; without
     autocast a half/bfloat16 input gets its noisy output back in its own dtype.
 
+    Under ``torch.compile`` the normals (or uniforms) come from ``counter_rng`` keyed by the
+    ``stream_key`` and ``calls`` buffers instead of the generator, and sigma from its buffer:
+    another stream than eager mode, as reproducible, with the same statistics; sigma and seed
+    changes recompile nothing (module doc). Batch groups are refused there.
+
     Args:
         site: dotted name of the layer this module follows (``<layer>.weight`` on weights).
         seed: base seed; the generator is seeded with ``stream_seed(seed, site)``.
