@@ -214,6 +214,8 @@ class Noise(nn.Module):
         super().__setstate__(state)
         if "stream_key" not in self._buffers:
             self._register_stream_buffers()
+        else:  # restarted from the seed, like the eager generator
+            self._buffers["calls"] = torch.zeros_like(self._buffers["calls"])
 
     def _register_stream_buffers(self) -> None:
         """The compiled path's stream (see the module doc): ``stream_key`` is

@@ -6,6 +6,7 @@ Dynamo-level checks use the ``eager``/``aot_eager`` backends (the same capture a
 Inductor, without code generation: Inductor's C++ compile takes a minute on a busy 2-core
 CPU); the statistics, the repeat and sigma 0 also run through Inductor in the ``slow`` tests."""
 
+import copy
 import math
 
 import pytest
@@ -84,6 +85,16 @@ def test_compiled_noise_is_iid_standard_normal_times_sigma_and_repeats_when_rese
         a.set_sigma(0.0)
         y = torch.randn(N)
         assert torch.equal(step(y)[0], y)
+
+
+def test_a_copy_restarts_the_compiled_stream_from_the_seed_like_the_eager_one():
+    n = Noise("a", seed=2)
+    n.set_sigma(0.5)
+    x = torch.zeros(64)
+    first = torch.compile(n, backend="eager", fullgraph=True)(x)
+    torch.compile(n, backend="eager", fullgraph=True)(x)
+    twin = copy.deepcopy(n)
+    assert torch.equal(torch.compile(twin, backend="eager", fullgraph=True)(x), first)
 
 
 @pytest.mark.parametrize("kind", ["multiplicative", "lognormal", "stuck"])
