@@ -14,6 +14,7 @@ import torch
 from torch import fx, nn
 
 from .config import HardenConfig
+from .counter_rng import compiling
 from .groups import ensure_batch_dims
 
 __all__ = ["SiteInfo", "HardenReport", "HardenedModule", "build_hardened"]
@@ -55,15 +56,38 @@ class HardenedModule(fx.GraphModule):
     behave like the original model. ``meta['fxharden']`` holds the config and report."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        ensure_batch_dims(self, args, kwargs)  # only does work when some site has several sigma groups
+        if not compiling():  # batch groups run eagerly only (the noise modules refuse them compiled)
+            ensure_batch_dims(self, args, kwargs)  # only does work when some site has several sigma groups
         return super().__call__(*args, **kwargs)
 
     def train(self, mode: bool = True) -> "HardenedModule":
         super().train(mode)
         graphs = self.meta.get("fxharden_graphs") if hasattr(self, "meta") else None
         if graphs is not None and graphs[mode] is not self.graph:
-            self.graph = graphs[mode]
+            self._use_graph(graphs[mode])
         return self
+
+    def _use_graph(self, graph: fx.Graph) -> None:
+        """Make ``graph`` the current one. The code generated for each graph is kept and
+        reused, so switching modes back and forth gives the same ``forward`` each time
+        (``torch.compile`` then compiles once per mode instead of at every switch)."""
+        cache = self.__dict__.setdefault("_fxharden_code", {})
+
+        def keep(g: fx.Graph) -> None:
+            cache[id(g)] = (g, type(self).forward, {k: self.__dict__[k] for k in _CODE_FIELDS if k in self.__dict__})
+
+        if cache.get(id(self._graph), (None,))[0] is not self._graph:
+            keep(self._graph)
+        cached = cache.get(id(graph))
+        if cached is None or cached[0] is not graph:
+            self.graph = graph  # generates the code
+            keep(graph)
+            return
+        _, forward, fields = cached
+        self._graph = graph
+        graph.owning_module = self
+        type(self).forward = forward
+        self.__dict__.update(fields)
 
     @property
     def harden_config(self) -> HardenConfig:
@@ -79,6 +103,10 @@ class HardenedModule(fx.GraphModule):
         eval_gm = None if graphs[False] is graphs[True] else fx.GraphModule(self, graphs[False])
         meta = {k: v for k, v in self.meta.items() if k != "fxharden_graphs"}
         return (_unpickle, (train_gm, eval_gm, meta, self.training, type(self).__name__))
+
+
+_CODE_FIELDS = ("_code", "_lineno_map", "_prologue_start", "_in_spec", "_out_spec")
+"""What ``GraphModule.recompile`` stores on the instance besides ``forward``."""
 
 
 def _copy_targets(root: nn.Module, hm: nn.Module, graph: fx.Graph) -> None:

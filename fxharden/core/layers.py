@@ -13,6 +13,9 @@ batch dimension and uses one perturbed weight per group, exactly as if each grou
 its own forward pass (groups that share a draw and a sigma share the weight, and adjacent
 ones run in one call).
 
+Under ``torch.compile`` a layer with weight noise draws a new weight in every call through
+the noise module's compiled path (single sigma; batch groups and held draws run eagerly only).
+
 Held draws: by default every forward pass draws new weights. Within ``weight_draws_held``
 each layer draws them (one per group) in its first forward pass and reuses the very same
 weights in every later one, as a programmed chip evaluated on one batch after another does:
@@ -29,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .counter_rng import compiling
 from .noise import Noise
 from .quant import WeightQuant
 
@@ -108,6 +112,8 @@ class _HardenedWeight:
     def _grouped(self, x: Tensor, apply: Callable[[Tensor, Dict[str, Tensor]], Tensor]) -> Tensor:
         """``apply(x, weights)`` with hardened weights; one weight draw per batch group."""
         noise = self.weight_noise
+        if noise is not None and compiling() and self._held is None:
+            return apply(x, self._draw())  # the noise's compiled path: no host mirror read
         if noise is None or noise.observe(x) or not noise.active:
             return apply(x, self._quantized())
         runs = self._runs()
@@ -244,6 +250,8 @@ class HardenedMultiheadAttention(_HardenedWeight, nn.MultiheadAttention):
                                                      is_causal=is_causal)
 
         noise = self.weight_noise
+        if noise is not None and compiling() and self._held is None:
+            return attend(query, self._draw())
         if noise is None or noise.observe(query) or not noise.active:
             return attend(query, self._quantized())
         runs = self._runs()

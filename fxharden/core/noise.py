@@ -23,6 +23,18 @@ groups whose sigma is 0 draw nothing. Draws consumed within the call (activation
 scratch buffers reused from call to call; draws that outlive it (weights) are new tensors.
 Without autograd, the noise is added in place to an input the module owns (``owns_input``):
 on a CPU a new output tensor costs more than the add itself.
+
+Under ``torch.compile`` (``torch.compiler.is_compiling()``) the forward takes another path
+that Dynamo captures without a graph break: the standard normals come from the counter-based
+generator of ``counter_rng`` keyed by the ``stream_key`` buffer (``stream_seed(seed, site)``)
+and the ``calls`` buffer (one more per call), sigma is read from the ``sigma`` buffer (never
+from the host mirrors), and ``σ·ε`` is always added (sigma 0 adds exact zeros: the output
+equals the input). Changing sigma (``set_sigma``, ``set_noise``) or the seed (``reseed``,
+``seed_noise``) between calls changes buffers only: no recompilation. The compiled noise is a
+different stream from the eager one (eager: ``torch.Generator`` normals; compiled: the hash),
+each reproducible for a given seed, both N(0, σ²) i.i.d. over elements, sites and calls.
+Batch groups (one sigma per group), calibration (``calibrate_noise``) and batch-dim location
+run eagerly only.
 """
 
 from __future__ import annotations
@@ -40,6 +52,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import WeightNoiseKind, check_sigma
+from .counter_rng import compiling, counter_normal, counter_uniform, refuse
 from .noise_models import NoiseKind, parse_kind
 
 __all__ = ["Noise", "NoiseChain", "NoiseSetting", "SigmaLike", "stream_seed", "GroupDimError", "noise_off"]
@@ -142,6 +155,11 @@ class Noise(nn.Module):
     is upcast to float32, so small noise on large activations is not rounded away; without
     autocast a half/bfloat16 input gets its noisy output back in its own dtype.
 
+    Under ``torch.compile`` the normals (or uniforms) come from ``counter_rng`` keyed by the
+    ``stream_key`` and ``calls`` buffers instead of the generator, and sigma from its buffer:
+    another stream than eager mode, as reproducible, with the same statistics; sigma and seed
+    changes recompile nothing (module doc). Batch groups are refused there.
+
     Args:
         site: dotted name of the layer this module follows (``<layer>.weight`` on weights).
         seed: base seed; the generator is seeded with ``stream_seed(seed, site)``.
@@ -163,6 +181,7 @@ class Noise(nn.Module):
         self.zero_fraction = float(zero_fraction)
         self.register_buffer("sigma", torch.tensor(0.0))
         self.register_buffer("rms", torch.tensor(-1.0))  # -1: not calibrated (compares equal, unlike NaN)
+        self._register_stream_buffers()
         self._calibration: Optional[list] = None  # [sum of x^2, count] while calibrate_noise runs
         self._active = False  # mirror of (sigma != 0).any(), read without a device sync
         self._host: Tuple[float, ...] = (0.0,)  # mirror of sigma (one value per group), no sync
@@ -194,6 +213,19 @@ class Noise(nn.Module):
         state.setdefault("_producer", ())
         state.setdefault("_lanes", None)
         super().__setstate__(state)
+        if "stream_key" not in self._buffers:
+            self._register_stream_buffers()
+        else:  # restarted from the seed, like the eager generator
+            self._buffers["calls"] = torch.zeros_like(self._buffers["calls"])
+
+    def _register_stream_buffers(self) -> None:
+        """The compiled path's stream (see the module doc): ``stream_key`` is
+        ``stream_seed(seed, site)``, ``calls`` counts the compiled calls since the last
+        (re)seed. Not in ``state_dict``: a loaded model restarts its stream, as eager does."""
+        device = self.sigma.device
+        self.register_buffer("stream_key", torch.tensor(stream_seed(self.seed, self.site), device=device),
+                             persistent=False)
+        self.register_buffer("calls", torch.zeros((), dtype=torch.int64, device=device), persistent=False)
 
     @property
     def calibrated(self) -> bool:
@@ -264,6 +296,9 @@ class Noise(nn.Module):
         """Restart the random stream from base seed ``seed``."""
         self.seed = int(seed)
         self._generator, self._lanes = None, None
+        with torch.no_grad():
+            self.stream_key.fill_(stream_seed(self.seed, self.site))
+            self.calls.zero_()
 
     def _gen(self, device: torch.device) -> torch.Generator:
         gen = self._generator
@@ -333,6 +368,8 @@ class Noise(nn.Module):
     # ------------------------------------------------------------------ noise
 
     def forward(self, x: Tensor) -> Tensor:
+        if compiling() and self._calibration is None and self._record is None:
+            return self._forward_compiled(x)
         if self._calibration is not None and isinstance(x, Tensor) and x.is_floating_point():
             self._calibration[0] += float(x.detach().double().pow(2).sum())
             self._calibration[1] += x.numel()
@@ -350,6 +387,43 @@ class Noise(nn.Module):
         if x32 is x or torch.is_autocast_enabled(x.device.type):
             return y  # under autocast the float32 result keeps noise that the low precision would round away
         return y.to(x.dtype)  # a half/bfloat16 model without autocast: its next layer takes its own dtype
+
+    def _forward_compiled(self, x: Tensor) -> Tensor:
+        """The forward under ``torch.compile`` (module doc): tensors only, nothing the host
+        mirrors hold, ``σ·ε`` added whatever sigma is."""
+        if not isinstance(x, Tensor) or not x.is_floating_point():
+            return x
+        if self.groups > 1:
+            refuse(NotImplementedError(
+                f"noise site {self.site!r} has one sigma per batch group; batch groups run eagerly only: "
+                "use a single sigma under torch.compile, or run the uncompiled model"))
+        x32 = x if x.dtype in (torch.float32, torch.float64) else x.float()
+        sigma = self.sigma.detach().reshape(()).to(x32.dtype)
+        if self.kind is NoiseKind.STUCK:
+            u = [counter_uniform(self.stream_key, self.calls, x32.shape, k, x32.dtype, x32.device) for k in range(3)]
+            y = self._stuck(x32, u, sigma, None)
+        else:
+            eps = counter_normal(self.stream_key, self.calls, x32.shape, x32.dtype, x32.device)
+            y = self._inject_tensor(x32, eps, sigma)
+        with torch.no_grad():
+            self.calls.add_(1)
+        if x32 is x or torch.is_autocast_enabled(x.device.type):
+            return y
+        return y.to(x.dtype)
+
+    def _inject_tensor(self, x: Tensor, eps: Tensor, sigma: Tensor) -> Tensor:
+        """``_inject`` with sigma a 0-dim tensor and nothing in place (the compiled path). An
+        uncalibrated relative site (``rms`` -1) gives NaN: the check would need a host sync."""
+        if self.kind in (NoiseKind.ADDITIVE, NoiseKind.RELATIVE):
+            if self.relative:
+                eps = eps * x.detach().abs().amax()
+            if self.kind is NoiseKind.RELATIVE:
+                rms = self.rms.detach().to(x.dtype)
+                sigma = sigma * torch.where(rms >= 0, rms, torch.full_like(rms, math.nan))
+            return x + sigma * eps
+        if self.kind is NoiseKind.MULTIPLICATIVE:
+            return x + sigma * (eps * x.detach())
+        return x + x.detach() * torch.expm1(sigma * eps)  # log-normal: x exp(σε) = x + x (exp(σε) - 1)
 
     def _noisy(self, x32: Tensor, fresh: bool) -> Tensor:
         """The noisy ``x32`` (float32 or float64); ``fresh``: an upcast copy nobody else holds."""
@@ -448,7 +522,7 @@ class Noise(nn.Module):
         drift = eps.mul_(sigma).exp_().sub_(1).mul_(x.detach())
         return torch.add(x, drift, out=out) if out is not None else x + drift
 
-    def _stuck(self, x: Tensor, u: Tensor, p: float, out: Optional[Tensor]) -> Tensor:
+    def _stuck(self, x: Tensor, u: Sequence[Tensor], p: Union[float, Tensor], out: Optional[Tensor]) -> Tensor:
         """Stuck-at faults from the uniforms ``u = (fault, sign, zero)``: each element with
         probability ``p`` is replaced by 0 (share ``zero_fraction``) or by ±max|x| (random
         sign); exact values, gradient 1 (forward only)."""

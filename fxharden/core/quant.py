@@ -18,6 +18,8 @@ from typing import Dict, Iterator, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from .counter_rng import compiling, refuse
+
 __all__ = ["qrange", "round_ste", "fake_quantize", "ActQuant", "WeightQuant", "MIN_STEP", "frozen_weights"]
 
 MIN_STEP = 1e-8
@@ -135,6 +137,11 @@ class ActQuant(nn.Module):
     by ``finish_calibration``, with a warning.
 
     Integer tensors (token ids, indices) pass through unchanged: they are never quantized.
+
+    Under ``torch.compile`` the step must be fixed (constant, or calibrated with
+    ``calibrate_quantizers`` before compiling): the calibration branch depends on the host
+    counter of observed batches, so a quantizer that is still calibrating raises instead of
+    recompiling at every batch. A fixed step makes the branch a constant: one graph, no break.
     """
 
     def __init__(
@@ -230,6 +237,12 @@ class ActQuant(nn.Module):
         if not isinstance(x, Tensor) or not x.is_floating_point():
             return x  # ids and indices (and a non-tensor input): quantizing them would change which row is looked up
         if self._calibrating():
+            if compiling():
+                refuse(RuntimeError(
+                    f"an activation quantizer ({self.extra_repr()}) is still calibrating its step "
+                    f"({self._observed} of {self.calibration_steps} batches seen) inside torch.compile, which "
+                    "would recompile at every batch: call fxharden.calibrate_quantizers(model, data) on real data "
+                    "before compiling (it fixes the steps), or give the quantizers a constant step"))
             self._observe(x)
         scale = self.scale
         if self.learn:
