@@ -13,7 +13,7 @@ split as it is.
 
 Multi-call ship (the out folder must be git-ignored; the repository ignores ``.devdata/``)::
 
-    python benchmarks/device_data.py prepare --data /work/shared/data/cifar10 --out .devdata
+    python benchmarks/device_data.py prepare --data ../shared/data/cifar10 --out .devdata
     # it prints the calls; for the real CIFAR-10 they are three, made back to back:
     run(carry=[".devdata/part-01"], command="python benchmarks/device_data.py check --data .devdata/part-01")
     run(carry=[".devdata/part-02"], command="python benchmarks/device_data.py check --data .devdata/part-02")
