@@ -341,6 +341,12 @@ class HardenConfig:
     def replace(self, **changes: Any) -> "HardenConfig":
         return replace(self, **changes)
 
+    @property
+    def perturbs_weights(self) -> bool:
+        """Whether any weight noise model is on (weight noise, drift or stuck-at faults)."""
+        return (self.weight_noise.kind is not WeightNoiseKind.NONE or self.weight_drift is not None
+                or self.weight_faults is not None)
+
 
 def _ref_to_str(obj: Any) -> str:
     if isinstance(obj, str):

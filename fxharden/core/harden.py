@@ -152,7 +152,6 @@ def harden(
     owners: set = set()  # noise modules whose input ownership is decided
     skipped: Dict[str, str] = {}
     infos: Dict[str, SiteInfo] = {}
-    qc = config.quant
 
     def module_for(site: str, role: str, build) -> str:
         if (site, role) not in made:
@@ -181,15 +180,10 @@ def harden(
             targets = []
             qname = ""
             if site.quantize_output:
-                constant = site.kind is SiteKind.ACTIVATION and qc.scaling is Scaling.CONSTANT
-                step = qc.scale if constant else (qc.input_scale if site.kind is SiteKind.INPUT else None)
-                learn = qc.scaling is Scaling.DYNAMIC
-                targets.append(module_for(site.name, "quant", lambda: ActQuant(
-                    qc.bits, site.signed, step=step, learn=learn, calibration_steps=qc.calibration_steps)))
+                targets.append(module_for(site.name, "quant", lambda: _output_quant(config, site.kind, site.signed)))
                 qname = str(container[made[(site.name, "quant")]].extra_repr())
             if site.noise:
-                targets.append(module_for(site.name, "noise", lambda: Noise(site.name, config.noise.seed,
-                                                                            kind=config.noise.model)))
+                targets.append(module_for(site.name, "noise", lambda: _output_noise(config, site.name)))
                 noise = container[made[(site.name, "noise")]]
                 # its input: the quantizer's new tensor, or the node's own result when that is new
                 # (in every graph that uses the module)
@@ -198,7 +192,7 @@ def harden(
                 owners.add(noise)
                 if site.module is not None and not site.quantize_output:
                     noise._producer = (site.module,)
-            converts = site.kind in (SiteKind.CONV, SiteKind.LINEAR) and (site.noise or site.quantize_weights)
+            converts = _converts(site.kind, site.noise, site.quantize_weights)
             if converts and config.adc is not None:
                 targets.append(module_for(site.name, "adc", lambda: converter(config.adc)))
             if converts and config.dac is not None:
@@ -232,8 +226,6 @@ def _route_layers(root: nn.Module, layers: List[LayerCandidate], config: HardenC
                   skipped: Dict[str, str]) -> List[SiteInfo]:
     """Harden the layers of one opaque part on the module route; their report rows."""
     qc = config.quant
-    perturbed = (config.weight_noise.kind is not WeightNoiseKind.NONE or config.weight_drift is not None
-                 or config.weight_faults is not None)
     infos = []
     for c in layers:
         module = root.get_submodule(c.path)
@@ -242,18 +234,16 @@ def _route_layers(root: nn.Module, layers: List[LayerCandidate], config: HardenC
         noisy = rule is not None and rule.noise
         has_weights = c.kind in _WEIGHT_KINDS
         quantize_weights = quant and qc.quantize_weights and has_weights
-        weight_noise = rule is not None and has_weights and perturbed
+        weight_noise = rule is not None and has_weights and config.perturbs_weights
         qmod = noise = adc = dac = None
         qname = ""
         if quant and c.kind is SiteKind.ACTIVATION:
-            step = qc.scale if qc.scaling is Scaling.CONSTANT else None
-            qmod = ActQuant(qc.bits, not module_unsigned(module), step=step, learn=qc.scaling is Scaling.DYNAMIC,
-                            calibration_steps=qc.calibration_steps)
+            qmod = _output_quant(config, c.kind, not module_unsigned(module))
             qname = str(qmod.extra_repr())
         if noisy:
-            noise = Noise(c.name, config.noise.seed, kind=config.noise.model)
+            noise = _output_noise(config, c.name)
             noise.owns_input = qmod is not None  # the quantizer's output is a new tensor
-        if c.kind in (SiteKind.CONV, SiteKind.LINEAR) and (noisy or quantize_weights):
+        if _converts(c.kind, noisy, quantize_weights):
             adc = converter(config.adc) if config.adc is not None else None
             dac = converter(config.dac) if config.dac is not None else None
         if quantize_weights or weight_noise:
@@ -264,6 +254,28 @@ def _route_layers(root: nn.Module, layers: List[LayerCandidate], config: HardenC
         infos.append(SiteInfo(c.name, c.kind.value, type(module).__name__, qname, noisy,
                               f"inside {c.part!r}, which torch.fx cannot trace", route="module"))
     return infos
+
+
+def _output_quant(config: HardenConfig, kind: SiteKind, signed: bool) -> ActQuant:
+    """The quantizer of a site's output (either route): the constant step ``s`` after an
+    activation under constant scaling, ``input_scale`` at an input, else from statistics
+    (learned under dynamic scaling)."""
+    qc = config.quant
+    constant = kind is SiteKind.ACTIVATION and qc.scaling is Scaling.CONSTANT
+    step = qc.scale if constant else (qc.input_scale if kind is SiteKind.INPUT else None)
+    return ActQuant(qc.bits, signed, step=step, learn=qc.scaling is Scaling.DYNAMIC,
+                    calibration_steps=qc.calibration_steps)
+
+
+def _output_noise(config: HardenConfig, site: str) -> Noise:
+    """The noise module of a site's output (either route)."""
+    return Noise(site, config.noise.seed, kind=config.noise.model)
+
+
+def _converts(kind: SiteKind, noisy: bool, quantize_weights: bool) -> bool:
+    """Whether a site gets the configured ADC (output) and DAC (input): a conv or linear layer
+    that is noisy or has quantized weights."""
+    return kind in (SiteKind.CONV, SiteKind.LINEAR) and (noisy or quantize_weights)
 
 
 def _harden_weights(root: nn.Module, site: Site, config: HardenConfig, skipped: Dict[str, str]) -> str:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .config import HardenConfig, LayerConfig, SiteKind, WeightNoiseKind
+from .config import HardenConfig, LayerConfig, SiteKind
 
 __all__ = ["Site", "find_sites", "check_rules", "node_description", "input_nodes", "WEIGHT_FUNCS", "module_kind",
            "module_unsigned", "resolve_rule", "is_passthrough"]
@@ -397,8 +397,7 @@ def find_sites(graph: fx.Graph, modules: Dict[str, nn.Module], cfg: HardenConfig
         quant = cfg.quant is not None and rule is not None and rule.quantize
         call_weights, skip = _call_weights(node, modules)
         has_weights = (kind in _WEIGHT_KINDS and node.op == "call_module") or call_weights
-        perturbs = (cfg.weight_noise.kind is not WeightNoiseKind.NONE or cfg.weight_drift is not None
-                    or cfg.weight_faults is not None)
+        perturbs = cfg.perturbs_weights
         sites.append(Site(
             name=name, node=node, kind=kind, module=module,
             noise=rule is not None and rule.noise,

@@ -13,7 +13,7 @@ and flips; ``random_crop_flip`` draws them.
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Optional, Tuple
+from typing import Any, Iterator, Tuple
 
 import torch
 from torch import Tensor
