@@ -18,7 +18,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "core.config": ("HardenConfig", "LayerConfig", "NoiseConfig", "QuantConfig", "Scaling", "SiteKind", "SiteRules",
+    "core.config": ("Frontend", "HardenConfig", "LayerConfig", "NoiseConfig", "QuantConfig", "Scaling", "SiteKind", "SiteRules",
                     "WeightNoiseConfig", "WeightNoiseKind"),
     "core.harden": ("HardenedModule", "HardenReport", "harden", "harden_report", "noise_sites", "seed_noise",
                     "set_noise", "set_weight_noise"),
@@ -26,6 +26,7 @@ _EXPORTS = {
     "core.calibrate": ("calibrate_noise", "calibrate_quantizers"),
     "core.quant": ("frozen_weights",),
     "core.trace": ("UntraceableModelError",),
+    "core.export": ("ExportError",),
     "measure.metrics": ("FitStatus", "MidpointFit", "MidpointModel", "Quote", "QuoteKind", "fit_midpoint"),
     "measure.results": ("FitOptions", "SweepResult", "SweepMode", "load_result"),
     "measure.sweep_config": ("SweepConfig", "WeightDraws"),

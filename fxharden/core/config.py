@@ -18,6 +18,7 @@ from .noise_models import (ACTIVATION_NOISE_KINDS, ConverterConfig, NoiseKind, W
 
 __all__ = [
     "Scaling",
+    "Frontend",
     "SiteKind",
     "WeightNoiseKind",
     "QuantConfig",
@@ -42,6 +43,20 @@ class Scaling(str, Enum):
     """One fixed step ``s`` for every quantizer that follows an activation function."""
     DYNAMIC = "dynamic"
     """Each quantizer has its own step, initialised from statistics and then learned."""
+
+
+class Frontend(str, Enum):
+    """How ``harden`` captures the model's graph (``fxharden.core.trace``, ``fxharden.core.export``)."""
+
+    FX = "fx"
+    """torch.fx symbolic tracing; parts it cannot trace are opaque, their layers reached by the
+    module route."""
+    EXPORT = "export"
+    """torch.export (needs ``example_inputs``): an ATen-level graph of the whole model, for
+    models torch.fx cannot trace (Hugging Face transformers)."""
+    AUTO = "auto"
+    """torch.fx; when it leaves parts of the model opaque and ``example_inputs`` are given,
+    torch.export of the whole model instead (if that fails, torch.fx with the module route)."""
 
 
 class SiteKind(str, Enum):
@@ -308,8 +323,14 @@ class HardenConfig:
     """Stuck-at faults on conv/linear weights; ``None``: none."""
     weight_drift: Optional[WeightDriftConfig] = None
     """Log-normal conductance drift of conv/linear weights at a time t; ``None``: none."""
+    frontend: Frontend = Frontend.AUTO
+    """How the graph is captured: torch.fx, torch.export, or fx first (see ``Frontend``)."""
 
     def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "frontend", Frontend(self.frontend))
+        except ValueError:
+            raise ValueError(f"frontend must be one of {[f.value for f in Frontend]}, got {self.frontend!r}") from None
         if self.quant is not None and not isinstance(self.quant, QuantConfig):
             raise TypeError(f"quant must be a QuantConfig or None, got {self.quant!r}")
         for name, cls in (("adc", ConverterConfig), ("dac", ConverterConfig), ("weight_faults", WeightFaultConfig),
@@ -400,6 +421,7 @@ def config_to_dict(cfg: HardenConfig) -> dict:
         },
         "leaf_modules": [_ref_to_str(m) for m in cfg.leaf_modules],
         "strict": cfg.strict,
+        "frontend": cfg.frontend.value,
     }
 
 
@@ -432,6 +454,7 @@ def config_from_dict(data: Mapping[str, Any]) -> HardenConfig:
             ),
             leaf_modules=tuple(_ref_from_str(m) for m in data.get("leaf_modules", [])),
             strict=bool(data.get("strict", False)),
+            frontend=Frontend(data.get("frontend", Frontend.AUTO.value)),
         )
     except (KeyError, TypeError, AttributeError, ImportError) as err:
         raise ValueError(f"not a valid fxharden harden config: {type(err).__name__}: {err}") from None

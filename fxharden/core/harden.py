@@ -13,7 +13,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 import torch
 from torch import fx, nn
 
-from .config import HardenConfig, Scaling, SiteKind, WeightNoiseKind
+from .config import Frontend, HardenConfig, Scaling, SiteKind, WeightNoiseKind
+from .export import ExportError, capture_export
 from .hardened import HardenedModule, HardenReport, SiteInfo, build_hardened
 from .layers import HARDENED_LAYERS, HardenedCall, can_harden_weights, harden_layer, weight_axis
 from .module_route import LayerCandidate, LayerSite, attach_site, find_layers, layer_sites
@@ -24,7 +25,7 @@ from .placement import model_placement, place_modules
 from .quant import ActQuant, WeightQuant
 from .sites import WEIGHT_FUNCS, _WEIGHT_KINDS, Site, check_rules, find_sites, module_unsigned, node_description, \
     resolve_rule
-from .trace import OPAQUE_ROOT, capture
+from .trace import OPAQUE_ROOT, Capture, capture
 
 __all__ = ["harden", "HardenedModule", "SiteInfo", "HardenReport", "noise_sites", "set_noise",
            "set_weight_noise", "seed_noise", "harden_report"]
@@ -94,6 +95,7 @@ def harden(
     *,
     sigma: float = _UNSET,
     config: Optional[HardenConfig] = None,
+    example_inputs: Any = None,
     **config_kwargs: Any,
 ) -> HardenedModule:
     """Return a copy of ``model`` with fake-quantization and noise nodes in its graph.
@@ -105,8 +107,13 @@ def harden(
             ``None`` for dynamic (learned) scaling.
         sigma: initial noise strength at every noise site.
         config: a full ``HardenConfig``; excludes ``bits``/``scale``/``sigma``.
+        example_inputs: the inputs of one forward pass (a tensor, a tuple of positional
+            arguments or a dict of keyword arguments, e.g. ``{"input_ids": ids}``), for the
+            torch.export frontend (``frontend="export"``, or ``"auto"`` when torch.fx leaves parts
+            of the model opaque). The hardened model then takes the same tensor inputs, with
+            any batch size (and any sequence length for integer inputs).
         **config_kwargs: other ``HardenConfig`` fields (``rules``, ``leaf_modules``,
-            ``strict``, ``weight_noise``) for the keyword form.
+            ``strict``, ``weight_noise``, ``frontend``) for the keyword form.
 
     Returns:
         A ``HardenedModule`` in the same train/eval mode as ``model``.
@@ -118,6 +125,8 @@ def harden(
             ``SiteRules.by_name`` key or ``by_regex`` pattern that matches no site (the message
             lists close matches).
         UntraceableModelError: with ``strict=True``, when a submodule cannot be traced.
+        ExportError: ``frontend="export"`` and torch.export cannot capture the model with
+            ``example_inputs`` (the message names the inputs and what to do).
         ModelPlacementError: the model's tensors are on several devices (see
             ``fxharden.core.placement``: the new modules are made on the model's device).
     """
@@ -139,9 +148,9 @@ def harden(
 
     device, dtype = model_placement(model)
     model = _copy_model(model)
-    cap = capture(model, config.leaf_modules, config.strict)
+    cap = _capture(model, config, example_inputs)
     root = cap.root
-    modules = dict(root.named_modules())
+    modules = cap.layers or dict(root.named_modules())
     # the module route: the known layers inside each opaque part become sites of their own
     taken = {id(modules[n.target]) for g in cap.graphs.values() for n in g.nodes if n.op == "call_module"}
     inner = find_layers(root, [p for p in cap.opaque if p in modules], taken,
@@ -199,27 +208,56 @@ def harden(
                 before.append((site.node, module_for(site.name, "dac", lambda: converter(config.dac))))
             if targets:
                 insertions.append((site.node, targets))
-            if (site.quantize_weights or site.weight_noise) and site.node.op == "call_function":
-                calls.append((site.node, module_for(site.name, "weights", lambda: _hardened_call(site, config))))
-                wq = container[made[(site.name, "weights")]].weight_quant
-                qname = f"weights {wq.extra_repr()}" if wq is not None else qname
+            if (site.quantize_weights or site.weight_noise) and site.weight_calls:
+                for i, call in enumerate(site.weight_calls):
+                    role = "weights" if i == 0 else f"weights_{i}"
+                    label = site.name if i == 0 else f"{site.name}_{i}"
+                    calls.append((call, module_for(site.name, role, lambda: _hardened_call(site, call, label, config))))
+                    wq = container[made[(site.name, role)]].weight_quant
+                    qname = f"weights {wq.extra_repr()}" if wq is not None else qname
             elif site.quantize_weights or site.weight_noise:
                 qname = _harden_weights(root, site, config, skipped) or qname
             if site.skip_weights:
                 skipped[site.name] = site.skip_weights
             infos.setdefault(site.name, SiteInfo(site.name, site.kind.value, node_description(site.node, site.module),
-                                                 qname, site.noise, cap.opaque.get(str(site.node.target), "")))
+                                                 qname, site.noise, cap.opaque.get(str(site.node.target), ""),
+                                                 route=cap.route))
         insert_site_modules(graph, insertions, before, calls)
         graphs[mode] = graph
     graphs.setdefault(False, graphs[True])
     place_modules([m for m in root.modules() if isinstance(m, (ActQuant, Noise))], device, dtype)
 
-    report = HardenReport(sites=tuple(infos.values()), opaque=dict(cap.opaque), skipped=skipped)
+    report = HardenReport(sites=tuple(infos.values()), opaque=dict(cap.opaque), skipped=skipped,
+                          frontend="export" if cap.route == "export" else "fx", note=cap.note)
     hm = build_hardened(root, graphs, model.training, f"Hardened{type(model).__name__}",
                         {"fxharden": {"config": config, "report": report}})
     if config.noise.sigma:
         set_noise(hm, config.noise.sigma)
     return hm
+
+
+def _capture(model: nn.Module, config: HardenConfig, example_inputs: Any) -> Capture:
+    """The graph of ``model`` by the configured frontend (``Frontend``)."""
+    if config.frontend is Frontend.EXPORT:
+        if example_inputs is None:
+            raise ValueError("frontend='export' needs example_inputs: the inputs of one forward pass, e.g. "
+                             "harden(model, ..., frontend='export', example_inputs={'input_ids': ids})")
+        return capture_export(model, example_inputs, config.leaf_modules)
+    cap = capture(model, config.leaf_modules, config.strict)
+    if config.frontend is Frontend.AUTO and cap.opaque and example_inputs is not None:
+        parts = ", ".join(map(repr, cap.opaque))
+        try:
+            exported = capture_export(model, example_inputs, config.leaf_modules)
+        except ExportError as err:
+            cap.note = (f"torch.fx cannot trace {parts} and torch.export failed too "
+                        f"({str(err).splitlines()[0]}): their layers took the module route")
+            return cap
+        exported.note = f"torch.fx cannot trace {parts}: the whole model was captured by torch.export"
+        return exported
+    if example_inputs is not None and config.frontend is Frontend.FX:
+        raise ValueError("example_inputs are for the torch.export frontend; with frontend='fx' leave them out "
+                         "(or use frontend='auto' or 'export')")
+    return cap
 
 
 def _route_layers(root: nn.Module, layers: List[LayerCandidate], config: HardenConfig,
@@ -325,12 +363,13 @@ def _weight_noise(layer: str, config: HardenConfig) -> Optional[nn.Module]:
     return noises[0] if len(noises) == 1 else NoiseChain(*noises)
 
 
-def _hardened_call(site: Site, config: HardenConfig) -> HardenedCall:
-    """The module that replaces a functional conv/linear call whose weight comes from parameters
-    (``F.linear(x, self.fc.weight)``, the ``F.conv2d`` inside timm's ``StdConv2d``)."""
-    fn = site.node.target
-    wq = WeightQuant(config.quant.w_bits, WEIGHT_FUNCS[fn]) if site.quantize_weights else None
-    return HardenedCall(fn, wq, _weight_noise(site.name, config) if site.weight_noise else None)
+def _hardened_call(site: Site, call: fx.Node, label: str, config: HardenConfig) -> HardenedCall:
+    """The module that replaces a call whose weight comes from parameters (``F.linear(x,
+    self.fc.weight)``, the ``F.conv2d`` inside timm's ``StdConv2d``, the ATen calls of a layer on
+    the export route); its weight noise is the site ``<label>.weight``."""
+    arg = WEIGHT_FUNCS[call.target]
+    wq = WeightQuant(config.quant.w_bits, arg.axis) if site.quantize_weights else None
+    return HardenedCall(call.target, wq, _weight_noise(label, config) if site.weight_noise else None, arg)
 
 
 def converter(cfg: ConverterConfig) -> ActQuant:

@@ -31,8 +31,9 @@ class SiteInfo:
     noise: bool
     note: str = ""
     route: str = "graph"
-    """How the site was reached: ``"graph"`` (a node of the traced graph) or ``"module"`` (a
-    layer inside a part torch.fx cannot trace, hardened by hooks: ``fxharden.core.module_route``)."""
+    """How the site was reached: ``"graph"`` (a node of the torch.fx graph), ``"export"`` (a node
+    of the torch.export graph, ``fxharden.core.export``) or ``"module"`` (a layer inside a part
+    torch.fx cannot trace, hardened by hooks: ``fxharden.core.module_route``)."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,11 @@ class HardenReport:
     """Submodules that could not be traced and were treated as one layer, with the reason."""
     skipped: Dict[str, str] = field(default_factory=dict)
     """Layers whose weights were not quantized/perturbed, with the reason."""
+    frontend: str = "fx"
+    """How the graph was captured: ``"fx"`` (torch.fx, with the module route inside opaque
+    parts) or ``"export"`` (torch.export)."""
+    note: str = ""
+    """Why, when ``Frontend.AUTO`` chose."""
 
     @property
     def noise_sites(self) -> List[str]:

@@ -26,7 +26,7 @@ the data are cut into them.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -154,26 +154,30 @@ class HardenedEmbedding(_HardenedWeight, nn.Embedding):
 
 
 class HardenedCall(_HardenedWeight, nn.Module):
-    """A functional conv or linear call whose weight argument is hardened, for weights that
-    reach the layer as a graph value: ``F.linear(x, self.fc.weight, self.fc.bias)``,
-    ``F.conv2d(x, self.weight)`` of a custom module, or the ``F.conv2d`` inside a conv subclass
-    with its own ``forward`` (timm's ``StdConv2d`` standardises its weight first). ``harden``
-    puts it in the graph in place of the call: ``fn(x, weight, *rest)`` runs as
-    ``fn(x, noise(quant(weight)), *rest)``, with one weight draw per batch group like the
+    """A conv, linear, matmul or embedding call whose weight argument is hardened, for weights
+    that reach the call as a graph value: ``F.linear(x, self.fc.weight, self.fc.bias)``,
+    ``F.conv2d(x, self.weight)`` of a custom module, the ``F.conv2d`` inside a conv subclass
+    with its own ``forward`` (timm's ``StdConv2d`` standardises its weight first), or an ATen
+    call of the export route (``aten.linear``, ``aten.addmm``, ``aten.embedding``). ``harden``
+    puts it in the graph in place of the call, with the call's arguments: the call runs with
+    ``noise(quant(weight))`` in place of its weight, one weight draw per batch group like the
     class-swapped layers. Held draws (``weight_draws_held``) keep the first call's weights,
     whatever weight later calls pass.
 
     Args:
-        fn: the function called (``F.conv1d``/``conv2d``/``conv3d``, ``F.linear``).
+        fn: the function called.
         quant: the weight quantizer (per output channel for convolutions), or ``None``.
         noise: the weight noise (a ``Noise`` or ``NoiseChain``), or ``None``.
+        arg: where ``fn`` takes its input and its weight (default: ``fn(input, weight, ...)``).
     """
 
-    def __init__(self, fn: Callable[..., Tensor], quant: Optional[WeightQuant], noise: Optional[Noise]) -> None:
+    def __init__(self, fn: Callable[..., Tensor], quant: Optional[WeightQuant], noise: Optional[Noise],
+                 arg: Optional[Any] = None) -> None:
         super().__init__()
         self.fn = fn
         self.weight_quant = quant
         self.weight_noise = noise
+        self.input_index, self.weight_index = (0, 1) if arg is None else (arg.input, arg.weight)
         self._weight: Optional[Tensor] = None  # the weight argument of the call in progress
 
     def extra_repr(self) -> str:
@@ -185,15 +189,27 @@ class HardenedCall(_HardenedWeight, nn.Module):
         state.pop("_held", None)
         return state
 
+    def __setstate__(self, state):
+        state.setdefault("input_index", 0)
+        state.setdefault("weight_index", 1)
+        self.__dict__.update(state)
+
     def _raw_weights(self) -> Dict[str, Tensor]:
         if self._weight is None:
             raise ValueError("HardenedCall has no weight outside a call: its weight is the call's argument")
         return {"weight": self._weight}
 
-    def forward(self, x: Tensor, weight: Tensor, *args: object, **kwargs: object) -> Tensor:
-        self._weight = weight
+    def forward(self, *args: Any, **kwargs: Any) -> Tensor:
+        i, j = self.input_index, self.weight_index
+        self._weight = args[j]
+
+        def call(x: Tensor, w: Dict[str, Tensor]) -> Tensor:
+            new = list(args)
+            new[i], new[j] = x, w["weight"]
+            return self.fn(*new, **kwargs)
+
         try:
-            return self._grouped(x, lambda x, w: self.fn(x, w["weight"], *args, **kwargs))
+            return self._grouped(args[i], call)
         finally:
             self._weight = None
 

@@ -36,12 +36,13 @@ def insert_before_input(node: fx.Node, target: str) -> fx.Node:
 
 
 def replace_call(node: fx.Node, target: str) -> fx.Node:
-    """Put ``call_module(target)(input, weight, *rest, **kwargs)`` in place of the functional
-    call ``node`` (``fn(input, weight, *rest, **kwargs)``, input and weight positional or by
-    keyword) and reroute its users to it."""
+    """Put ``call_module(target)(*args, **kwargs)`` in place of the call ``node``
+    (``fn(*args, **kwargs)``) and reroute its users to it. ``input`` and ``weight`` given by
+    keyword (``F.linear(input=x, weight=w)``) become the first two positional arguments."""
     kwargs = dict(node.kwargs)
     args = list(node.args)
-    head = [args.pop(0) if args else kwargs.pop(name) for name in ("input", "weight")]
+    head = [args.pop(0) if args else kwargs.pop(name) for name in ("input", "weight")
+            if args or name in kwargs]
     graph = node.graph
     with graph.inserting_before(node):
         new = graph.call_module(target, tuple(head + args), kwargs)

@@ -20,8 +20,8 @@ from torch import fx, nn
 
 from .config import HardenConfig, LayerConfig, SiteKind
 
-__all__ = ["Site", "find_sites", "check_rules", "node_description", "input_nodes", "WEIGHT_FUNCS", "module_kind",
-           "module_unsigned", "resolve_rule", "is_passthrough"]
+__all__ = ["Site", "find_sites", "check_rules", "node_description", "input_nodes", "WEIGHT_FUNCS", "WeightArg",
+           "module_kind", "module_unsigned", "resolve_rule", "is_passthrough"]
 
 _ACT_TYPES: tuple = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU,
@@ -44,10 +44,31 @@ _LINEAR_TYPES: tuple = (nn.Linear, nn.Bilinear, nn.Embedding)
 _WEIGHT_KINDS = (SiteKind.CONV, SiteKind.LINEAR, SiteKind.OPAQUE, SiteKind.OTHER)
 """Kinds of module sites whose layers may have weights to harden (e.g. attention is OTHER)."""
 
-WEIGHT_FUNCS: Dict[Any, Optional[int]] = {F.conv1d: 0, F.conv2d: 0, F.conv3d: 0, F.linear: None}
-"""Functions whose weight argument (the second) ``harden`` quantizes and perturbs when it is
-computed from parameters (``F.linear(x, self.fc.weight)``), with the per-channel axis of its
-quantizer (as ``layers.weight_axis``). ``F.conv2d is torch.conv2d``: both spellings match."""
+@dataclass(frozen=True)
+class WeightArg:
+    """Where a weighted call takes its input and its weight (positional indices), and the
+    per-channel axis of its weight quantizer (as ``layers.weight_axis``: 0 for convolutions,
+    ``None``, one step per tensor, for linear maps)."""
+
+    input: int = 0
+    weight: int = 1
+    axis: Optional[int] = None
+
+
+_aten = torch.ops.aten
+WEIGHT_FUNCS: Dict[Any, WeightArg] = {
+    F.conv1d: WeightArg(axis=0), F.conv2d: WeightArg(axis=0), F.conv3d: WeightArg(axis=0), F.linear: WeightArg(),
+    # the export route's ATen calls
+    **{op: WeightArg(axis=0) for op in (_aten.conv1d.default, _aten.conv2d.default, _aten.conv3d.default,
+                                        _aten.convolution.default)},
+    **{op: WeightArg() for op in (_aten.linear.default, _aten.mm.default, _aten.matmul.default)},
+    _aten.addmm.default: WeightArg(input=1, weight=2),
+    _aten.embedding.default: WeightArg(input=1, weight=0),
+}
+"""Functions whose weight argument ``harden`` quantizes and perturbs when it is computed from
+parameters (``F.linear(x, self.fc.weight)``; on the export route every ``aten.linear``,
+``aten.conv2d``, ``aten.addmm``, ``aten.embedding``, ... that reads a parameter).
+``F.conv2d is torch.conv2d``: both spellings match."""
 _PARAM_OPERAND_FUNCS = {F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d, torch.matmul, operator.matmul,
                         torch.mm, torch.bmm, torch.einsum, "matmul", "mm", "bmm"}
 """Functions that may take a parameter as an operand but whose weights are not hardened: such a
@@ -81,6 +102,60 @@ _NOT_SITES = {
     operator.lt, operator.gt, operator.floordiv, torch.zeros, torch.ones,
     torch.arange, "float", "type_as", "clone", "detach",
 }
+
+
+_ATEN_KINDS: Dict[str, SiteKind] = {
+    **{n: SiteKind.CONV for n in ("conv1d", "conv2d", "conv3d", "convolution", "_convolution", "conv_transpose1d",
+                                  "conv_transpose2d", "conv_transpose3d")},
+    **{n: SiteKind.LINEAR for n in ("linear", "embedding")},
+    **{n: SiteKind.MATMUL for n in ("matmul", "mm", "bmm", "addmm", "baddbmm", "einsum", "scaled_dot_product_attention",
+                                    "_scaled_dot_product_flash_attention_for_cpu",
+                                    "_scaled_dot_product_efficient_attention", "_scaled_dot_product_flash_attention",
+                                    "_scaled_dot_product_cudnn_attention")},
+    **{n: SiteKind.ACTIVATION for n in ("relu", "relu_", "relu6", "gelu", "gelu_", "silu", "silu_", "sigmoid",
+                                        "sigmoid_", "tanh", "tanh_", "hardswish", "hardswish_", "hardsigmoid",
+                                        "hardsigmoid_", "hardtanh", "hardtanh_", "leaky_relu", "leaky_relu_", "elu",
+                                        "elu_", "selu", "selu_", "celu", "celu_", "softplus", "mish", "mish_", "glu",
+                                        "prelu", "_prelu_kernel")},
+    **{n: SiteKind.POOL for n in ("max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
+                                  "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d",
+                                  "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d",
+                                  "max_pool2d_with_indices", "_adaptive_avg_pool2d")},
+    **{n: SiteKind.NORM for n in ("batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm",
+                                  "native_layer_norm", "native_batch_norm", "_native_batch_norm_legit",
+                                  "_native_batch_norm_legit_no_training", "native_group_norm")},
+    **{n: SiteKind.ADD for n in ("add", "add_")},
+}
+"""Kinds of ATen operations (the export route), by overload packet name."""
+_ATEN_UNSIGNED = {"relu", "relu_", "relu6", "sigmoid", "sigmoid_", "hardsigmoid", "hardsigmoid_"}
+_ATEN_NOT_SITES = {
+    "view", "_unsafe_view", "reshape", "permute", "transpose", "t", "expand", "expand_as", "slice", "select",
+    "unsqueeze", "squeeze", "flatten", "unflatten", "cat", "stack", "split", "split_with_sizes", "chunk", "unbind",
+    "contiguous", "clone", "detach", "alias", "to", "_to_copy", "lift_fresh_copy", "copy_", "copy", "type_as",
+    "dropout", "dropout_", "native_dropout", "feature_dropout", "alpha_dropout", "zeros", "ones", "full",
+    "zeros_like", "ones_like", "full_like", "empty", "empty_like", "arange", "scalar_tensor", "new_zeros",
+    "new_ones", "new_full", "new_empty", "index_select", "gather", "repeat", "repeat_interleave", "narrow",
+    "as_strided", "diagonal", "tril", "triu", "masked_fill", "masked_fill_", "where", "pad", "constant_pad_nd",
+}
+"""ATen operations that only move, select, copy or make values: never sites."""
+_ATEN_PARAM_OPERANDS = {"conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "bmm", "baddbmm", "einsum",
+                        "matmul", "mm", "addmm", "embedding_bag"}
+"""ATen operations that may take a parameter as an operand that is not hardened (listed in the
+report's ``skipped``)."""
+
+
+def _packet(node: fx.Node) -> Optional[str]:
+    """The overload packet name of an ATen call (``"linear"`` for ``aten.linear.default``), else ``None``."""
+    target = node.target
+    if node.op == "call_function" and isinstance(target, torch._ops.OpOverload):
+        return target.overloadpacket.__name__
+    return None
+
+
+def _float_value(node: fx.Node) -> bool:
+    """Whether the export route recorded a floating tensor as the node's value."""
+    val = node.meta.get("val")
+    return isinstance(val, torch.Tensor) and val.is_floating_point()
 
 
 _TIMM_ACTIVATION_MODULES = ("timm.layers.activations", "timm.layers.activations_me")
@@ -158,6 +233,11 @@ class Site:
     skip_weights: str = ""
     """Why the parameters this call takes as an operand are used as they are (a transposed
     convolution or matmul with a parameter operand, ``_PARAM_OPERAND_FUNCS``); '' otherwise."""
+    weight_calls: tuple = ()
+    """The calls whose weight argument this site hardens (``WEIGHT_FUNCS``, weight computed from
+    parameters, a ``HardenedCall`` in each one's place): the node itself for a functional
+    conv/linear call, the layer's weighted ATen calls on the export route; empty for a module
+    whose class is swapped."""
     fresh: bool = False
     """The node's result is a new tensor that aliases no other value of the graph (a layer's
     output; not the model's input, a view or the result of an in-place op), so the node
@@ -193,19 +273,41 @@ def _global_mean(node: fx.Node) -> bool:
             and _arg(src, 1, "start_dim") == 2 and _arg(src, 2, "end_dim", -1) == -1 and dims[0] in (2, -1))
 
 
+def _layer_kind(m: nn.Module, path: str, opaque: set) -> Optional[SiteKind]:
+    """The kind of a site at a layer (a ``call_module`` node, or a layer's output on the export route)."""
+    kind = module_kind(m)
+    if kind is not None:
+        return kind
+    if path in opaque:
+        return SiteKind.OPAQUE
+    if is_passthrough(m):
+        return None
+    return SiteKind.OTHER
+
+
+def _export_kind(node: fx.Node, modules: Dict[str, nn.Module], opaque: set) -> Optional[SiteKind]:
+    """The kind of an ATen node of the export route (``fxharden.core.export`` annotates them)."""
+    layer = node.meta.get("fxharden_layer")
+    if layer is not None:
+        return _layer_kind(modules[layer], layer, opaque) if node.meta.get("fxharden_output") else None
+    name = _packet(node)
+    if name is None or name in _ATEN_NOT_SITES or not _float_value(node):
+        return None
+    if name == "mean" and _global_mean(node):
+        return SiteKind.POOL
+    kind = _ATEN_KINDS.get(name)
+    if kind is SiteKind.ADD and not all(isinstance(a, fx.Node) for a in node.args[:2]):
+        return SiteKind.OTHER  # x + constant is not a residual add
+    return kind or SiteKind.OTHER
+
+
 def _kind(node: fx.Node, modules: Dict[str, nn.Module], opaque: set) -> Optional[SiteKind]:
     if node.op == "placeholder":
         return SiteKind.INPUT
+    if "fxharden_layer" in node.meta or _packet(node) is not None:
+        return _export_kind(node, modules, opaque)
     if node.op == "call_module":
-        m = modules[node.target]
-        kind = module_kind(m)
-        if kind is not None:
-            return kind
-        if node.target in opaque:
-            return SiteKind.OPAQUE
-        if is_passthrough(m):
-            return None
-        return SiteKind.OTHER
+        return _layer_kind(modules[node.target], str(node.target), opaque)
     if node.op in ("call_function", "call_method"):
         target = node.target
         if target in _NOT_SITES:
@@ -225,6 +327,10 @@ _IN_PLACE_FUNCS = {F.relu_, torch.relu_, operator.iadd, "relu_", "sigmoid_", "ta
 
 def _fresh(node: fx.Node, module: Optional[nn.Module], kind: SiteKind) -> bool:
     """Whether ``node``'s result is a new tensor (see ``Site.fresh``); unknown layers are not."""
+    if isinstance(node.target, torch._ops.OpOverload):  # ATen: neither a view nor in place, by its schema
+        returns = node.target._schema.returns
+        return bool(returns) and returns[0].alias_info is None and (kind in _FRESH_KINDS or kind in (
+            SiteKind.ACTIVATION, SiteKind.ADD))
     if node.op == "call_module":
         if kind is SiteKind.ACTIVATION:
             return not getattr(module, "inplace", False)
@@ -241,15 +347,24 @@ def _fresh(node: fx.Node, module: Optional[nn.Module], kind: SiteKind) -> bool:
 
 
 def _unsigned(node: fx.Node, modules: Dict[str, nn.Module]) -> bool:
+    if "fxharden_layer" in node.meta:
+        return module_unsigned(modules[node.meta["fxharden_layer"]])
     if node.op == "call_module":
         return module_unsigned(modules.get(node.target))
-    return node.target in _UNSIGNED_FUNCS
+    return node.target in _UNSIGNED_FUNCS or _packet(node) in _ATEN_UNSIGNED
 
 
 def _matches_type(key: Any, node: Optional[fx.Node], module: Optional[nn.Module]) -> bool:
     if isinstance(key, type):
         return module is not None and isinstance(module, key)
-    return node is not None and node.op in ("call_function", "call_method") and node.target == key
+    if node is None or node.op not in ("call_function", "call_method"):
+        return False
+    if node.target == key:
+        return True
+    # an ATen call (export route) matches the function or method of its name: torch.add, "relu"
+    name = _packet(node)
+    return name is not None and module is None and name.rstrip("_") == (key if isinstance(key, str) else getattr(
+        key, "__name__", None) or "").rstrip("_")
 
 
 _LEFT_ALONE = LayerConfig(noise=False, quantize=False)
@@ -306,6 +421,8 @@ def node_description(node: fx.Node, module: Optional[nn.Module]) -> str:
         return f"input {node.target}"
     if module is not None:
         return type(module).__name__
+    if _packet(node) is not None:
+        return f"aten.{_packet(node)}"
     target = node.target
     return target if isinstance(target, str) else getattr(target, "__name__", repr(target))
 
@@ -314,7 +431,8 @@ def input_nodes(graph: fx.Graph) -> List[fx.Node]:
     """The placeholders that are input sites: the required arguments of ``forward`` that the
     graph reads. Not the parameters traced at a constant default (``mask=None``, see
     ``trace.capture``), whose value is fixed."""
-    return [n for n in graph.nodes if n.op == "placeholder" and not n.args and n.users]
+    return [n for n in graph.nodes if n.op == "placeholder" and not n.args and n.users
+            and ("val" not in n.meta or _float_value(n))]  # the export route knows: token ids are no input site
 
 
 def _parameter(target: str, modules: Dict[str, nn.Module]) -> bool:
@@ -349,7 +467,14 @@ def _call_weights(node: fx.Node, modules: Dict[str, nn.Module]) -> tuple:
     if node.op not in ("call_function", "call_method"):
         return False, ""
     if node.op == "call_function" and node.target in WEIGHT_FUNCS:
-        return _from_parameters(_arg(node, 1, "weight"), modules), ""
+        spec = WEIGHT_FUNCS[node.target]
+        if _from_parameters(_arg(node, spec.weight, "weight"), modules):
+            return True, ""
+        if _packet(node) is None or not any(_from_parameters(a, modules) for a in node.all_input_nodes):
+            return False, ""
+    if _packet(node) in _ATEN_PARAM_OPERANDS and any(_from_parameters(a, modules) for a in node.all_input_nodes):
+        return False, (f"aten.{_packet(node)} with a parameter operand that is not its weight: only the weights of "
+                       "conv, linear, matmul and embedding calls are quantized and perturbed; used as it is")
     if node.target in _PARAM_OPERAND_FUNCS and any(_from_parameters(a, modules) for a in node.all_input_nodes):
         name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", repr(node.target))
         return False, (f"{name} with a parameter operand: only the weights of conv1d/2d/3d and linear calls "
@@ -362,7 +487,12 @@ def _base_name(node: fx.Node, inputs: List[fx.Node]) -> str:
         return "input" if len(inputs) == 1 else str(node.target)
     if node.op == "call_module":
         return str(node.target)
-    base = re.sub(r"_\d+$", "", node.name)
+    if "fxharden_layer" in node.meta:
+        return node.meta["fxharden_layer"]
+    if _packet(node) is not None:
+        base = _packet(node).rstrip("_") or _packet(node)
+    else:
+        base = re.sub(r"_\d+$", "", node.name)
     scope = node.meta.get("scope", "")
     return f"{scope}.{base}" if scope else base
 
@@ -392,11 +522,16 @@ def find_sites(graph: fx.Graph, modules: Dict[str, nn.Module], cfg: HardenConfig
         count = counts.get(base, 0)
         counts[base] = count + 1
         name = base if count == 0 else f"{base}_{count}"
-        module = modules.get(node.target) if node.op == "call_module" else None
+        layer = node.meta.get("fxharden_layer")
+        module = modules.get(node.target) if node.op == "call_module" else modules.get(layer) if layer else None
         rule = resolve_rule(cfg, name, node, module, kind)
         quant = cfg.quant is not None and rule is not None and rule.quantize
-        call_weights, skip = _call_weights(node, modules)
-        has_weights = (kind in _WEIGHT_KINDS and node.op == "call_module") or call_weights
+        calls, skip = [], ""
+        for call in node.meta.get("fxharden_calls", [node]):  # a layer's calls on the export route
+            hardened, why = _call_weights(call, modules)
+            calls += [call] if hardened else []
+            skip = skip or why
+        has_weights = (kind in _WEIGHT_KINDS and node.op == "call_module") or bool(calls)
         perturbs = cfg.perturbs_weights
         sites.append(Site(
             name=name, node=node, kind=kind, module=module,
@@ -406,6 +541,7 @@ def find_sites(graph: fx.Graph, modules: Dict[str, nn.Module], cfg: HardenConfig
             weight_noise=rule is not None and has_weights and perturbs,
             skip_weights=skip if rule is not None and ((quant and cfg.quant.quantize_weights) or perturbs) else "",
             signed=not _unsigned(node, modules),
+            weight_calls=tuple(calls),
             fresh=_fresh(node, module, kind),
         ))
     return sites

@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch import fx, nn
 
-__all__ = ["UntraceableModelError", "Capture", "capture", "OPAQUE_ROOT"]
+__all__ = ["UntraceableModelError", "Capture", "capture", "OPAQUE_ROOT", "leaf_predicate"]
 
 OPAQUE_ROOT = "model"
 """Attribute under which a model whose own ``forward`` cannot be traced is wrapped."""
@@ -132,6 +132,12 @@ class Capture:
     """Dotted module name -> why it is one opaque layer."""
     wrapped: bool = False
     """The model's own forward could not be traced: ``root`` holds it as ``root.model``."""
+    route: str = "graph"
+    """``"graph"`` (torch.fx) or ``"export"`` (torch.export, ``fxharden.core.export``)."""
+    layers: Dict[str, nn.Module] = field(default_factory=dict)
+    """The export route: the model's modules by dotted path (its graph calls no modules)."""
+    note: str = ""
+    """Why this frontend was used, when ``Frontend.AUTO`` chose (``HardenReport.note``)."""
 
 
 def _default_args(root: nn.Module) -> Dict[str, Any]:
@@ -151,6 +157,19 @@ def _trace_once(root: nn.Module, leaf_types: tuple, leaf_names: frozenset, autow
         raise
 
 
+def _leaf_types(leaf_modules: Sequence[Any]) -> tuple:
+    from .layers import HARDENED_LAYERS
+
+    return tuple(m for m in leaf_modules if isinstance(m, type)) + _timm_notrace()[0] + HARDENED_LAYERS
+
+
+def leaf_predicate(leaf_modules: Sequence[Any] = ()) -> Any:
+    """``is_leaf(module, dotted_name)``: whether the tracer treats a module as one layer
+    (torch's own layers, timm's not-traceable ones, hardened layers and ``leaf_modules``)."""
+    names = frozenset(m for m in leaf_modules if isinstance(m, str))
+    return _Tracer(_leaf_types(leaf_modules), names, autowrap=()).is_leaf_module
+
+
 def capture(model: nn.Module, leaf_modules: Sequence[Any] = (), strict: bool = False) -> Capture:
     """Trace ``model`` in train and in eval mode.
 
@@ -163,10 +182,8 @@ def capture(model: nn.Module, leaf_modules: Sequence[Any] = (), strict: bool = F
         A ``Capture``. When the model's own forward cannot be traced (and not strict), the
         root is wrapped so that the whole model is one opaque layer named ``"model"``.
     """
-    nt_modules, nt_functions = _timm_notrace()
-    from .layers import HARDENED_LAYERS
-
-    leaf_types = tuple(m for m in leaf_modules if isinstance(m, type)) + nt_modules + HARDENED_LAYERS
+    nt_functions = _timm_notrace()[1]
+    leaf_types = _leaf_types(leaf_modules)
     names = {m for m in leaf_modules if isinstance(m, str)}
     opaque: Dict[str, str] = {}
     was_training = model.training

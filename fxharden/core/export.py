@@ -1,0 +1,254 @@
+"""The torch.export frontend: an ATen-level graph of a model torch.fx cannot trace.
+
+torch.export runs the model on example inputs and records every ATen operation it performs,
+through any Python (``ModelOutput`` results, caches, data-dependent shapes resolved at the
+example). Its graph is a ``torch.fx.Graph`` too, so the passes of ``harden`` stay graph
+passes: ``capture`` returns the same ``trace.Capture`` as torch.fx does, with
+
+- one graph per mode (train and eval are exported separately), the batch dimension (and
+  every dimension of integer inputs such as token ids and masks) dynamic;
+- the parameters and buffers read by ``get_attr`` under their dotted names in the model;
+- each node annotated so sites keep human names: ``node.meta["scope"]`` is the dotted path
+  of the module whose code ran the operation (``model.layers.0.self_attn``); the operations
+  of a *layer* (a module torch.fx would not enter: torch's own layers, timm's not-traceable
+  ones, user leaf modules, and known conv/linear types such as transformers' ``Conv1D``) are
+  grouped per call: the node that leaves the call is the layer's output
+  (``meta["fxharden_layer"]`` = its path, ``meta["fxharden_output"]``), the others are its
+  internals (never sites), and the weighted ATen calls among them are listed on the output
+  (``meta["fxharden_calls"]``) so the layer's weights are quantized and perturbed.
+
+Inputs that are not tensors (``use_cache=False``) are fixed at their example value: the
+hardened model takes the tensor inputs only, positional or by keyword as in
+``example_inputs``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.utils._pytree as pytree
+from torch import Tensor, fx, nn
+
+from .sites import module_kind
+from .trace import Capture, leaf_predicate
+
+__all__ = ["ExportError", "capture_export", "example_args"]
+
+
+class ExportError(RuntimeError):
+    """torch.export could not capture the model (or the example inputs do not fit it)."""
+
+
+def example_args(example_inputs: Any) -> Tuple[tuple, Dict[str, Any]]:
+    """``(args, kwargs)`` from ``example_inputs``: a tensor, a tuple of positional arguments,
+    or a dict of keyword arguments (e.g. ``{"input_ids": ids, "attention_mask": mask}``).
+
+    Raises:
+        TypeError: anything else, or no tensor among them.
+    """
+    if isinstance(example_inputs, Tensor):
+        args, kwargs = (example_inputs,), {}
+    elif isinstance(example_inputs, tuple):
+        args, kwargs = example_inputs, {}
+    elif isinstance(example_inputs, dict):
+        args, kwargs = (), dict(example_inputs)
+    elif isinstance(example_inputs, list):
+        raise TypeError("example_inputs is a list; pass a tuple of positional arguments "
+                        "(example_inputs=(x,)) or a dict of keyword arguments")
+    else:
+        raise TypeError(f"example_inputs must be a tensor, a tuple of positional arguments or a dict of "
+                        f"keyword arguments, got {type(example_inputs).__name__}")
+    if not any(isinstance(v, Tensor) for v in pytree.tree_leaves((args, kwargs))):
+        raise TypeError("example_inputs holds no tensor: pass the inputs of one forward pass, e.g. "
+                        "example_inputs=(torch.randn(2, 3, 32, 32),) or {'input_ids': ids}")
+    return args, kwargs
+
+
+def _batch_of_two(args: tuple, kwargs: Dict[str, Any]) -> Tuple[tuple, Dict[str, Any]]:
+    """When every tensor input has one row, two copies of it: torch.export specialises a
+    dimension of size 1, and the hardened model must take any batch size."""
+    tensors = [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, Tensor) and t.dim() > 0]
+    if not tensors or any(t.shape[0] != 1 for t in tensors):
+        return args, kwargs
+    return pytree.tree_map(lambda t: torch.cat([t, t]) if isinstance(t, Tensor) and t.dim() > 0 else t,
+                           (args, kwargs))
+
+
+def _dynamic_shapes(model: nn.Module, args: tuple, kwargs: Dict[str, Any]) -> Any:
+    """Dim 0 of every tensor dynamic, and every dim of integer tensors (token ids, masks,
+    whose sequence length varies); ``Dim.AUTO`` lets export keep a dim static when the model
+    needs it so."""
+    auto = torch.export.Dim.AUTO
+
+    def spec(v: Any) -> Any:
+        if not isinstance(v, Tensor):
+            return None
+        if v.dim() == 0:
+            return {}
+        dims = range(v.dim()) if not (v.is_floating_point() or v.is_complex()) else (0,)
+        return {d: auto for d in dims}
+
+    specs = pytree.tree_map(spec, (args, kwargs), is_leaf=lambda v: v is None)
+    if not kwargs:
+        return specs[0]
+    names = [p.name for p in inspect.signature(model.forward).parameters.values()
+             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return {**dict(zip(names, specs[0])), **specs[1]}
+
+
+def _describe(args: tuple, kwargs: Dict[str, Any]) -> str:
+    def one(v: Any) -> str:
+        return f"Tensor{tuple(v.shape)} {str(v.dtype).replace('torch.', '')}" if isinstance(v, Tensor) else repr(v)
+
+    parts = [one(a) for a in args] + [f"{k}={one(v)}" for k, v in kwargs.items()]
+    return ", ".join(parts)
+
+
+def _export(model: nn.Module, args: tuple, kwargs: Dict[str, Any]) -> fx.GraphModule:
+    try:
+        ep = torch.export.export(model, args, kwargs, dynamic_shapes=_dynamic_shapes(model, args, kwargs), strict=False)
+    except Exception as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ExportError(
+            f"torch.export cannot capture {type(model).__name__} called with ({_describe(args, kwargs)}): "
+            f"{type(err).__name__}: {first}\n"
+            "  Check that example_inputs are what the model's forward takes (a tuple of positional arguments "
+            "or a dict of keyword arguments, e.g. {'input_ids': ids}); for a language model pass use_cache=False "
+            "among them. Or harden with frontend='fx' (opaque parts get noise at their layers)."
+        ) from err
+    return ep.module()
+
+
+def _fix_constants(gm: fx.GraphModule, args: tuple, kwargs: Dict[str, Any]) -> None:
+    """Drop the guard call and the placeholders of keyword inputs that are not tensors (fixed
+    at their example value, e.g. ``use_cache=False``), so the graph takes the tensor keyword
+    inputs (and every positional one) in the structure of the example."""
+    graph = gm.graph
+    for node in list(graph.nodes):
+        if node.op == "call_module" and str(node.target).startswith("_guards_fn") and not node.users:
+            graph.erase_node(node)
+    fixed = [k for k, v in kwargs.items() if _is_constant(v)]
+    leaves = pytree.tree_flatten((args, kwargs))[0]
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    if not fixed or len(placeholders) != len(leaves):
+        graph.lint()
+        gm.recompile()
+        return
+    names = list(kwargs)
+    for node in placeholders[len(args):]:
+        if names[placeholders.index(node) - len(args)] in fixed:
+            node.replace_all_uses_with(kwargs[node.target]) if node.users else None
+            graph.erase_node(node)
+    kept = {k: v for k, v in kwargs.items() if k not in fixed}
+    info = graph._codegen.pytree_info
+    graph._codegen.pytree_info = info._replace(orig_args=[a for a in info.orig_args if a not in fixed],
+                                               in_spec=pytree.tree_flatten((args, kept))[1])
+    graph.lint()
+    gm.recompile()
+
+
+def _is_constant(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+def _annotate(graph: fx.Graph, modules: Dict[str, nn.Module], is_layer: Any) -> None:
+    """Set ``scope``, and per layer call its output and internals (see the module docstring)."""
+    calls: Dict[str, List[fx.Node]] = {}
+    path_of: Dict[str, str] = {}
+    for node in graph.nodes:
+        stack = node.meta.get("nn_module_stack") or {}
+        entries = [(key, path) for key, (path, _) in stack.items()]
+        node.meta["scope"] = entries[-1][1] if entries else ""
+        for key, path in entries:
+            module = modules.get(path) if path else None
+            if module is not None and is_layer(module, path):
+                calls.setdefault(key, []).append(node)
+                path_of[key] = path
+                break
+    for key, nodes in calls.items():
+        members = set(nodes)
+        outs = [n for n in nodes if any(u not in members for u in n.users)]
+        floats = [n for n in outs if isinstance(n.meta.get("val"), Tensor) and n.meta["val"].is_floating_point()]
+        out = (floats or outs or nodes[-1:])[0]
+        for n in nodes:
+            n.meta["fxharden_layer"] = path_of[key]
+        out.meta["fxharden_output"] = True
+        out.meta["fxharden_calls"] = [n for n in nodes if n.op == "call_function"]
+
+
+def _layer_rule(leaf_modules: Sequence[Any]) -> Any:
+    """A layer of the export route: what torch.fx would not enter, and every module of known
+    kind (``sites.module_kind``) that holds no layer of known kind itself: transformers'
+    ``Conv1D`` computes ``addmm`` + ``view``, one linear site; its ``NewGELUActivation`` a tanh
+    formula, one activation site; timm's ``BatchNormAct2d`` (a batch norm holding its
+    activation) is entered, so its activation stays a site."""
+    is_leaf = leaf_predicate(leaf_modules)
+
+    def is_layer(module: nn.Module, path: str) -> bool:
+        return is_leaf(module, path) or (module_kind(module) is not None
+                                         and not any(module_kind(c) is not None for c in module.children()))
+
+    return is_layer
+
+
+def capture_export(model: nn.Module, example_inputs: Any, leaf_modules: Sequence[Any] = ()) -> Capture:
+    """Export ``model`` in train and in eval mode with ``example_inputs``.
+
+    Returns:
+        A ``Capture`` (``route="export"``) whose root is the exported module (it holds the
+        model's own parameters and buffers) and whose ``layers`` are the model's modules.
+
+    Raises:
+        TypeError: ``example_inputs`` of the wrong form (see ``example_args``).
+        ExportError: torch.export fails (the message names the inputs and what to do).
+    """
+    args, kwargs = _batch_of_two(*example_args(example_inputs))
+    modules = dict(model.named_modules())
+    is_layer = _layer_rule(leaf_modules)
+    was_training = model.training
+    exported: Dict[bool, fx.GraphModule] = {}
+    try:
+        for mode in (True, False):
+            model.train(mode)
+            gm = _export(model, args, kwargs)
+            _fix_constants(gm, args, kwargs)
+            _annotate(gm.graph, modules, is_layer)
+            exported[mode] = gm
+    finally:
+        model.train(was_training)
+    root = exported[True]
+    _adopt(root, exported[False])
+    graphs = {True: root.graph, False: exported[False].graph}
+    graphs[False].owning_module = root  # one root holds what both graphs use
+    if root.code == exported[False].code:
+        graphs[False] = graphs[True]
+    return Capture(root=root, graphs=graphs, route="export", layers=modules)
+
+
+def _adopt(root: fx.GraphModule, other: fx.GraphModule) -> None:
+    """Make ``root`` hold what ``other``'s graph reads. Parameters and buffers are the model's
+    own (the same objects in both); a tensor constant that differs is renamed into ``root``."""
+    for i, node in enumerate(n for n in other.graph.nodes if n.op == "get_attr"):
+        value = _get(other, node.target)
+        if _get(root, node.target) is value:
+            continue
+        name = f"_fxharden_eval_{node.target.replace('.', '_')}_{i}"
+        if isinstance(value, Tensor) and not isinstance(value, nn.Parameter):
+            root.register_buffer(name, value, persistent=False)
+        elif isinstance(value, nn.Module):
+            root.add_module(name, value)
+        else:
+            setattr(root, name, value)
+        node.target = name
+    other.recompile()
+
+
+def _get(root: nn.Module, target: str) -> Optional[Any]:
+    obj: Any = root
+    for part in target.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
