@@ -19,12 +19,15 @@ passes: ``capture`` returns the same ``trace.Capture`` as torch.fx does, with
 
 Inputs that are not tensors (``use_cache=False``) are fixed at their example value: the
 hardened model takes the tensor inputs only, positional or by keyword as in
-``example_inputs``.
+``example_inputs``. A model whose ``forward`` takes ``use_cache`` (a Hugging Face model) is
+exported with ``use_cache=False`` unless the example sets it: a noisy model's key/value cache
+would hold stale noise, and torch.export cannot return a cache object.
 """
 
 from __future__ import annotations
 
 import inspect
+import itertools
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -115,8 +118,8 @@ def _export(model: nn.Module, args: tuple, kwargs: Dict[str, Any]) -> fx.GraphMo
             f"torch.export cannot capture {type(model).__name__} called with ({_describe(args, kwargs)}): "
             f"{type(err).__name__}: {first}\n"
             "  Check that example_inputs are what the model's forward takes (a tuple of positional arguments "
-            "or a dict of keyword arguments, e.g. {'input_ids': ids}); for a language model pass use_cache=False "
-            "among them. Or harden with frontend='fx' (opaque parts get noise at their layers)."
+            "or a dict of keyword arguments, e.g. {'input_ids': ids}), or harden with frontend='fx' (parts it "
+            "cannot trace get noise at their layers)."
         ) from err
     return ep.module()
 
@@ -205,6 +208,11 @@ def capture_export(model: nn.Module, example_inputs: Any, leaf_modules: Sequence
         ExportError: torch.export fails (the message names the inputs and what to do).
     """
     args, kwargs = _batch_of_two(*example_args(example_inputs))
+    if "use_cache" in inspect.signature(model.forward).parameters and "use_cache" not in kwargs:
+        kwargs["use_cache"] = False
+    device = next((t.device for t in itertools.chain(model.parameters(), model.buffers())), None)
+    if device is not None:
+        args, kwargs = pytree.tree_map(lambda v: v.to(device) if isinstance(v, Tensor) else v, (args, kwargs))
     modules = dict(model.named_modules())
     is_layer = _layer_rule(leaf_modules)
     was_training = model.training
@@ -215,6 +223,7 @@ def capture_export(model: nn.Module, example_inputs: Any, leaf_modules: Sequence
             gm = _export(model, args, kwargs)
             _fix_constants(gm, args, kwargs)
             _annotate(gm.graph, modules, is_layer)
+            gm.graph._tracer_cls = None  # pickling re-traces the code with the plain tracer
             exported[mode] = gm
     finally:
         model.train(was_training)

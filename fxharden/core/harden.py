@@ -254,10 +254,7 @@ def _capture(model: nn.Module, config: HardenConfig, example_inputs: Any) -> Cap
             return cap
         exported.note = f"torch.fx cannot trace {parts}: the whole model was captured by torch.export"
         return exported
-    if example_inputs is not None and config.frontend is Frontend.FX:
-        raise ValueError("example_inputs are for the torch.export frontend; with frontend='fx' leave them out "
-                         "(or use frontend='auto' or 'export')")
-    return cap
+    return cap  # with frontend='fx', example_inputs are not used
 
 
 def _route_layers(root: nn.Module, layers: List[LayerCandidate], config: HardenConfig,

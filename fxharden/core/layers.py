@@ -153,6 +153,10 @@ class HardenedEmbedding(_HardenedWeight, nn.Embedding):
                                                          self.norm_type, self.scale_grad_by_freq, self.sparse))
 
 
+class _OpName(str):
+    """The name of an ATen operation (``"aten.linear.default"``) in a pickled ``HardenedCall``."""
+
+
 class HardenedCall(_HardenedWeight, nn.Module):
     """A conv, linear, matmul or embedding call whose weight argument is hardened, for weights
     that reach the call as a graph value: ``F.linear(x, self.fc.weight, self.fc.bias)``,
@@ -187,11 +191,16 @@ class HardenedCall(_HardenedWeight, nn.Module):
         state = self.__dict__.copy()
         state["_weight"] = None
         state.pop("_held", None)
+        if isinstance(self.fn, torch._ops.OpOverload):  # not picklable itself: stored by name
+            state["fn"] = _OpName(str(self.fn))
         return state
 
     def __setstate__(self, state):
         state.setdefault("input_index", 0)
         state.setdefault("weight_index", 1)
+        if isinstance(state["fn"], _OpName):
+            namespace, packet, overload = state["fn"].split(".")
+            state["fn"] = getattr(getattr(getattr(torch.ops, namespace), packet), overload)
         self.__dict__.update(state)
 
     def _raw_weights(self) -> Dict[str, Tensor]:

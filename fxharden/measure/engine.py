@@ -136,6 +136,11 @@ class EvalData:
     def __iter__(self) -> Iterator[Tuple[Tensor, Tensor]]:
         return iter(self.cache) if self.cache is not None else self._read()
 
+    def example(self) -> Any:
+        """The inputs of the first batch (``harden``'s ``example_inputs`` for models that torch.fx
+        cannot trace): a tensor, or the dict/tuple of tensors a batch holds."""
+        return next(iter(self))[0]
+
 
 def weights_sha256(hm: HardenedModule) -> str:
     skip = {f"{name}.{buf}" for name, m in hm.named_modules() if isinstance(m, Noise) for buf in ("sigma", "rms")}

@@ -185,7 +185,8 @@ def sweep(
     from ..devices import resolve_device
 
     cfg, dev, t0 = config, resolve_device(config.device), time.perf_counter()
-    labelled = resolve_networks(model, harden_config)
+    data = EvalData(data, cfg.batch_size, cfg.max_images, dev)
+    labelled = resolve_networks(model, harden_config, example_inputs=data.example())
     nets = [hm for _, hm in labelled]
     saved = [(hm.training, next(iter(hm.parameters()), torch.empty(0)).device,
               {m: (m.setting(), m.seed) for m in hm.modules() if isinstance(m, Noise)}) for hm in nets]
@@ -197,7 +198,6 @@ def sweep(
         _check_map(cfg, noise_sites(nets[0]))
         for hm in nets:
             hm.eval().to(dev)
-        data = EvalData(data, cfg.batch_size, cfg.max_images, dev)
         per_forward = cfg.points_per_forward or CHUNK_LEVELS.get(dev.type, 4) * cfg.repeats
         forward_images = cfg.forward_images or FORWARD_IMAGES.get(dev.type, 512)
         engine = Engine(nets, data, sites, cfg, per_forward, forward_images, progress, scorer)

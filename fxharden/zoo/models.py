@@ -160,11 +160,13 @@ def _flat(tree: Any, prefix: str = "") -> Dict[str, Any]:
 
 
 def resolve_networks(model: Union[ModelLike, Sequence[ModelLike], Mapping[str, ModelLike]],
-                     harden_config: Optional[HardenConfig] = None) -> List[Tuple[str, HardenedModule]]:
+                     harden_config: Optional[HardenConfig] = None,
+                     example_inputs: Any = None) -> List[Tuple[str, HardenedModule]]:
     """``(label, hardened model)`` for a model, a checkpoint path, a model source string
     (``"timm:resnet18"``, built by ``load_model`` with random weights; use ``load_model`` for
     weights), a list of them, or a ``{label: model}`` dict. Plain modules and sources are hardened with ``harden_config`` (default:
-    noise sites only); hardened models and checkpoints are used as they are.
+    noise sites only) and ``example_inputs`` (one batch's inputs: the torch.export frontend
+    for models torch.fx cannot trace); hardened models and checkpoints are used as they are.
 
     Raises:
         TypeError: an entry is neither a module nor a path.
@@ -183,7 +185,7 @@ def resolve_networks(model: Union[ModelLike, Sequence[ModelLike], Mapping[str, M
     nets: List[Tuple[str, HardenedModule]] = []
     for label, entry in entries:
         if isinstance(entry, (str, os.PathLike)) and not is_checkpoint(entry) and _looks_like_source(entry):
-            nets.append((label or str(entry), harden(load_model(str(entry)).model,
+            nets.append((label or str(entry), harden(load_model(str(entry)).model, example_inputs=example_inputs,
                                                      config=harden_config or HardenConfig(quant=None))))
         elif isinstance(entry, (str, os.PathLike)) or isinstance(entry, HardenedModule):
             if harden_config is not None:
@@ -194,7 +196,7 @@ def resolve_networks(model: Union[ModelLike, Sequence[ModelLike], Mapping[str, M
             nets.append((label or (type(entry).__name__ if hm is entry else str(entry)), hm))
         elif isinstance(entry, nn.Module):
             nets.append((label or type(entry).__name__,
-                         harden(entry, config=harden_config or HardenConfig(quant=None))))
+                         harden(entry, config=harden_config or HardenConfig(quant=None), example_inputs=example_inputs)))
         else:
             raise TypeError(f"expected an nn.Module, a HardenedModule or a checkpoint path, got {type(entry).__name__}")
     first = _flat(config_to_dict(nets[0][1].harden_config))
