@@ -244,7 +244,7 @@ def resolve_models(names: List[str], harden_config, seed: int = 0, options=None,
                 lm = load_model(ck.arch, num_classes=kwargs.pop("num_classes", None), model_args=kwargs)
                 preprocess, origin = lm.preprocess, f"{lm.preprocess_origin} of {ck.arch} (not in the checkpoint)"
             continue
-        if any(ch in name for ch in "/\\") or name.endswith((".pt", ".pth")):
+        if not name.startswith("hf:") and (any(ch in name for ch in "/\\") or name.endswith((".pt", ".pth"))):
             raise typer.BadParameter(f"no checkpoint file at {name!r}; give an existing checkpoint path or a "
                                      "model source (lenet5, timm:NAME, torchvision:NAME, package.module:factory)")
         torch.manual_seed(seed)

@@ -101,8 +101,8 @@ def _print_result(result, files: dict) -> None:
 @app.command("sweep")
 def sweep_command(
     model: List[str] = typer.Argument(..., help="Model source (lenet5, vgg11, resnet18, timm:NAME[.TAG], "
-                                      "torchvision:NAME, package.module:factory) or checkpoint path(s); several "
-                                      "checkpoints give the uncertainty across networks."),
+                                      "torchvision:NAME, package.module:factory, hf:FOLDER) or checkpoint "
+                                      "path(s); several checkpoints give the uncertainty across networks."),
     pretrained: bool = _M["pretrained"],
     weights: Optional[str] = _M["weights"],
     num_classes: Optional[int] = _M["num_classes"],
@@ -166,6 +166,10 @@ def sweep_command(
     metric: MetricName = typer.Option(MetricName.TOP1, help="What to measure: top1 (the paper), top5, loss, "
                                       "perplexity or token_accuracy; μ is where it has fallen half way from its "
                                       "clean value to its floor (chance, ln V)."),
+    tokenizer: Optional[str] = typer.Option(None, help="Text data: --data is a UTF-8 text file, cut into "
+                                            "--seq-len token windows by this tokenizer (a Hugging Face tokenizer "
+                                            "folder, or 'bytes'); for language models (hf:FOLDER)."),
+    seq_len: int = typer.Option(128, min=2, help="Tokens per sequence of text data (with --tokenizer)."),
 ) -> None:
     """Measure accuracy (or another metric) versus noise strength and the midpoint noise level μ."""
     from ..measure.plots import save_plots
@@ -184,7 +188,10 @@ def sweep_command(
             device=resolve_device(device),
             adaptive=adaptive, chance=chance, max_images=max_images, units=units, sigma_map=allocation)
         options = model_options(pretrained, weights, num_classes, model_arg)
-        if synthetic:
+        if tokenizer is not None:
+            nets, dataset, provenance = _text_inputs(model, options, data, tokenizer, seq_len, batch_size, max_images,
+                                                     seed)
+        elif synthetic:
             if data is not None or download:
                 raise typer.BadParameter("--synthetic generates its own data; leave out --data/--download")
             from ..zoo.data import synthetic_dataset
@@ -205,13 +212,38 @@ def sweep_command(
                 bar.update(task, completed=done, total=total, rate=f"{rate:,.0f} images/s")
 
             result = sweep(dict(nets), dataset, config=config, out=out, progress=report if bar else None,
+                           harden_config=harden_config if tokenizer is not None else None,
                            fit_options=FitOptions(model=fit_model, tie_a_max=not free_a_max, systematic=systematic),
                            metric=metric.value, provenance=provenance)
         files = {"json": out / RESULTS_JSON, "csv": out / RESULTS_CSV, **save_plots(result, out)}
-    if options.random and any(not _is_checkpoint(name) for name in model):
+    if options.random and any(not _is_checkpoint(name) and not name.startswith("hf:") for name in model):
         show(styled("Note:", "yellow", "model names have random weights; sweep a trained checkpoint "
                                        "(fxharden train) for a meaningful μ."), stderr=True)
     _print_result(result, files)
+
+
+def _text_inputs(names: List[str], options, data: Optional[Path], tokenizer: str, seq_len: int, batch_size: int,
+                 max_sequences: Optional[int], seed: int):
+    """Plain models (hardened by ``sweep`` with the first batch as torch.export's example) and
+    ``(ids, ids)`` batches of a text file: the text route of ``fxharden sweep``."""
+    import torch
+
+    from ..zoo.models import load_model
+    from ..zoo.text import text_batches
+
+    if data is None:
+        raise typer.BadParameter("--tokenizer needs --data: a UTF-8 text file")
+    nets = []
+    for name in names:
+        if _is_checkpoint(name):
+            raise typer.BadParameter(f"{name}: text data take model sources (hf:FOLDER); a checkpoint file holds an "
+                                     "image model")
+        torch.manual_seed(seed)
+        nets.append((name, load_model(name, pretrained=options.pretrained, weights=options.weights,
+                                      num_classes=options.num_classes, model_args=options.model_args).model))
+    batches = text_batches(data, tokenizer, seq_len, batch_size, max_sequences)
+    count = sum(len(x) for x, _ in batches)
+    return nets, batches, {"data": f"text {data} ({count} sequences of {seq_len} tokens, tokenizer {tokenizer})"}
 
 
 def _read_allocation(path: Optional[Path], units: Optional[str]):

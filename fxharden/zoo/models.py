@@ -217,4 +217,5 @@ def resolve_networks(model: Union[ModelLike, Sequence[ModelLike], Mapping[str, M
 def _looks_like_source(entry: Union[str, os.PathLike]) -> bool:
     """A string that is not a file path: no path separator and no checkpoint suffix."""
     text = str(entry)
-    return isinstance(entry, str) and not any(c in text for c in "/\\") and not text.endswith((".pt", ".pth"))
+    return isinstance(entry, str) and (text.startswith("hf:") or (not any(c in text for c in "/\\")
+                                                                   and not text.endswith((".pt", ".pth"))))

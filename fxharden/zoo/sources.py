@@ -8,7 +8,10 @@ Source strings (the same in the CLI's MODEL argument and the Python API):
   bare timm name;
 * ``torchvision:NAME``, or a bare torchvision name that timm does not have;
 * ``package.module:factory``: the user's own callable returning an ``nn.Module`` (keyword
-  arguments from ``--model-arg key=value``).
+  arguments from ``--model-arg key=value``);
+* ``hf:PATH_OR_NAME``: a Hugging Face transformers model saved with ``save_pretrained`` (a
+  folder) or in the local Hugging Face cache, with its saved weights, loaded offline; a causal
+  LM, or a sequence classifier when its config says so or ``--num-classes`` is given.
 
 ``parse_source`` turns the string into a typed ``ModelSource``; ``build_source`` builds it.
 Weights (``--pretrained``, ``--weights``) are loaded on top by ``fxharden.zoo.weights``.
@@ -20,6 +23,7 @@ import difflib
 import importlib
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from enum import Enum
 from typing import Any, Dict, List, Optional
 
@@ -46,6 +50,8 @@ class SourceKind(str, Enum):
     TORCHVISION = "torchvision"
     FACTORY = "factory"
     """``package.module:callable`` returning an ``nn.Module``."""
+    HF = "hf"
+    """A Hugging Face transformers model (``hf:FOLDER`` or ``hf:NAME`` in the local cache)."""
 
 
 @dataclass(frozen=True)
@@ -130,6 +136,10 @@ def parse_source(text: str) -> ModelSource:
     if sep and prefix == "timm":
         _check_timm(rest, text)
         return ModelSource(SourceKind.TIMM, rest, text)
+    if sep and prefix == "hf":
+        if not rest.strip():
+            raise ModelSourceError("hf: needs a folder or a model name, e.g. hf:./my_llama or hf:gpt2")
+        return ModelSource(SourceKind.HF, rest.strip(), text)
     if sep and prefix == "torchvision":
         if rest not in _torchvision_names():
             raise _unknown("torchvision model", rest, _torchvision_names(), text)
@@ -215,6 +225,8 @@ def build_source(source: ModelSource, num_classes: Optional[int] = None, *, pret
             from .weights import timm_pretrained
 
             return timm_pretrained(source.name, **size, **kwargs)
+        if source.kind is SourceKind.HF:
+            return _hf_model(source, num_classes, **kwargs)
         if source.kind is SourceKind.TORCHVISION:
             import torchvision
 
@@ -237,6 +249,43 @@ def build_source(source: ModelSource, num_classes: Optional[int] = None, *, pret
         raise ModelSourceError(f"{source.text}: the factory returned a {type(model).__name__}, not an "
                                "nn.Module; it must return the model itself")
     return model
+
+
+_HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+def _hf_model(source: ModelSource, num_classes: Optional[int], **kwargs: Any) -> nn.Module:
+    """A transformers model with its saved weights, offline: a sequence classifier when the
+    saved architecture is one or ``num_classes`` is given (``num_labels``), else a causal LM."""
+    try:
+        import transformers
+        from huggingface_hub import constants
+    except ImportError:
+        raise ModelSourceError(f"{source.text}: hf: models need transformers; install the lm extra "
+                               "(pip install -e '.[lm]')") from None
+    name, cache = source.name, constants.HF_HUB_CACHE
+    folder = Path(name).expanduser()
+    where = (f"the folder {str(folder)!r}" if folder.is_dir()
+             else f"the Hugging Face cache {cache} (no folder {name!r} here)")
+    try:
+        config = transformers.AutoConfig.from_pretrained(name, local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise ModelSourceError(f"{source.text}: no config.json in {where}; nothing is downloaded: save the model "
+                               "with model.save_pretrained(FOLDER) and pass hf:FOLDER, or fetch it into the cache "
+                               f"where there is internet (huggingface-cli download {name}) ({str(err).splitlines()[0]})"
+                               ) from None
+    arch = " ".join(config.architectures or [])
+    if num_classes is not None or "ForSequenceClassification" in arch:
+        auto = transformers.AutoModelForSequenceClassification
+        if num_classes is not None:
+            kwargs = {"num_labels": int(num_classes), **kwargs}
+    else:
+        auto = transformers.AutoModelForCausalLM
+    try:
+        return auto.from_pretrained(name, local_files_only=True, **kwargs)
+    except (OSError, ValueError) as err:
+        raise ModelSourceError(f"{source.text}: cannot load its weights from {where} (looked for "
+                               f"{' or '.join(_HF_WEIGHTS)}): {str(err).splitlines()[0]}") from None
 
 
 def parse_model_args(pairs: Optional[List[str]]) -> Dict[str, Any]:

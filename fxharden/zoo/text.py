@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+import warnings
 from pathlib import Path
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
@@ -127,10 +128,13 @@ def stdlib_corpus(max_chars: Optional[int] = None) -> str:
     seen, parts = set(), []
     for name in _STDLIB:
         module = importlib.import_module(name)
-        objects = [module] + [v for _, v in sorted(vars(module).items())
-                              if (inspect.isclass(v) or inspect.isfunction(v)) and getattr(v, "__module__", "") == name]
-        for obj in objects:
-            doc = inspect.getdoc(obj)
+        with warnings.catch_warnings():  # typing.io and typing.re warn when read
+            warnings.simplefilter("ignore", DeprecationWarning)
+            objects = [module] + [v for _, v in sorted(vars(module).items())
+                                  if (inspect.isclass(v) or inspect.isfunction(v))
+                                  and getattr(v, "__module__", "") == name]
+            docs = [inspect.getdoc(obj) for obj in objects]
+        for doc in docs:
             if doc and doc not in seen:
                 seen.add(doc)
                 parts.append(doc)

@@ -1,0 +1,79 @@
+"""Text data (fixed-length windows of a tokenized corpus), ``hf:`` model sources and the text
+route of ``fxharden sweep``, checked against the saved model and hand-built windows."""
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from fxharden.cli import app
+from fxharden.zoo.sources import ModelSourceError, SourceKind, build_source, parse_source
+from fxharden.zoo.text import ByteTokenizer, TokenizerNotFoundError, load_tokenizer, stdlib_corpus, text_batches
+
+
+def test_windows_are_the_tokens_in_order(tmp_path):
+    text = "abcdefghij" * 7  # 70 bytes -> 4 windows of 16, 6 bytes left over
+    (tmp_path / "c.txt").write_text(text)
+    batches = text_batches(tmp_path / "c.txt", "bytes", seq_len=16, batch_size=3)
+    assert [tuple(x.shape) for x, _ in batches] == [(3, 16), (1, 16)]
+    ids = torch.cat([x for x, _ in batches]).flatten().tolist()
+    assert bytes(ids) == text.encode()[:64]
+    assert all(torch.equal(x, y) for x, y in batches)  # causal LM: the targets are the inputs
+
+
+def test_bad_text_input_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        text_batches(tmp_path / "missing.txt")
+    with pytest.raises(ValueError, match="fewer than one sequence"):
+        text_batches("short\n", "bytes", seq_len=64)
+    with pytest.raises(TokenizerNotFoundError, match="no such folder"):
+        load_tokenizer(tmp_path / "nope")
+    with pytest.raises(TokenizerNotFoundError, match="holds none of"):
+        load_tokenizer(tmp_path)
+    assert isinstance(load_tokenizer("bytes"), ByteTokenizer)
+
+
+def test_stdlib_corpus_is_deterministic():
+    assert stdlib_corpus(5000) == stdlib_corpus(5000) and len(stdlib_corpus()) > 100_000
+
+
+@pytest.fixture(scope="module")
+def saved_llama(tmp_path_factory):
+    T = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = T.LlamaForCausalLM(T.LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64,
+                                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2))
+    folder = tmp_path_factory.mktemp("llama")
+    model.save_pretrained(folder)
+    return model.eval(), folder
+
+
+def test_hf_source_loads_the_saved_weights(saved_llama):
+    model, folder = saved_llama
+    src = parse_source(f"hf:{folder}")
+    assert src.kind is SourceKind.HF
+    loaded = build_source(src).eval()
+    ids = torch.randint(0, 256, (2, 9))
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, model(ids).logits)
+
+
+def test_hf_source_offline_errors_name_the_cache_and_the_file(tmp_path):
+    pytest.importorskip("transformers")
+    with pytest.raises(ModelSourceError, match=r"(?s)no config\.json in the folder.*save_pretrained"):
+        build_source(parse_source(f"hf:{tmp_path}"))
+    with pytest.raises(ModelSourceError, match="Hugging Face cache"):
+        build_source(parse_source("hf:no-such-model-here"))
+
+
+def test_cli_sweep_on_text_gives_perplexity_per_layer(saved_llama, tmp_path):
+    _, folder = saved_llama
+    (tmp_path / "corpus.txt").write_text(stdlib_corpus(8000))
+    run = CliRunner().invoke(app, ["sweep", f"hf:{folder}", "--data", str(tmp_path / "corpus.txt"), "--tokenizer",
+                                   "bytes", "--seq-len", "32", "--metric", "perplexity", "--sigmas", "0.01,0.5",
+                                   "--repeats", "1", "--out", str(tmp_path / "s"), "--no-progress"])
+    assert run.exit_code == 0, run.output
+    assert "perplexity: clean" in run.output and "tokenizer bytes" in run.output
+    from fxharden import load_result
+
+    result = load_result(tmp_path / "s")
+    assert result.metric == "perplexity" and "model.layers.1.mlp.down_proj" in result.sites
