@@ -77,3 +77,45 @@ def test_cli_sweep_on_text_gives_perplexity_per_layer(saved_llama, tmp_path):
 
     result = load_result(tmp_path / "s")
     assert result.metric == "perplexity" and "model.layers.1.mlp.down_proj" in result.sites
+
+
+def test_train_on_text_lowers_the_next_token_loss_and_checkpoints_reload(saved_llama, tmp_path):
+    """fxharden.train on (ids, ids) batches: next-token cross-entropy (compared with the model's
+    own loss on a batch), a checkpoint that rebuilds the exported graph with equal logits."""
+    import fxharden
+    from fxharden import TrainConfig, load_checkpoint, train
+    from fxharden.training.train import loss_and_hits
+    from fxharden.zoo.models import load_model
+
+    _, folder = saved_llama
+    lm = load_model(f"hf:{folder}")
+    batches = text_batches(stdlib_corpus(40000), "bytes", seq_len=32, batch_size=16)
+    x = batches[0][0]
+    with torch.no_grad():
+        ours, hits, count = loss_and_hits(lm.model(input_ids=x), x)
+        assert torch.allclose(ours, lm.model(input_ids=x, labels=x).loss, atol=1e-5)  # HF's own shifted loss
+        assert int(count) == x.numel() - len(x)
+    result = train(lm.model, batches[:-2], batches[-2:], TrainConfig(epochs=1, lr=3e-3, train_sigma=0.05),
+                   tmp_path, arch=f"hf:{folder}", arch_kwargs=lm.arch_kwargs)
+    assert fxharden.harden_report(result.model).frontend == "export"
+    first, last = result.history[0], result.history[-1]
+    assert last.loss < 5.0 and result.test_accuracy > 1 / 256 * 5  # far better than a uniform guess
+    ck = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert fxharden.harden_report(ck.model).frontend == "export"
+    with torch.no_grad():
+        assert torch.equal(ck.model.eval()(input_ids=x).logits, result.model.eval()(input_ids=x).logits)
+
+
+def test_cli_train_on_text_then_sweep_its_checkpoint(saved_llama, tmp_path):
+    _, folder = saved_llama
+    (tmp_path / "corpus.txt").write_text(stdlib_corpus(12000))
+    common = ["--data", str(tmp_path / "corpus.txt"), "--tokenizer", "bytes", "--seq-len", "32"]
+    run = CliRunner().invoke(app, ["train", f"hf:{folder}", *common, "--batch-size", "8", "--train-sigma", "0.05",
+                                   "--out", str(tmp_path / "t"), "--no-progress"])
+    assert run.exit_code == 0, run.output
+    assert "held-out token accuracy" in run.output and "--metric perplexity" in run.output
+    run = CliRunner().invoke(app, ["sweep", str(tmp_path / "t" / "checkpoint.pt"), *common, "--metric", "perplexity",
+                                   "--sigmas", "0.01,1", "--repeats", "1", "--out", str(tmp_path / "s"),
+                                   "--no-progress"])
+    assert run.exit_code == 0, run.output
+    assert "perplexity: clean" in run.output

@@ -256,7 +256,8 @@ def resolve_models(names: List[str], harden_config, seed: int = 0, options=None,
         if preprocess is None:
             preprocess, origin = lm.preprocess, lm.preprocess_origin
         weights.append(lm.weights or f"random (seed {seed})")
-        out.append((name, harden(lm.model, config=harden_config or HardenConfig(quant=None))))
+        out.append((name, harden(lm.model, config=harden_config or HardenConfig(quant=None),
+                                 example_inputs=lm.example_inputs)))
     if preprocess is None:
         preprocess, origin = CIFAR_PREPROCESS, "the paper's CIFAR-10 preprocessing"
     provenance = {"preprocess": None, "weights": weights, "data": ""}

@@ -212,7 +212,8 @@ def sweep_command(
                 bar.update(task, completed=done, total=total, rate=f"{rate:,.0f} images/s")
 
             result = sweep(dict(nets), dataset, config=config, out=out, progress=report if bar else None,
-                           harden_config=harden_config if tokenizer is not None else None,
+                           harden_config=harden_config if tokenizer is not None and not any(
+                               _is_checkpoint(name) for name in model) else None,
                            fit_options=FitOptions(model=fit_model, tie_a_max=not free_a_max, systematic=systematic),
                            metric=metric.value, provenance=provenance)
         files = {"json": out / RESULTS_JSON, "csv": out / RESULTS_CSV, **save_plots(result, out)}
@@ -233,11 +234,13 @@ def _text_inputs(names: List[str], options, data: Optional[Path], tokenizer: str
 
     if data is None:
         raise typer.BadParameter("--tokenizer needs --data: a UTF-8 text file")
+    from ..zoo.checkpoint import load_checkpoint
+
     nets = []
     for name in names:
         if _is_checkpoint(name):
-            raise typer.BadParameter(f"{name}: text data take model sources (hf:FOLDER); a checkpoint file holds an "
-                                     "image model")
+            nets.append((name, load_checkpoint(name).model))  # hardened with its own config
+            continue
         torch.manual_seed(seed)
         nets.append((name, load_model(name, pretrained=options.pretrained, weights=options.weights,
                                       num_classes=options.num_classes, model_args=options.model_args).model))

@@ -17,7 +17,7 @@ from ._app import (_D, _M, _Q, Device, Split, app, data_options, describe_prepro
 @app.command("train")
 def train_command(
     model: str = typer.Argument(..., help="Model source: lenet5, vgg11, resnet18, timm:NAME[.TAG], "
-                                "torchvision:NAME, package.module:factory."),
+                                "torchvision:NAME, package.module:factory, hf:FOLDER."),
     pretrained: bool = _M["pretrained"],
     weights: Optional[str] = _M["weights"],
     num_classes: Optional[int] = _M["num_classes"],
@@ -56,6 +56,11 @@ def train_command(
                              "train_log.json."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    tokenizer: Optional[str] = typer.Option(None, help="Text data: --data is a UTF-8 text file, cut into "
+                                            "--seq-len token windows by this tokenizer (a Hugging Face tokenizer "
+                                            "folder, or 'bytes'); the last 10 % of the windows are held out. For "
+                                            "language models (hf:FOLDER): next-token loss."),
+    seq_len: int = typer.Option(128, min=2, help="Tokens per sequence of text data (with --tokenizer)."),
 ) -> None:
     """Train a model with QAT and/or noisy training; checkpoints carry the harden config."""
     import torch
@@ -74,6 +79,10 @@ def train_command(
             epochs=epochs or d.epochs, batch_size=batch_size, lr=d.lr if lr is None else lr, optimizer=optimizer or d.optimizer,
             seed=seed, device=resolve_device(device), train_sigma=NoiseSchedule(train_sigma, ramp_epochs),
             max_steps=max_steps, precision=precision, augment=augment)
+        if tokenizer is not None:
+            _train_text(model, model_options(pretrained, weights, num_classes, model_arg), harden_config, config,
+                        data, tokenizer, seq_len, batch_size, seed, out, resume, progress, bits, train_sigma)
+            return
         if synthetic and (data is not None or download):
             raise typer.BadParameter("--synthetic generates its own data; leave out --data/--download")
         if download:
@@ -93,7 +102,7 @@ def train_command(
         lm, (train_set, test_set) = load_with_data(model, model_options(pretrained, weights, num_classes, model_arg),
                                                    dopts, loader=splits)
         preprocess = effective_preprocess(used["preprocess"], test_set, split.get("kind") != "folder")
-        net = harden(lm.model, config=harden_config)
+        net = harden(lm.model, config=harden_config, example_inputs=lm.example_inputs)
         result = train(net, train_set, test_set, config, out, resume=resume, arch=lm.source.text,
                        arch_kwargs=lm.arch_kwargs, inputs=inputs_record(preprocess, split), progress=progress)
     table = Table(title=f"{model}: {'fp32' if bits is None else f'{bits}-bit'} training", show_header=False)
@@ -113,6 +122,50 @@ def train_command(
     source = " --synthetic" if synthetic else (f" --data {_quote(data)}" if data is not None else "")
     show(f"preprocessing: {describe_preprocess(preprocess)} (stored in the checkpoint, with the held-out split)")
     show(f"next: fxharden sweep {_quote(result.checkpoint)}{source} --out {_quote(out / 'sweep')}")
+
+
+def _train_text(model: str, options, harden_config, config, data: Optional[Path], tokenizer: str, seq_len: int,
+                batch_size: int, seed: int, out: Path, resume: bool, progress: bool, bits: Optional[int],
+                train_sigma: float) -> None:
+    """The text route of ``fxharden train``: next-token training (noisy fine-tuning) of a
+    language model on windows of a text file, the last 10 % held out."""
+    import torch
+
+    from ..core.harden import harden
+    from ..training.train import train
+    from ..zoo.models import load_model
+    from ..zoo.text import text_batches
+
+    if data is None:
+        raise typer.BadParameter("--tokenizer needs --data: a UTF-8 text file")
+    torch.manual_seed(seed)
+    lm = load_model(model, pretrained=options.pretrained, weights=options.weights, num_classes=options.num_classes,
+                    model_args=options.model_args)
+    batches = text_batches(data, tokenizer, seq_len, batch_size)
+    if len(batches) < 2:
+        raise typer.BadParameter(f"{data}: {len(batches)} batch of {batch_size} sequences of {seq_len} tokens; "
+                                 "training holds out the last 10 % and needs at least 2 batches: use a longer "
+                                 "text, a smaller --batch-size or --seq-len")
+    held = max(1, len(batches) // 10)
+    net = harden(lm.model, config=harden_config, example_inputs={"input_ids": batches[0][0]})
+    result = train(net, batches[:-held], batches[-held:], config, out, resume=resume, arch=lm.source.text,
+                   arch_kwargs=lm.arch_kwargs, progress=progress,
+                   inputs={"data": {"kind": "text", "path": str(Path(data).resolve()), "tokenizer": tokenizer,
+                                    "seq_len": seq_len}})
+    last = result.history[-1] if result.history else None
+    table = Table(title=f"{model}: {'fp32' if bits is None else f'{bits}-bit'} training on text", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in (("epochs", f"{len(result.history)} ({result.steps} steps)"),
+                       ("train loss (next token)", f"{last.loss:.4f}" if last else "-"),
+                       ("held-out token accuracy", f"{result.test_accuracy:.4f}" if result.test_accuracy is not None
+                        else "-"),
+                       ("training noise σ", f"{train_sigma:g}"), ("time", f"{result.seconds:.1f} s"),
+                       ("checkpoint", str(result.checkpoint))):
+        table.add_row(key, value)
+    show(table)
+    show(f"next: fxharden sweep {_quote(result.checkpoint)} --data {_quote(data)} --tokenizer {_quote(tokenizer)} "
+         f"--seq-len {seq_len} --metric perplexity --out {_quote(out / 'sweep')}")
 
 
 def _quote(path) -> str:

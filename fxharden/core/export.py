@@ -37,7 +37,7 @@ from torch import Tensor, fx, nn
 from .sites import module_kind
 from .trace import Capture, leaf_predicate
 
-__all__ = ["ExportError", "capture_export", "example_args"]
+__all__ = ["ExportError", "capture_export", "example_args", "example_spec", "example_from_spec"]
 
 
 class ExportError(RuntimeError):
@@ -67,6 +67,28 @@ def example_args(example_inputs: Any) -> Tuple[tuple, Dict[str, Any]]:
         raise TypeError("example_inputs holds no tensor: pass the inputs of one forward pass, e.g. "
                         "example_inputs=(torch.randn(2, 3, 32, 32),) or {'input_ids': ids}")
     return args, kwargs
+
+
+def example_spec(args: tuple, kwargs: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """Plain data describing example inputs (shapes and dtypes of tensors, other values as they
+    are), stored in checkpoints so loading exports the same graph; ``None`` for nested inputs."""
+    def one(v: Any) -> Optional[Dict[str, Any]]:
+        if isinstance(v, Tensor):
+            return {"shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", "")}
+        return {"value": v} if _is_constant(v) else None
+
+    spec = {"args": [one(a) for a in args], "kwargs": {k: one(v) for k, v in kwargs.items()}}
+    return None if None in spec["args"] or None in spec["kwargs"].values() else spec
+
+
+def example_from_spec(spec: Dict[str, Any]) -> Any:
+    """Example inputs (zeros of the recorded shapes and dtypes) from ``example_spec``."""
+    def one(d: Dict[str, Any]) -> Any:
+        return torch.zeros(d["shape"], dtype=getattr(torch, d["dtype"])) if "shape" in d else d["value"]
+
+    if spec["kwargs"]:
+        return {k: one(v) for k, v in spec["kwargs"].items()}
+    return tuple(one(a) for a in spec["args"])
 
 
 def _batch_of_two(args: tuple, kwargs: Dict[str, Any]) -> Tuple[tuple, Dict[str, Any]]:
@@ -208,6 +230,7 @@ def capture_export(model: nn.Module, example_inputs: Any, leaf_modules: Sequence
         ExportError: torch.export fails (the message names the inputs and what to do).
     """
     args, kwargs = _batch_of_two(*example_args(example_inputs))
+    spec = example_spec(args, kwargs)  # as given: use_cache below is added again on every export
     if "use_cache" in inspect.signature(model.forward).parameters and "use_cache" not in kwargs:
         kwargs["use_cache"] = False
     device = next((t.device for t in itertools.chain(model.parameters(), model.buffers())), None)
@@ -233,7 +256,7 @@ def capture_export(model: nn.Module, example_inputs: Any, leaf_modules: Sequence
     graphs[False].owning_module = root  # one root holds what both graphs use
     if root.code == exported[False].code:
         graphs[False] = graphs[True]
-    return Capture(root=root, graphs=graphs, route="export", layers=modules)
+    return Capture(root=root, graphs=graphs, route="export", layers=modules, example=spec)
 
 
 def _adopt(root: fx.GraphModule, other: fx.GraphModule) -> None:

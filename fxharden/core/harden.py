@@ -230,7 +230,7 @@ def harden(
     report = HardenReport(sites=tuple(infos.values()), opaque=dict(cap.opaque), skipped=skipped,
                           frontend="export" if cap.route == "export" else "fx", note=cap.note)
     hm = build_hardened(root, graphs, model.training, f"Hardened{type(model).__name__}",
-                        {"fxharden": {"config": config, "report": report}})
+                        {"fxharden": {"config": config, "report": report, "example": cap.example}})
     if config.noise.sigma:
         set_noise(hm, config.noise.sigma)
     return hm

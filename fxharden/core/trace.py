@@ -138,6 +138,8 @@ class Capture:
     """The export route: the model's modules by dotted path (its graph calls no modules)."""
     note: str = ""
     """Why this frontend was used, when ``Frontend.AUTO`` chose (``HardenReport.note``)."""
+    example: Optional[Dict[str, Any]] = None
+    """The export route: its example inputs as plain data (``export.example_spec``)."""
 
 
 def _default_args(root: nn.Module) -> Dict[str, Any]:

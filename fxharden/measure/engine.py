@@ -30,6 +30,7 @@ from ..core.layers import weight_draws_held
 from ..core.noise import Noise
 from ..core.noise_models import NoiseKind
 from .results import PointStore, SweepMode, Units
+from ..zoo.data import is_batch_list as _is_batch_list, map_tensors as _map
 from .scores import Metric, output_logits, resolve_metric
 from .sweep_config import SweepConfig, WeightDraws
 
@@ -42,25 +43,6 @@ CACHE_BYTES = 2 << 30
 
 Level = Tuple[Optional[str], float]  # (site, or None for global noise; sigma)
 Item = Tuple[Optional[str], float, int]  # (site, sigma, repeat)
-
-
-def _is_batch_list(data: Any) -> bool:
-    """A list of ``(inputs, targets)`` batches whose inputs may be a tensor, a dict or a tuple
-    of tensors (``[({"input_ids": ids, "attention_mask": mask}, ids), ...]``)."""
-    return (isinstance(data, (list, tuple)) and len(data) > 0
-            and not (len(data) == 2 and all(isinstance(t, Tensor) for t in data))
-            and all(isinstance(b, (tuple, list)) and len(b) == 2 and isinstance(b[1], Tensor) for b in data))
-
-
-def _map(x: Any, fn: Callable[[Tensor], Any]) -> Any:
-    """``fn`` on every tensor of a tensor, dict or tuple of inputs."""
-    if isinstance(x, Tensor):
-        return fn(x)
-    if isinstance(x, dict):
-        return {k: _map(v, fn) for k, v in x.items()}
-    if isinstance(x, (tuple, list)):
-        return type(x)(_map(v, fn) for v in x)
-    return x
 
 
 def _tensors(x: Any) -> List[Tensor]:

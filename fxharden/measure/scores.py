@@ -26,7 +26,7 @@ from torch import Tensor
 
 from .options import MetricName
 
-__all__ = ["MetricName", "Metric", "resolve_metric", "output_logits", "IGNORE_INDEX"]
+__all__ = ["MetricName", "Metric", "resolve_metric", "output_logits", "align_targets", "IGNORE_INDEX"]
 
 IGNORE_INDEX = -100
 """Targets with this value are not scored (Hugging Face's convention for labels)."""
@@ -49,7 +49,7 @@ def output_logits(out: Any) -> Tensor:
                     "a dict or ModelOutput with 'logits', or pass a callable metric that reads your output")
 
 
-def _aligned(logits: Tensor, targets: Tensor) -> Tuple[Tensor, Tensor]:
+def align_targets(logits: Tensor, targets: Tensor) -> Tuple[Tensor, Tensor]:
     """``(N, V)`` logits and ``(N,)`` targets; sequences are shifted for next-token prediction."""
     if logits.dim() == 3 and targets.dim() == 2 and targets.shape == logits.shape[:2]:
         logits, targets = logits[:, :-1], targets[:, 1:]
@@ -69,7 +69,7 @@ def _per_sample(logits: Tensor, targets: Tensor, values: Tensor, valid: Tensor) 
 
 def _topk(k: int) -> Callable[[Tensor, Tensor], Tuple[Tensor, Tensor]]:
     def score(logits: Tensor, targets: Tensor) -> Tuple[Tensor, Tensor]:
-        logits, targets = _aligned(logits, targets)
+        logits, targets = align_targets(logits, targets)
         valid = targets != IGNORE_INDEX
         top = logits.topk(min(k, logits.shape[-1]), dim=-1).indices
         hit = (top == targets.clamp_min(0).unsqueeze(-1)).any(-1)
@@ -78,7 +78,7 @@ def _topk(k: int) -> Callable[[Tensor, Tensor], Tuple[Tensor, Tensor]]:
 
 
 def _nll(logits: Tensor, targets: Tensor) -> Tuple[Tensor, Tensor]:
-    logits, targets = _aligned(logits, targets)
+    logits, targets = align_targets(logits, targets)
     valid = targets != IGNORE_INDEX
     nll = F.cross_entropy(logits.float().transpose(1, -1) if logits.dim() == 3 else logits.float(),
                           targets.clamp_min(0), reduction="none")

@@ -30,10 +30,11 @@ from .._files import atomic_write_json, check_writable
 from ..devices import resolve_device
 from ..zoo.checkpoint import read_payload, save_checkpoint
 from ..core.config import check_sigma, config_to_dict
-from ..zoo.data import as_batches
+from ..zoo.data import as_batches, is_batch_list
+from ..measure.scores import IGNORE_INDEX, align_targets, output_logits
 from ..core.harden import HardenedModule, harden, noise_sites, seed_noise
 from ..zoo.options import Optimizer
-from ..core.calibrate import calibrate_quantizers
+from ..core.calibrate import calibrate_quantizers, call_model
 from ..core.noise import Noise, noise_off
 from ..core.quant import ActQuant, frozen_weights
 from .feed import on_device, training_batches
@@ -189,12 +190,32 @@ class TrainResult:
     checkpoint: Optional[Path] = None
 
 
+def _first_inputs(data: Any) -> Any:
+    """The inputs of the first batch of a batch list (``harden``'s example for models torch.fx
+    cannot trace), else ``None``."""
+    return data[0][0] if is_batch_list(data) else None
+
+
 def _num_batches(data: Any, batch_size: int) -> int:
     """Batches per epoch with ``drop_last`` (a set smaller than a batch still gives one)."""
     if isinstance(data, torch.utils.data.DataLoader):
         return len(data)
+    if is_batch_list(data):
+        return len(data)
     n = len(data[0]) if isinstance(data, (tuple, list)) else len(data)
     return n // batch_size if n >= batch_size else 1
+
+
+def loss_and_hits(out: Any, y: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """Cross-entropy, correct predictions and scored targets of a batch: a classifier's
+    ``(batch, classes)`` logits against ``(batch,)`` labels, or a language model's ``(batch,
+    length, vocab)`` logits (a tensor or a ``ModelOutput``) against next tokens (targets shifted
+    by one, ``-100`` ignored, as ``fxharden.measure.scores`` scores them)."""
+    logits, targets = align_targets(output_logits(out), y)
+    logits, targets = logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1)
+    valid = targets != IGNORE_INDEX
+    loss = nn.functional.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX)
+    return loss, ((logits.argmax(-1) == targets) & valid).sum(), valid.sum()
 
 
 def _autocast(device: torch.device, precision: Precision):
@@ -255,8 +276,9 @@ def evaluate(model: nn.Module, data: Any, batch_size: int = 512, device: Optiona
     try:
         with frozen_weights(model):  # the weights cannot change here: quantize each once, not once per batch
             for x, y in as_batches(data, batch_size, dev):
-                correct += int((model(x).argmax(1) == y).sum())
-                total += len(y)
+                _, hits, count = loss_and_hits(call_model(model, x), y)
+                correct += int(hits)
+                total += int(count)
     finally:
         model.train(was)
     return correct / max(total, 1)
@@ -370,7 +392,7 @@ def train(
     dev = resolve_device(cfg.device)
     if out is not None:
         check_writable(out)
-    model = model if isinstance(model, HardenedModule) else harden(model)
+    model = model if isinstance(model, HardenedModule) else harden(model, example_inputs=_first_inputs(data_train))
     mods = _activation_noise(model, cfg.noise)
     caller_noise = {s: m.setting() for s, m in mods.items()}
     caller_seed = {s: m.seed for s, m in mods.items()}
@@ -408,10 +430,9 @@ def train(
     history = [EpochLog(**h) for h in state.pop("history")]
     resumed_from = state["epoch"] if payload is not None else None
 
-    def step(x: Tensor, y: Tensor) -> Tuple[Tensor, Tensor]:
+    def step(x: Any, y: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         with autocast:
-            logits = model(x)
-            loss = nn.functional.cross_entropy(logits.float(), y)
+            loss, hits, count = loss_and_hits(call_model(model, x), y)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -421,7 +442,7 @@ def train(
             loss.backward()
             optimizer.step()
         scheduler.step()
-        return loss.detach(), logits.detach()
+        return loss.detach(), hits, count
 
     def save() -> None:
         for s, m in mods.items():  # the checkpoint keeps the caller's noise setting
@@ -488,16 +509,17 @@ def _epoch(model: nn.Module, batches, step: Callable, state: Dict[str, Any], tot
     model.train()
     loss_sum: Any = 0.0
     correct: Any = 0
-    seen = 0
+    seen: Any = 0
     for x, y in batches:
-        loss, logits = step(x, y)
+        loss, hits, count = step(x, y)
         state["step"] += 1
-        loss_sum = loss * len(y) + loss_sum  # stays on the device: no sync per step
-        correct = (logits.argmax(1) == y).sum() + correct
-        seen += len(y)
+        loss_sum = loss * count + loss_sum  # stays on the device: no sync per step
+        correct = hits + correct
+        seen = count + seen
         tick(state)
         if report is not None and (state["step"] % 10 == 0 or state["step"] == total):
-            report(float(loss_sum) / seen, float(correct) / seen)
+            report(float(loss_sum) / float(seen), float(correct) / float(seen))
         if state["step"] >= total:
             break
-    return float(loss_sum) / max(seen, 1), float(correct) / max(seen, 1)
+    seen = max(float(seen), 1.0)
+    return float(loss_sum) / seen, float(correct) / seen

@@ -17,6 +17,7 @@ import torch
 
 from ..core.config import HardenConfig, config_from_dict, config_to_dict
 from .._files import atomic_write_bytes
+from ..core.export import example_from_spec
 from ..core.harden import HardenedModule, harden
 
 if TYPE_CHECKING:
@@ -66,6 +67,7 @@ def save_checkpoint(
         "arch": arch,
         "arch_kwargs": dict(arch_kwargs or {}),
         "config": config_to_dict(model.harden_config),
+        "example": model.meta["fxharden"].get("example"),  # the export route's inputs, to export it again
         "model": model.state_dict(),
         "state": dict(state or {}),
     }
@@ -113,7 +115,8 @@ def load_checkpoint(path: Union[str, Path], map_location: Any = "cpu") -> Checkp
     payload = read_payload(path, map_location)
     config = config_from_dict(payload["config"])
     base = build_model(payload["arch"], **payload["arch_kwargs"])
-    model = harden(base, config=config)
+    example = payload.get("example")
+    model = harden(base, config=config, example_inputs=example_from_spec(example) if example else None)
     model.load_state_dict(payload["model"])
     if isinstance(map_location, (str, torch.device)):
         model.to(map_location)  # the model where its tensors were mapped, not only its state

@@ -15,7 +15,7 @@ import math
 import os
 import zipfile
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from enum import Enum
 
@@ -389,6 +389,25 @@ def load_splits(kind: DatasetKind = DatasetKind.CIFAR10, root: Optional[PathLike
 
 # --------------------------------------------------------------------------- generic batching
 
+def is_batch_list(data: Any) -> bool:
+    """A list of ``(inputs, targets)`` batches whose inputs may be a tensor, a dict or a tuple
+    of tensors (``[({"input_ids": ids, "attention_mask": mask}, ids), ...]``)."""
+    return (isinstance(data, (list, tuple)) and len(data) > 0
+            and not (len(data) == 2 and all(isinstance(t, Tensor) for t in data))
+            and all(isinstance(b, (tuple, list)) and len(b) == 2 and isinstance(b[1], Tensor) for b in data))
+
+
+def map_tensors(x: Any, fn: Callable[[Tensor], Any]) -> Any:
+    """``fn`` on every tensor of a tensor, dict or tuple of inputs."""
+    if isinstance(x, Tensor):
+        return fn(x)
+    if isinstance(x, dict):
+        return {k: map_tensors(v, fn) for k, v in x.items()}
+    if isinstance(x, (tuple, list)):
+        return type(x)(map_tensors(v, fn) for v in x)
+    return x
+
+
 def as_batches(data, batch_size: int, device: Optional[Union[str, torch.device]] = None, *,
                shuffle: bool = False, generator: Optional[torch.Generator] = None,
                drop_last: bool = False) -> Iterator[Tuple[Tensor, Tensor]]:
@@ -397,10 +416,19 @@ def as_batches(data, batch_size: int, device: Optional[Union[str, torch.device]]
     * a ``TensorImageDataset`` (its fast ``batches``),
     * a ``torch.utils.data.DataLoader`` (used as is: its own batch size and order),
     * any other ``torch.utils.data.Dataset`` of ``(x, y)`` items (wrapped in a DataLoader),
-    * a pair ``(x, y)`` of tensors (sliced into batches; x is used as is, not normalised).
+    * a pair ``(x, y)`` of tensors (sliced into batches; x is used as is, not normalised),
+    * a list of ``(inputs, targets)`` batches (``is_batch_list``; inputs a tensor, dict or
+      tuple of tensors, e.g. ``fxharden.zoo.text.text_batches``), used as they are; ``shuffle``
+      permutes their order.
 
     ``shuffle``/``generator``/``drop_last`` apply to all but a DataLoader.
     """
+    if is_batch_list(data):
+        order = torch.randperm(len(data), generator=generator).tolist() if shuffle else range(len(data))
+        for i in order:
+            x, y = data[i]
+            yield map_tensors(x, lambda t: _move(t, device)), _move(y, device)
+        return
     if isinstance(data, TensorImageDataset):
         yield from data.batches(batch_size, shuffle=shuffle, generator=generator, device=device,
                                 drop_last=drop_last)

@@ -37,17 +37,25 @@ def model_names() -> List[str]:
     return source_names()
 
 
-def build_model(name: str, num_classes: Optional[int] = 10, **kwargs: Any) -> nn.Module:
+_IMAGE_CLASSES: Any = object()
+"""``build_model``'s default head: 10 classes (CIFAR-10) for image models, the saved one for ``hf:``."""
+
+
+def build_model(name: str, num_classes: Optional[int] = _IMAGE_CLASSES, **kwargs: Any) -> nn.Module:
     """A randomly initialised model from a source string (``fxharden.zoo.sources``):
     ``lenet5``/``vgg11``/``resnet18`` (the paper's networks; case, ``-`` and ``_`` ignored),
     ``timm:NAME`` or a bare timm name, ``torchvision:NAME`` or a bare torchvision name,
-    ``package.module:factory``. ``num_classes`` ``None`` keeps the source's own head.
+    ``package.module:factory``; ``hf:FOLDER`` loads its saved weights. ``num_classes`` ``None``
+    keeps the source's own head (default: 10, and the saved head of ``hf:`` models).
 
     Raises:
         ModelSourceError (a ValueError): unknown name (close matches listed), a factory that
             raises or returns no ``nn.Module``.
     """
-    return build_source(parse_source(name), num_classes, **kwargs)
+    src = parse_source(name)
+    if num_classes is _IMAGE_CLASSES:
+        num_classes = None if src.kind is SourceKind.HF else 10
+    return build_source(src, num_classes, **kwargs)
 
 
 @dataclass
@@ -63,6 +71,14 @@ class LoadedModel:
     """Where the weights came from (``timm pretrained``, a torchvision enum, a path); ``None``: random."""
     preprocess_origin: str = ""
     """Where ``preprocess`` comes from (printed by the CLI and recorded in results)."""
+
+    @property
+    def example_inputs(self) -> Any:
+        """``harden``'s ``example_inputs`` for a model torch.fx cannot trace (a Hugging Face
+        model: token ids within its vocabulary), else ``None``."""
+        from .sources import hf_example_inputs
+
+        return hf_example_inputs(self.model) if self.source.kind is SourceKind.HF else None
 
     @property
     def num_classes(self) -> Optional[int]:
@@ -134,7 +150,8 @@ def load_model(source: str, *, pretrained: bool = False, weights: Union[str, os.
                else "the model's pretrained config (timm)" if getattr(model, "pretrained_cfg", None)
                else "default: timm's 224 px ImageNet preprocessing (the model names none)")
     loaded = LoadedModel(model, src, preprocess, arch_kwargs, origin, how)
-    if "num_classes" not in arch_kwargs and loaded.num_classes is not None and src.kind is not SourceKind.FACTORY:
+    if "num_classes" not in arch_kwargs and loaded.num_classes is not None and src.kind not in (SourceKind.FACTORY,
+                                                                                                 SourceKind.HF):
         arch_kwargs["num_classes"] = loaded.num_classes
     return loaded
 

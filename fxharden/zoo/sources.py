@@ -32,7 +32,7 @@ from torch import nn
 from .recipes import RECIPES, find_recipe
 
 __all__ = ["SourceKind", "ModelSource", "ModelSourceError", "parse_source", "build_source", "source_names",
-           "parse_model_args"]
+           "parse_model_args", "hf_example_inputs"]
 
 _FACTORY = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
 
@@ -286,6 +286,17 @@ def _hf_model(source: ModelSource, num_classes: Optional[int], **kwargs: Any) ->
     except (OSError, ValueError) as err:
         raise ModelSourceError(f"{source.text}: cannot load its weights from {where} (looked for "
                                f"{' or '.join(_HF_WEIGHTS)}): {str(err).splitlines()[0]}") from None
+
+
+def hf_example_inputs(model: nn.Module, batch: int = 2, length: int = 8) -> Dict[str, Any]:
+    """Token ids a transformers model takes (``decoder_input_ids`` too for an encoder-decoder):
+    the example torch.export runs it on (batch and length stay dynamic)."""
+    import torch
+
+    config = model.config
+    vocab = int(getattr(config, "vocab_size", 2) or 2)
+    ids = torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(0))
+    return {"input_ids": ids, **({"decoder_input_ids": ids} if getattr(config, "is_encoder_decoder", False) else {})}
 
 
 def parse_model_args(pairs: Optional[List[str]]) -> Dict[str, Any]:
