@@ -119,3 +119,39 @@ def test_cli_train_on_text_then_sweep_its_checkpoint(saved_llama, tmp_path):
                                    "--no-progress"])
     assert run.exit_code == 0, run.output
     assert "perplexity: clean" in run.output
+
+
+def test_cli_inspect_hf_shows_the_export_graph(saved_llama):
+    _, folder = saved_llama
+    run = CliRunner().invoke(app, ["inspect", f"hf:{folder}"])
+    assert run.exit_code == 0, run.output
+    assert "model.layers.1.mlp.down_proj" in run.output and "graph: torch.export" in run.output
+    assert "preprocessing" not in run.output and "saved with the model" in run.output
+
+
+def test_eager_attention_puts_sites_on_scores_softmax_and_values():
+    """With attn_implementation="eager" the attention is tensor code: its two matmuls and the
+    softmax are sites (matmuls optional: SiteKind.MATMUL added), and noise there moves the logits."""
+    T = pytest.importorskip("transformers")
+    import fxharden
+    from fxharden import HardenConfig, NoiseConfig, SiteKind
+    from fxharden.core.config import DEFAULT_NOISE_KINDS
+
+    torch.manual_seed(0)
+    cfg = T.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                        num_attention_heads=4, num_key_value_heads=2)
+    cfg._attn_implementation = "eager"
+    model = T.LlamaForCausalLM(cfg).eval()
+    ids = torch.randint(0, 64, (2, 8))
+    config = HardenConfig(quant=None, noise=NoiseConfig(kinds=DEFAULT_NOISE_KINDS | {SiteKind.MATMUL}))
+    hm = fxharden.harden(model, config=config, example_inputs={"input_ids": ids})
+    sites = {s.name: s for s in fxharden.harden_report(hm).sites}
+    attn = [n for n in sites if n.startswith("model.layers.0.self_attn.")]
+    assert [sites[n].kind for n in attn if sites[n].kind == "matmul"] == ["matmul", "matmul"], attn
+    assert any(sites[n].op == "aten._softmax" or sites[n].op == "aten.softmax" for n in attn), attn
+    scores = next(n for n in attn if sites[n].kind == "matmul")
+    with torch.no_grad():
+        clean = model(input_ids=ids).logits
+        assert torch.equal(hm(input_ids=ids).logits, clean)
+        fxharden.set_noise(hm, 0.5, sites=[scores])
+        assert not torch.allclose(hm(input_ids=ids).logits, clean, atol=1e-4)

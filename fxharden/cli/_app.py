@@ -262,7 +262,7 @@ def resolve_models(names: List[str], harden_config, seed: int = 0, options=None,
         preprocess, origin = CIFAR_PREPROCESS, "the paper's CIFAR-10 preprocessing"
     provenance = {"preprocess": None, "weights": weights, "data": ""}
     if data is None:
-        if model_preprocess:
+        if model_preprocess and not all(n.startswith("hf:") for n in names):  # language models take no images
             provenance["preprocess"] = {**preprocess.to_dict(), "origin": origin}
         return out, dataset, provenance
     given = [f"--{k.replace('_', '-')}" for k in ("input_size", "mean", "std", "crop_pct")

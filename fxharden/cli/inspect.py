@@ -51,6 +51,8 @@ def inspect_command(
         table.add_row(s.name, s.kind, s.op, s.quantizer or "-", "yes" if s.noise else "no", *mu,
                       *((s.note,) if notes else ()))
     show(table)
+    frontend = {"fx": "torch.fx", "export": "torch.export"}[report.frontend]
+    show(f"graph: {frontend}" + (f" ({report.note})" if report.note else ""))
     for key, value in inputs_rows(provenance):
         show(f"{key}: {value}")
     for title, items in (("Opaque modules (not traced; one layer each)", report.opaque),

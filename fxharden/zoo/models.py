@@ -134,6 +134,8 @@ def load_model(source: str, *, pretrained: bool = False, weights: Union[str, os.
                              **kwargs)
         if pretrained:
             origin = "timm pretrained"
+        if src.kind is SourceKind.HF:
+            origin = f"saved with the model ({src.name})"
         if weights is not None:
             load_weights(model, weights, num_classes_given=num_classes is not None)
             origin = str(weights)
