@@ -155,3 +155,19 @@ def test_eager_attention_puts_sites_on_scores_softmax_and_values():
         assert torch.equal(hm(input_ids=ids).logits, clean)
         fxharden.set_noise(hm, 0.5, sites=[scores])
         assert not torch.allclose(hm(input_ids=ids).logits, clean, atol=1e-4)
+
+
+def test_cli_budget_on_text_with_perplexity(saved_llama, tmp_path):
+    """A budget on a language model: the drop is in perplexity's fit scale, and the verified
+    allocation stays within it."""
+    import json
+
+    _, folder = saved_llama
+    (tmp_path / "corpus.txt").write_text(stdlib_corpus(8000))
+    run = CliRunner().invoke(app, ["budget", f"hf:{folder}", "--max-drop", "0.2", "--data", str(tmp_path / "corpus.txt"),
+                                   "--tokenizer", "bytes", "--seq-len", "32", "--metric", "perplexity", "--repeats", "1",
+                                   "--max-images", "32", "--out", str(tmp_path / "b"), "--no-progress"])
+    assert run.exit_code == 0, run.output
+    assert "perplexity score (fit scale" in run.output and "--metric perplexity" in run.output
+    saved = json.loads((tmp_path / "b" / "budget.json").read_text())
+    assert saved["metric"] == "perplexity" and saved["drop"] <= 0.2

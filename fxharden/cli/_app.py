@@ -287,6 +287,33 @@ def resolve_models(names: List[str], harden_config, seed: int = 0, options=None,
     return out, dataset, provenance
 
 
+def text_inputs(names: List[str], options, data: Optional[Path], tokenizer: str, seq_len: int, batch_size: int,
+                 max_sequences: Optional[int], seed: int):
+    """``([(label, model)], batches, provenance)`` for text data (``--tokenizer``): plain models
+    from sources (hardened by ``sweep``/``budget`` with the first batch as torch.export's
+    example), checkpoints loaded hardened, and ``(ids, ids)`` batches of a text file."""
+    import torch
+
+    from ..zoo.models import load_model
+    from ..zoo.text import text_batches
+
+    if data is None:
+        raise typer.BadParameter("--tokenizer needs --data: a UTF-8 text file")
+    from ..zoo.checkpoint import load_checkpoint
+
+    nets = []
+    for name in names:
+        if Path(name).is_file():
+            nets.append((name, load_checkpoint(name).model))  # hardened with its own config
+            continue
+        torch.manual_seed(seed)
+        nets.append((name, load_model(name, pretrained=options.pretrained, weights=options.weights,
+                                      num_classes=options.num_classes, model_args=options.model_args).model))
+    batches = text_batches(data, tokenizer, seq_len, batch_size, max_sequences)
+    count = sum(len(x) for x, _ in batches)
+    return nets, batches, {"data": f"text {data} ({count} sequences of {seq_len} tokens, tokenizer {tokenizer})"}
+
+
 def inputs_rows(provenance) -> List[Tuple[str, str]]:
     """Summary rows of a ``resolve_models`` provenance: preprocessing (and its origin), data
     note, weights."""

@@ -9,8 +9,9 @@ from typing import List, Optional
 import typer
 
 from ..zoo.options import OnCorrupt
+from ..measure.options import MetricName
 from ._app import (_D, _M, _Q, Device, Split, app, console, data_options, err_console, harden_options,
-                   inputs_rows, model_options, resolve_device, resolve_models, user_errors)
+                   inputs_rows, model_options, resolve_device, resolve_models, text_inputs, user_errors)
 
 
 @app.command("budget")
@@ -53,6 +54,12 @@ def budget_command(
     synthetic: bool = _D["synthetic"],
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar (phase and images of "
                                   "the sweep running)."),
+    metric: MetricName = typer.Option(MetricName.TOP1, help="What the drop is measured on: top1 (accuracy), or "
+                                      "top5, loss, perplexity, token_accuracy in their fit scale (1 ideal, 0 floor)."),
+    tokenizer: Optional[str] = typer.Option(None, help="Text data: --data is a UTF-8 text file cut into --seq-len "
+                                            "token windows by this tokenizer (a Hugging Face tokenizer folder, or "
+                                            "'bytes'); for language models (hf:FOLDER)."),
+    seq_len: int = typer.Option(128, min=2, help="Tokens per sequence of text data (with --tokenizer)."),
 ) -> None:
     """Find a per-site noise allocation within an accuracy drop at the least cost (E ∝ Σ ops/σ²), verified by
     sweeps, and the sites to keep digital."""
@@ -67,7 +74,18 @@ def budget_command(
         cost = CostModel(digital_sigma=digital_sigma)
         prof = load_result(profile) if profile is not None else None
         options = model_options(pretrained, weights, num_classes, model_arg)
-        if synthetic:
+        if tokenizer is not None:
+            ((_, hm),), dataset, provenance = text_inputs([model], options, data, tokenizer, seq_len, batch_size,
+                                                          max_images, seed)
+            harden_config = harden_options(bits, scale, dynamic)
+            if harden_config is not None:
+                from ..core.harden import HardenedModule, harden
+
+                if isinstance(hm, HardenedModule):
+                    raise typer.BadParameter(f"{model} is a checkpoint: it carries its own harden config, so "
+                                             "--bits/--scale/--dynamic do not apply")
+                hm = harden(hm, config=harden_config, example_inputs={"input_ids": dataset[0][0]})
+        elif synthetic:
             if data is not None or download:
                 raise typer.BadParameter("--synthetic generates its own data; leave out --data/--download")
             from ..zoo.data import synthetic_dataset
@@ -87,7 +105,7 @@ def budget_command(
                 bar.update(task, completed=done, total=total, phase=phase)
 
             result = budget(hm, dataset, max_drop, config=config, profile=prof, cost=cost, protect=protect,
-                            progress=report if bar else None)
+                            progress=report if bar else None, metric=metric.value)
         files = result.save(out)
     for key, value in inputs_rows(provenance):
         console.print(f"{key}: {value}", soft_wrap=True)
@@ -95,6 +113,10 @@ def budget_command(
     for path in files.values():
         console.print(f"wrote {path}")
     source = " --synthetic" if synthetic else (f" --data {data}" if data is not None else "")
+    if tokenizer is not None:
+        source += f" --tokenizer {tokenizer} --seq-len {seq_len}"
+    if metric is not MetricName.TOP1:
+        source += f" --metric {metric.value}"
     console.print(f"verify: fxharden sweep {model}{source} --sigma-map {files['sigma_map']} --sigmas 1")
 
 

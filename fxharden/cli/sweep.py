@@ -15,7 +15,8 @@ from ..measure.midpoint_models import MidpointModel
 from ..measure.options import MetricName
 from ..zoo.options import OnCorrupt
 from ._app import (_D, _M, _Q, Device, Split, app, data_options, err_console, harden_options, inputs_rows,
-                   model_options, parse_sigmas, resolve_device, resolve_models, show, styled, user_errors)
+                   model_options, parse_sigmas, resolve_device, resolve_models, show, styled, text_inputs,
+                   user_errors)
 
 
 def _progress_bar():
@@ -189,8 +190,8 @@ def sweep_command(
             adaptive=adaptive, chance=chance, max_images=max_images, units=units, sigma_map=allocation)
         options = model_options(pretrained, weights, num_classes, model_arg)
         if tokenizer is not None:
-            nets, dataset, provenance = _text_inputs(model, options, data, tokenizer, seq_len, batch_size, max_images,
-                                                     seed)
+            nets, dataset, provenance = text_inputs(model, options, data, tokenizer, seq_len, batch_size, max_images,
+                                                    seed)
         elif synthetic:
             if data is not None or download:
                 raise typer.BadParameter("--synthetic generates its own data; leave out --data/--download")
@@ -221,32 +222,6 @@ def sweep_command(
         show(styled("Note:", "yellow", "model names have random weights; sweep a trained checkpoint "
                                        "(fxharden train) for a meaningful μ."), stderr=True)
     _print_result(result, files)
-
-
-def _text_inputs(names: List[str], options, data: Optional[Path], tokenizer: str, seq_len: int, batch_size: int,
-                 max_sequences: Optional[int], seed: int):
-    """Plain models (hardened by ``sweep`` with the first batch as torch.export's example) and
-    ``(ids, ids)`` batches of a text file: the text route of ``fxharden sweep``."""
-    import torch
-
-    from ..zoo.models import load_model
-    from ..zoo.text import text_batches
-
-    if data is None:
-        raise typer.BadParameter("--tokenizer needs --data: a UTF-8 text file")
-    from ..zoo.checkpoint import load_checkpoint
-
-    nets = []
-    for name in names:
-        if _is_checkpoint(name):
-            nets.append((name, load_checkpoint(name).model))  # hardened with its own config
-            continue
-        torch.manual_seed(seed)
-        nets.append((name, load_model(name, pretrained=options.pretrained, weights=options.weights,
-                                      num_classes=options.num_classes, model_args=options.model_args).model))
-    batches = text_batches(data, tokenizer, seq_len, batch_size, max_sequences)
-    count = sum(len(x) for x, _ in batches)
-    return nets, batches, {"data": f"text {data} ({count} sequences of {seq_len} tokens, tokenizer {tokenizer})"}
 
 
 def _read_allocation(path: Optional[Path], units: Optional[str]):

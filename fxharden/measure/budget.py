@@ -101,6 +101,8 @@ class BudgetResult:
     """``sensitivity`` (step 2) or ``uniform`` (the uniform allocation was cheaper)."""
     curves: Dict[str, List[Tuple[float, float, float]]] = field(default_factory=dict)
     """``{"allocation"|"uniform": [(t, mean accuracy, std error), ...]}`` of the verifying sweeps."""
+    metric: str = "top1"
+    """What was measured; other than top-1 the accuracies are fit scores (``budget``'s ``metric``)."""
 
     @property
     def drop(self) -> float:
@@ -123,11 +125,13 @@ class BudgetResult:
         """The allocation as a markdown table with the verification and cost summary."""
         total = sum(s.ops for s in self.sites) or 1
         u = self.units.value
-        lines = [f"Noise budget: accuracy drop ≤ {self.max_drop:g} from clean {self.clean_accuracy:.4f}; σ in "
+        what = "accuracy" if self.metric == "top1" else f"{self.metric} score (fit scale: 1 ideal, 0 floor)"
+        noun = "accuracy" if self.metric == "top1" else "score"
+        lines = [f"Noise budget: {what} drop ≤ {self.max_drop:g} from clean {self.clean_accuracy:.4f}; σ in "
                  f"{u} units; cost E = Σ ops/σ² (protected sites at σ_d = {self.digital_sigma:.4g}).", "",
-                 f"- allocation ({self.shape} shape): measured accuracy {self.accuracy:.4f} (drop {self.drop:.4f}), "
+                 f"- allocation ({self.shape} shape): measured {noun} {self.accuracy:.4f} (drop {self.drop:.4f}), "
                  f"equivalent uniform σ {self.scale:.4g}, cost {self.cost:.4g}",
-                 f"- best uniform σ {self.uniform_sigma:.4g}: measured accuracy {self.uniform_accuracy:.4f}, "
+                 f"- best uniform σ {self.uniform_sigma:.4g}: measured {noun} {self.uniform_accuracy:.4f}, "
                  f"cost {self.uniform_cost:.4g}",
                  f"- cost ratio (allocation / uniform): {self.cost_ratio:.3g}",
                  f"- protected (digital): {', '.join(self.protected) or 'none'}", "",
@@ -155,7 +159,8 @@ class BudgetResult:
                     "cost_ratio": self.cost_ratio})}
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"max_drop": self.max_drop, "units": self.units.value, "clean_accuracy": self.clean_accuracy,
+        return {"max_drop": self.max_drop, "metric": self.metric, "units": self.units.value,
+                "clean_accuracy": self.clean_accuracy,
                 "scale": self.scale, "accuracy": self.accuracy, "drop": self.drop,
                 "uniform_sigma": self.uniform_sigma, "uniform_accuracy": self.uniform_accuracy, "cost": self.cost,
                 "uniform_cost": self.uniform_cost, "cost_ratio": self.cost_ratio,
@@ -166,7 +171,8 @@ class BudgetResult:
 
 def budget(model: ModelLike, data: Any, max_drop: float, *, config: Optional[SweepConfig] = None,
            profile: Optional[SweepResult] = None, cost: CostModel = CostModel(), protect: bool = True,
-           grid_points: int = 9, progress: Optional[Callable[[str, int, int], None]] = None) -> BudgetResult:
+           grid_points: int = 9, progress: Optional[Callable[[str, int, int], None]] = None,
+           metric: Any = "top1") -> BudgetResult:
     """Find and verify a per-site noise allocation (module doc).
 
     Args:
@@ -185,6 +191,9 @@ def budget(model: ModelLike, data: Any, max_drop: float, *, config: Optional[Swe
         grid_points: points of the first log grid of each scale search.
         progress: called as ``progress(phase, done, total)`` while each sweep runs (images of
             that sweep); phases ``"per-layer profile"``, ``"allocation search"``, ``"uniform search"``.
+        metric: what every sweep measures (``sweep``'s ``metric``); other than top-1 the
+            accuracies and ``max_drop`` are in its fit scale (1 at the ideal value, 0 at the
+            floor: for perplexity, on the log scale between 1 and the vocabulary size).
 
     Raises:
         ValueError: a bad ``max_drop`` or a profile that is not a per-layer sweep of the model.
@@ -194,11 +203,12 @@ def budget(model: ModelLike, data: Any, max_drop: float, *, config: Optional[Swe
         raise ValueError(f"max_drop is the allowed accuracy drop from clean as a fraction in [0, 1) (0.01 = one "
                          f"percentage point), got {max_drop!r}")
     base = replace(config or SweepConfig(), sigmas=None, sigma_map=None, sites=None, mode=SweepMode.GLOBAL)
-    (_, hm), = resolve_networks(model)
+    evaluated = EvalData(data, 1, 1, torch.device("cpu"))
+    (_, hm), = resolve_networks(model, example_inputs=evaluated.example())  # torch.export for models fx cannot trace
     sites = noise_sites(hm)
     given = profile is not None
     if not given:
-        profile = sweep(hm, data, config=replace(base, mode=SweepMode.PER_LAYER, adaptive=True),
+        profile = sweep(hm, data, config=replace(base, mode=SweepMode.PER_LAYER, adaptive=True), metric=metric,
                         progress=_phase(progress, "per-layer profile"))
     else:
         _check_profile(profile, hm, data, base)
@@ -226,10 +236,11 @@ def budget(model: ModelLike, data: Any, max_drop: float, *, config: Optional[Swe
     shape = {s: raw.get(s, 0.0) * norm for s in sites}
     d_sigma = cost.digital_sigma or floor
     # the reference: this model on these data (a given profile's own clean accuracy is not used)
-    clean = _clean_accuracy(hm, data, base) if given else profile.clean_accuracy
+    clean = _clean_accuracy(hm, data, base, metric) if given else profile.clean_accuracy
     t, acc, curve = _search(hm, data, base, shape, clean, max_drop, grid_points,
-                            _phase(progress, "allocation search"))
-    tu, accu, ucurve = _search(hm, data, base, None, clean, max_drop, grid_points, _phase(progress, "uniform search"))
+                            _phase(progress, "allocation search"), metric)
+    tu, accu, ucurve = _search(hm, data, base, None, clean, max_drop, grid_points, _phase(progress, "uniform search"),
+                               metric)
     uniform_cost = allocation_cost(ops, {s: tu for s in sites}, d_sigma) if math.isfinite(tu) else math.inf
     if not math.isfinite(t) and not math.isfinite(tu):
         raise BudgetError(f"no allocation keeps the accuracy drop within {max_drop:g} at the smallest scale "
@@ -244,13 +255,14 @@ def budget(model: ModelLike, data: Any, max_drop: float, *, config: Optional[Swe
     table = [SiteBudget(s, profile.site_kinds.get(s, ""), ops[s], mu[s], alloc[s], alloc[s] == 0,
                         f"fails alone {failing[s]}" if s in failing and alloc[s] == 0 else "") for s in sites]
     return BudgetResult(max_drop, base.units, clean, table, t, acc, tu, accu, alloc_cost, uniform_cost, d_sigma, kind,
-                        {"allocation": curve, "uniform": ucurve})
+                        {"allocation": curve, "uniform": ucurve}, metric=profile.metric)
 
 
-def _clean_accuracy(hm, data, base: SweepConfig) -> float:
+def _clean_accuracy(hm, data, base: SweepConfig, metric: Any = "top1") -> float:
     """Accuracy of ``hm`` on ``data`` without noise (a sweep's clean pass; its one point at
     the smallest σ is a by-product)."""
-    return sweep(hm, data, config=replace(base, sigmas=(base.sigma_min,), adaptive=False, repeats=1)).clean_accuracy
+    return sweep(hm, data, config=replace(base, sigmas=(base.sigma_min,), adaptive=False, repeats=1),
+                 metric=metric).clean_accuracy
 
 
 def _check_profile(profile: SweepResult, hm, data: Any, base: SweepConfig) -> None:
@@ -326,7 +338,7 @@ def _phase(progress: Optional[Callable[[str, int, int], None]], name: str) -> Op
 
 
 def _search(hm, data, base: SweepConfig, shape: Optional[Dict[str, float]], clean: float, max_drop: float,
-            points: int, progress: Optional[Callable[[int, int], None]] = None
+            points: int, progress: Optional[Callable[[int, int], None]] = None, metric: Any = "top1"
             ) -> Tuple[float, float, List[Tuple[float, float, float]]]:
     """The largest measured scale whose drop (+2 standard errors) stays within ``max_drop``
     (below the first that does not), verified with fresh draws: a log grid over sigma_min..sigma_max (extended down to
@@ -341,7 +353,7 @@ def _search(hm, data, base: SweepConfig, shape: Optional[Dict[str, float]], clea
     refinements = 0
     while refinements < 2:
         cfg = replace(base, sigmas=tuple(grid), adaptive=False, sigma_map=shape)
-        res = sweep(hm, data, config=cfg, progress=progress)
+        res = sweep(hm, data, config=cfg, progress=progress, metric=metric)
         for p in res.site_points(None):
             measured[p.sigma] = (p.mean, _noise_se(p))
         ts = sorted(measured)
@@ -360,7 +372,7 @@ def _search(hm, data, base: SweepConfig, shape: Optional[Dict[str, float]], clea
     for best in reversed(ts[:fail]):  # verify with fresh draws: the search picked a lucky point as often as not
         cfg = replace(base, sigmas=(best,), adaptive=False, sigma_map=shape, repeats=VERIFY_REPEATS * base.repeats,
                       seed=base.seed + 1)
-        point = sweep(hm, data, config=cfg, progress=progress).site_points(None)[0]
+        point = sweep(hm, data, config=cfg, progress=progress, metric=metric).site_points(None)[0]
         if clean - point.mean <= max_drop:
             return best, point.mean, curve
     return math.nan, math.nan, curve
