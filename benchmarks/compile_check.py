@@ -7,7 +7,9 @@ noise and the seed change between calls and a few training steps run (one frame 
 means no recompilation); with ``--time``, the
 eval forward of the eager and the compiled model (median of ``--reps``).
 
-Run:  python benchmarks/compile_check.py [--device cpu|cuda] [--models lenet5,resnet18,vit]
+``llama`` is a small Hugging Face Llama (random init) hardened through torch.export.
+
+Run:  python benchmarks/compile_check.py [--device cpu|cuda] [--models lenet5,resnet18,vit,llama]
           [--backend inductor|aot_eager|eager] [--time --reps 20]
 """
 
@@ -33,15 +35,25 @@ def build(name: str, device: torch.device):
     if name == "resnet18":
         import torchvision
         return torchvision.models.resnet18(num_classes=10).to(device), torch.randn(16, 3, 32, 32, device=device)
+    if name == "llama":
+        from transformers import LlamaConfig, LlamaForCausalLM
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                             num_attention_heads=4, num_key_value_heads=2)).to(device)
+        return model, {"input_ids": torch.randint(0, 256, (4, 32), device=device)}
     import timm
     model = timm.create_model("test_vit" if name == "vit" else name, pretrained=False, num_classes=10).to(device)
     return model, torch.randn(4, 3, *model.default_cfg["input_size"][1:], device=device)
 
 
+def call(model, x):
+    """The model's logits on ``x`` (a dict of keyword inputs for language models)."""
+    return model(**x).logits if isinstance(x, dict) else model(x)
+
+
 def explain(hm, x, train: bool) -> str:
     hm.train(train)
     with torch.set_grad_enabled(train):
-        ex = dynamo.explain(hm)(x)
+        ex = dynamo.explain(hm)(**x) if isinstance(x, dict) else dynamo.explain(hm)(x)
     reasons = Counter(str(r.reason).split("\n")[0][:100] for r in ex.break_reasons)
     top = "; ".join(f"{n}x {r}" for r, n in reasons.most_common(3))
     return f"graphs {ex.graph_count}, breaks {ex.graph_break_count}" + (f" ({top})" if top else "")
@@ -65,35 +77,36 @@ def main() -> None:
     print(f"torch {torch.__version__}, device {device}, backend {args.backend}")
     for name in args.models.split(","):
         model, x = build(name, device)
-        hm = fxharden.harden(model, bits=8, sigma=0.1).eval()
+        hm = fxharden.harden(model, bits=8, sigma=0.1, example_inputs=x if isinstance(x, dict) else None).eval()
         fxharden.calibrate_quantizers(hm, [x])
-        print(f"{name}: eval {explain(hm, x, False)}; train {explain(hm, x, True)}")
+        route = fxharden.harden_report(hm).frontend
+        print(f"{name} ({route}): eval {explain(hm, x, False)}; train {explain(hm, x, True)}")
         dynamo.reset()
         counters.clear()
         hm.eval()
         cm = torch.compile(hm, backend=args.backend)
         t = time.perf_counter()
         with torch.no_grad():
-            cm(x)
+            call(cm, x)
             first = time.perf_counter() - t
             fxharden.set_noise(hm, 0.3)
-            cm(x)
+            call(cm, x)
             fxharden.set_noise(hm, {s: 0.01 * i for i, s in enumerate(fxharden.noise_sites(hm))})
-            cm(x)
+            call(cm, x)
             fxharden.seed_noise(hm, 1)
-            cm(x)
+            call(cm, x)
         line = f"    compiled eval (first call {first:.1f} s), sigma/seed changed 3 times: {frames()}"
         hm.train()
         opt = torch.optim.SGD(hm.parameters(), lr=1e-3)
         for i in range(3):
             opt.zero_grad()
-            cm(x).float().logsumexp(1).mean().backward()
+            call(cm, x).float().logsumexp(-1).mean().backward()
             opt.step()
             fxharden.set_noise(hm, 0.1 + 0.05 * i)
             fxharden.seed_noise(hm, i)
         hm.eval()
         with torch.no_grad():
-            cm(x)
+            call(cm, x)
         print(line + f"; after 3 train steps and back to eval: {frames()}")
         if args.time:
             def med(fn):
@@ -106,8 +119,9 @@ def main() -> None:
                     ts.append(time.perf_counter() - t)
                 return statistics.median(ts) * 1e3
             with torch.no_grad():
-                eager, compiled = med(lambda: hm(x)), med(lambda: cm(x))
-            print(f"    eval forward, batch {x.shape[0]}: eager {eager:.2f} ms, compiled {compiled:.2f} ms")
+                eager, compiled = med(lambda: call(hm, x)), med(lambda: call(cm, x))
+            batch = len(next(iter(x.values())) if isinstance(x, dict) else x)
+            print(f"    eval forward, batch {batch}: eager {eager:.2f} ms, compiled {compiled:.2f} ms")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ median is reported), so machine-load drift affects all variants alike. Variants:
 * plain       the fp32 model
 * noise       ``harden(bits=None, sigma=0.1)``: Gaussian noise after every layer
 * q8+noise    ``harden(bits=8, scale=1.0, sigma=0.1)``: the paper's placement
+* q8+noise export  the same through the torch.export frontend (an ATen-level graph)
 * naive       ``x + randn_like(x) * sigma`` and a fake-quant after every node (the baseline
               a user writes by hand), built with the same tracer
 * brevitas    Brevitas 8-bit model with a noise module after every layer (when installed):
@@ -219,6 +220,8 @@ def main() -> None:
             "plain": model,
             "noise": fxharden.harden(model, bits=None, sigma=0.1),
             "q8+noise": fxharden.harden(model, bits=8, scale=1.0, sigma=0.1),
+            "q8+noise export": fxharden.harden(model, bits=8, scale=1.0, sigma=0.1, frontend="export",
+                                               example_inputs=(x,)),
             FROZEN: fxharden.harden(model, bits=8, scale=1.0, sigma=0.1),
             "naive": naive(model, 0.1),
         }
