@@ -93,6 +93,28 @@ def overhead_rows(table: Table, sizes: Sizes, device: torch.device, sync) -> Non
                       f"{res['q8+noise'][0]:.2f}x", cells + ("" if bm is not None else f"; no brevitas: {why}"))
 
 
+def bf16_rows(table: Table, sizes: Sizes, device: torch.device, sync) -> None:
+    """ResNet-18 eval and train step under bf16 autocast: sites handing on float32 (the
+    default) against sites rounding once to bf16 (``NoiseConfig.autocast_output="input"``)."""
+    from fxharden import HardenConfig, NoiseConfig, QuantConfig
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).to(device).to(memory_format=torch.channels_last)
+    x = torch.randn(sizes.resnet_batch, 3, sizes.image, sizes.image, device=device).to(
+        memory_format=torch.channels_last)
+    q8 = QuantConfig(bits=8, scale=1.0)
+    variants = {"plain": model, "q8+noise": fxharden.harden(model, bits=8, scale=1.0, sigma=0.1),
+                "q8+noise bf16 out": fxharden.harden(model, config=HardenConfig(quant=q8, noise=NoiseConfig(
+                    sigma=0.1, autocast_output="input")))}
+    for train_step in (False, True):
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            res = overhead.compare(variants, x, sizes.reps, train_step, sync, sizes.warmup)
+        step = "train" if train_step else "eval"
+        cells = ", ".join(f"{k} {r:.2f}x" for k, (r, _) in res.items() if k != "plain")
+        table.add("bf16", f"resnet18 {sizes.image}px b{sizes.resnet_batch} {step}, bf16 autocast, channels_last "
+                  f"(plain {res['plain'][1] * 1e3:.2f} ms)", f"{res['q8+noise bf16 out'][0]:.2f}x", cells)
+
+
 def sweep_rows(table: Table, sizes: Sizes, device: torch.device, data, sync) -> None:
     for name, build in (("lenet5", LeNet5), ("resnet18", lambda: torchvision.models.resnet18(num_classes=10))):
         torch.manual_seed(0)
@@ -146,6 +168,16 @@ def noise_rows(table: Table, sizes: Sizes, device: torch.device) -> None:
         kurt = float(((d - mean) ** 4).mean()) / var ** 2 if var > 0 else float("nan")
         table.add("noise", f"bf16 x={level:g}, sigma={sigma}: std/sigma, kurtosis", f"{math.sqrt(var):.4f}",
                   f"mean {mean:+.4f}, kurtosis {kurt:.3f} (N(0,1): 1, 3), output dtype {out.dtype}")
+    spacing = 2.0 ** -7  # bf16 at 1.5; rounded once (autocast_output="input"): variance sigma^2 + D^2/12
+    for sigma in (4 * spacing, spacing / 8):
+        mod = Noise("check", seed=1, keep_float32=False)
+        mod.set_sigma(sigma)
+        x = torch.full((n,), 1.5, device=device, dtype=torch.bfloat16)
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            out = mod(x)
+        want = math.sqrt(sigma ** 2 + spacing ** 2 / 12) if sigma > spacing else 0.0
+        table.add("noise", f"bf16 out, x=1.5, sigma={sigma:.3g}: realised std", f"{float((out.double() - 1.5).std()):.3g}",
+                  f"closed form {want:.3g} (sigma >> spacing 2^-7) or ~0 (sigma << spacing); dtype {out.dtype}")
 
 
 def main() -> None:
@@ -170,6 +202,7 @@ def main() -> None:
     table, t0 = Table(), time.perf_counter()
     noise_rows(table, sizes, device)
     overhead_rows(table, sizes, device, sync)
+    bf16_rows(table, sizes, device, sync)
     sweep_rows(table, sizes, device, test_set, sync)
     train_rows(table, sizes, device, train_set)
     table.add("total", "wall time", f"{time.perf_counter() - t0:.0f} s")

@@ -20,6 +20,7 @@ __all__ = [
     "Scaling",
     "Frontend",
     "SiteKind",
+    "AutocastOutput",
     "WeightNoiseKind",
     "QuantConfig",
     "NoiseConfig",
@@ -181,6 +182,21 @@ class QuantConfig:
         return self.weight_bits if self.weight_bits is not None else self.bits
 
 
+class AutocastOutput(str, Enum):
+    """The dtype of a noise site's output under bf16/fp16 autocast (the noise is drawn and
+    added in float32 either way; without autocast a site returns its input's dtype)."""
+
+    FLOAT32 = "float32"
+    """float32: noise far below the low precision's spacing of an activation is kept (bf16
+    keeps 8 significant bits: at 100 its spacing is 0.5), and the layers after the site read
+    float32 until the next matmul casts to bf16."""
+    INPUT = "input"
+    """The input's dtype (bf16 where autocast computed the layer in bf16): rounded once, so the
+    activations stay bf16 as in the plain model under autocast (half the memory traffic), and
+    noise much smaller than the spacing of an activation is rounded away: the realised noise
+    has variance ``σ² + Δ²/12`` for ``σ ≳ Δ`` (spacing ``Δ``) and vanishes for ``σ ≪ Δ``."""
+
+
 @dataclass(frozen=True)
 class NoiseConfig:
     """Noise on layer outputs, by default additive Gaussian ``N(0, sigma^2)`` (paper Fig. 1).
@@ -198,9 +214,12 @@ class NoiseConfig:
     model: NoiseKind = NoiseKind.ADDITIVE
     """The noise model at every site: ``ADDITIVE`` ``x + σε`` (the paper), ``RELATIVE``
     ``x + σ·rms·ε`` or ``MULTIPLICATIVE`` ``x(1 + σε)`` (see ``NoiseKind``)."""
+    autocast_output: AutocastOutput = AutocastOutput.FLOAT32
+    """The dtype a site hands on under bf16/fp16 autocast (``AutocastOutput``)."""
 
     def __post_init__(self) -> None:
         check_sigma(self.sigma)
+        object.__setattr__(self, "autocast_output", AutocastOutput(self.autocast_output))
         object.__setattr__(self, "kinds", frozenset(SiteKind(k) for k in self.kinds))
         object.__setattr__(self, "model", parse_kind(self.model, ACTIVATION_NOISE_KINDS))
 
@@ -410,7 +429,8 @@ def config_to_dict(cfg: HardenConfig) -> dict:
             "quantize_weights": q.quantize_weights,
         },
         "noise": {"sigma": cfg.noise.sigma, "kinds": sorted(k.value for k in cfg.noise.kinds),
-                  "seed": cfg.noise.seed, "model": cfg.noise.model.value},
+                  "seed": cfg.noise.seed, "model": cfg.noise.model.value,
+                  "autocast_output": cfg.noise.autocast_output.value},
         **{name: None if getattr(cfg, name) is None else asdict(getattr(cfg, name))
            for name in ("adc", "dac", "weight_faults", "weight_drift")},
         "weight_noise": {"kind": cfg.weight_noise.kind.value, "sigma": cfg.weight_noise.sigma,
@@ -441,7 +461,8 @@ def config_from_dict(data: Mapping[str, Any]) -> HardenConfig:
         return HardenConfig(
             quant=None if q is None else QuantConfig(**{**q, "scaling": Scaling(q["scaling"])}),
             noise=NoiseConfig(sigma=data["noise"]["sigma"], kinds=frozenset(data["noise"]["kinds"]),
-                              seed=data["noise"].get("seed", 0), model=data["noise"].get("model", "additive")),
+                              seed=data["noise"].get("seed", 0), model=data["noise"].get("model", "additive"),
+                              autocast_output=data["noise"].get("autocast_output", "float32")),
             adc=dataclass_from_dict(ConverterConfig, data.get("adc")),
             dac=dataclass_from_dict(ConverterConfig, data.get("dac")),
             weight_faults=dataclass_from_dict(WeightFaultConfig, data.get("weight_faults")),

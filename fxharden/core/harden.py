@@ -13,7 +13,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 import torch
 from torch import fx, nn
 
-from .config import Frontend, HardenConfig, Scaling, SiteKind, WeightNoiseKind
+from .config import AutocastOutput, Frontend, HardenConfig, Scaling, SiteKind, WeightNoiseKind
 from .export import ExportError, capture_export
 from .hardened import HardenedModule, HardenReport, SiteInfo, build_hardened
 from .layers import HARDENED_LAYERS, HardenedCall, can_harden_weights, harden_layer, weight_axis
@@ -304,7 +304,8 @@ def _output_quant(config: HardenConfig, kind: SiteKind, signed: bool) -> ActQuan
 
 def _output_noise(config: HardenConfig, site: str) -> Noise:
     """The noise module of a site's output (either route)."""
-    return Noise(site, config.noise.seed, kind=config.noise.model)
+    return Noise(site, config.noise.seed, kind=config.noise.model,
+                 keep_float32=config.noise.autocast_output is AutocastOutput.FLOAT32)
 
 
 def _converts(kind: SiteKind, noisy: bool, quantize_weights: bool) -> bool:

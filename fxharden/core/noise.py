@@ -152,8 +152,10 @@ class Noise(nn.Module):
 
     Sigma is a scalar or one value per batch group (see the module doc). Noise is generated
     and added in float32 (or float64) at the site: under bf16/fp16 autocast the site's output
-    is upcast to float32, so small noise on large activations is not rounded away; without
-    autocast a half/bfloat16 input gets its noisy output back in its own dtype.
+    stays float32 (``keep_float32``), so small noise on large activations is not rounded away,
+    or is rounded once to the input's dtype (``keep_float32=False``: activations stay bf16, see
+    ``AutocastOutput``); without autocast a half/bfloat16 input gets its noisy output back in
+    its own dtype.
 
     Under ``torch.compile`` the normals (or uniforms) come from ``counter_rng`` keyed by the
     ``stream_key`` and ``calls`` buffers instead of the generator, and sigma from its buffer:
@@ -167,10 +169,14 @@ class Noise(nn.Module):
         relative: additive only: the standard deviation is ``sigma * max|x|`` of the tensor
             the noise is added to (Noisy Machines' convention for weights).
         zero_fraction: ``STUCK`` only: share of the faulty elements stuck at 0.
+        keep_float32: under autocast, hand on the float32 result (default) instead of the
+            input's dtype (``HardenConfig.noise.autocast_output``).
     """
 
+    keep_float32 = True  # the class default: modules pickled before the attribute existed keep it
+
     def __init__(self, site: str, seed: int = 0, kind=NoiseKind.ADDITIVE, relative: bool = False,
-                 zero_fraction: float = 0.5) -> None:
+                 zero_fraction: float = 0.5, keep_float32: bool = True) -> None:
         super().__init__()
         if kind is WeightNoiseKind.NONE:
             raise ValueError("Noise needs a noise model, not WeightNoiseKind.NONE")
@@ -179,6 +185,7 @@ class Noise(nn.Module):
             raise ValueError("relative=True (sigma * max|x|) is defined for the additive kind only")
         self.site, self.seed, self.kind, self.relative = site, int(seed), kind, bool(relative)
         self.zero_fraction = float(zero_fraction)
+        self.keep_float32 = bool(keep_float32)
         self.register_buffer("sigma", torch.tensor(0.0))
         self.register_buffer("rms", torch.tensor(-1.0))  # -1: not calibrated (compares equal, unlike NaN)
         self._register_stream_buffers()
@@ -384,9 +391,9 @@ class Noise(nn.Module):
                 "fxharden.calibrate_noise(model, data) once on clean data (fxharden.sweep does it for you)")
         x32 = x if x.dtype in (torch.float32, torch.float64) else x.float()
         y = self._noisy(x32, fresh=x32 is not x)
-        if x32 is x or torch.is_autocast_enabled(x.device.type):
+        if x32 is x or (self.keep_float32 and torch.is_autocast_enabled(x.device.type)):
             return y  # under autocast the float32 result keeps noise that the low precision would round away
-        return y.to(x.dtype)  # a half/bfloat16 model without autocast: its next layer takes its own dtype
+        return y.to(x.dtype)  # rounded once: a half/bfloat16 model, or bf16 activations under autocast
 
     def _forward_compiled(self, x: Tensor) -> Tensor:
         """The forward under ``torch.compile`` (module doc): tensors only, nothing the host
@@ -407,7 +414,7 @@ class Noise(nn.Module):
             y = self._inject_tensor(x32, eps, sigma)
         with torch.no_grad():
             self.calls.add_(1)
-        if x32 is x or torch.is_autocast_enabled(x.device.type):
+        if x32 is x or (self.keep_float32 and torch.is_autocast_enabled(x.device.type)):
             return y
         return y.to(x.dtype)
 

@@ -395,3 +395,52 @@ def test_weight_draws_follow_the_draw_indices_and_shared_weights_run_once(monkey
                       for r, (s, d) in enumerate(zip(sigmas, draws))])
     torch.testing.assert_close(got, want)
     assert calls == [4, 2, 4, 2]  # groups (0, 1), 2, (3, 4) and 5
+
+
+def test_autocast_output_input_rounds_once_to_bf16_with_the_closed_form_spread():
+    """AutocastOutput.INPUT: under bf16 autocast a site hands on bf16 (rounded once). On values
+    of 1.5 (bf16 spacing D = 2**-7) the realised noise of a bf16 rounding of 1.5 + s*eps has
+    variance s^2 + D^2/12 for s = 4D, and is almost all rounded away for s = D/8; the default
+    (FLOAT32) keeps s exactly. (1.5: in the middle of [1, 2), whose spacing is D on both sides.)"""
+    spacing = 2.0 ** -7
+    x = torch.full((2_000_000,), 1.5, dtype=torch.bfloat16)
+    for sigma, want in ((4 * spacing, math.sqrt((4 * spacing) ** 2 + spacing ** 2 / 12)), (spacing / 8, None)):
+        fast, kept = Noise("a", seed=3, keep_float32=False), Noise("a", seed=3)
+        for m in (fast, kept):
+            m.set_sigma(sigma)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y_fast, y_kept = fast(x), kept(x)
+        assert y_fast.dtype == torch.bfloat16 and y_kept.dtype == torch.float32
+        assert torch.equal(y_fast, y_kept.to(torch.bfloat16))  # the same draw, rounded once
+        spread = float((y_fast.double() - 1.5).std())
+        if want is not None:
+            assert spread == pytest.approx(want, rel=0.01)
+        else:
+            assert spread < sigma / 4  # far below the spacing: rounded away (the caveat)
+        assert float((y_kept.double() - 1.5).std()) == pytest.approx(sigma, rel=0.01)
+
+
+def test_a_hardened_model_keeps_bf16_activations_with_autocast_output_input():
+    from fxharden import AutocastOutput, HardenConfig, NoiseConfig
+    from fxharden.core.config import config_from_dict, config_to_dict
+
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    cfg = HardenConfig(noise=NoiseConfig(sigma=0.05, autocast_output="input"))
+    assert config_from_dict(config_to_dict(cfg)).noise.autocast_output is AutocastOutput.INPUT
+    seen = []
+    hm = fxharden.harden(model, config=cfg).eval()
+    for m in hm.modules():
+        if isinstance(m, Noise):
+            m.register_forward_hook(lambda mod, args, out: seen.append(out.dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        hm(torch.randn(4, 8))
+    # the float32 input stays float32; every layer autocast ran in bf16 hands on bf16
+    assert seen[0] == torch.float32 and len(seen) == 4 and set(seen[1:]) == {torch.bfloat16}
+    seen.clear()
+    default = fxharden.harden(model, sigma=0.05).eval()
+    for m in default.modules():
+        if isinstance(m, Noise):
+            m.register_forward_hook(lambda mod, args, out: seen.append(out.dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        default(torch.randn(4, 8))
+    assert set(seen) == {torch.float32}  # the default keeps float32 after every site
