@@ -444,3 +444,24 @@ def test_a_hardened_model_keeps_bf16_activations_with_autocast_output_input():
     with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
         default(torch.randn(4, 8))
     assert set(seen) == {torch.float32}  # the default keeps float32 after every site
+
+
+def test_channels_last_models_stay_channels_last():
+    """Every quantizer and noise output of a channels_last ResNet-18 is channels_last, with and
+    without autograd: a site never makes the next convolution convert the layout back."""
+    import torchvision
+
+    from fxharden.core.quant import ActQuant
+
+    model = torchvision.models.resnet18(num_classes=10).eval().to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 32, 32).to(memory_format=torch.channels_last)
+    hm = fxharden.harden(model, bits=8, sigma=0.1).eval()
+    layouts = []
+    for mod in hm.modules():
+        if isinstance(mod, (Noise, ActQuant)):
+            mod.register_forward_hook(lambda m, a, out: layouts.append(
+                out.is_contiguous(memory_format=torch.channels_last) if out.dim() == 4 else True))
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            hm(x)
+    assert len(layouts) > 50 and all(layouts)
