@@ -1,6 +1,12 @@
 """One-go device check: overhead ratios, sweep cost, a short bf16 noisy-QAT run of ResNet-18,
 and the statistics of injected noise under autocast, printed as one table.
 
+Rows: noise statistics; eval and train overhead of LeNet-5 and ResNet-18 (plain, noise only,
+8-bit + noise, naive hooks, Brevitas when installed); ResNet-18 under bf16 autocast with both
+``autocast_output`` settings; ResNet-50 224 and ViT-S/16 224 (bf16) eval; ResNet-18 eval and
+train step with ``torch.compile`` on both sides; sweep points against a plain pass; the CLI's
+training loop (``fxharden.train``) against a bare loop of the same hardened steps.
+
 Sizes: ``--device cuda`` (default when a GPU is present) runs the full sizes in a few minutes;
 ``--device cpu`` runs tiny sizes end to end (the CI test), so the script is known to work
 before a GPU is lent. Real CIFAR-10 through $FXHARDEN_DATA when present, else generated images.
@@ -49,12 +55,20 @@ class Sizes:
     warmup: int
     image: int
     """Side of the (square) ResNet-18 input in the overhead rows (LeNet-5 needs 32)."""
+    big_batch: int
+    big_image: int
+    """Batch and side of the ResNet-50 and ViT-S rows (224 on a GPU)."""
+    compile_backend: str
+    """``torch.compile`` backend of the compiled rows (Inductor on a GPU; on the CPU a cheap one,
+    to run the code path: Inductor compiles a hardened ResNet-18 for minutes on 2 cores)."""
 
 
 FULL = Sizes(lenet_batch=1024, resnet_batch=256, reps=20, sweep_images=4096, sweep_batch=512, train_images=20_000,
-             train_steps=300, noise_elements=10_000_000, warmup=3, image=32)
+             train_steps=300, noise_elements=10_000_000, warmup=3, image=32, big_batch=128, big_image=224,
+             compile_backend="inductor")
 TINY = Sizes(lenet_batch=32, resnet_batch=2, reps=1, sweep_images=16, sweep_batch=8, train_images=16,
-             train_steps=1, noise_elements=100_000, warmup=1, image=16)
+             train_steps=1, noise_elements=100_000, warmup=1, image=16, big_batch=1, big_image=64,
+             compile_backend="eager")
 
 
 class Table:
@@ -113,6 +127,91 @@ def bf16_rows(table: Table, sizes: Sizes, device: torch.device, sync) -> None:
         cells = ", ".join(f"{k} {r:.2f}x" for k, (r, _) in res.items() if k != "plain")
         table.add("bf16", f"resnet18 {sizes.image}px b{sizes.resnet_batch} {step}, bf16 autocast, channels_last "
                   f"(plain {res['plain'][1] * 1e3:.2f} ms)", f"{res['q8+noise bf16 out'][0]:.2f}x", cells)
+
+
+def big_rows(table: Table, sizes: Sizes, device: torch.device, sync) -> None:
+    """ResNet-50 (fp32) and ViT-S/16 (bf16 autocast) eval at 224 px."""
+    import timm
+
+    from fxharden import HardenConfig, NoiseConfig
+
+    side, batch = sizes.big_image, sizes.big_batch
+    torch.manual_seed(0)
+    r50 = torchvision.models.resnet50(num_classes=1000).to(device)
+    x = torch.randn(batch, 3, side, side, device=device)
+    res = overhead.compare({"plain": r50, "q8+noise": fxharden.harden(r50, bits=8, scale=1.0, sigma=0.1),
+                            "naive": overhead.naive(r50, 0.1)}, x, sizes.reps, False, sync, sizes.warmup)
+    table.add("overhead", f"resnet50 {side}px b{batch} eval (plain {res['plain'][1] * 1e3:.2f} ms)",
+              f"{res['q8+noise'][0]:.2f}x", f"naive {res['naive'][0]:.2f}x; target <= 1.5x")
+    vit = timm.create_model("vit_small_patch16_224", pretrained=False, img_size=side).to(device)
+    bf16_out = HardenConfig.from_shorthand(bits=8, scale=None).replace(
+        noise=NoiseConfig(sigma=0.1, autocast_output="input"))
+    variants = {"plain": vit, "q8+noise": fxharden.harden(vit, bits=8, scale=None, sigma=0.1),
+                "q8+noise bf16 out": fxharden.harden(vit, config=bf16_out)}
+    for net in list(variants.values())[1:]:
+        fxharden.calibrate_quantizers(net, [x])
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        res = overhead.compare(variants, x, sizes.reps, False, sync, sizes.warmup)
+    table.add("overhead", f"vit_small_patch16 {side}px b{batch} eval bf16 (plain {res['plain'][1] * 1e3:.2f} ms)",
+              f"{res['q8+noise'][0]:.2f}x", f"bf16 out {res['q8+noise bf16 out'][0]:.2f}x; target <= 1.5x")
+
+
+def compiled_rows(table: Table, sizes: Sizes, device: torch.device, sync) -> None:
+    """ResNet-18 eval and train step with ``torch.compile`` on both sides (the hardened model
+    compiles to one graph: ``benchmarks/compile_check.py``)."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).to(device)
+    x = torch.randn(sizes.resnet_batch, 3, sizes.image, sizes.image, device=device)
+    hm = fxharden.harden(model, bits=8, scale=1.0, sigma=0.1)
+    fxharden.calibrate_quantizers(hm, [x])  # statistics-based steps are fixed before compiling
+    variants = {"plain": torch.compile(model, backend=sizes.compile_backend),
+                "q8+noise": torch.compile(hm, backend=sizes.compile_backend)}
+    for train_step in (False, True):
+        t = time.perf_counter()
+        res = overhead.compare(variants, x, sizes.reps, train_step, sync, sizes.warmup)
+        step = "train" if train_step else "eval"
+        table.add("compiled", f"resnet18 {sizes.image}px b{sizes.resnet_batch} {step}, both compiled "
+                  f"(plain {res['plain'][1] * 1e3:.2f} ms)", f"{res['q8+noise'][0]:.2f}x",
+                  f"backend {sizes.compile_backend}, {time.perf_counter() - t:.0f} s with compilation; target <= 1.3x")
+
+
+def loop_rows(table: Table, sizes: Sizes, device: torch.device, train_set) -> None:
+    """``fxharden.train`` against a bare loop of the same hardened steps (Adam, bf16 autocast,
+    the same batches on the device): how much of the chip the training loop leaves unused."""
+    from fxharden.training.feed import on_device, training_batches
+
+    batch, steps = min(256, max(2, sizes.train_images // 2)), max(2, sizes.train_steps // 3)
+    cfg = TrainConfig(epochs=1, batch_size=batch, lr=1e-3, device=str(device), precision=Precision.BF16,
+                      train_sigma=0.05, max_steps=steps, eval_each_epoch=False)
+    torch.manual_seed(0)
+    hm = fxharden.harden(torchvision.models.resnet18(num_classes=10), bits=8, scale=None).to(device)
+    fxharden.set_noise(hm, 0.05)
+    data = on_device(train_set, device)
+    xs = [b for _, b in zip(range(steps), training_batches(data, batch, device, torch.Generator().manual_seed(0)))]
+    opt = torch.optim.Adam(hm.parameters(), lr=1e-3)
+    hm.train()
+
+    def bare() -> None:
+        for x, y in xs:
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                loss = torch.nn.functional.cross_entropy(hm(x).float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    bare()  # warm-up (calibration, allocator)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    bare()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    bare_rate = len(xs) * batch / (time.perf_counter() - t)
+    t = time.perf_counter()
+    res = train(hm, train_set, config=cfg)
+    cli_rate = res.steps * batch / (time.perf_counter() - t)
+    table.add("train", f"fxharden.train vs bare loop, resnet18 8-bit noisy b{batch} bf16",
+              f"{cli_rate / bare_rate:.2f}x", f"{cli_rate:,.0f} vs {bare_rate:,.0f} images/s; target >= 0.8x")
 
 
 def sweep_rows(table: Table, sizes: Sizes, device: torch.device, data, sync) -> None:
@@ -203,8 +302,11 @@ def main() -> None:
     noise_rows(table, sizes, device)
     overhead_rows(table, sizes, device, sync)
     bf16_rows(table, sizes, device, sync)
+    big_rows(table, sizes, device, sync)
+    compiled_rows(table, sizes, device, sync)
     sweep_rows(table, sizes, device, test_set, sync)
     train_rows(table, sizes, device, train_set)
+    loop_rows(table, sizes, device, train_set)
     table.add("total", "wall time", f"{time.perf_counter() - t0:.0f} s")
     table.print()
 
