@@ -55,3 +55,39 @@ def test_no_op_hardening_is_exact_on_the_device(name, device):
     out.float().sum().backward()
     assert torch.isfinite(out).all()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in hq.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "test_vit"])
+def test_export_frontend_is_exact_on_the_device(name, device):
+    """The torch.export route on the device: no-op output equal to the plain model there."""
+    model, x = build(name)
+    model, x = model.to(device).eval(), x.to(device)
+    he = fxharden.harden(model, frontend="export", example_inputs=(x,))
+    assert fxharden.harden_report(he).frontend == "export"
+    with torch.no_grad():
+        assert torch.equal(he(x), model(x))
+
+
+def test_a_language_model_through_export_on_the_device(device):
+    """A small Llama captured by torch.export on the device: no-op logits equal to the plain
+    model's there, a bf16 noisy 8-bit training step finite, and a perplexity sweep on the
+    device whose clean value matches the CPU's."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2)
+    model = transformers.LlamaForCausalLM(cfg).to(device).eval()
+    ids = torch.randint(0, 128, (4, 16), device=device)
+    he = fxharden.harden(model, example_inputs={"input_ids": ids})
+    assert fxharden.harden_report(he).frontend == "export"
+    with torch.no_grad():
+        assert torch.equal(he(input_ids=ids).logits, model(input_ids=ids, use_cache=False).logits)
+    hq = fxharden.harden(model, bits=8, scale=None, sigma=0.05, example_inputs={"input_ids": ids}).train()
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        logits = hq(input_ids=ids).logits
+    logits.float().logsumexp(-1).mean().backward()
+    assert torch.isfinite(logits).all()
+    batches = [(ids.cpu(), ids.cpu())]
+    on_device = fxharden.sweep(model, batches, metric="perplexity", sigmas=[0.01, 0.5], repeats=1, device=str(device))
+    on_cpu = fxharden.sweep(model.cpu(), batches, metric="perplexity", sigmas=[0.01, 0.5], repeats=1, device="cpu")
+    assert on_device.metric_info["clean_values"][0] == pytest.approx(on_cpu.metric_info["clean_values"][0], rel=1e-4)
