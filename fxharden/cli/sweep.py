@@ -167,6 +167,9 @@ def sweep_command(
     metric: MetricName = typer.Option(MetricName.TOP1, help="What to measure: top1 (the paper), top5, loss, "
                                       "perplexity or token_accuracy; μ is where it has fallen half way from its "
                                       "clean value to its floor (chance, ln V)."),
+    compile_backend: Optional[str] = typer.Option(None, "--compile", help="Measure with torch.compile and this "
+                                                  "backend (inductor: each site fused into the kernels around it; "
+                                                  "activation noise only). Default: eager."),
     tokenizer: Optional[str] = typer.Option(None, help="Text data: --data is a UTF-8 text file, cut into "
                                             "--seq-len token windows by this tokenizer (a Hugging Face tokenizer "
                                             "folder, or 'bytes'); for language models (hf:FOLDER)."),
@@ -187,7 +190,8 @@ def sweep_command(
             batch_size=batch_size, points_per_forward=points_per_forward, forward_images=forward_images,
             weight_draws=weight_draws, seed=seed,
             device=resolve_device(device),
-            adaptive=adaptive, chance=chance, max_images=max_images, units=units, sigma_map=allocation)
+            adaptive=adaptive, chance=chance, max_images=max_images, units=units, sigma_map=allocation,
+            compile_backend=compile_backend)
         options = model_options(pretrained, weights, num_classes, model_arg)
         if tokenizer is not None:
             nets, dataset, provenance = text_inputs(model, options, data, tokenizer, seq_len, batch_size, max_images,

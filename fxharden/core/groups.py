@@ -102,6 +102,7 @@ def locate_batch_dims(model: nn.Module, args: tuple, kwargs: Optional[Dict[str, 
     out = {}
     for m in mods:
         m.batch_dim = batch_dim_from_shapes(seen[m])
+        m.batch_dim_known = True
         out[m.site] = m.batch_dim
     return out
 

@@ -304,8 +304,10 @@ def _output_quant(config: HardenConfig, kind: SiteKind, signed: bool) -> ActQuan
 
 def _output_noise(config: HardenConfig, site: str) -> Noise:
     """The noise module of a site's output (either route)."""
-    return Noise(site, config.noise.seed, kind=config.noise.model,
-                 keep_float32=config.noise.autocast_output is AutocastOutput.FLOAT32)
+    noise = Noise(site, config.noise.seed, kind=config.noise.model,
+                  keep_float32=config.noise.autocast_output is AutocastOutput.FLOAT32)
+    noise.batch_dim_known = False  # located by groups.ensure_batch_dims before groups are used
+    return noise
 
 
 def _converts(kind: SiteKind, noisy: bool, quantize_weights: bool) -> bool:

@@ -33,8 +33,11 @@ equals the input). Changing sigma (``set_sigma``, ``set_noise``) or the seed (``
 ``seed_noise``) between calls changes buffers only: no recompilation. The compiled noise is a
 different stream from the eager one (eager: ``torch.Generator`` normals; compiled: the hash),
 each reproducible for a given seed, both N(0, σ²) i.i.d. over elements, sites and calls.
-Batch groups (one sigma per group), calibration (``calibrate_noise``) and batch-dim location
-run eagerly only.
+Batch groups (one sigma per group) run compiled too for the Gaussian models: the tensor is
+viewed per group along its batch dimension, each group scaled by its sigma, groups that share
+a draw index reading one draw (the ``draw_index`` buffer; a different sigma or draw pattern of
+the same number of groups recompiles nothing). Calibration (``calibrate_noise``), batch-dim
+location and stuck-at faults in groups run eagerly only.
 """
 
 from __future__ import annotations
@@ -160,7 +163,7 @@ class Noise(nn.Module):
     Under ``torch.compile`` the normals (or uniforms) come from ``counter_rng`` keyed by the
     ``stream_key`` and ``calls`` buffers instead of the generator, and sigma from its buffer:
     another stream than eager mode, as reproducible, with the same statistics; sigma and seed
-    changes recompile nothing (module doc). Batch groups are refused there.
+    changes recompile nothing (module doc). Batch groups of Gaussian models run there too.
 
     Args:
         site: dotted name of the layer this module follows (``<layer>.weight`` on weights).
@@ -174,6 +177,7 @@ class Noise(nn.Module):
     """
 
     keep_float32 = True  # the class default: modules pickled before the attribute existed keep it
+    batch_dim_known = True
 
     def __init__(self, site: str, seed: int = 0, kind=NoiseKind.ADDITIVE, relative: bool = False,
                  zero_fraction: float = 0.5, keep_float32: bool = True) -> None:
@@ -198,6 +202,9 @@ class Noise(nn.Module):
         self.batch_dim: Optional[int] = 0
         """Batch dimension of the tensors at this site: 0 for a module used on its own; inside
         a hardened model ``locate_batch_dims`` sets it (``None``: the site has none)."""
+        self.batch_dim_known = True
+        """False for the modules ``harden`` makes until ``locate_batch_dims`` has run: batch
+        groups under ``torch.compile`` (where nothing can be located) are refused until then."""
         self._record: Optional[List[tuple]] = None  # shapes seen while locating batch dims
         self.owns_input = False
         """Set by ``harden``: the tensor this module receives is a new one that nothing else
@@ -224,6 +231,10 @@ class Noise(nn.Module):
             self._register_stream_buffers()
         else:  # restarted from the seed, like the eager generator
             self._buffers["calls"] = torch.zeros_like(self._buffers["calls"])
+        if "draw_index" not in self._buffers:  # pickled before batch groups ran compiled
+            self.register_buffer("draw_index", torch.zeros(1, dtype=torch.int64, device=self.sigma.device),
+                                 persistent=False)
+        self._sync_draw_index()
 
     def _register_stream_buffers(self) -> None:
         """The compiled path's stream (see the module doc): ``stream_key`` is
@@ -233,6 +244,14 @@ class Noise(nn.Module):
         self.register_buffer("stream_key", torch.tensor(stream_seed(self.seed, self.site), device=device),
                              persistent=False)
         self.register_buffer("calls", torch.zeros((), dtype=torch.int64, device=device), persistent=False)
+        self.register_buffer("draw_index", torch.zeros(1, dtype=torch.int64, device=device), persistent=False)
+
+    def _sync_draw_index(self) -> None:
+        """The compiled path's copy of the groups' draw indices (``set_sigma``'s ``draws``),
+        renumbered 0, 1, ... in order of first use: a tensor, so new draws recompile nothing."""
+        seen: Dict[int, int] = {}
+        index = [seen.setdefault(d, len(seen)) for d in self._group_draws()]
+        self.draw_index = torch.tensor(index, dtype=torch.int64, device=self.sigma.device)
 
     @property
     def calibrated(self) -> bool:
@@ -251,6 +270,7 @@ class Noise(nn.Module):
         if key in state_dict:  # a new sigma: the mirrors follow it, shared draws end
             self._host = tuple(self.sigma.detach().cpu().flatten().tolist())
             self._active, self._draws = any(v != 0 for v in self._host), None
+            self._sync_draw_index()
 
     @property
     def active(self) -> bool:
@@ -287,6 +307,7 @@ class Noise(nn.Module):
         self._host = tuple(values.flatten().tolist())
         self._active, self._draws = any(v != 0 for v in self._host), draws
         self.sigma = values.to(device=self.sigma.device, dtype=self.sigma.dtype)
+        self._sync_draw_index()
 
     def setting(self) -> NoiseSetting:
         """The current noise setting, for ``restore`` (a copy: later changes do not touch it)."""
@@ -298,6 +319,7 @@ class Noise(nn.Module):
         self.sigma = setting.sigma.to(device=self.sigma.device)
         self._host, self._draws = setting.host, setting.draws
         self._active = any(v != 0 for v in self._host)
+        self._sync_draw_index()
 
     def reseed(self, seed: int) -> None:
         """Restart the random stream from base seed ``seed``."""
@@ -397,21 +419,39 @@ class Noise(nn.Module):
 
     def _forward_compiled(self, x: Tensor) -> Tensor:
         """The forward under ``torch.compile`` (module doc): tensors only, nothing the host
-        mirrors hold, ``σ·ε`` added whatever sigma is."""
+        mirrors hold, ``σ·ε`` added whatever sigma is. With one sigma per batch group the
+        site's tensor is viewed as ``(..., groups, batch / groups, ...)`` along its batch
+        dimension (located eagerly first: ``groups.ensure_batch_dims``), each group scaled by
+        its sigma, groups with one draw index sharing one draw (``draw_index``)."""
         if not isinstance(x, Tensor) or not x.is_floating_point():
             return x
-        if self.groups > 1:
-            refuse(NotImplementedError(
-                f"noise site {self.site!r} has one sigma per batch group; batch groups run eagerly only: "
-                "use a single sigma under torch.compile, or run the uncompiled model"))
         x32 = x if x.dtype in (torch.float32, torch.float64) else x.float()
-        sigma = self.sigma.detach().reshape(()).to(x32.dtype)
-        if self.kind is NoiseKind.STUCK:
-            u = [counter_uniform(self.stream_key, self.calls, x32.shape, k, x32.dtype, x32.device) for k in range(3)]
-            y = self._stuck(x32, u, sigma, None)
+        groups = self.groups
+        if groups > 1:
+            dim = self.batch_dim
+            if self.kind is NoiseKind.STUCK or not self.batch_dim_known or dim is None or dim >= x32.dim():
+                refuse(NotImplementedError(
+                    f"noise site {self.site!r} has one sigma per batch group, which runs compiled only for "
+                    "Gaussian noise models at a site whose batch dimension is located: call "
+                    "fxharden.core.groups.ensure_batch_dims(model, (x,), {}) eagerly on an input first (a sweep "
+                    "with compile_backend does); or use a single sigma under torch.compile, or run the "
+                    "uncompiled model"))
+            xg = x32.unflatten(dim, (groups, x32.shape[dim] // groups))
+            eps = counter_normal(self.stream_key, self.calls, xg.shape, xg.dtype, xg.device)
+            eps = eps.index_select(dim, self.draw_index)  # groups with one draw index share a draw
+            view = [1] * xg.dim()
+            view[dim] = groups
+            sigma = self.sigma.detach().to(xg.dtype).view(view)
+            y = self._inject_tensor(xg, eps, sigma).flatten(dim, dim + 1)
         else:
-            eps = counter_normal(self.stream_key, self.calls, x32.shape, x32.dtype, x32.device)
-            y = self._inject_tensor(x32, eps, sigma)
+            sigma = self.sigma.detach().reshape(()).to(x32.dtype)
+            if self.kind is NoiseKind.STUCK:
+                u = [counter_uniform(self.stream_key, self.calls, x32.shape, k, x32.dtype, x32.device)
+                     for k in range(3)]
+                y = self._stuck(x32, u, sigma, None)
+            else:
+                eps = counter_normal(self.stream_key, self.calls, x32.shape, x32.dtype, x32.device)
+                y = self._inject_tensor(x32, eps, sigma)
         with torch.no_grad():
             self.calls.add_(1)
         if x32 is x or (self.keep_float32 and torch.is_autocast_enabled(x.device.type)):
@@ -419,7 +459,8 @@ class Noise(nn.Module):
         return y.to(x.dtype)
 
     def _inject_tensor(self, x: Tensor, eps: Tensor, sigma: Tensor) -> Tensor:
-        """``_inject`` with sigma a 0-dim tensor and nothing in place (the compiled path). An
+        """``_inject`` with sigma a tensor (0-dim, or one value per group broadcast along the
+        group dimension) and nothing in place (the compiled path). An
         uncalibrated relative site (``rms`` -1) gives NaN: the check would need a host sync."""
         if self.kind in (NoiseKind.ADDITIVE, NoiseKind.RELATIVE):
             if self.relative:

@@ -284,8 +284,9 @@ class WeightQuant(nn.Module):
 
     def forward(self, w: Tensor) -> Tensor:
         key = None
-        if self._frozen and not (torch.is_grad_enabled() and w.requires_grad):
-            # an inference tensor is only ever handed to another inference-mode forward
+        if self._frozen and not compiling() and not (torch.is_grad_enabled() and w.requires_grad):
+            # an inference tensor is only ever handed to another inference-mode forward; compiled,
+            # the quantization is part of the graph (no host-side cache to consult)
             key = (w.data_ptr(), w._version, w.device, w.dtype, torch.is_inference_mode_enabled())
             if key in self._cache:
                 return self._cache[key]

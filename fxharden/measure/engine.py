@@ -26,6 +26,7 @@ from torch import Tensor
 
 from ..core.calibrate import calibrate_noise, calibrate_quantizers, call_model
 from ..core.harden import HardenedModule, noise_sites, seed_noise, weight_noise_modules
+from ..core.groups import ensure_batch_dims
 from ..core.layers import weight_draws_held
 from ..core.noise import Noise
 from ..core.noise_models import NoiseKind
@@ -161,12 +162,29 @@ class Engine:
         self.weight_mods = [[(m, float(m.sigma) if m.groups == 1 else hm.harden_config.weight_noise.sigma)
                              for m in weight_noise_modules(hm).values()] for hm in nets]
         self.weights = dict(cfg.sigma_map) if cfg.sigma_map is not None else {s: 1.0 for s in sites}
+        self.runners = [self._runner(hm, cfg.compile_backend) for hm in nets]
+        """What runs each network's forward passes: the network, or ``torch.compile`` of it."""
         self.store: Optional[PointStore] = None
         self.done: Dict[str, Dict[str, Any]] = {}
         self.counts: Dict[Level, List[List[int]]] = {}
         self.images_done = self.images_total = 0
         self.stats = {"forwards": 0, "images": 0, "points_measured": 0, "points_reused": 0, "eval_seconds": 0.0,
                       "points_seconds": 0.0}
+
+    def _runner(self, hm: HardenedModule, backend: Optional[str]) -> Callable[..., Any]:
+        if backend is None:
+            return hm
+        if any(True for _ in weight_noise_modules(hm)):
+            raise ValueError("a compiled sweep measures activation noise only; this network has weight noise "
+                             "(or drift, or faults): sweep it without compile_backend")
+
+        compiled = torch.compile(hm, backend=backend)
+
+        def run(*args: Any, **kwargs: Any) -> Any:
+            ensure_batch_dims(hm, args, kwargs)  # eagerly, where the groups' batch dims are located
+            return compiled(*args, **kwargs)
+
+        return run
 
     def attach(self, store: PointStore) -> None:
         self.store, self.done = store, store.load()
@@ -191,9 +209,9 @@ class Engine:
                 vec = [g * k * w if site in self.sites else 0.0 for _, g, _ in items]
             else:
                 vec = [g * k * w if s == site else 0.0 for s, g, _ in items]
-            if len(set(vec)) == 1:
+            if len(set(vec)) == 1 and self.cfg.compile_backend is None:
                 mod.set_sigma(vec[0])
-            else:
+            else:  # compiled: one sigma per group at every site, so every chunk runs the same graph
                 mod.set_sigma(vec, draws)
         for mod, strength in self.weight_mods[n]:  # one weight draw per item (per repeat if shared), none at sigma 0
             vec = [strength if g > 0 or self.cfg.weight_noise_at_zero else 0.0 for _, g, _ in items]
@@ -232,13 +250,13 @@ class Engine:
 
     def _run_metric(self, n: int, items: Sequence[Item]) -> List[float]:
         """The metric's mean value per item: per-sample sums and counts added up on the device."""
-        hm, R = self.nets[n], len(items)
+        R = len(items)
         sums = torch.zeros(R, dtype=torch.float64, device=self.data.device)
         counts = torch.zeros(R, dtype=torch.float64, device=self.data.device)
         step = max(1, self.forward_images // R)
         for batch, labels in self.data:
             for x, y in zip(_split(batch, step, len(labels)), labels.split(step)):
-                out = call_model(hm, replicate(x, R))
+                out = call_model(self.runners[n], replicate(x, R))
                 s, c = self.metric.sums(out, replicate(y, R))
                 sums += s.view(R, -1).sum(1)
                 counts += c.view(R, -1).sum(1)
@@ -260,7 +278,7 @@ class Engine:
                 return values
             for batch, labels in self.data:
                 for x, y in zip(batch.split(step), labels.split(step)):
-                    out = hm(x.repeat(R, *([1] * (x.dim() - 1))) if R > 1 else x)
+                    out = self.runners[n](x.repeat(R, *([1] * (x.dim() - 1))) if R > 1 else x)
                     correct += (out.argmax(1).view(R, -1) == y).sum(1)
                     self.stats["forwards"] += 1
                     self.stats["images"] += R * len(y)

@@ -107,6 +107,12 @@ class SweepConfig:
     sigma_map[s]`` and sites not in the map get no noise (kept digital), so σ = 1 measures
     the allocation itself. A ``{site: factor}`` mapping is accepted. ``None``: every site
     gets σ."""
+    compile_backend: Optional[Any] = None
+    """Measure with ``torch.compile(model, backend=...)`` (a backend name or callable) (``"inductor"``: each site's quantizer
+    and noise fused into the kernels around it, ``benchmarks/fusion_check.py``); ``None``:
+    eagerly. The compiled noise is another random stream than the eager one (the same
+    statistics), so results record the backend. Activation noise only: a network with weight
+    noise, drift or faults is measured eagerly (a ``ValueError`` says so)."""
 
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
@@ -163,6 +169,10 @@ class SweepConfig:
     def to_dict(self) -> Dict[str, Any]:
         """A JSON-serialisable dict (enums as values)."""
         out = asdict(self)
+        if self.compile_backend is None:
+            del out["compile_backend"]  # an eager sweep's identity stays what it was before the option
+        elif not isinstance(self.compile_backend, str):  # a backend callable: recorded by name
+            out["compile_backend"] = getattr(self.compile_backend, "__name__", None) or repr(self.compile_backend)
         out.update(mode=self.mode.value, units=self.units.value, weight_draws=self.weight_draws.value,
                    sigmas=list(self.sigmas) if self.sigmas is not None else None,
                    sites=list(self.sites) if self.sites is not None else None,

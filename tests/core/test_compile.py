@@ -205,11 +205,18 @@ def test_a_quantizer_still_calibrating_is_refused_under_compile_with_the_fix():
         torch.compile(hm, backend="eager")(torch.randn(2, 3, 32, 32))
 
 
-def test_batch_groups_are_refused_under_compile():
+def test_batch_groups_under_compile_need_their_batch_dims_located_first():
+    from fxharden.core.groups import ensure_batch_dims
+
     hm, x = hardened_lenet()
     fxharden.set_noise(hm, [0.1, 0.2])
-    with pytest.raises(Exception, match="batch groups run eagerly only"):
+    with pytest.raises(Exception, match="batch dimension is located: call fxharden.core.groups.ensure_batch_dims"):
         torch.compile(hm, backend="eager")(x)
+    torch._dynamo.reset()
+    ensure_batch_dims(hm, (x,), {})
+    with torch.no_grad():
+        out = torch.compile(hm, backend="eager")(x)
+    assert out.shape == (8, 10) and torch.isfinite(out).all()
 
 
 def test_a_hardened_vit_is_one_graph_in_both_modes():
@@ -240,3 +247,77 @@ def test_a_hardened_resnet18_is_one_graph_and_sigma_and_seed_do_not_recompile():
             fxharden.set_noise(hm, 0.2)
             fxharden.seed_noise(hm, 1)
             cm(x)
+
+
+class CountingBackend:
+    """A torch.compile backend that runs the captured graph eagerly and counts the graphs."""
+
+    graphs = 0
+
+    def __call__(self, gm, example_inputs):
+        self.graphs += 1
+        return gm.forward
+
+    def __repr__(self) -> str:
+        return "counting"
+
+
+def test_batch_groups_run_compiled_with_their_sigmas_and_shared_draws():
+    """One sigma per batch group under torch.compile: group g is N(0, sigma_g^2), groups with
+    one draw index share a draw (exactly proportional), others are uncorrelated; a new sigma or
+    draw pattern of the same number of groups recompiles nothing."""
+    mod = Noise("s", seed=1)
+    mod.batch_dim = 0
+    per = 1 << 17
+    x = torch.zeros(4 * per)
+    backend = CountingBackend()
+    f = torch.compile(mod, backend=backend, fullgraph=True)
+    mod.set_sigma([0.0, 1.0, 2.0, 1.0], draws=[0, 0, 1, 1])
+    y = f(x).view(4, per)
+    assert torch.equal(y[0], torch.zeros(per))
+    assert_standard_normal(y[1])
+    assert torch.allclose(y[2], 2 * y[3])  # one draw, two sigmas
+    assert abs(corr(y[1], y[3])) < 5 / math.sqrt(per)  # two draws
+    mod.set_sigma([0.5, 3.0, 0.5, 1.0], draws=[0, 1, 2, 3])
+    y = f(x).view(4, per)
+    for g, s in enumerate((0.5, 3.0, 0.5, 1.0)):
+        assert_standard_normal(y[g] / s)
+    assert abs(corr(y[0], y[2])) < 5 / math.sqrt(per)
+    assert backend.graphs == 1
+
+
+def test_a_compiled_sweep_measures_what_the_eager_sweep_measures():
+    """``SweepConfig.compile_backend``: the clean accuracy is the eager one exactly, every point
+    agrees with the eager sweep within binomial errors (another random stream), and the chunks
+    run a few graphs (no recompilation per chunk); weight noise is refused with the way out."""
+    from fxharden.zoo.data import synthetic_dataset
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 32), nn.ReLU(), nn.Linear(32, 10))
+    data = synthetic_dataset(400, image_size=8, seed=0)
+    with torch.no_grad():  # a classifier that fits the data: accuracy has room to fall
+        x = torch.stack([data[i][0] for i in range(len(data))]).flatten(1)
+        y = torch.tensor([int(data[i][1]) for i in range(len(data))])
+        w = torch.linalg.lstsq(torch.cat([x, torch.ones(len(x), 1)], 1), F.one_hot(y, 10).float()).solution
+        model[1].weight.copy_(torch.eye(32, x.shape[1]))
+        model[3].weight.zero_()
+    hm = fxharden.harden(nn.Sequential(nn.Flatten(), nn.Linear(x.shape[1], 10)), sigma=0.0)
+    with torch.no_grad():
+        hm.get_submodule("1").weight.copy_(w[:-1].T)
+        hm.get_submodule("1").bias.copy_(w[-1])
+    sigmas = [0.05, 0.2, 0.5, 1.0, 2.0]
+    eager = fxharden.sweep(hm, data, sigmas=sigmas, repeats=4)
+    backend = CountingBackend()
+    compiled = fxharden.sweep(hm, data, sigmas=sigmas, repeats=4, compile_backend=backend)
+    # graphs: two batch sizes (256, 144) and two chunk sizes (one sigma; 16 points), then dynamic shapes
+    assert backend.graphs <= 4 < compiled.timing["forwards"]
+    assert compiled.clean_accuracy == eager.clean_accuracy
+    assert compiled.config["compile_backend"] and "compile_backend" not in eager.config
+    for a, b in zip(eager.site_points(None), compiled.site_points(None)):
+        p = (a.mean + b.mean) / 2
+        assert abs(a.mean - b.mean) < 5 * math.sqrt(max(p * (1 - p), 1e-4) * 2 / (400 * 4)) + 1e-9, (a, b)
+    noisy_weights = fxharden.harden(nn.Linear(4, 2), config=fxharden.HardenConfig(
+        quant=None, weight_noise=fxharden.WeightNoiseConfig(kind="additive", sigma=0.1)))
+    with pytest.raises(ValueError, match="activation noise only.*without compile_backend"):
+        fxharden.sweep(noisy_weights, (torch.randn(8, 4), torch.randint(0, 2, (8,))), sigmas=[0.1], repeats=1,
+                       compile_backend="aot_eager")
