@@ -154,17 +154,17 @@ def _fix_constants(gm: fx.GraphModule, args: tuple, kwargs: Dict[str, Any]) -> N
     for node in list(graph.nodes):
         if node.op == "call_module" and str(node.target).startswith("_guards_fn") and not node.users:
             graph.erase_node(node)
-    fixed = [k for k, v in kwargs.items() if _is_constant(v)]
     leaves = pytree.tree_flatten((args, kwargs))[0]
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
-    if not fixed or len(placeholders) != len(leaves):
+    flat = all(isinstance(v, Tensor) or _is_constant(v) for v in list(args) + list(kwargs.values()))
+    if not flat or len(placeholders) != len(leaves):  # nested inputs: they stay as exported
         graph.lint()
         gm.recompile()
         return
-    names = list(kwargs)
-    for node in placeholders[len(args):]:
-        if names[placeholders.index(node) - len(args)] in fixed:
-            node.replace_all_uses_with(kwargs[node.target]) if node.users else None
+    fixed = []
+    for name, node in zip(kwargs, placeholders[len(args):]):
+        if _is_constant(kwargs[name]) and not node.users:  # export specialised the graph to its value
+            fixed.append(name)
             graph.erase_node(node)
     kept = {k: v for k, v in kwargs.items() if k not in fixed}
     info = graph._codegen.pytree_info
