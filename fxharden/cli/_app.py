@@ -126,6 +126,10 @@ def _data_opts():
         max_images=typer.Option(None, min=1, help="Use N images: CIFAR-10's first N, a stratified selection of an "
                                 "image folder."),
         synthetic=typer.Option(False, "--synthetic", help="Generated images instead of CIFAR-10 (demos, tests)."),
+        tokenizer=typer.Option(None, help="Text data: --data is a UTF-8 text file, cut into --seq-len token "
+                               "windows by this tokenizer (a Hugging Face tokenizer folder, or 'bytes'); for "
+                               "language models (hf:FOLDER)."),
+        seq_len=typer.Option(128, min=2, help="Tokens per sequence of text data (with --tokenizer)."),
     )
 
 

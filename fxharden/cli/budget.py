@@ -56,10 +56,8 @@ def budget_command(
                                   "the sweep running)."),
     metric: MetricName = typer.Option(MetricName.TOP1, help="What the drop is measured on: top1 (accuracy), or "
                                       "top5, loss, perplexity, token_accuracy in their fit scale (1 ideal, 0 floor)."),
-    tokenizer: Optional[str] = typer.Option(None, help="Text data: --data is a UTF-8 text file cut into --seq-len "
-                                            "token windows by this tokenizer (a Hugging Face tokenizer folder, or "
-                                            "'bytes'); for language models (hf:FOLDER)."),
-    seq_len: int = typer.Option(128, min=2, help="Tokens per sequence of text data (with --tokenizer)."),
+    tokenizer: Optional[str] = _D["tokenizer"],
+    seq_len: int = _D["seq_len"],
 ) -> None:
     """Find a per-site noise allocation within an accuracy drop at the least cost (E ∝ Σ ops/σ²), verified by
     sweeps, and the sites to keep digital."""

@@ -170,10 +170,8 @@ def sweep_command(
     compile_backend: Optional[str] = typer.Option(None, "--compile", help="Measure with torch.compile and this "
                                                   "backend (inductor: each site fused into the kernels around it; "
                                                   "activation noise only). Default: eager."),
-    tokenizer: Optional[str] = typer.Option(None, help="Text data: --data is a UTF-8 text file, cut into "
-                                            "--seq-len token windows by this tokenizer (a Hugging Face tokenizer "
-                                            "folder, or 'bytes'); for language models (hf:FOLDER)."),
-    seq_len: int = typer.Option(128, min=2, help="Tokens per sequence of text data (with --tokenizer)."),
+    tokenizer: Optional[str] = _D["tokenizer"],
+    seq_len: int = _D["seq_len"],
 ) -> None:
     """Measure accuracy (or another metric) versus noise strength and the midpoint noise level μ."""
     from ..measure.plots import save_plots

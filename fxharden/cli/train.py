@@ -56,11 +56,8 @@ def train_command(
                              "train_log.json."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
-    tokenizer: Optional[str] = typer.Option(None, help="Text data: --data is a UTF-8 text file, cut into "
-                                            "--seq-len token windows by this tokenizer (a Hugging Face tokenizer "
-                                            "folder, or 'bytes'); the last 10 % of the windows are held out. For "
-                                            "language models (hf:FOLDER): next-token loss."),
-    seq_len: int = typer.Option(128, min=2, help="Tokens per sequence of text data (with --tokenizer)."),
+    tokenizer: Optional[str] = _D["tokenizer"],
+    seq_len: int = _D["seq_len"],
 ) -> None:
     """Train a model with QAT and/or noisy training; checkpoints carry the harden config."""
     import torch
