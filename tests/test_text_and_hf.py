@@ -171,3 +171,17 @@ def test_cli_budget_on_text_with_perplexity(saved_llama, tmp_path):
     assert "perplexity score (fit scale" in run.output and "--metric perplexity" in run.output
     saved = json.loads((tmp_path / "b" / "budget.json").read_text())
     assert saved["metric"] == "perplexity" and saved["drop"] <= 0.2
+
+
+def test_hf_source_keeps_a_saved_sequence_classifier(tmp_path):
+    T = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = T.BertForSequenceClassification(T.BertConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+                                                         num_hidden_layers=1, num_attention_heads=4,
+                                                         num_labels=3)).eval()
+    model.save_pretrained(tmp_path)
+    loaded = build_source(parse_source(f"hf:{tmp_path}")).eval()
+    assert type(loaded).__name__ == "BertForSequenceClassification"
+    ids = torch.randint(0, 64, (2, 7))
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, model(ids).logits)
