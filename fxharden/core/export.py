@@ -178,8 +178,11 @@ def _is_constant(value: Any) -> bool:
     return value is None or isinstance(value, (bool, int, float, str))
 
 
-def _annotate(graph: fx.Graph, modules: Dict[str, nn.Module], is_layer: Any) -> None:
-    """Set ``scope``, and per layer call its output and internals (see the module docstring)."""
+def _annotate(graph: fx.Graph, model: nn.Module, is_layer: Any) -> None:
+    """Set ``scope``, and per layer call its output and internals (see the module docstring).
+    A module reached under several paths (shared) is named by its first, as torch.fx names it."""
+    modules = dict(model.named_modules(remove_duplicate=False))
+    canonical = {id(m): name for name, m in model.named_modules()}
     calls: Dict[str, List[fx.Node]] = {}
     path_of: Dict[str, str] = {}
     for node in graph.nodes:
@@ -190,7 +193,7 @@ def _annotate(graph: fx.Graph, modules: Dict[str, nn.Module], is_layer: Any) -> 
             module = modules.get(path) if path else None
             if module is not None and is_layer(module, path):
                 calls.setdefault(key, []).append(node)
-                path_of[key] = path
+                path_of[key] = canonical.get(id(module), path)
                 break
     for key, nodes in calls.items():
         members = set(nodes)
@@ -245,7 +248,7 @@ def capture_export(model: nn.Module, example_inputs: Any, leaf_modules: Sequence
             model.train(mode)
             gm = _export(model, args, kwargs)
             _fix_constants(gm, args, kwargs)
-            _annotate(gm.graph, modules, is_layer)
+            _annotate(gm.graph, model, is_layer)
             gm.graph._tracer_cls = None  # pickling re-traces the code with the plain tracer
             exported[mode] = gm
     finally:

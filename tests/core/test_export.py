@@ -212,3 +212,24 @@ def test_llama_export_equals_the_module_route_at_8_bits():
     assert set(module_sites) <= set(fxharden.noise_sites(he))  # module order vs execution order
     with torch.no_grad():
         assert torch.allclose(he(**x).logits, hm(**x).logits, atol=1e-6)
+
+
+def test_a_shared_module_is_named_as_torch_fx_names_it():
+    """A module reached under two attribute names is one layer called twice: the same site
+    names as torch.fx (its first path, then ``_1``), exact at no-op."""
+
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.act, self.b = nn.Linear(4, 4), nn.GELU(), nn.Linear(4, 4)
+            self.act2 = self.act
+
+        def forward(self, x):
+            return self.act2(self.b(self.act(self.a(x))))
+
+    model, x = Shared().eval(), torch.randn(2, 4)
+    he = fxharden.harden(model, frontend="export", example_inputs=(x,))
+    assert fxharden.noise_sites(he) == fxharden.noise_sites(fxharden.harden(model)) == ["input", "a", "act", "b",
+                                                                                        "act_1"]
+    with torch.no_grad():
+        assert torch.equal(he(x), model(x))
