@@ -7,12 +7,7 @@
 # then, on the device machine, carrying .devdata/subset (one call; or the full parts, see there):
 #   bash benchmarks/device_run.sh [PARTS...]        # default parts: .devdata/subset
 # Each step has its own time limit, so one that hangs leaves the others their time.
-set -uo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-out="${OUT:-device_out}"
-mkdir -p "$out"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 MPLBACKEND=Agg
-py="${PYTHON:-python3}"
+source "$(dirname "${BASH_SOURCE[0]}")/device_env.sh"
 parts=("$@")
 [ ${#parts[@]} -eq 0 ] && parts=(.devdata/subset)
 data=.devdata/cifar10

@@ -9,12 +9,7 @@
 #   call 3, carrying .devdata/part-03:  bash benchmarks/table1_gpu.sh .devdata/part-01 .devdata/part-02 .devdata/part-03
 # Settings through the environment: JOBS (cells at once, default 4), BUDGET (default gpu),
 # RECIPE, EXTRA (more reproduce options, e.g. --synthetic for a smoke run without data).
-set -uo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-out="${OUT:-device_out}"
-mkdir -p "$out"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 MPLBACKEND=Agg
-py="${PYTHON:-python3}"
+source "$(dirname "${BASH_SOURCE[0]}")/device_env.sh"
 recipe="${RECIPE:-recipes/table1_vgg11_resnet18.toml}"
 run="${RUN_DIR:-runs/table1_gpu}"
 data_opt=()

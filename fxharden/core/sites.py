@@ -460,6 +460,16 @@ def _from_parameters(value: Any, modules: Dict[str, nn.Module]) -> bool:
     return found
 
 
+def _operand_call_name(node: fx.Node) -> Optional[str]:
+    """The name of a call that may take a parameter operand it does not harden
+    (``_PARAM_OPERAND_FUNCS``, ``_ATEN_PARAM_OPERANDS``), else ``None``."""
+    if _packet(node) in _ATEN_PARAM_OPERANDS:
+        return f"aten.{_packet(node)}"
+    if node.target in _PARAM_OPERAND_FUNCS:
+        return node.target if isinstance(node.target, str) else getattr(node.target, "__name__", repr(node.target))
+    return None
+
+
 def _call_weights(node: fx.Node, modules: Dict[str, nn.Module]) -> tuple:
     """``(hardened, skip reason)`` for a function call: whether it is a ``WEIGHT_FUNCS`` call
     whose weight is computed from parameters, and why parameters it takes as an operand are
@@ -472,13 +482,11 @@ def _call_weights(node: fx.Node, modules: Dict[str, nn.Module]) -> tuple:
             return True, ""
         if _packet(node) is None or not any(_from_parameters(a, modules) for a in node.all_input_nodes):
             return False, ""
-    if _packet(node) in _ATEN_PARAM_OPERANDS and any(_from_parameters(a, modules) for a in node.all_input_nodes):
-        return False, (f"aten.{_packet(node)} with a parameter operand that is not its weight: only the weights of "
-                       "conv, linear, matmul and embedding calls are quantized and perturbed; used as it is")
-    if node.target in _PARAM_OPERAND_FUNCS and any(_from_parameters(a, modules) for a in node.all_input_nodes):
-        name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", repr(node.target))
-        return False, (f"{name} with a parameter operand: only the weights of conv1d/2d/3d and linear calls "
-                       "(and of conv, linear and attention modules) are quantized and perturbed; used as it is")
+    operand = _operand_call_name(node)
+    if operand is not None and any(_from_parameters(a, modules) for a in node.all_input_nodes):
+        return False, (f"{operand} with a parameter operand that is not a weight argument: only the weights of "
+                       "conv and linear calls (on the export route also mm, matmul, addmm and embedding) and of "
+                       "conv, linear, embedding and attention modules are quantized and perturbed; used as it is")
     return False, ""
 
 

@@ -37,6 +37,7 @@ import torch
 from .._files import atomic_write_json, atomic_write_text
 from ..core.harden import noise_sites
 from ..zoo.models import ModelLike, resolve_networks
+from ..zoo.data import map_tensors
 from .engine import EvalData
 from .noise_cost import CostModel, allocation_cost, site_ops
 from .results import SweepMode, SweepResult, Units
@@ -203,8 +204,8 @@ def budget(model: ModelLike, data: Any, max_drop: float, *, config: Optional[Swe
         raise ValueError(f"max_drop is the allowed accuracy drop from clean as a fraction in [0, 1) (0.01 = one "
                          f"percentage point), got {max_drop!r}")
     base = replace(config or SweepConfig(), sigmas=None, sigma_map=None, sites=None, mode=SweepMode.GLOBAL)
-    evaluated = EvalData(data, 1, 1, torch.device("cpu"))
-    (_, hm), = resolve_networks(model, example_inputs=evaluated.example())  # torch.export for models fx cannot trace
+    example = EvalData(data, 1, 1, torch.device("cpu")).example()  # one image: the example and the op count's input
+    (_, hm), = resolve_networks(model, example_inputs=example)  # torch.export for models fx cannot trace
     sites = noise_sites(hm)
     given = profile is not None
     if not given:
@@ -224,8 +225,7 @@ def budget(model: ModelLike, data: Any, max_drop: float, *, config: Optional[Swe
     if failing and not protect:
         raise BudgetError(_fail_message(failing, max_drop, "protect=True keeps them digital"), sorted(failing))
     param = next(iter(hm.parameters()), None)
-    x = next(iter(EvalData(data, 1, 1, param.device if param is not None else torch.device("cpu"))))[0]
-    ops = site_ops(hm, x)
+    ops = site_ops(hm, map_tensors(example, lambda t: t.to(param.device) if param is not None else t))
     analog = [s for s in sites if s not in failing]
     if not analog:
         raise BudgetError(_fail_message(failing, max_drop, "no site can run analog; allow a larger drop"),
