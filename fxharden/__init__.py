@@ -31,6 +31,7 @@ _EXPORTS = {
     "measure.results": ("FitOptions", "SweepResult", "SweepMode", "load_result"),
     "measure.sweep_config": ("SweepConfig", "WeightDraws"),
     "measure.sweep": ("sweep",),
+    "measure.scores": ("Metric",),
     "measure.budget": ("BudgetError", "BudgetResult", "budget"),
     "measure.noise_cost": ("CostModel",),
     "training.train": ("NoiseSchedule", "TrainConfig", "TrainResult", "train"),

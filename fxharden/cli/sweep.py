@@ -48,6 +48,12 @@ def _crossing_text(fit) -> str:
     return f"{fit.mu_crossing:.4g}{err}"
 
 
+def _raw_text(result, site=None) -> str:
+    """The metric's own mean value at every σ of a curve, ``σ: value``, for sweeps of other metrics."""
+    sigmas, values = result.raw_curve(site)
+    return ", ".join(f"{s:.3g}: {v:.4g}" for s, v in zip(sigmas, values)) or "-"
+
+
 def _print_result(result, files: dict) -> None:
     summary = Table(title="Robustness sweep", show_header=False)
     summary.add_column(style="bold")
@@ -62,10 +68,12 @@ def _print_result(result, files: dict) -> None:
         clean = ", ".join(f"{v:.4g}" for v in info.get("clean_values", []))
         summary.add_row("metric", f"{result.metric}: clean {clean}, floor {info.get('floor', float('nan')):.4g}"
                                   f"{' (measured)' if info.get('floor_measured') else ''}")
-        summary.add_row("clean score (fitted scale)", f"{result.clean_accuracy:.4f}")
+        summary.add_row("clean score (fitted scale)", f"{result.clean_fit:.4f}")
+        if result.fit is not None:
+            summary.add_row(f"{result.metric} (raw) at σ", _raw_text(result))
     else:
         summary.add_row("clean accuracy", f"{result.clean_accuracy:.4f}")
-    summary.add_row("chance", f"{result.chance:.4g}")
+    summary.add_row("chance" if result.metric == "top1" else "floor (fitted scale)", f"{result.chance:.4g}")
     if result.fit is not None:
         q = result.fit.quote()
         summary.add_row(f"μ (midpoint noise level, {result.units.value})" if q.is_mu
@@ -90,10 +98,12 @@ def _print_result(result, files: dict) -> None:
     show(summary)
     if result.per_site:
         table = Table(title="Per-layer μ (most sensitive first)")
-        for col in ("rank", "site", "μ", "status", "crossing"):
+        raw = result.metric != "top1"
+        for col in ("rank", "site", "μ", "status", "crossing") + ((f"{result.metric} (raw) at σ",) if raw else ()):
             table.add_column(col)
         for i, (site, fit) in enumerate(result.ranking(), 1):
-            table.add_row(str(i), site, _mu_text(fit), fit.status.value, _crossing_text(fit))
+            table.add_row(str(i), site, _mu_text(fit), fit.status.value, _crossing_text(fit),
+                          *((_raw_text(result, site),) if raw else ()))
         show(table)
     for path in files.values():
         show(f"wrote {path}")

@@ -30,7 +30,7 @@ from ..core.groups import ensure_batch_dims
 from ..core.layers import weight_draws_held
 from ..core.noise import Noise
 from ..core.noise_models import NoiseKind
-from .results import PointStore, SweepMode, Units
+from .results import PointStore, Units
 from ..zoo.data import is_batch_list as _is_batch_list, map_tensors as _map
 from .scores import Metric, output_logits, resolve_metric
 from .sweep_config import SweepConfig, WeightDraws
@@ -91,9 +91,12 @@ class EvalData:
         self._source = source if batch_list else (lambda: as_batches(data, batch_size, device))
         self.max_images, self.device = max_images, device
         self.num_images, size, labels = 0, 0, hashlib.sha256()
+        self.target_dtypes: Dict[torch.dtype, int] = {}
+        """The dtype of the targets, each with the index of the first batch that has it."""
         total = torch.zeros((), dtype=torch.float64, device=device)
-        for x, y in self._read():
+        for b, (x, y) in enumerate(self._read()):
             self.num_images += len(y)
+            self.target_dtypes.setdefault(y.dtype, b)
             labels.update(y.detach().cpu().numpy().tobytes())
             for t in _tensors(x):
                 total += t.double().sum()
@@ -205,10 +208,9 @@ class Engine:
         for site, mod in self.mods[n].items():
             k = self._factor(mod) if any(g for _, g, _ in items) else 1.0
             w = self.weights.get(site, 0.0)
-            if self.cfg.mode is SweepMode.GLOBAL:
-                vec = [g * k * w if site in self.sites else 0.0 for _, g, _ in items]
-            else:
-                vec = [g * k * w if s == site else 0.0 for s, g, _ in items]
+            # an item's site None is global noise (every swept site): global points, the clean
+            # pass and the floor of both modes; otherwise noise at that one site
+            vec = [g * k * w if (site in self.sites if s is None else s == site) else 0.0 for s, g, _ in items]
             if len(set(vec)) == 1 and self.cfg.compile_backend is None:
                 mod.set_sigma(vec[0])
             else:  # compiled: one sigma per group at every site, so every chunk runs the same graph
@@ -220,12 +222,35 @@ class Engine:
             else:
                 mod.set_sigma(vec, draws)
 
+    def check_targets(self) -> None:
+        """Refuse targets that are not class indices for a metric that compares the outputs with them.
+
+        Raises:
+            ValueError: a batch holds floating-point (or complex) targets and the metric is a
+                built-in one (``Metric.class_targets``).
+        """
+        if not self.metric.class_targets:
+            return
+        for dtype, batch in self.data.target_dtypes.items():
+            if dtype.is_floating_point or dtype.is_complex:
+                raise ValueError(
+                    f"metric {self.metric.name!r} compares the outputs with class indices, but the targets of batch "
+                    f"{batch} are {dtype} (regression targets?), and none would ever match: pass metric= a callable "
+                    "(outputs, targets) -> per-sample scores (higher is better), or a fxharden.Metric with "
+                    "higher_is_better, ideal and an explicit floor (e.g. the error of predicting the mean); "
+                    "class indices stored as floats: convert the targets with .long()")
+
     def warm_up(self) -> int:
         """Per network: the statistics-based steps that never saw training data, calibrated and
         fixed on the first batches (``calibrate_quantizers``: the same in every run, and no
         point of the sweep moves them), the clean RMS of every site never calibrated, on the
         first ``CALIBRATION_BATCHES`` batches, and one clean forward of the first batch;
-        returns the class count."""
+        returns the class count.
+
+        Raises:
+            ValueError: targets that are not class indices for a metric that needs them.
+        """
+        self.check_targets()
         x, out = next(iter(self.data))[0], None
         for n, hm in enumerate(self.nets):
             calibrate_quantizers(hm, self.data)
@@ -248,23 +273,49 @@ class Engine:
                              "train or load a head for those classes, or evaluate on data with the model's classes")
         return out.shape[1]
 
-    def _run_metric(self, n: int, items: Sequence[Item]) -> List[float]:
-        """The metric's mean value per item: per-sample sums and counts added up on the device."""
+    def _run_metric(self, n: int, items: Sequence[Item], floor: bool = False) -> List[float]:
+        """The metric's mean value per item: per-sample sums and counts added up on the device.
+
+        Raises:
+            ValueError: the metric returned a NaN or infinite value for a sample (``_refuse_nonfinite``).
+        """
         R = len(items)
         sums = torch.zeros(R, dtype=torch.float64, device=self.data.device)
         counts = torch.zeros(R, dtype=torch.float64, device=self.data.device)
+        bad: List[Tuple[int, Tensor]] = []  # per slice: its batch, and NaN and infinite counts per item (2, R)
         step = max(1, self.forward_images // R)
-        for batch, labels in self.data:
+        for b, (batch, labels) in enumerate(self.data):
             for x, y in zip(_split(batch, step, len(labels)), labels.split(step)):
                 out = call_model(self.runners[n], replicate(x, R))
                 s, c = self.metric.sums(out, replicate(y, R))
-                sums += s.view(R, -1).sum(1)
-                counts += c.view(R, -1).sum(1)
+                s, c = s.view(R, -1), c.view(R, -1)
+                sums += s.sum(1)
+                counts += c.sum(1)
+                bad.append((b, torch.stack([(s.isnan() | c.isnan()).sum(1), (s.isinf() | c.isinf()).sum(1)])))
                 self.stats["forwards"] += 1
                 self.stats["images"] += R * len(y)
+        flags = torch.stack([t for _, t in bad]).cpu()  # read with the values: no host sync per batch
+        if bool(flags.any()):
+            self._refuse_nonfinite(items, [b for b, _ in bad], flags, floor)
         return (sums / counts.clamp_min(1e-300)).tolist()
 
-    def _run(self, n: int, items: Sequence[Item], seed: int) -> List[Any]:
+    def _refuse_nonfinite(self, items: Sequence[Item], batches: List[int], flags: Tensor, floor: bool) -> None:
+        """Raise the error for the first slice whose metric values hold a NaN or an infinity."""
+        i = int(flags.flatten(1).any(1).nonzero()[0])
+        r = int(flags[i].any(0).nonzero()[0])
+        nans, infs = (int(v) for v in flags[i, :, r])
+        s, g, rep = items[r]
+        where = ("the clean pass (sigma 0)" if g == 0 else f"site {s!r}, sigma {g:g}, repeat {rep}" if s is not None
+                 else f"{'the floor: ' if floor else ''}global sigma {g:g}, repeat {rep}")
+        what = " and ".join(t for t in (f"{nans} NaN" if nans else "", f"{infs} infinite" if infs else "") if t)
+        raise ValueError(
+            f"metric {self.metric.name!r} returned {what} per-sample value(s) in batch {batches[i]} of the "
+            f"evaluation data ({where}): a sweep averages and fits the values, and a non-finite one makes every "
+            "number after it meaningless; make the metric return a finite score for every sample (one it cannot "
+            "score: return (sums, counts) with count 0 for it; outputs that overflow under noise: clamp them, e.g. "
+            "torch.nan_to_num)")
+
+    def _run(self, n: int, items: Sequence[Item], seed: int, floor: bool = False) -> List[Any]:
         hm, R, t0 = self.nets[n], len(items), time.perf_counter()
         self._set_sigmas(n, items)
         seed_noise(hm, seed)
@@ -273,7 +324,7 @@ class Engine:
         held = weight_draws_held(hm) if self.cfg.weight_draws is WeightDraws.REPEAT else contextlib.nullcontext()
         with torch.inference_mode(), held:  # held: the first forward's weight draws serve every slice
             if not self.classic:
-                values = self._run_metric(n, items)
+                values = self._run_metric(n, items, floor)
                 self.stats["eval_seconds"] += time.perf_counter() - t0
                 return values
             for batch, labels in self.data:
@@ -287,13 +338,15 @@ class Engine:
         return counts
 
     def _chunk(self, key: str, n: int, items: Sequence[Item], seed: int) -> List[Any]:
-        rec, tally = self.done.get(f"{key}/{n}"), key not in ("clean", "floor")  # not sweep points
+        rec = self.done.get(f"{key}/{n}")
+        tally = not (key == "clean" or key.startswith("floor/"))  # the clean pass and the floor are no points
         field = "correct" if self.classic else "values"
-        if rec is not None and rec["total"] == self.data.num_images and field in rec:
+        if rec is not None and rec["total"] == self.data.num_images and field in rec \
+                and all(np.isfinite(rec[field])):  # a non-finite value is measured again, and refused
             self.stats["points_reused"] += len(items) * tally
             return rec[field]
         t0 = time.perf_counter()
-        correct = self._run(n, items, seed)
+        correct = self._run(n, items, seed, floor=key.startswith("floor/"))
         self.stats["points_measured"] += len(items) * tally
         self.stats["points_seconds"] += (time.perf_counter() - t0) * tally  # the clean pass is not a point
         if self.store is not None:  # "seconds": for watchers of the store (images/s), never read back
@@ -310,9 +363,10 @@ class Engine:
         """The metric's mean value under global noise ``sigma`` at every site (a model that
         knows nothing any more): over networks and repeats."""
         items = [(None, sigma, r) for r in range(self.cfg.repeats)]
+        # "floor/": stores of earlier versions hold per-layer floors measured without noise ("floor-")
         values = [v for n in range(len(self.nets))
                   for start in range(0, len(items), self.R)
-                  for v in self._chunk(f"floor-{sigma!r}-{start}", n, items[start:start + self.R],
+                  for v in self._chunk(f"floor/{sigma!r}/{start}", n, items[start:start + self.R],
                                        chunk_seed(self.cfg.seed, n, f"floor/{start}"))]
         return float(np.mean(values))
 

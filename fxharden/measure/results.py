@@ -143,10 +143,14 @@ class SweepResult:
     sites: List[str]
     """Noise sites that received noise (global mode: all of them at once)."""
     clean_accuracy: float
-    """Accuracy at sigma 0, mean over networks."""
+    """Top-1: the accuracy at sigma 0, mean over networks. Other metrics: the clean *fit score*
+    (``[0, 1]``, 0 at the floor), not the metric's value; the name is kept for top-1 and for
+    the files, and is deprecated for other metrics: read ``clean_fit`` (the fit scale) or
+    ``clean_raw`` (the metric's own value)."""
     clean_accuracies: List[float]
-    """Accuracy at sigma 0 of each network."""
+    """``clean_accuracy`` of each network (fit scale; raw: ``clean_raw_values``)."""
     chance: float
+    """The floor on the fit scale: chance for accuracies, 0 for other metrics (raw: ``floor_raw``)."""
     num_images: int
     networks: List[str]
     """A label per network (its checkpoint path or model class)."""
@@ -184,8 +188,10 @@ class SweepResult:
     between the units: σ_abs = σ_rel · rms_site."""
     metric: str = "top1"
     """What was measured (``fxharden.measure.scores``). Other than top-1, ``clean_accuracy``,
-    ``chance`` and the points' ``accuracy`` are fit scores in ``[0, 1]`` (0 at the floor);
-    the metric's own values are in the points' ``values`` and in ``metric_info``."""
+    ``chance`` and the points' ``accuracy`` are fit scores in ``[0, 1]`` (0 at the floor):
+    ``clean_fit``, ``curve`` and ``SweepPoint.fit_scores`` name them so; the metric's own
+    values are ``clean_raw``, ``floor_raw``, ``raw_curve`` and ``SweepPoint.raw_values``
+    (stored in the points' ``values`` and in ``metric_info``)."""
     metric_info: Dict[str, Any] = field(default_factory=dict)
     """Other metrics: ``ideal``, ``floor`` (and whether it was measured), ``higher_is_better``,
     ``clean_values`` (per network, the metric's own scale), ``log_scale``."""
@@ -198,6 +204,32 @@ class SweepResult:
     "weights_sha256": [one per network]}`` (``engine.EvalData.identity``,
     ``engine.weights_sha256``); empty in results written before it was recorded (``load_result``
     then reads it from the sweep's ``sweep.json`` when that is beside the file)."""
+
+    @property
+    def clean_fit(self) -> float:
+        """The clean score on the fit scale (``clean_accuracy``): the accuracy for top-1, top-5 and
+        token accuracy, otherwise the metric mapped to ``[0, 1]`` (0 at the floor, 1 at the ideal)."""
+        return self.clean_accuracy
+
+    @property
+    def clean_raw_values(self) -> List[float]:
+        """The metric's own clean value of each network (top-1: the accuracy)."""
+        if self.metric == "top1":
+            return list(self.clean_accuracies)
+        return [float(v) for v in self.metric_info.get("clean_values", [math.nan])]
+
+    @property
+    def clean_raw(self) -> float:
+        """The metric's own clean value (loss, perplexity, a callable's mean score; top-1: the
+        accuracy), mean over networks."""
+        return float(np.mean(self.clean_raw_values))
+
+    @property
+    def floor_raw(self) -> float:
+        """The metric's floor in its own scale (top-1: ``chance``; measured or stated for others)."""
+        if self.metric == "top1":
+            return self.chance
+        return float(self.metric_info.get("floor", math.nan))
 
     @property
     def rms_ref(self) -> float:
@@ -259,10 +291,15 @@ class SweepResult:
         return sorted((p for p in self.points if p.site == site), key=lambda p: p.sigma)
 
     def curve(self, site: Optional[str] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(sigmas, mean accuracy, Δy)`` of one site (``None``: global); Δy is the error the
-        fits use (``SweepPoint.dy``)."""
+        """``(sigmas, mean accuracy, Δy)`` of one site (``None``: global), on the fit scale; Δy
+        is the error the fits use (``SweepPoint.dy``). The metric's own values: ``raw_curve``."""
         pts = self.site_points(site)
         return (np.array([p.sigma for p in pts]), np.array([p.mean for p in pts]), np.array([p.dy for p in pts]))
+
+    def raw_curve(self, site: Optional[str] = None) -> Tuple[np.ndarray, np.ndarray]:
+        """``(sigmas, mean value)`` of one site (``None``: global) in the metric's own scale."""
+        pts = self.site_points(site)
+        return np.array([p.sigma for p in pts]), np.array([p.raw_mean for p in pts])
 
     @property
     def clean_err(self) -> float:

@@ -87,15 +87,25 @@ def _nll(logits: Tensor, targets: Tensor) -> Tuple[Tensor, Tensor]:
 
 @dataclass(frozen=True)
 class Metric:
-    """A sweep metric.
+    """A sweep metric (``fxharden.Metric``): the built-ins are instances, and so is the way to
+    sweep a score whose floor a large σ does not measure well (a regression error, a score
+    of unknown range): state its direction, ideal and floor.
+
+    The fit sees ``(value - floor) / (ideal - floor)`` clipped to ``[0, 1]``; μ is where it has
+    fallen half way from its clean value. For example, the absolute error of a regression
+    against the error of predicting the mean of the targets ``y``::
+
+        Metric("abs_error", lambda out, t: (out.squeeze(-1) - t).abs(), higher_is_better=False,
+               ideal=0.0, floor=float((y - y.mean()).abs().mean()))
 
     Attributes:
         name: its name in results (``"top1"``, ..., or the callable's name).
-        totals: ``(outputs, targets) -> (sums, counts)``, one pair per sample.
+        totals: ``(outputs, targets) -> (sums, counts)``, one pair per sample, or the
+            per-sample scores alone (counts 1); every value must be finite.
         higher_is_better: the direction of the raw value.
         ideal: the best value (``None``: the clean value of each sweep).
-        floor: the value of a model that knows nothing (``None``: measured at a large σ;
-            a callable of the number of classes ``V`` for the built-ins).
+        floor: the value of a model that knows nothing (``None``: measured under global noise
+            at a large σ; a callable of the number of classes ``V`` for the built-ins).
         log_scale: the reported value is ``exp`` of the mean (perplexity).
     """
 
@@ -107,6 +117,8 @@ class Metric:
     log_scale: bool = False
     logits: bool = True
     """``totals`` takes the logits (``output_logits``) rather than the raw output."""
+    class_targets: bool = False
+    """The targets are class indices (the built-ins): a sweep refuses floating-point targets."""
 
     def sums(self, out: Any, targets: Tensor) -> Tuple[Tensor, Tensor]:
         """Per-sample ``(sums, counts)`` of a batch, checked."""
@@ -140,11 +152,13 @@ class Metric:
 
 
 _BUILTIN = {
-    MetricName.TOP1: lambda: Metric("top1", _topk(1), True, 1.0, lambda v: 1.0 / v),
-    MetricName.TOP5: lambda: Metric("top5", _topk(5), True, 1.0, lambda v: min(5, v) / v),
-    MetricName.TOKEN_ACCURACY: lambda: Metric("token_accuracy", _topk(1), True, 1.0, lambda v: 1.0 / v),
-    MetricName.LOSS: lambda: Metric("loss", _nll, False, 0.0, lambda v: math.log(v)),
-    MetricName.PERPLEXITY: lambda: Metric("perplexity", _nll, False, 0.0, lambda v: math.log(v), log_scale=True),
+    MetricName.TOP1: lambda: Metric("top1", _topk(1), True, 1.0, lambda v: 1.0 / v, class_targets=True),
+    MetricName.TOP5: lambda: Metric("top5", _topk(5), True, 1.0, lambda v: min(5, v) / v, class_targets=True),
+    MetricName.TOKEN_ACCURACY: lambda: Metric("token_accuracy", _topk(1), True, 1.0, lambda v: 1.0 / v,
+                                              class_targets=True),
+    MetricName.LOSS: lambda: Metric("loss", _nll, False, 0.0, lambda v: math.log(v), class_targets=True),
+    MetricName.PERPLEXITY: lambda: Metric("perplexity", _nll, False, 0.0, lambda v: math.log(v), log_scale=True,
+                                          class_targets=True),
 }
 
 

@@ -86,7 +86,8 @@ def _check_map(cfg: SweepConfig, all_sites: List[str]) -> None:
 
 FLOOR_FACTOR = 100.0
 """A metric's unknown floor is measured at ``FLOOR_FACTOR`` times the largest σ of the grid
-(at least ``extend_to``), global noise at every site."""
+(at least ``extend_to``), global noise at every swept site, in per-layer sweeps too (one
+floor for every site's curve)."""
 
 
 def _metric_scale(engine: Engine, scorer: Metric, cfg: SweepConfig, classes: Optional[int],
@@ -153,11 +154,15 @@ def sweep(
         fit_options: how μ is fitted (quoted model, a_max tie, systematic error, bootstrap
             size); default ``FitOptions()``: the log-σ model with a_max tied to the clean accuracy.
         metric: ``"top1"`` (default: correct counts, the paper's accuracy), ``"top5"``,
-            ``"loss"``, ``"perplexity"``, ``"token_accuracy"``, a ``Metric``, a torchmetrics
+            ``"loss"``, ``"perplexity"``, ``"token_accuracy"`` (these need class-index
+            targets), a ``fxharden.Metric`` (its own direction, ideal and floor), a torchmetrics
             metric, or a callable ``(outputs, targets) -> per-sample scores`` (higher is
             better). μ is the σ at which the score has fallen half way from its clean value to
-            its floor (chance; ``ln V`` for the loss, perplexity on the log scale; measured at a
-            large σ when not known): see ``fxharden.measure.scores``.
+            its floor (chance; ``ln V`` for the loss, perplexity on the log scale; when not
+            known, measured under global noise at ``FLOOR_FACTOR`` times the largest σ, in
+            both modes): see ``fxharden.measure.scores``. Other metrics than top-1 are fitted
+            on a ``[0, 1]`` scale (``SweepResult.clean_fit``); their own values are
+            ``SweepResult.clean_raw``, ``floor_raw`` and ``raw_curve``.
         provenance: where the inputs came from (the preprocessing used and its origin, the
             weights files), recorded as it is in ``SweepResult.provenance``; not part of the
             sweep's identity.
@@ -168,8 +173,9 @@ def sweep(
 
     Raises:
         ValueError: a bad setting, unknown sites, empty data, an unknown metric, a metric
-            that does not return one score per sample, or ``out`` holding a sweep with other
-            settings (``SweepMismatchError``).
+            that does not return one score per sample or returns a NaN or infinite one,
+            floating-point targets for a metric that needs class indices, or ``out`` holding a
+            sweep with other settings (``SweepMismatchError``).
     """
     scorer = resolve_metric(metric)
     if config is None:

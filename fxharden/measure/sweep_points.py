@@ -52,6 +52,26 @@ class SweepPoint:
         return np.asarray(self.correct, dtype=np.float64) / max(self.total, 1)
 
     @property
+    def fit_scores(self) -> np.ndarray:
+        """The scores the midpoint fit sees, shape (networks, repeats): accuracies for top-1
+        (and top-5, token accuracy), otherwise the metric's values mapped to ``[0, 1]`` (0 at the
+        floor). The same as ``accuracy``, named for what it is."""
+        return self.accuracy
+
+    @property
+    def raw_values(self) -> np.ndarray:
+        """The metric's own values (loss, perplexity, a callable's mean score; top-1: the
+        accuracy), shape (networks, repeats)."""
+        if self.scores is not None:
+            return np.asarray(self.values or (), dtype=np.float64)
+        return self.accuracy
+
+    @property
+    def raw_mean(self) -> float:
+        """Mean of ``raw_values`` over networks and repeats (``mean`` is on the fit scale)."""
+        return float(self.raw_values.mean())
+
+    @property
     def samples(self) -> np.ndarray:
         """The values the uncertainty is taken over: one per network (its mean over
         repeats) when there are several networks, else one per repeat."""
@@ -60,7 +80,7 @@ class SweepPoint:
 
     @property
     def mean(self) -> float:
-        """Mean accuracy over networks and repeats."""
+        """Mean accuracy (other metrics: fit score) over networks and repeats; see ``raw_mean``."""
         return float(self.accuracy.mean())
 
     @property
