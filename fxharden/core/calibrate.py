@@ -12,8 +12,8 @@ from typing import Any, Dict, Iterable, Optional
 import torch
 from torch import nn
 
-from .harden import _noise_modules
-from .noise import Noise, noise_off
+from .noise import Noise, Role, noise_off
+from .noise.verbs import noise_modules
 from .quant import ActQuant
 
 __all__ = ["calibrate_noise", "calibrate_quantizers", "site_rms", "call_model"]
@@ -113,33 +113,27 @@ def calibrate_noise(model: nn.Module, data: Iterable[Any], max_batches: Optional
     A site that saw only integer tensors (token ids at an input site) is left uncalibrated:
     noise never applies there.
     """
-    weights = {id(x) for m in model.modules() if isinstance(getattr(m, "weight_noise", None), nn.Module)
-               for x in m.weight_noise.modules()}  # a layer's weight noise never sees activations
+    weights = set(map(id, noise_modules(model, Role.WEIGHTS).values()))  # they never see activations
     mods = [m for m in model.modules() if isinstance(m, Noise) and id(m) not in weights
-            and (force or not m.calibrated)]
+            and (force or not m.calibrated)]  # every mode's sites, also those of the other mode's graph
     if not mods:
         return {}
     if any(isinstance(m, ActQuant) and m.needs_data for m in model.modules()):
         if iter(data) is data:  # a one-shot iterator: keep the batches for the second pass
             data = list(itertools.islice(data, max_batches))
         calibrate_quantizers(model, data, max_batches)
+    finished = False
     try:
         for m in mods:
-            m._calibration = [0.0, 0]
+            m.begin_rms()
         _run_clean(model, data, max_batches, "calibrate_noise")
-        out = {}
-        for m in mods:
-            total, count = m._calibration
-            if count == 0:
-                continue  # only integer tensors (token ids) pass there: noise never applies, no RMS
-            m.rms.fill_(math.sqrt(total / count))
-            out[m.site] = float(m.rms)
-        return out
+        finished = True
     finally:
-        for m in mods:
-            m._calibration = None
+        # None: only integer tensors (token ids) passed there: noise never applies, no RMS
+        rms = {m.site: m.end_rms(keep=finished) for m in mods}
+    return {site: r for site, r in rms.items() if r is not None}
 
 
 def site_rms(model: nn.Module) -> Dict[str, float]:
     """``{site: rms}`` of the activation noise modules (NaN where uncalibrated)."""
-    return {site: float(m.rms) if m.calibrated else math.nan for site, m in _noise_modules(model).items()}
+    return {site: float(m.rms) if m.calibrated else math.nan for site, m in noise_modules(model).items()}

@@ -240,6 +240,9 @@ class WeightNoiseConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", WeightNoiseKind(self.kind))
         check_sigma(self.sigma)
+        if self.kind is WeightNoiseKind.NONE and (self.sigma or self.relative):
+            raise ValueError(f"WeightNoiseConfig(sigma={self.sigma!r}) without a kind adds no noise: choose "
+                             "kind='additive' (w + N(0, sigma^2)) or kind='lognormal' (w * exp(sigma * N(0, 1)))")
         if self.relative and self.kind is WeightNoiseKind.LOGNORMAL:
             raise ValueError("relative=True is defined for additive weight noise only; log-normal drift "
                              "is already relative to each weight")
@@ -388,6 +391,14 @@ class HardenConfig:
                 or self.weight_faults is not None)
 
 
+def _weight_noise_from_dict(data: Mapping[str, Any]) -> WeightNoiseConfig:
+    """A saved ``WeightNoiseConfig``; one without a kind (files that kept a sigma which
+    never took effect) loads as no weight noise, as it ran."""
+    if WeightNoiseKind(data.get("kind", WeightNoiseKind.NONE)) is WeightNoiseKind.NONE:
+        return WeightNoiseConfig()
+    return WeightNoiseConfig(**data)
+
+
 def _ref_to_str(obj: Any) -> str:
     if isinstance(obj, str):
         return obj
@@ -467,7 +478,7 @@ def config_from_dict(data: Mapping[str, Any]) -> HardenConfig:
             dac=dataclass_from_dict(ConverterConfig, data.get("dac")),
             weight_faults=dataclass_from_dict(WeightFaultConfig, data.get("weight_faults")),
             weight_drift=dataclass_from_dict(WeightDriftConfig, data.get("weight_drift")),
-            weight_noise=WeightNoiseConfig(**data.get("weight_noise", {})),
+            weight_noise=_weight_noise_from_dict(data.get("weight_noise", {})),
             rules=SiteRules(
                 by_type=tuple((_ref_from_str(k), layer(v)) for k, v in rules.get("by_type", [])),
                 by_regex=tuple((k, layer(v)) for k, v in rules.get("by_regex", [])),

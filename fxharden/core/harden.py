@@ -1,14 +1,13 @@
 """``harden``: copy -> trace -> resolve rules -> insert quantizers and noise -> recompile.
 
-Also the verbs that act on a hardened model: ``noise_sites``, ``set_noise``,
-``set_weight_noise``, ``seed_noise``, ``harden_report``.
+Also ``harden_report``; the noise verbs (``noise_sites``, ``set_noise``, ``set_weight_noise``,
+``seed_noise``) live in ``fxharden.core.noise.verbs`` and are re-exported here.
 """
 
 from __future__ import annotations
 
 import copy
-import difflib
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import fx, nn
@@ -17,9 +16,11 @@ from .config import AutocastOutput, Frontend, HardenConfig, Scaling, SiteKind, W
 from .export import ExportError, capture_export
 from .hardened import HardenedModule, HardenReport, SiteInfo, build_hardened
 from .layers import HARDENED_LAYERS, HardenedCall, can_harden_weights, harden_layer, weight_axis
-from .module_route import LayerCandidate, LayerSite, attach_site, find_layers, layer_sites
-from .noise import Noise, NoiseChain, SigmaLike
-from .noise_models import ConverterConfig, NoiseKind
+from .module_route import LayerCandidate, LayerSite, attach_site, find_layers
+from .noise import LogNormal, Noise, NoiseChain, NoiseModel, Role, StuckAt, noise_model
+from .noise.verbs import (DRIFT_SUFFIX, FAULTS_SUFFIX, check_hardened, noise_sites, seed_noise, set_noise,  # noqa: F401
+                          set_weight_noise, weight_noise_modules)  # the verbs, re-exported
+from .noise_models import ConverterConfig
 from .passes import ensure_container, insert_site_modules, key_for
 from .placement import model_placement, place_modules
 from .quant import ActQuant, WeightQuant
@@ -52,13 +53,6 @@ def _copy_model(model: nn.Module) -> nn.Module:
             if not name.startswith("_"):  # plain attributes; parameters/buffers are leaves
                 visit(value)
     return copy.deepcopy(model, memo)
-
-
-def _check_hardened(model: Any) -> HardenedModule:
-    if not isinstance(model, HardenedModule):
-        raise TypeError(f"expected a model returned by fxharden.harden, got {type(model).__name__}; "
-                        "call fxharden.harden(model, ...) first")
-    return model
 
 
 def _user_leaves(graph: fx.Graph, modules: Dict[str, nn.Module], config: HardenConfig) -> set:
@@ -356,8 +350,8 @@ def _weight_noise(layer: str, config: HardenConfig) -> Optional[nn.Module]:
     """The weight noise of layer (or functional site) ``layer``: one ``Noise`` per configured
     model (sites ``<layer>.weight``, ``.weight.drift``, ``.weight.faults``), chained."""
     noises = []
-    for suffix, kind, sigma, extra in _weight_noise_models(config):
-        noise = Noise(f"{layer}.weight{suffix}", config.noise.seed, kind=kind, **extra)
+    for suffix, model, sigma in _weight_noise_models(config):
+        noise = Noise(f"{layer}.weight{suffix}", config.noise.seed, kind=model)
         noise.set_sigma(sigma)
         noises.append(noise)
     return noises[0] if len(noises) == 1 else NoiseChain(*noises)
@@ -377,113 +371,20 @@ def converter(cfg: ConverterConfig) -> ActQuant:
     return ActQuant(cfg.bits, cfg.signed, step=cfg.step, calibration_steps=cfg.calibration_steps, converter=True)
 
 
-DRIFT_SUFFIX, FAULTS_SUFFIX = ".drift", ".faults"
-"""Site names of the drift and fault modules of a layer: ``<layer>.weight.drift``,
-``<layer>.weight.faults`` (the configured weight noise is ``<layer>.weight``); distinct names
-give them distinct random streams."""
-
-
-def _weight_noise_models(config: HardenConfig) -> List[tuple]:
-    """``(site suffix, kind, sigma, extra kwargs)`` of each weight noise model, applied in
-    this order: drift, then the configured weight noise, then stuck-at faults (a stuck weight
-    stays put)."""
-    out = []
+def _weight_noise_models(config: HardenConfig) -> List[Tuple[str, NoiseModel, float]]:
+    """``(site suffix, model, sigma)`` of each weight noise model, applied in this order:
+    drift, then the configured weight noise, then stuck-at faults (a stuck weight stays put)."""
+    out: List[Tuple[str, NoiseModel, float]] = []
     if config.weight_drift is not None:
-        out.append((DRIFT_SUFFIX, NoiseKind.LOGNORMAL, config.weight_drift.sigma, {}))
+        out.append((DRIFT_SUFFIX, LogNormal(), config.weight_drift.sigma))
     wn = config.weight_noise
     if wn.kind is not WeightNoiseKind.NONE:
-        out.append(("", wn.kind, wn.sigma, {"relative": wn.relative}))
+        out.append(("", noise_model(wn.kind, Role.WEIGHTS, **({"of_max": True} if wn.relative else {})), wn.sigma))
     if config.weight_faults is not None:
-        out.append((FAULTS_SUFFIX, NoiseKind.STUCK, config.weight_faults.p,
-                    {"zero_fraction": config.weight_faults.zero_fraction}))
+        out.append((FAULTS_SUFFIX, StuckAt(zero_fraction=config.weight_faults.zero_fraction), config.weight_faults.p))
     return out
-
-
-def _noise_modules(hm: HardenedModule) -> Dict[str, Noise]:
-    """Activation noise modules by site name, in graph order; those of the layers inside an
-    opaque part (the module route) where the graph calls the part, in module order."""
-    out: Dict[str, Noise] = {}
-    for node in hm.graph.nodes:
-        if node.op == "call_module":
-            mod = hm.get_submodule(node.target)
-            if isinstance(mod, Noise):
-                out[mod.site] = mod
-            elif not isinstance(mod, (ActQuant, HARDENED_LAYERS)):
-                for site in layer_sites(mod):
-                    if site.noise is not None:
-                        out.setdefault(site.noise.site, site.noise)
-    return out
-
-
-def noise_sites(model: nn.Module) -> List[str]:
-    """Dotted names of the noise sites of a hardened model, in graph order."""
-    return list(_noise_modules(_check_hardened(model)))
-
-
-def set_noise(model: nn.Module, sigma: Union[SigmaLike, Mapping[str, SigmaLike]],
-              sites: Optional[Iterable[str]] = None) -> None:
-    """Set the noise strength.
-
-    Args:
-        model: a hardened model.
-        sigma: a float >= 0, or one float per batch group (see ``Noise``), or a per-site map
-            ``{site: sigma}`` (a noise allocation): each listed site gets its own value and
-            every other site gets 0.
-        sites: ``None`` sets every site (global injection); otherwise only these sites get
-            ``sigma`` and every other site gets 0 (per-layer injection). Not with a map.
-
-    Raises:
-        ValueError: negative/NaN sigma, or a site name that does not exist (the message
-            lists close matches).
-    """
-    mods = _noise_modules(_check_hardened(model))
-    if isinstance(sigma, Mapping):
-        if sites is not None:
-            raise ValueError("set_noise: pass either a per-site sigma map or sites, not both")
-        _check_sites(mods, list(sigma))
-        for name, mod in mods.items():
-            mod.set_sigma(sigma.get(name, 0.0))
-        return
-    chosen = set(mods) if sites is None else set(_check_sites(mods, [sites] if isinstance(sites, str) else sites))
-    for name, mod in mods.items():
-        mod.set_sigma(sigma if name in chosen else 0.0)
-
-
-def _check_sites(mods: Dict[str, Noise], sites: Sequence[str]) -> List[str]:
-    sites = list(sites)
-    for s in sites:
-        if s not in mods:
-            close = difflib.get_close_matches(s, list(mods), n=5)
-            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise ValueError(f"unknown noise site {s!r}{hint} (fxharden.noise_sites(model) lists all {len(mods)})")
-    return sites
-
-
-def seed_noise(model: nn.Module, seed: int) -> None:
-    """Restart every noise stream (activations and weights) from base seed ``seed``; each
-    site draws from its own stream ``stream_seed(seed, site name)`` (see ``fxharden.noise``)."""
-    _check_hardened(model)
-    for mod in model.modules():
-        if isinstance(mod, Noise):
-            mod.reseed(seed)
-
-
-def weight_noise_modules(model: nn.Module) -> Dict[str, Noise]:
-    """The weight-noise modules of a hardened model, by layer name (``<layer>.weight``)."""
-    acts = set(map(id, _noise_modules(_check_hardened(model)).values()))
-    return {m.site: m for m in model.modules() if isinstance(m, Noise) and id(m) not in acts}
-
-
-def set_weight_noise(model: nn.Module, sigma: SigmaLike) -> None:
-    """Set the weight-noise strength of every layer that has weight noise (``harden`` set it
-    to ``HardenConfig.weight_noise.sigma``): a float, or one float per batch group (one
-    weight draw per group, see ``fxharden.layers``). 0 turns weight noise off. Drift and
-    stuck-at faults (``HardenConfig.weight_drift``/``weight_faults``) keep their settings."""
-    for site, mod in weight_noise_modules(model).items():
-        if not site.endswith((DRIFT_SUFFIX, FAULTS_SUFFIX)):
-            mod.set_sigma(sigma)
 
 
 def harden_report(model: nn.Module) -> HardenReport:
     """The sites of a hardened model and what was left out, with reasons."""
-    return _check_hardened(model).report
+    return check_hardened(model).report

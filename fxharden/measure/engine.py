@@ -28,8 +28,7 @@ from ..core.calibrate import calibrate_noise, calibrate_quantizers, call_model
 from ..core.harden import HardenedModule, noise_sites, seed_noise, weight_noise_modules
 from ..core.groups import ensure_batch_dims
 from ..core.layers import weight_draws_held
-from ..core.noise import Noise
-from ..core.noise_models import NoiseKind
+from ..core.noise import Noise, SigmaUnits
 from .results import PointStore, Units
 from ..zoo.data import is_batch_list as _is_batch_list, map_tensors as _map
 from .scores import Metric, output_logits, resolve_metric
@@ -193,12 +192,13 @@ class Engine:
         self.store, self.done = store, store.load()
 
     def _factor(self, mod: Noise) -> float:
-        """Sweep σ -> the module's own σ: relative units scale additive noise by the site's
-        RMS, absolute units scale relative noise by 1/RMS; multiplicative is dimensionless."""
+        """Sweep σ -> the module's own σ, by the model's units: relative units scale a σ in
+        absolute units by the site's RMS, absolute units scale a σ relative to the site's RMS
+        by 1/RMS; dimensionless models take the sweep's σ as it is."""
         relative_units = self.cfg.units is Units.RELATIVE
-        if mod.kind is NoiseKind.ADDITIVE and relative_units:
+        if mod.model.units is SigmaUnits.ABSOLUTE and relative_units:
             return float(mod.rms)
-        if mod.kind is NoiseKind.RELATIVE and not relative_units:
+        if mod.model.units is SigmaUnits.SITE_RMS and not relative_units:
             return 1.0 / float(mod.rms)
         return 1.0
 

@@ -14,7 +14,6 @@ run resumed from it repeats the uninterrupted run bit for bit on CPU.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import json
 import math
 import time
@@ -29,16 +28,17 @@ from torch import Tensor, nn
 from .._files import atomic_write_json, check_writable
 from ..devices import resolve_device
 from ..zoo.checkpoint import read_payload, save_checkpoint
-from ..core.config import check_sigma, config_to_dict
+from ..core.config import config_to_dict
 from ..zoo.data import as_batches, is_batch_list
 from ..measure.scores import IGNORE_INDEX, align_targets, output_logits
-from ..core.harden import HardenedModule, harden, noise_sites, seed_noise
+from ..core.harden import HardenedModule, harden
 from ..zoo.options import Optimizer
 from ..core.calibrate import calibrate_quantizers, call_model
-from ..core.noise import Noise, noise_off
+from ..core.noise import noise_off
+from ..core.noise.verbs import check_sites, noise_modules, seed_noise, set_noise
 from ..core.quant import ActQuant, frozen_weights
 from .feed import on_device, training_batches
-from .options import Augment, Precision
+from .options import Augment, NoiseSchedule, Precision
 from .status import ProgressFile
 
 __all__ = ["Optimizer", "LRSchedule", "Precision", "NoiseSchedule", "TrainConfig", "EpochLog", "TrainResult",
@@ -55,36 +55,6 @@ class LRSchedule(str, Enum):
     """Cosine decay from ``lr`` to 0 over all steps (the paper's schedule)."""
     CONSTANT = "constant"
 
-
-
-@dataclass(frozen=True)
-class NoiseSchedule:
-    """Noise injected during training (noisy training, paper Sec. IV-B).
-
-    Either one ``sigma`` for every noise site, or ``per_site`` sigmas (other sites get 0).
-    With ``ramp_epochs = k > 0`` the strength grows linearly from 0 in epoch 0 to its full
-    value in epoch k and later.
-    """
-
-    sigma: float = 0.0
-    """Noise strength at every site."""
-    ramp_epochs: int = 0
-    """Epochs of the linear ramp from 0; 0 means full strength from the start."""
-    per_site: Tuple[Tuple[str, float], ...] = ()
-    """``(site name, sigma)`` pairs (or a dict); when given, ``sigma`` must be 0."""
-
-    def __post_init__(self) -> None:
-        check_sigma(self.sigma)
-        items = self.per_site.items() if isinstance(self.per_site, Mapping) else self.per_site
-        object.__setattr__(self, "per_site", tuple((str(s), check_sigma(v)) for s, v in items))
-        if self.per_site and self.sigma:
-            raise ValueError("NoiseSchedule: give either sigma (all sites) or per_site sigmas, not both")
-        if self.ramp_epochs < 0:
-            raise ValueError(f"ramp_epochs must be >= 0, got {self.ramp_epochs}")
-
-    def factor(self, epoch: int) -> float:
-        """Fraction of the full strength used in ``epoch`` (0-based)."""
-        return 1.0 if self.ramp_epochs == 0 else min(1.0, epoch / self.ramp_epochs)
 
 
 @dataclass(frozen=True)
@@ -227,24 +197,6 @@ def _autocast(device: torch.device, precision: Precision):
         raise ValueError("precision=fp16 needs a CUDA device; use bf16 or fp32 on CPU")
     dtype = torch.bfloat16 if precision is Precision.BF16 else torch.float16
     return torch.autocast(device.type, dtype=dtype), torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-
-
-def _activation_noise(model: HardenedModule, schedule: NoiseSchedule) -> Dict[str, Noise]:
-    """The activation noise modules by site (weight noise is left alone); checks per-site names."""
-    names = set(noise_sites(model))
-    mods = {m.site: m for m in model.modules() if isinstance(m, Noise) and m.site in names}
-    for site, _ in schedule.per_site:
-        if site not in mods:
-            close = difflib.get_close_matches(site, list(mods), n=3)
-            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise ValueError(f"train_sigma names unknown noise site {site!r}{hint} "
-                             f"(fxharden.noise_sites(model) lists all {len(mods)})")
-    return mods
-
-
-def _set_noise(mods: Dict[str, Noise], sigmas: Mapping[str, float]) -> None:
-    for site, mod in mods.items():
-        mod.set_sigma(float(sigmas[site]))
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -393,7 +345,8 @@ def train(
     if out is not None:
         check_writable(out)
     model = model if isinstance(model, HardenedModule) else harden(model, example_inputs=_first_inputs(data_train))
-    mods = _activation_noise(model, cfg.noise)
+    mods = noise_modules(model)  # activation noise; weight noise keeps its own setting
+    check_sites(mods, [site for site, _ in cfg.noise.per_site], context="train_sigma names an ")
     caller_noise = {s: m.setting() for s, m in mods.items()}
     caller_seed = {s: m.seed for s, m in mods.items()}
     payload = _load_resume(out, resume, cfg, model, arch)
@@ -472,7 +425,7 @@ def train(
                 torch.manual_seed(seed)
                 seed_noise(model, seed)
                 f, per_site = cfg.noise.factor(epoch), dict(cfg.noise.per_site)
-                _set_noise(mods, {s: f * (per_site.get(s, 0.0) if per_site else cfg.noise.sigma) for s in mods})
+                set_noise(model, {s: f * (per_site.get(s, 0.0) if per_site else cfg.noise.sigma) for s in mods})
                 batches = training_batches(data_train, cfg.batch_size, dev, torch.Generator().manual_seed(seed),
                                            cfg.augment)
                 report = None if bar is None else (lambda l, a: bar.update(

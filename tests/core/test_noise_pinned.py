@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import fxharden
-from fxharden import HardenConfig, NoiseConfig, NoiseKind, WeightDriftConfig, WeightFaultConfig
+from fxharden import HardenConfig, NoiseConfig, WeightDriftConfig, WeightFaultConfig
 from fxharden.core.config import WeightNoiseConfig, WeightNoiseKind
 from fxharden.core.noise import Noise
 
@@ -60,7 +60,7 @@ def module(kind: str, sigma, shape=(4, 8, 16), compiled: bool = False, draws=Non
     n.set_sigma(sigma, draws=draws)
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(2))
     if kind == "relative":
-        n.rms.fill_(0.75)
+        n.set_rms(0.75)
     f = torch.compile(n, backend="eager", fullgraph=True) if compiled else n
     with torch.no_grad():
         return torch.cat([f(x.clone()), f(x.clone())])

@@ -1,0 +1,298 @@
+"""The noise models as values, each with its formula written once, and their registry.
+
+A model is a frozen dataclass: what it is called (``name``, one of ``NoiseKind``), what it
+acts on (``acts_on``), the units of its σ (``units``), its valid σ range (``sigma_max``), the
+random numbers it consumes (``draw``) and its parameters (fields). Its formula is one method,
+``term``: from the tensor ``x``, the draw ``ε``, σ and the site's clean RMS it returns a term
+and a scale with ``y = x + scale · term``. Both execution paths of the noise module use it:
+
+- eager (``apply``): σ and the RMS are Python floats, ``term`` is built in place in the draw
+  (``IN_PLACE`` ops; the draw is a scratch buffer consumed there) and added with
+  ``torch.add(x, term, alpha=scale, out=...)`` (in place in the module's own input where it
+  may be: one pass for additive noise);
+- compiled (``apply_tensor``): σ and the RMS are tensors (σ possibly one value per batch
+  group, broadcast), nothing in place (``FUNCTIONAL`` ops), ``x + scale * term``.
+
+A model that is not of the form ``x + scale · term`` (stuck-at faults) overrides both with one
+shared formula. Adding a model: one class here with ``@register``, its name in ``NoiseKind``
+(the configuration's enum, torch-free) and one row in the parametrized tests that feed the
+same ε to both paths (``tests/core/test_noise_formulas.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, ClassVar, Dict, FrozenSet, Optional, Sequence, Tuple, Type, Union
+
+import torch
+from torch import Tensor
+
+from ..noise_models import NoiseKind, check_param
+
+__all__ = ["Role", "SigmaUnits", "Draw", "NoiseModel", "Additive", "Relative", "Multiplicative", "LogNormal",
+           "StuckAt", "MODELS", "register", "noise_model", "IN_PLACE", "FUNCTIONAL"]
+
+Scale = Union[float, Tensor, None]
+
+
+class Role(str, Enum):
+    """What a noise model may act on."""
+
+    ACTIVATIONS = "activations"
+    WEIGHTS = "weights"
+
+
+class SigmaUnits(str, Enum):
+    """The units of a model's σ."""
+
+    ABSOLUTE = "absolute"
+    """In the units of the tensor (additive noise)."""
+    SITE_RMS = "site_rms"
+    """Relative to the site's clean signal RMS (measured by ``calibrate_noise``)."""
+    MAX_ABS = "max_abs"
+    """Relative to ``max|x|`` of the tensor the noise is added to (weights)."""
+    DIMENSIONLESS = "dimensionless"
+    """A factor on each element (multiplicative, log-normal)."""
+    PROBABILITY = "probability"
+    """A probability per element, in [0, 1] (stuck-at faults)."""
+
+
+class Draw(str, Enum):
+    """The random numbers one application of a model consumes."""
+
+    NORMAL = "normal"
+    """One standard normal per element."""
+    UNIFORM3 = "uniform3"
+    """Three independent uniform numbers in ``[0, 1)`` per element."""
+
+
+class _InPlace:
+    """Elementwise ops of the eager path: they write into their first operand (a draw that
+    is consumed there)."""
+
+    @staticmethod
+    def mul(a: Tensor, b: Any) -> Tensor:
+        return a.mul_(b)
+
+    @staticmethod
+    def expm1(a: Tensor) -> Tensor:
+        return a.exp_().sub_(1)  # exp - 1, as eager results have always been computed
+
+
+class _Functional:
+    """Elementwise ops of the compiled path: new tensors, nothing in place."""
+
+    @staticmethod
+    def mul(a: Tensor, b: Any) -> Tensor:
+        return a * b
+
+    @staticmethod
+    def expm1(a: Tensor) -> Tensor:
+        return torch.expm1(a)
+
+
+IN_PLACE, FUNCTIONAL = _InPlace(), _Functional()
+
+
+@dataclass(frozen=True)
+class NoiseModel:
+    """A noise model: what one noise module does to the tensor ``x`` that passes through it
+    at strength σ (class doc of each model for its formula; module doc for the contract)."""
+
+    name: ClassVar[NoiseKind]
+    acts_on: ClassVar[FrozenSet[Role]] = frozenset({Role.ACTIVATIONS, Role.WEIGHTS})
+    units: ClassVar[SigmaUnits] = SigmaUnits.ABSOLUTE
+    sigma_max: ClassVar[float] = math.inf
+    sigma_means: ClassVar[str] = "a sigma"
+    """What σ is, for messages."""
+    draw: ClassVar[Draw] = Draw.NORMAL
+    needs_rms: ClassVar[bool] = False
+    """The formula reads the site's clean RMS (``calibrate_noise`` must have run)."""
+    consumes_draw: ClassVar[bool] = False
+    """The eager formula changes the draw in place (a shared draw is copied first)."""
+
+    def term(self, x: Tensor, eps: Tensor, sigma: Any, rms: Any, ops, group_dim: Optional[int] = None
+             ) -> Tuple[Tensor, Scale]:
+        """``(term, scale)`` with ``y = x + scale · term`` (``scale=None``: 1). ``sigma`` and
+        ``rms`` are floats (eager) or tensors (compiled, ``sigma`` maybe one value per group
+        along ``group_dim``, whose slices are separate tensors: ``peak``); ``ops`` is
+        ``IN_PLACE`` (may change ``eps``) or ``FUNCTIONAL``. Forward only: terms are built
+        from ``x.detach()``, so the gradient passes through unchanged."""
+        raise NotImplementedError
+
+    def apply(self, x: Tensor, eps: Tensor, sigma: float, rms: float = -1.0,
+              out: Optional[Tensor] = None) -> Tensor:
+        """Eager: ``x`` with noise of strength ``sigma`` from the draw ``eps`` (which may be
+        changed), written into ``out`` if given (no autograd then; ``out`` may be ``x``)."""
+        term, scale = self.term(x, eps, sigma, rms, IN_PLACE)
+        if scale is None:
+            return torch.add(x, term, out=out) if out is not None else x + term
+        return torch.add(x, term, alpha=scale, out=out) if out is not None else torch.add(x, term, alpha=scale)
+
+    def apply_tensor(self, x: Tensor, eps: Any, sigma: Tensor, rms: Tensor, group_dim: Optional[int] = None) -> Tensor:
+        """Compiled: ``x`` with noise, ``sigma`` and ``rms`` tensors, nothing in place; with
+        ``group_dim``, ``x`` holds one batch group per index of that dimension."""
+        term, scale = self.term(x, eps, sigma, rms, FUNCTIONAL, group_dim)
+        return x + term if scale is None else x + scale * term
+
+    def check_sigma(self, values: Sequence[float], site: str) -> None:
+        """Refuse σ values outside ``[0, sigma_max]`` (each is already finite and >= 0)."""
+        if any(v > self.sigma_max for v in values):
+            raise ValueError(f"site {site!r}: {self.name.value} noise takes {self.sigma_means} in "
+                             f"[0, {self.sigma_max:g}], got {max(values)!r}")
+
+
+def peak(x: Tensor, group_dim: Optional[int] = None) -> Tensor:
+    """``max|x|`` of the tensor, or with ``group_dim`` of each of its slices along that
+    dimension (kept for broadcasting): each batch group is a tensor of its own."""
+    a = x.detach().abs()
+    if group_dim is None:
+        return a.amax()
+    return a.amax(dim=[d for d in range(x.dim()) if d != group_dim], keepdim=True)
+
+
+MODELS: Dict[str, Type[NoiseModel]] = {}
+"""The registry: model class by name (``NoiseKind`` value)."""
+
+
+def register(cls: Type[NoiseModel]) -> Type[NoiseModel]:
+    """Class decorator: add a model to ``MODELS`` under its name."""
+    MODELS[NoiseKind(cls.name).value] = cls
+    return cls
+
+
+@register
+@dataclass(frozen=True)
+class Additive(NoiseModel):
+    """``y = x + σ ε``: absolute noise, σ in the units of ``x`` (the paper, Eq. 2); with
+    ``of_max``, ``y = x + σ · max|x| · ε`` (Noisy Machines' convention for weights)."""
+
+    name: ClassVar[NoiseKind] = NoiseKind.ADDITIVE
+    of_max: bool = False
+    """σ relative to ``max|x|`` of the tensor (``WeightNoiseConfig.relative``)."""
+
+    @property
+    def units(self) -> SigmaUnits:  # type: ignore[override]
+        return SigmaUnits.MAX_ABS if self.of_max else SigmaUnits.ABSOLUTE
+
+    @property
+    def consumes_draw(self) -> bool:  # type: ignore[override]
+        return self.of_max
+
+    def term(self, x, eps, sigma, rms, ops, group_dim=None):
+        if self.of_max:
+            eps = ops.mul(eps, peak(x, group_dim))
+        return eps, sigma
+
+
+@register
+@dataclass(frozen=True)
+class Relative(NoiseModel):
+    """``y = x + σ · rms · ε``: σ relative to the site's clean signal, ``rms =
+    sqrt(mean(x²))`` over calibration data with no noise anywhere (``calibrate_noise``), in
+    the module's ``rms`` buffer. Dimensionless."""
+
+    name: ClassVar[NoiseKind] = NoiseKind.RELATIVE
+    acts_on: ClassVar[FrozenSet[Role]] = frozenset({Role.ACTIVATIONS})
+    units: ClassVar[SigmaUnits] = SigmaUnits.SITE_RMS
+    needs_rms: ClassVar[bool] = True
+
+    def term(self, x, eps, sigma, rms, ops, group_dim=None):
+        return eps, sigma * rms
+
+
+@register
+@dataclass(frozen=True)
+class Multiplicative(NoiseModel):
+    """``y = x · (1 + σ ε) = x + σ · (ε x)``: noise proportional to each element."""
+
+    name: ClassVar[NoiseKind] = NoiseKind.MULTIPLICATIVE
+    units: ClassVar[SigmaUnits] = SigmaUnits.DIMENSIONLESS
+    consumes_draw: ClassVar[bool] = True
+
+    def term(self, x, eps, sigma, rms, ops, group_dim=None):
+        return ops.mul(eps, x.detach()), sigma
+
+
+@register
+@dataclass(frozen=True)
+class LogNormal(NoiseModel):
+    """``y = x · exp(σ ε) = x + x · (exp(σ ε) - 1)``: log-normal drift (BayesFT; weights,
+    and conductance drift over time, ``WeightDriftConfig``)."""
+
+    name: ClassVar[NoiseKind] = NoiseKind.LOGNORMAL
+    acts_on: ClassVar[FrozenSet[Role]] = frozenset({Role.WEIGHTS})
+    units: ClassVar[SigmaUnits] = SigmaUnits.DIMENSIONLESS
+    consumes_draw: ClassVar[bool] = True
+
+    def term(self, x, eps, sigma, rms, ops, group_dim=None):
+        return ops.mul(ops.expm1(ops.mul(eps, sigma)), x.detach()), None
+
+
+@register
+@dataclass(frozen=True)
+class StuckAt(NoiseModel):
+    """Stuck-at faults: each element independently with probability ``p = σ`` is replaced
+    by 0 (with probability ``zero_fraction``) or by ``±max|x|`` (random sign), ``max|x|``
+    over the tensor. Exact values, gradient 1 (forward only). Draws three uniforms per
+    element: fault, sign, stuck-at-zero."""
+
+    name: ClassVar[NoiseKind] = NoiseKind.STUCK
+    acts_on: ClassVar[FrozenSet[Role]] = frozenset({Role.WEIGHTS})
+    units: ClassVar[SigmaUnits] = SigmaUnits.PROBABILITY
+    sigma_max: ClassVar[float] = 1.0
+    sigma_means: ClassVar[str] = "a fault probability"
+    draw: ClassVar[Draw] = Draw.UNIFORM3
+    zero_fraction: float = 0.5
+    """Share of the faulty elements stuck at 0 (the rest at ±max|x|, equal odds of sign)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "zero_fraction", check_param("zero_fraction", self.zero_fraction, high=1.0))
+
+    def faults(self, x: Tensor, u: Sequence[Tensor], p: Any, group_dim: Optional[int] = None) -> Tensor:
+        """The formula: ``x`` with the faults that the uniforms ``u`` and probability ``p``
+        (a float, or a tensor broadcast against ``x``) give."""
+        top = peak(x, group_dim)
+        value = torch.where(u[2] < self.zero_fraction, torch.zeros_like(x), torch.where(u[1] < 0.5, top, -top))
+        return torch.where(u[0] < p, value + (x - x.detach()), x)
+
+    def apply(self, x, eps, sigma, rms=-1.0, out=None):
+        res = self.faults(x, eps, sigma)
+        return out.copy_(res) if out is not None else res
+
+    def apply_tensor(self, x, eps, sigma, rms, group_dim=None):
+        return self.faults(x, eps, sigma, group_dim)
+
+
+def noise_model(spec: Any, role: Optional[Role] = None, **params: Any) -> NoiseModel:
+    """The model value for ``spec``: a ``NoiseModel`` (returned as is), or a name (a
+    ``NoiseKind``, a ``WeightNoiseKind`` or their string) with the model's ``params``
+    (``of_max`` for additive noise, ``zero_fraction`` for stuck-at faults; parameters a model
+    does not have are refused). ``role``: the model must act on it.
+
+    Raises:
+        ValueError: an unknown name (the message lists the registered ones), a model that
+            does not act on ``role``, or a parameter the model does not take."""
+    if isinstance(spec, NoiseModel):
+        model = spec
+        if params:
+            raise ValueError(f"noise_model got a model value {model!r} and also parameters {sorted(params)}")
+    else:
+        name = getattr(spec, "value", spec)
+        cls = MODELS.get(name) if isinstance(name, str) else None
+        if cls is None:
+            names = ", ".join(m for m in MODELS if role is None or role in MODELS[m].acts_on)
+            raise ValueError(f"unknown noise model {spec!r}; choose one of: {names}")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        wrong = sorted(k for k in params if k not in fields)
+        if wrong:
+            takes = ", ".join(sorted(fields)) or "no parameters"
+            raise ValueError(f"{cls.__name__} noise model takes {takes}, not {', '.join(wrong)}")
+        model = cls(**params)
+    if role is not None and role not in model.acts_on:
+        names = ", ".join(m for m in MODELS if role in MODELS[m].acts_on)
+        raise ValueError(f"the {model.name.value} noise model does not act on {role.value}; choose one of: {names}")
+    return model

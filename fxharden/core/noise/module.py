@@ -1,0 +1,485 @@
+"""THE noise module: one noise model value (``models``) at one site, on activations or
+weights, forward only, with its random stream (``streams``).
+
+Sigma lives in a buffer (changing it needs no retrace; it travels with ``state_dict``), with
+host mirrors the eager forward reads without a device sync. The site's clean RMS (relative
+noise, relative units) lives in the ``rms`` buffer (-1 until ``calibrate_noise`` has run).
+
+Batch groups: sigma may hold ``R`` values, one per group of the batch (the sweep measures
+``R`` noise settings in one forward pass). Group ``r`` is the ``r``-th of ``R`` equal slices
+of the batch dimension at the site, which ``fxharden.groups.locate_batch_dims`` finds (it is
+not always dim 0: sequence-first layers put the batch in dim 1). On activations every group
+gets its own draw anyway; on weights (``draw_weights``) each group gets its own perturbed
+copy of the weight. ``set_sigma(..., draws=...)`` lets groups that differ only in sigma share
+one draw (common random numbers); groups whose sigma is 0 draw nothing. Without autograd the
+noise is added in place to an input the module owns (``owns_input``).
+
+Under ``torch.compile`` (``torch.compiler.is_compiling()``) the forward takes another path
+that Dynamo captures without a graph break: the draws come from the counter-based stream
+(``CounterStream``) keyed by the ``stream_key`` and ``calls`` buffers, sigma is read from its
+buffer, and the model's formula is applied functionally (``NoiseModel.apply_tensor``; sigma 0
+adds exact zeros). Changing sigma or the seed between calls changes buffers only: no
+recompilation. What the compiled path cannot do it refuses with the error of the eager path
+(an uncalibrated relative site, a batch that does not split into the groups), raised while
+Dynamo traces, from host state that the trace guards on.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from ..config import check_sigma
+from ..counter_rng import compiling, refuse
+from ..noise_models import NoiseKind
+from .models import NoiseModel, StuckAt, noise_model
+from .streams import CounterStream, EagerStream, stream_seed
+
+__all__ = ["Noise", "NoiseSetting", "SigmaLike", "GroupDimError"]
+
+SigmaLike = Union[float, Sequence[float], Tensor]
+
+
+class NoiseSetting(NamedTuple):
+    """What ``set_sigma`` sets on a ``Noise`` module, as ``Noise.setting`` returns it and
+    ``Noise.restore`` takes it back: the ``sigma`` buffer and the host mirrors the forward
+    reads (one value per group, the shared draw indices)."""
+
+    sigma: Tensor
+    host: Tuple[float, ...]
+    draws: Optional[Tuple[int, ...]]
+
+
+class GroupDimError(ValueError):
+    """A per-group sigma was used at a site whose batch dimension is not known."""
+
+
+def _model(kind, relative: bool, zero_fraction: float) -> NoiseModel:
+    """The model value of ``Noise``'s arguments (a value, or a name and its parameters)."""
+    if isinstance(kind, NoiseModel):
+        if relative:
+            raise ValueError("relative=True goes with a model name; a model value carries its own "
+                             "parameters (Additive(of_max=True))")
+        return kind
+    if getattr(kind, "value", kind) == "none":
+        raise ValueError("Noise needs a noise model, not WeightNoiseKind.NONE")
+    model = noise_model(kind)
+    if relative and model.name is not NoiseKind.ADDITIVE:
+        raise ValueError("relative=True (sigma * max|x|) is defined for the additive kind only")
+    params = {"of_max": True} if relative else {}
+    if isinstance(model, StuckAt):
+        params["zero_fraction"] = zero_fraction
+    return noise_model(model.name, **params) if params else model
+
+
+class Noise(nn.Module):
+    """Forward-only noise: the gradient passes through unchanged.
+
+    The noise model (``model``: additive ``x + σε``, relative ``x + σ·rms·ε``,
+    multiplicative ``x(1 + σε)``, log-normal ``x·exp(σε)``, stuck-at faults with probability
+    σ; formulas in ``fxharden.core.noise.models``) is applied with sigma a scalar or one value
+    per batch group (module doc). Noise is generated and added in float32 (or float64) at the
+    site: under bf16/fp16 autocast the site's output stays float32 (``keep_float32``), or is
+    rounded once to the input's dtype (``keep_float32=False``); without autocast a
+    half/bfloat16 input gets its noisy output back in its own dtype.
+
+    Args:
+        site: dotted name of the layer this module follows (``<layer>.weight`` on weights).
+        seed: base seed; the stream is seeded with ``stream_seed(seed, site)``.
+        kind: the noise model: a ``NoiseModel`` value, or a name (``NoiseKind``, its string,
+            or a ``WeightNoiseKind``) with the two parameters below.
+        relative: additive only: the standard deviation is ``sigma * max|x|`` of the tensor
+            the noise is added to (Noisy Machines' convention for weights).
+        zero_fraction: stuck-at only: share of the faulty elements stuck at 0.
+        keep_float32: under autocast, hand on the float32 result (default) instead of the
+            input's dtype (``HardenConfig.noise.autocast_output``).
+    """
+
+    keep_float32 = True  # the class default: modules pickled before the attribute existed keep it
+    batch_dim_known = True
+    _rms_known = False
+
+    def __init__(self, site: str, seed: int = 0, kind=NoiseKind.ADDITIVE, relative: bool = False,
+                 zero_fraction: float = 0.5, keep_float32: bool = True) -> None:
+        super().__init__()
+        self.model: NoiseModel = _model(kind, relative, zero_fraction)
+        self.site, self.seed = site, int(seed)
+        self.keep_float32 = bool(keep_float32)
+        self.stream = EagerStream(site, self.seed)
+        self.register_buffer("sigma", torch.tensor(0.0))
+        self.register_buffer("rms", torch.tensor(-1.0))  # -1: not calibrated (compares equal, unlike NaN)
+        self._rms_known = False  # mirror of rms >= 0, read under torch.compile
+        self._register_stream_buffers()
+        self._calibration: Optional[list] = None  # [sum of x^2, count] while the clean RMS is measured
+        self._active = False  # mirror of (sigma != 0).any(), read without a device sync
+        self._host: Tuple[float, ...] = (0.0,)  # mirror of sigma (one value per group), no sync
+        self._draws: Optional[Tuple[int, ...]] = None  # draw index per group (None: one each)
+        self.batch_dim: Optional[int] = 0
+        """Batch dimension of the tensors at this site: 0 for a module used on its own; inside
+        a hardened model ``locate_batch_dims`` sets it (``None``: the site has none)."""
+        self.batch_dim_known = True
+        """False for the modules ``harden`` makes until ``locate_batch_dims`` has run: batch
+        groups under ``torch.compile`` (where nothing can be located) are refused until then."""
+        self._record: Optional[List[tuple]] = None  # shapes seen while locating batch dims
+        self.owns_input = False
+        """Set by ``harden``: the tensor this module receives is a new one that nothing else
+        reads (a quantizer's or a layer's output), so without autograd the noise is added to
+        it in place (no new tensor: on a CPU allocating the output costs more than the add)."""
+        self._producer: tuple = ()  # (layer,) whose output arrives here: its forward hooks see it
+
+    @property
+    def kind(self) -> NoiseKind:
+        """The model's name."""
+        return self.model.name
+
+    @property
+    def relative(self) -> bool:
+        """Additive noise relative to ``max|x|`` (``Additive.of_max``)."""
+        return bool(getattr(self.model, "of_max", False))
+
+    @property
+    def zero_fraction(self) -> float:
+        """Stuck-at faults: the share stuck at 0 (``StuckAt.zero_fraction``)."""
+        return float(getattr(self.model, "zero_fraction", 0.5))
+
+    def extra_repr(self) -> str:
+        rel = ", relative" if self.relative else ""
+        return f"site={self.site!r}, kind={self.kind.value}{rel}, seed={self.seed}"
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_record"], state["_calibration"] = None, None
+        return state
+
+    def __setstate__(self, state):
+        state.setdefault("owns_input", False)  # pickled before the attribute existed
+        state.setdefault("_producer", ())
+        if "model" not in state:  # pickled before models were values
+            state["model"] = _model(state.pop("kind"), state.pop("relative", False), state.pop("zero_fraction", 0.5))
+        for old in ("_generator", "_lanes"):
+            state.pop(old, None)
+        state.setdefault("stream", EagerStream(state["site"], state["seed"]))
+        super().__setstate__(state)
+        self._rms_known = bool(self.rms >= 0)
+        if "stream_key" not in self._buffers:
+            self._register_stream_buffers()
+        else:  # restarted from the seed, like the eager stream
+            self._buffers["calls"] = torch.zeros_like(self._buffers["calls"])
+        if "draw_index" not in self._buffers:  # pickled before batch groups ran compiled
+            self.register_buffer("draw_index", torch.zeros(1, dtype=torch.int64, device=self.sigma.device),
+                                 persistent=False)
+        self._sync_draw_index()
+
+    def _register_stream_buffers(self) -> None:
+        """The compiled path's stream: ``stream_key`` is ``stream_seed(seed, site)``, ``calls``
+        counts the compiled calls since the last (re)seed. Not in ``state_dict``: a loaded
+        model restarts its stream, as eager does."""
+        device = self.sigma.device
+        self.register_buffer("stream_key", torch.tensor(stream_seed(self.seed, self.site), device=device),
+                             persistent=False)
+        self.register_buffer("calls", torch.zeros((), dtype=torch.int64, device=device), persistent=False)
+        self.register_buffer("draw_index", torch.zeros(1, dtype=torch.int64, device=device), persistent=False)
+
+    def _sync_draw_index(self) -> None:
+        """The compiled path's copy of the groups' draw indices (``set_sigma``'s ``draws``),
+        renumbered 0, 1, ... in order of first use: a tensor, so new draws recompile nothing."""
+        seen: Dict[int, int] = {}
+        index = [seen.setdefault(d, len(seen)) for d in self._group_draws()]
+        self.draw_index = torch.tensor(index, dtype=torch.int64, device=self.sigma.device)
+
+    # ------------------------------------------------------------------ the clean RMS
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether the site's clean RMS has been measured (``calibrate_noise``)."""
+        return bool(self.rms >= 0)
+
+    def set_rms(self, rms: float) -> None:
+        """Set the site's clean signal RMS (``calibrate_noise`` measures it); -1: unknown."""
+        self.rms.fill_(float(rms))
+        self._rms_known = float(rms) >= 0
+
+    def begin_rms(self) -> None:
+        """Start measuring the clean RMS: the next forwards add up ``x²`` (and add no noise
+        if sigma is 0, as ``calibrate_noise`` has it)."""
+        self._calibration = [0.0, 0]
+
+    def end_rms(self, keep: bool = True) -> Optional[float]:
+        """Stop measuring; with ``keep``, store and return the RMS of what the forwards saw
+        (``None`` where only integer tensors passed: noise never applies there)."""
+        total, count = self._calibration or (0.0, 0)
+        self._calibration = None
+        if not keep or count == 0:
+            return None
+        self.set_rms(math.sqrt(total / count))
+        return float(self.rms)
+
+    def _uncalibrated(self) -> RuntimeError:
+        return RuntimeError(
+            f"relative noise at site {self.site!r} needs the site's clean signal RMS: call "
+            "fxharden.calibrate_noise(model, data) once on clean data (fxharden.sweep does it for you)")
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        key = prefix + "sigma"
+        if key in state_dict and state_dict[key].shape != self.sigma.shape:
+            self.sigma = torch.empty_like(state_dict[key], device=self.sigma.device)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        if prefix + "rms" not in state_dict and prefix + "rms" in missing_keys:
+            missing_keys.remove(prefix + "rms")  # saved before the rms buffer existed: uncalibrated
+        self._rms_known = bool(self.rms >= 0)
+        if key in state_dict:  # a new sigma: the mirrors follow it, shared draws end
+            self._host = tuple(self.sigma.detach().cpu().flatten().tolist())
+            self._active, self._draws = any(v != 0 for v in self._host), None
+            self._sync_draw_index()
+
+    # ------------------------------------------------------------------ sigma and seed
+
+    @property
+    def active(self) -> bool:
+        """Whether any group has sigma != 0."""
+        return self._active
+
+    @property
+    def groups(self) -> int:
+        """Number of batch groups (1 for a scalar sigma)."""
+        return self.sigma.numel() if self.sigma.dim() == 1 else 1
+
+    def set_sigma(self, sigma: SigmaLike, draws: Optional[Sequence[int]] = None) -> None:
+        """Set the noise strength: a float, or one float per batch group (see class doc).
+
+        Args:
+            sigma: the noise strength(s), each >= 0 and within the model's range.
+            draws: with one sigma per group, one draw index per group: groups with the same
+                index share one draw, each scaled by its own sigma (use it for groups that
+                differ only in sigma). ``None``: every group draws its own.
+        """
+        if isinstance(sigma, (int, float)) and not isinstance(sigma, bool):
+            values = torch.tensor(check_sigma(sigma))
+        else:
+            values = torch.as_tensor(sigma, dtype=torch.float32).detach().cpu().flatten()
+            for v in values.tolist():
+                check_sigma(v)
+        host = tuple(values.flatten().tolist())
+        self.model.check_sigma(host, self.site)
+        if draws is not None:
+            draws = tuple(int(d) for d in draws)
+            if values.dim() != 1 or len(draws) != values.numel():
+                raise ValueError(f"noise site {self.site!r}: draws needs one index per sigma value, got "
+                                 f"{len(draws)} indices for {values.numel()} values")
+        self._host = host
+        self._active, self._draws = any(v != 0 for v in self._host), draws
+        self.sigma = values.to(device=self.sigma.device, dtype=self.sigma.dtype)
+        self._sync_draw_index()
+
+    def setting(self) -> NoiseSetting:
+        """The current noise setting, for ``restore`` (a copy: later changes do not touch it)."""
+        return NoiseSetting(self.sigma.detach().clone(), self._host, self._draws)
+
+    def restore(self, setting: NoiseSetting) -> None:
+        """Set the noise back to ``setting`` (from ``setting()``), sigma and the values the
+        forward reads alike, on the module's current device."""
+        self.sigma = setting.sigma.to(device=self.sigma.device)
+        self._host, self._draws = setting.host, setting.draws
+        self._active = any(v != 0 for v in self._host)
+        self._sync_draw_index()
+
+    def reseed(self, seed: int) -> None:
+        """Restart the random streams (eager and compiled) from base seed ``seed``."""
+        self.seed = int(seed)
+        self.stream.reseed(self.seed)
+        with torch.no_grad():
+            self.stream_key.fill_(stream_seed(self.seed, self.site))
+            self.calls.zero_()
+
+    def _draw(self, shape: Sequence[int], device: torch.device, dtype: torch.dtype) -> Tensor:
+        """Standard normals in a new tensor, from this site's eager stream."""
+        return self.stream.normal(shape, device, dtype)
+
+    def _group_draws(self) -> Tuple[int, ...]:
+        """The draw index of every group: the shared indices, or one index per group."""
+        return self._draws if self._draws is not None else tuple(range(len(self._host)))
+
+    # ------------------------------------------------------------------ batch groups
+
+    def observe(self, x: Tensor) -> bool:
+        """While batch dims are located: record the shape of ``x`` (a batched tensor at this
+        site) and return True; otherwise return False."""
+        if self._record is None:
+            return False
+        if isinstance(x, Tensor):
+            self._record.append(tuple(x.shape))
+        return True
+
+    def group_dim(self, x: Tensor) -> int:
+        """The dimension of ``x`` that holds the batch, checked to split into the groups."""
+        error = self._group_error(x)
+        if error is not None:
+            raise error
+        return self.batch_dim
+
+    def _group_error(self, x: Tensor) -> Optional[GroupDimError]:
+        """Why ``x`` cannot be split into the groups along the batch dimension, or ``None``."""
+        dim, groups = self.batch_dim, self.groups
+        if dim is None or dim >= x.dim():
+            return GroupDimError(
+                f"noise site {self.site!r} has {groups} sigma values (one per batch group) but the batch "
+                f"dimension of its {tuple(x.shape)} tensors is not known: the site's tensors have no "
+                "dimension that follows the batch size. Measure one sigma value per forward pass "
+                "(sweep: points_per_forward=1), or exclude this site")
+        if x.shape[dim] % groups:
+            return GroupDimError(
+                f"noise site {self.site!r} has {groups} sigma values but the batch of {x.shape[dim]} "
+                f"(dim {dim} of {tuple(x.shape)}) does not split into {groups} equal groups; "
+                "use a batch size divisible by the number of sigma values")
+        return None
+
+    # ------------------------------------------------------------------ noise
+
+    def forward(self, x: Tensor) -> Tensor:
+        if compiling() and self._calibration is None and self._record is None:
+            return self._forward_compiled(x)
+        if self._calibration is not None and isinstance(x, Tensor) and x.is_floating_point():
+            self._calibration[0] += float(x.detach().double().pow(2).sum())
+            self._calibration[1] += x.numel()
+        if self.observe(x) or not self._active or not isinstance(x, Tensor) or not x.is_floating_point():
+            if self._active and self._record is None and not isinstance(x, Tensor):
+                warnings.warn(f"noise site {self.site!r} received a {type(x).__name__}, not a tensor: no noise "
+                              "is added there (only tensors get noise)", RuntimeWarning, stacklevel=2)
+            return x
+        if self.model.needs_rms and not self.calibrated:
+            raise self._uncalibrated()
+        x32 = x if x.dtype in (torch.float32, torch.float64) else x.float()
+        y = self._noisy(x32, fresh=x32 is not x)
+        if x32 is x or (self.keep_float32 and torch.is_autocast_enabled(x.device.type)):
+            return y  # under autocast the float32 result keeps noise that the low precision would round away
+        return y.to(x.dtype)  # rounded once: a half/bfloat16 model, or bf16 activations under autocast
+
+    def _rms(self) -> float:
+        return float(self.rms) if self.model.needs_rms else -1.0
+
+    def _forward_compiled(self, x: Tensor) -> Tensor:
+        """The forward under ``torch.compile`` (module doc): tensors only, nothing the host
+        mirrors of sigma hold, the model's formula applied whatever sigma is. With one sigma
+        per batch group the site's tensor is viewed as ``(..., groups, batch / groups, ...)``
+        along its batch dimension (located eagerly first: ``groups.ensure_batch_dims``), each
+        group scaled by its sigma, groups with one draw index sharing one draw."""
+        if not isinstance(x, Tensor) or not x.is_floating_point():
+            return x
+        if self.model.needs_rms and not self._rms_known:
+            refuse(self._uncalibrated())
+        x32 = x if x.dtype in (torch.float32, torch.float64) else x.float()
+        stream, rms = CounterStream(self.stream_key, self.calls), self.rms.detach().to(x32.dtype)
+        groups = self.groups
+        if groups > 1:
+            if isinstance(self.model, StuckAt) or not self.batch_dim_known:
+                refuse(NotImplementedError(
+                    f"noise site {self.site!r} has one sigma per batch group, which runs compiled only for "
+                    "Gaussian noise models at a site whose batch dimension is located: call "
+                    "fxharden.core.groups.ensure_batch_dims(model, (x,), {}) eagerly on an input first (a sweep "
+                    "with compile_backend does); or use a single sigma under torch.compile, or run the "
+                    "uncompiled model"))
+            error = self._group_error(x32)
+            if error is not None:  # the eager path's error, raised while tracing
+                refuse(error)
+            dim = self.batch_dim
+            xg = x32.unflatten(dim, (groups, x32.shape[dim] // groups))
+            eps = stream.normal(xg.shape, xg.device, xg.dtype).index_select(dim, self.draw_index)
+            view = [1] * xg.dim()
+            view[dim] = groups
+            sigma = self.sigma.detach().to(xg.dtype).view(view)
+            y = self.model.apply_tensor(xg, eps, sigma, rms, group_dim=dim).flatten(dim, dim + 1)
+        else:
+            sigma = self.sigma.detach().reshape(()).to(x32.dtype)
+            y = self.model.apply_tensor(x32, stream.draw(self.model.draw, x32.shape, x32.device, x32.dtype),
+                                        sigma, rms)
+        with torch.no_grad():
+            self.calls.add_(1)
+        if x32 is x or (self.keep_float32 and torch.is_autocast_enabled(x.device.type)):
+            return y
+        return y.to(x.dtype)
+
+    def _noisy(self, x32: Tensor, fresh: bool) -> Tensor:
+        """The noisy ``x32`` (float32 or float64); ``fresh``: an upcast copy nobody else holds."""
+        mine = not (torch.is_grad_enabled() and x32.requires_grad) and (fresh or self._may_overwrite())
+        if self.groups > 1:
+            return self._grouped(x32, self.group_dim(x32), fresh=mine)
+        # a draw consumed at once (scratch slot 0): nothing keeps it for backward
+        eps = self.stream.draw(self.model.draw, x32.shape, x32.device, x32.dtype, slot=0)
+        return self.model.apply(x32, eps, self._host[0], self._rms(), out=x32 if mine else None)
+
+    def _may_overwrite(self) -> bool:
+        """Whether, without autograd, the noise may be added to the input in place: the module
+        owns its input and no forward hook (of this module, of the layer before it, or global)
+        may hold it."""
+        if not self.owns_input or self._forward_hooks or self._forward_pre_hooks:
+            return False
+        glob = torch.nn.modules.module
+        if glob._global_forward_hooks or glob._global_forward_pre_hooks:
+            return False
+        return not any(m._forward_hooks for m in self._producer)
+
+    def _grouped(self, x: Tensor, dim: int, fresh: bool) -> Tensor:
+        """Noise on ``x`` whose dim ``dim`` holds the groups: group ``r`` gets ``sigma[r]``;
+        groups with sigma 0 draw nothing, groups with the same draw index share their draw.
+        Without autograd the groups are written into one output (``x`` itself when ``fresh``:
+        an upcast copy that nobody else holds)."""
+        per = x.shape[dim] // self.groups
+        grad = torch.is_grad_enabled() and x.requires_grad
+        out = None if grad else (x if fresh else torch.empty_like(x))
+        eps: Dict[int, Tensor] = {}
+        parts: List[Tensor] = []
+        rms = self._rms()
+        for r, (s, d) in enumerate(zip(self._host, self._group_draws())):
+            xr = x.narrow(dim, r * per, per)
+            o = None if out is None else out.narrow(dim, r * per, per)
+            if s == 0:
+                if o is None:
+                    parts.append(xr)
+                elif out is not x:
+                    o.copy_(xr)
+                continue
+            if d not in eps:  # consumed within this call: drawn into a reused buffer
+                eps[d] = self.stream.draw(self.model.draw, xr.shape, x.device, x.dtype, slot=len(eps))
+            part = self.model.apply(xr, self._own(eps[d]), s, rms, out=o)
+            if o is None:
+                parts.append(part)
+        return torch.cat(parts, dim) if grad else out
+
+    def draw_weights(self, w: Union[Tensor, Sequence[Tensor]]) -> List[Tensor]:
+        """One perturbed copy of weight ``w`` per batch group: ``w`` itself where sigma is 0;
+        groups with the same draw index share one draw, each scaled by its own sigma, and
+        groups with the same draw index, sigma and input get the very same tensor (so a layer
+        can run them in one call). ``w`` may already be one weight per group (the previous
+        model of a ``NoiseChain``); a single sigma then applies to every group, one draw each."""
+        host, draws = self._host, self._group_draws()
+        ws = list(w) if isinstance(w, (list, tuple)) else [w] * len(host)
+        if len(host) == 1 and len(ws) > 1:
+            host, draws = host * len(ws), tuple(range(len(ws)))
+        if len(host) != len(ws):
+            raise ValueError(f"noise site {self.site!r}: {len(host)} sigma values for {len(ws)} weight groups")
+        if self.model.needs_rms and not self.calibrated:
+            raise self._uncalibrated()
+        eps: Dict[int, Tensor] = {}
+        made: Dict[Tuple[float, int, int], Tensor] = {}
+        out = []
+        rms = self._rms()
+        for wi, s, d in zip(ws, host, draws):
+            if s == 0:
+                out.append(wi)
+                continue
+            if (s, d, id(wi)) not in made:
+                if d not in eps:
+                    eps[d] = self.stream.draw(self.model.draw, wi.shape, wi.device, wi.dtype)
+                made[(s, d, id(wi))] = self.model.apply(wi, self._own(eps[d]), s, rms)
+            out.append(made[(s, d, id(wi))])
+        return out
+
+    def _own(self, eps: Tensor) -> Tensor:
+        """``eps`` as the model may consume it: a copy where it would be changed in place."""
+        return eps.clone() if self.model.consumes_draw else eps
