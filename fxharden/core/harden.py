@@ -23,6 +23,7 @@ from .noise_models import ConverterConfig, NoiseKind
 from .passes import ensure_container, insert_site_modules, key_for
 from .placement import model_placement, place_modules
 from .quant import ActQuant, WeightQuant
+from .recurrent import harden_recurrent, product_sites, recurrent_noises
 from .sites import WEIGHT_FUNCS, _WEIGHT_KINDS, Site, check_rules, find_sites, module_unsigned, node_description, \
     resolve_rule
 from .trace import OPAQUE_ROOT, Capture, capture
@@ -186,6 +187,10 @@ def harden(
                     for info in _route_layers(root, inner[part], config, skipped):
                         infos.setdefault(info.name, info)
                 continue
+            if site.kind is SiteKind.RECURRENT and site.node.op == "call_module":
+                for info in _harden_recurrent(root, site, config, skipped):
+                    infos.setdefault(info.name, info)
+                continue
             targets = []
             qname = ""
             if site.quantize_output:
@@ -289,6 +294,28 @@ def _route_layers(root: nn.Module, layers: List[LayerCandidate], config: HardenC
         infos.append(SiteInfo(c.name, c.kind.value, type(module).__name__, qname, noisy,
                               f"inside {c.part!r}, which torch.fx cannot trace", route="module"))
     return infos
+
+
+def _harden_recurrent(root: nn.Module, site: Site, config: HardenConfig, skipped: Dict[str, str]) -> List[SiteInfo]:
+    """Swap a recurrent layer (a ``call_module`` site) for its hardened class, its noise at each
+    product and at its output held by the layer itself; its report rows (products, then output)."""
+    name, module = str(site.node.target), site.module
+    if isinstance(module, HARDENED_LAYERS):  # called twice, or found again in the other mode's graph
+        module = None
+    elif not can_harden_weights(module):
+        skipped[site.name] = f"{type(module).__name__} has its own forward; its weights are used as they are"
+        return [SiteInfo(site.name, site.kind.value, type(module).__name__, "", False)]
+    if module is not None:
+        wq = WeightQuant(config.quant.w_bits, weight_axis(module)) if site.quantize_weights else None
+        noise = _weight_noise(site.name, config) if site.weight_noise else None
+        make = (lambda s: _output_noise(config, s)) if site.noise else None
+        _set_submodule(root, name, harden_recurrent(module, site.name, wq, noise, make))
+    layer = root.get_submodule(name)
+    qname = f"weights {layer.weight_quant.extra_repr()}" if layer.weight_quant is not None else ""
+    op = type(layer)._torch_class.__name__
+    rows = [SiteInfo(f"{site.name}.{s}", site.kind.value, f"{op} product", qname, site.noise)
+            for s in product_sites(layer)]
+    return rows + [SiteInfo(site.name, site.kind.value, op, qname, site.noise)]
 
 
 def _output_quant(config: HardenConfig, kind: SiteKind, signed: bool) -> ActQuant:
@@ -408,6 +435,8 @@ def _noise_modules(hm: HardenedModule) -> Dict[str, Noise]:
             mod = hm.get_submodule(node.target)
             if isinstance(mod, Noise):
                 out[mod.site] = mod
+            elif isinstance(mod, HARDENED_LAYERS):
+                out.update(recurrent_noises(mod))
             elif not isinstance(mod, (ActQuant, HARDENED_LAYERS)):
                 for site in layer_sites(mod):
                     if site.noise is not None:
