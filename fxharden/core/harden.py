@@ -17,7 +17,7 @@ from .config import AutocastOutput, Frontend, HardenConfig, Scaling, SiteKind, W
 from .export import ExportError, capture_export
 from .hardened import HardenedModule, HardenReport, SiteInfo, build_hardened
 from .layers import HARDENED_LAYERS, HardenedCall, can_harden_weights, harden_layer, weight_axis
-from .module_route import LayerCandidate, LayerSite, attach_site, find_layers, layer_sites
+from .module_route import LayerCandidate, LayerSite, attach_site, find_layers
 from .noise import Noise, NoiseChain, SigmaLike
 from .noise_models import ConverterConfig, NoiseKind
 from .passes import ensure_container, insert_site_modules, key_for
@@ -188,7 +188,8 @@ def harden(
                         infos.setdefault(info.name, info)
                 continue
             if site.kind is SiteKind.RECURRENT and site.node.op == "call_module":
-                for info in _harden_recurrent(root, site, config, skipped):
+                for info in _harden_recurrent(root, str(site.node.target), site.name, site.kind, site.quantize_weights,
+                                              site.weight_noise, site.noise, config, skipped, cap.route):
                     infos.setdefault(info.name, info)
                 continue
             targets = []
@@ -275,6 +276,10 @@ def _route_layers(root: nn.Module, layers: List[LayerCandidate], config: HardenC
         has_weights = c.kind in _WEIGHT_KINDS
         quantize_weights = quant and qc.quantize_weights and has_weights
         weight_noise = rule is not None and has_weights and config.perturbs_weights
+        if c.kind is SiteKind.RECURRENT:
+            infos += _harden_recurrent(root, c.path, c.name, c.kind, quantize_weights, weight_noise, noisy, config,
+                                       skipped, "module", f"inside {c.part!r}, which torch.fx cannot trace")
+            continue
         qmod = noise = adc = dac = None
         qname = ""
         if quant and c.kind is SiteKind.ACTIVATION:
@@ -296,26 +301,28 @@ def _route_layers(root: nn.Module, layers: List[LayerCandidate], config: HardenC
     return infos
 
 
-def _harden_recurrent(root: nn.Module, site: Site, config: HardenConfig, skipped: Dict[str, str]) -> List[SiteInfo]:
-    """Swap a recurrent layer (a ``call_module`` site) for its hardened class, its noise at each
-    product and at its output held by the layer itself; its report rows (products, then output)."""
-    name, module = str(site.node.target), site.module
-    if isinstance(module, HARDENED_LAYERS):  # called twice, or found again in the other mode's graph
-        module = None
-    elif not can_harden_weights(module):
-        skipped[site.name] = f"{type(module).__name__} has its own forward; its weights are used as they are"
-        return [SiteInfo(site.name, site.kind.value, type(module).__name__, "", False)]
-    if module is not None:
-        wq = WeightQuant(config.quant.w_bits, weight_axis(module)) if site.quantize_weights else None
-        noise = _weight_noise(site.name, config) if site.weight_noise else None
-        make = (lambda s: _output_noise(config, s)) if site.noise else None
-        _set_submodule(root, name, harden_recurrent(module, site.name, wq, noise, make))
-    layer = root.get_submodule(name)
+def _harden_recurrent(root: nn.Module, path: str, name: str, kind: SiteKind, quantize: bool, perturb: bool,
+                      noisy: bool, config: HardenConfig, skipped: Dict[str, str], route: str = "graph",
+                      note: str = "") -> List[SiteInfo]:
+    """Swap the recurrent layer at ``path`` (site ``name``) for its hardened class, its noise at
+    each product and at its output held by the layer itself; its report rows (products, then output)."""
+    module = root.get_submodule(path)
+    if not (quantize or perturb or noisy):  # a rule of None: left alone
+        return [SiteInfo(name, kind.value, type(module).__name__, "", False, note, route)]
+    if not isinstance(module, HARDENED_LAYERS):  # else: called twice, or found again in the other mode's graph
+        if not can_harden_weights(module):
+            skipped[name] = f"{type(module).__name__} has its own forward; its weights are used as they are"
+            return [SiteInfo(name, kind.value, type(module).__name__, "", False, note, route)]
+        wq = WeightQuant(config.quant.w_bits, weight_axis(module)) if quantize else None
+        noise = _weight_noise(name, config) if perturb else None
+        make = (lambda s: _output_noise(config, s)) if noisy else None
+        _set_submodule(root, path, harden_recurrent(module, name, wq, noise, make))
+    layer = root.get_submodule(path)
     qname = f"weights {layer.weight_quant.extra_repr()}" if layer.weight_quant is not None else ""
     op = type(layer)._torch_class.__name__
-    rows = [SiteInfo(f"{site.name}.{s}", site.kind.value, f"{op} product", qname, site.noise)
+    rows = [SiteInfo(f"{name}.{s}", kind.value, f"{op} product", qname, noisy, note, route)
             for s in product_sites(layer)]
-    return rows + [SiteInfo(site.name, site.kind.value, op, qname, site.noise)]
+    return rows + [SiteInfo(name, kind.value, op, qname, noisy, note, route)]
 
 
 def _output_quant(config: HardenConfig, kind: SiteKind, signed: bool) -> ActQuant:
@@ -437,10 +444,12 @@ def _noise_modules(hm: HardenedModule) -> Dict[str, Noise]:
                 out[mod.site] = mod
             elif isinstance(mod, HARDENED_LAYERS):
                 out.update(recurrent_noises(mod))
-            elif not isinstance(mod, (ActQuant, HARDENED_LAYERS)):
-                for site in layer_sites(mod):
-                    if site.noise is not None:
-                        out.setdefault(site.noise.site, site.noise)
+            elif not isinstance(mod, ActQuant):
+                for sub in mod.modules():  # layer_sites, and the recurrent layers, in module order
+                    if isinstance(sub, LayerSite) and sub.noise is not None:
+                        out.setdefault(sub.noise.site, sub.noise)
+                    for name, noise in recurrent_noises(sub).items():
+                        out.setdefault(name, noise)
     return out
 
 

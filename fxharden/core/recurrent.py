@@ -80,7 +80,8 @@ class _HardenedRecurrent(_HardenedWeight):
 
     products: nn.ModuleDict
     """Noise module per product site suffix (``"l0.ih"`` stored under ``"l0_ih"``)."""
-    output_noise: Optional[Noise]
+    output_noise: Noise
+    """The noise at the layer's output (absent when the layer gets no activation noise)."""
     _torch_class: type = nn.Module
     """The torch layer this class hardens (its forward is the fused path)."""
     always_step = False
@@ -115,7 +116,7 @@ class _HardenedRecurrent(_HardenedWeight):
         return noise.groups, self._runs()
 
     def _output(self, y: Tensor) -> Tensor:
-        noise = self.output_noise
+        noise = self._modules.get("output_noise")
         return y if noise is None else noise(y)
 
 
@@ -336,15 +337,13 @@ def harden_recurrent(module: nn.Module, site: str, quant: Optional[WeightQuant],
     if make_noise is not None:
         new.products = nn.ModuleDict({s.replace(".", "_"): make_noise(f"{site}.{s}") for s in product_sites(module)})
         new.output_noise = make_noise(site)
-    else:
-        new.output_noise = None
     return new
 
 
 def recurrent_noises(module: nn.Module) -> Dict[str, Noise]:
     """The activation noise modules of a hardened recurrent layer by site name: its products,
     then its output."""
-    if not isinstance(module, _HardenedRecurrent) or module.output_noise is None:
+    if not isinstance(module, _HardenedRecurrent) or module._modules.get("output_noise") is None:
         return {}
     out = {m.site: m for m in module.products.values()}
     out[module.output_noise.site] = module.output_noise

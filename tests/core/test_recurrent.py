@@ -240,3 +240,38 @@ def test_weight_groups_refuse_packed_input(bad):
     packed = pack_padded_sequence(torch.randn(5, 2, 3), torch.tensor([5, 3]))
     with pytest.raises(ValueError, match="PackedSequence"):
         layer(packed)
+
+
+class Untraceable(nn.Module):
+    """Data-dependent control flow: torch.fx leaves it opaque, its layers take the module route."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(3, 4)
+
+    def forward(self, x):
+        out, _ = self.lstm(x)
+        return out if out.sum() > -1e9 else -out
+
+
+def test_recurrent_layer_inside_an_opaque_part_is_hardened():
+    from fxharden.core.harden import weight_noise_modules
+
+    torch.manual_seed(0)
+    model = nn.Sequential(Untraceable()).eval()
+    cfg = HardenConfig(quant=QuantConfig(bits=8), weight_noise=WeightNoiseConfig(kind=WeightNoiseKind.ADDITIVE,
+                                                                               sigma=0.0))
+    hm = fxharden.harden(model, config=cfg)
+    assert [n for n in fxharden.noise_sites(hm) if n.startswith("0.")] == ["0.lstm.l0.ih", "0.lstm.l0.hh", "0.lstm"]
+    assert list(weight_noise_modules(hm)) == ["0.lstm.weight"]
+    x = torch.randn(5, 2, 3)
+    layer = hm.get_submodule("0.lstm")
+    ref = copy.deepcopy(model[0].lstm)
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            if name.startswith("weight"):
+                p.copy_(_fake_quant(p, 8))
+        assert torch.equal(layer(x)[0], ref(x)[0])  # the layer (the model quantizes its input too)
+        clean = hm(x)
+        fxharden.set_noise(hm, {"0.lstm.l0.hh": 0.1})
+        assert not torch.allclose(hm(x), clean, atol=1e-3)
