@@ -173,7 +173,8 @@ def harden(
     found = {mode: find_sites(graph, modules, config, set(cap.opaque) | _user_leaves(graph, modules, config))
              for mode, graph in cap.graphs.items() if not (mode is False and graph is cap.graphs[True])}
     check_rules(config, [site.name for sites in found.values() for site in sites]
-                + [c.name for layers in inner.values() for c in layers])
+                + [c.name for layers in inner.values() for c in layers]
+                + [f"{n}.{s}" for n, m in _recurrent_layers(found, inner, root) for s in product_sites(m)])
     graphs = {}
     for mode, sites in found.items():
         graph = cap.graphs[mode]
@@ -301,27 +302,41 @@ def _route_layers(root: nn.Module, layers: List[LayerCandidate], config: HardenC
     return infos
 
 
+def _recurrent_layers(found: Dict[bool, List[Site]], inner: Dict[str, List[LayerCandidate]],
+                      root: nn.Module) -> List[tuple]:
+    """(site name, module) of the recurrent layers, graph sites and module-route layers alike."""
+    return ([(s.name, s.module) for sites in found.values() for s in sites
+             if s.kind is SiteKind.RECURRENT and s.node.op == "call_module"]
+            + [(c.name, root.get_submodule(c.path)) for layers in inner.values() for c in layers
+               if c.kind is SiteKind.RECURRENT])
+
+
 def _harden_recurrent(root: nn.Module, path: str, name: str, kind: SiteKind, quantize: bool, perturb: bool,
                       noisy: bool, config: HardenConfig, skipped: Dict[str, str], route: str = "graph",
                       note: str = "") -> List[SiteInfo]:
-    """Swap the recurrent layer at ``path`` (site ``name``) for its hardened class, its noise at
-    each product and at its output held by the layer itself; its report rows (products, then output)."""
+    """Swap the recurrent layer at ``path`` (site ``name``) for its hardened class, which holds
+    the noise of its output (``noisy``) and of each product whose own rule (on its site name
+    ``<name>.<suffix>``) gives noise; its report rows (products, then output)."""
     module = root.get_submodule(path)
-    if not (quantize or perturb or noisy):  # a rule of None: left alone
-        return [SiteInfo(name, kind.value, type(module).__name__, "", False, note, route)]
+    products = {s: f"{name}.{s}" for s in product_sites(module)}
+    rules = {s: resolve_rule(config, p, None, module, kind) for s, p in products.items()}
+    noisy_products = [s for s, rule in rules.items() if rule is not None and rule.noise]
+    op = getattr(type(module), "_torch_class", type(module)).__name__
+    if not (quantize or perturb or noisy or noisy_products):  # a rule of None: left alone
+        return [SiteInfo(name, kind.value, op, "", False, note, route)]
     if not isinstance(module, HARDENED_LAYERS):  # else: called twice, or found again in the other mode's graph
         if not can_harden_weights(module):
             skipped[name] = f"{type(module).__name__} has its own forward; its weights are used as they are"
-            return [SiteInfo(name, kind.value, type(module).__name__, "", False, note, route)]
+            return [SiteInfo(name, kind.value, op, "", False, note, route)]
         wq = WeightQuant(config.quant.w_bits, weight_axis(module)) if quantize else None
         noise = _weight_noise(name, config) if perturb else None
-        make = (lambda s: _output_noise(config, s)) if noisy else None
-        _set_submodule(root, path, harden_recurrent(module, name, wq, noise, make))
+        _set_submodule(root, path, harden_recurrent(
+            module, name, wq, noise, {s: _output_noise(config, products[s]) for s in noisy_products},
+            _output_noise(config, name) if noisy else None))
     layer = root.get_submodule(path)
     qname = f"weights {layer.weight_quant.extra_repr()}" if layer.weight_quant is not None else ""
-    op = type(layer)._torch_class.__name__
-    rows = [SiteInfo(f"{name}.{s}", kind.value, f"{op} product", qname, noisy, note, route)
-            for s in product_sites(layer)]
+    rows = [SiteInfo(p, kind.value, f"{op} product", qname, s in noisy_products, note, route)
+            for s, p in products.items()]
     return rows + [SiteInfo(name, kind.value, op, qname, noisy, note, route)]
 
 

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from .layers import Run, _HardenedWeight, _parameters_replaced
+from .layers import Run, _HardenedWeight, _parameters_replaced, harden_layer
 from .noise import Noise
 from .quant import WeightQuant
 
@@ -327,24 +327,36 @@ class HardenedRNNCell(_HardenedCell, nn.RNNCell):
 
 
 def harden_recurrent(module: nn.Module, site: str, quant: Optional[WeightQuant], weight_noise: Optional[nn.Module],
-                     make_noise: Optional[Callable[[str], Noise]]) -> nn.Module:
-    """Return the hardened recurrent layer sharing ``module``'s parameters (see ``layers.harden_layer``)
-    with a noise module ``make_noise(name)`` at each product site ``<site>.<suffix>`` and at its
-    output ``site`` (none where ``make_noise`` is ``None``)."""
-    from .layers import harden_layer
+                     product_noise: Dict[str, Noise], output_noise: Optional[Noise]) -> nn.Module:
+    """Return the hardened recurrent layer sharing ``module``'s parameters (see ``layers.harden_layer``).
 
+    Args:
+        module: an ``nn.LSTM``, ``nn.GRU``, ``nn.RNN`` or cell (exactly that class).
+        site: the layer's site name.
+        quant, weight_noise: the weight quantizer and weight noise, or ``None``.
+        product_noise: the noise module of each product that gets noise, by suffix
+            (``product_sites``: ``"l0.ih"``, ...); the others compute without noise.
+        output_noise: the noise at the layer's output, or ``None``.
+    """
     new = harden_layer(module, quant, weight_noise)
-    if make_noise is not None:
-        new.products = nn.ModuleDict({s.replace(".", "_"): make_noise(f"{site}.{s}") for s in product_sites(module)})
-        new.output_noise = make_noise(site)
+    unknown = set(product_noise) - set(product_sites(module))
+    if unknown:
+        raise ValueError(f"{site}: no product {sorted(unknown)} in a {type(module).__name__}; its products are "
+                         f"{product_sites(module)}")
+    if product_noise:
+        new.products = nn.ModuleDict({s.replace(".", "_"): m for s, m in product_noise.items()})
+    if output_noise is not None:
+        new.output_noise = output_noise
     return new
 
 
 def recurrent_noises(module: nn.Module) -> Dict[str, Noise]:
     """The activation noise modules of a hardened recurrent layer by site name: its products,
     then its output."""
-    if not isinstance(module, _HardenedRecurrent) or module._modules.get("output_noise") is None:
+    if not isinstance(module, _HardenedRecurrent):
         return {}
-    out = {m.site: m for m in module.products.values()}
-    out[module.output_noise.site] = module.output_noise
+    products = module._modules.get("products")
+    out = {m.site: m for m in products.values()} if products is not None else {}
+    if module._modules.get("output_noise") is not None:
+        out[module.output_noise.site] = module.output_noise
     return out

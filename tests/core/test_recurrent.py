@@ -275,3 +275,16 @@ def test_recurrent_layer_inside_an_opaque_part_is_hardened():
         clean = hm(x)
         fxharden.set_noise(hm, {"0.lstm.l0.hh": 0.1})
         assert not torch.allclose(hm(x), clean, atol=1e-3)
+
+
+def test_rules_address_each_product():
+    from fxharden import LayerConfig, SiteRules
+
+    cfg = HardenConfig(quant=None, rules=SiteRules(by_regex={r"rnn\.l\d\.hh": None},
+                                                   by_name={"rnn": LayerConfig(noise=False)}))
+    layer, hm = _hardened(nn.GRU(3, 4, num_layers=2), config=cfg)
+    assert [n for n in fxharden.noise_sites(hm) if n.startswith("rnn")] == ["rnn.l0.ih", "rnn.l1.ih"]
+    rows = {s.name: s.noise for s in fxharden.harden_report(hm).sites}
+    assert rows["rnn.l0.ih"] and not rows["rnn.l0.hh"] and not rows["rnn"]
+    with pytest.raises(ValueError, match="rnn.l2.ih"):
+        _hardened(nn.GRU(3, 4, num_layers=2), config=cfg.replace(rules=SiteRules(by_name={"rnn.l2.ih": None})))
