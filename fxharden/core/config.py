@@ -83,10 +83,9 @@ DEFAULT_NOISE_KINDS = frozenset(
     {SiteKind.INPUT, SiteKind.CONV, SiteKind.LINEAR, SiteKind.ACTIVATION, SiteKind.POOL, SiteKind.OPAQUE,
      SiteKind.RECURRENT}
 )
-"""The paper's placement: the output of every input, conv, linear, activation and pooling layer
-(and each product of a recurrent layer)
-(pooling includes a global average spelled as a ``mean`` over the spatial dims, see
-``fxharden.core.sites._global_mean``)."""
+"""The paper's placement: the output of every input, conv, linear, activation and pooling layer,
+and each matrix-vector product and the output of a recurrent layer (pooling includes a global
+average spelled as a ``mean`` over the spatial dims, see ``fxharden.core.sites._global_mean``)."""
 
 
 class WeightNoiseKind(str, Enum):

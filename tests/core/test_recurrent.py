@@ -288,3 +288,15 @@ def test_rules_address_each_product():
     assert rows["rnn.l0.ih"] and not rows["rnn.l0.hh"] and not rows["rnn"]
     with pytest.raises(ValueError, match="rnn.l2.ih"):
         _hardened(nn.GRU(3, 4, num_layers=2), config=cfg.replace(rules=SiteRules(by_name={"rnn.l2.ih": None})))
+
+
+def test_cell_product_noise_has_spread_sigma():
+    sigma = 0.25
+    layer, hm = _hardened(_zeroed(nn.RNNCell), sigma=0.0)
+    assert [n for n in fxharden.noise_sites(hm) if n.startswith("rnn")] == ["rnn.ih", "rnn.hh", "rnn"]
+    fxharden.set_noise(hm, {"rnn.hh": sigma})
+    with torch.no_grad():
+        first, second = hm(torch.randn(20000, 3)), hm(torch.randn(20000, 3))
+    for out in (first, second):
+        assert abs(torch.atanh(out).std().item() - sigma) < 0.03 * sigma
+    assert abs(torch.corrcoef(torch.stack([first.flatten(), second.flatten()]))[0, 1]) < 5 / math.sqrt(80000)
