@@ -17,12 +17,13 @@ from .config import AutocastOutput, Frontend, HardenConfig, Scaling, SiteKind, W
 from .export import ExportError, capture_export
 from .hardened import HardenedModule, HardenReport, SiteInfo, build_hardened
 from .layers import HARDENED_LAYERS, HardenedCall, can_harden_weights, harden_layer, weight_axis
-from .module_route import LayerCandidate, LayerSite, attach_site, find_layers, layer_sites
+from .module_route import LayerCandidate, LayerSite, attach_site, find_layers
 from .noise import Noise, NoiseChain, SigmaLike
 from .noise_models import ConverterConfig, NoiseKind
 from .passes import ensure_container, insert_site_modules, key_for
 from .placement import model_placement, place_modules
 from .quant import ActQuant, WeightQuant
+from .recurrent import harden_recurrent, product_sites, recurrent_noises
 from .sites import WEIGHT_FUNCS, _WEIGHT_KINDS, Site, check_rules, find_sites, module_unsigned, node_description, \
     resolve_rule
 from .trace import OPAQUE_ROOT, Capture, capture
@@ -172,7 +173,8 @@ def harden(
     found = {mode: find_sites(graph, modules, config, set(cap.opaque) | _user_leaves(graph, modules, config))
              for mode, graph in cap.graphs.items() if not (mode is False and graph is cap.graphs[True])}
     check_rules(config, [site.name for sites in found.values() for site in sites]
-                + [c.name for layers in inner.values() for c in layers])
+                + [c.name for layers in inner.values() for c in layers]
+                + [f"{n}.{s}" for n, m in _recurrent_layers(found, inner, root) for s in product_sites(m)])
     graphs = {}
     for mode, sites in found.items():
         graph = cap.graphs[mode]
@@ -185,6 +187,11 @@ def harden(
                     routed.add(part)
                     for info in _route_layers(root, inner[part], config, skipped):
                         infos.setdefault(info.name, info)
+                continue
+            if site.kind is SiteKind.RECURRENT and site.node.op == "call_module":
+                for info in _harden_recurrent(root, str(site.node.target), site.name, site.kind, site.quantize_weights,
+                                              site.weight_noise, site.noise, config, skipped, cap.route):
+                    infos.setdefault(info.name, info)
                 continue
             targets = []
             qname = ""
@@ -270,6 +277,10 @@ def _route_layers(root: nn.Module, layers: List[LayerCandidate], config: HardenC
         has_weights = c.kind in _WEIGHT_KINDS
         quantize_weights = quant and qc.quantize_weights and has_weights
         weight_noise = rule is not None and has_weights and config.perturbs_weights
+        if c.kind is SiteKind.RECURRENT:
+            infos += _harden_recurrent(root, c.path, c.name, c.kind, quantize_weights, weight_noise, noisy, config,
+                                       skipped, "module", f"inside {c.part!r}, which torch.fx cannot trace")
+            continue
         qmod = noise = adc = dac = None
         qname = ""
         if quant and c.kind is SiteKind.ACTIVATION:
@@ -289,6 +300,44 @@ def _route_layers(root: nn.Module, layers: List[LayerCandidate], config: HardenC
         infos.append(SiteInfo(c.name, c.kind.value, type(module).__name__, qname, noisy,
                               f"inside {c.part!r}, which torch.fx cannot trace", route="module"))
     return infos
+
+
+def _recurrent_layers(found: Dict[bool, List[Site]], inner: Dict[str, List[LayerCandidate]],
+                      root: nn.Module) -> List[tuple]:
+    """(site name, module) of the recurrent layers, graph sites and module-route layers alike."""
+    return ([(s.name, s.module) for sites in found.values() for s in sites
+             if s.kind is SiteKind.RECURRENT and s.node.op == "call_module"]
+            + [(c.name, root.get_submodule(c.path)) for layers in inner.values() for c in layers
+               if c.kind is SiteKind.RECURRENT])
+
+
+def _harden_recurrent(root: nn.Module, path: str, name: str, kind: SiteKind, quantize: bool, perturb: bool,
+                      noisy: bool, config: HardenConfig, skipped: Dict[str, str], route: str = "graph",
+                      note: str = "") -> List[SiteInfo]:
+    """Swap the recurrent layer at ``path`` (site ``name``) for its hardened class, which holds
+    the noise of its output (``noisy``) and of each product whose own rule (on its site name
+    ``<name>.<suffix>``) gives noise; its report rows (products, then output)."""
+    module = root.get_submodule(path)
+    products = {s: f"{name}.{s}" for s in product_sites(module)}
+    rules = {s: resolve_rule(config, p, None, module, kind) for s, p in products.items()}
+    noisy_products = [s for s, rule in rules.items() if rule is not None and rule.noise]
+    op = getattr(type(module), "_torch_class", type(module)).__name__
+    if not (quantize or perturb or noisy or noisy_products):  # a rule of None: left alone
+        return [SiteInfo(name, kind.value, op, "", False, note, route)]
+    if not isinstance(module, HARDENED_LAYERS):  # else: called twice, or found again in the other mode's graph
+        if not can_harden_weights(module):
+            skipped[name] = f"{type(module).__name__} has its own forward; its weights are used as they are"
+            return [SiteInfo(name, kind.value, op, "", False, note, route)]
+        wq = WeightQuant(config.quant.w_bits, weight_axis(module)) if quantize else None
+        noise = _weight_noise(name, config) if perturb else None
+        _set_submodule(root, path, harden_recurrent(
+            module, name, wq, noise, {s: _output_noise(config, products[s]) for s in noisy_products},
+            _output_noise(config, name) if noisy else None))
+    layer = root.get_submodule(path)
+    qname = f"weights {layer.weight_quant.extra_repr()}" if layer.weight_quant is not None else ""
+    rows = [SiteInfo(p, kind.value, f"{op} product", qname, s in noisy_products, note, route)
+            for s, p in products.items()]
+    return rows + [SiteInfo(name, kind.value, op, qname, noisy, note, route)]
 
 
 def _output_quant(config: HardenConfig, kind: SiteKind, signed: bool) -> ActQuant:
@@ -408,10 +457,14 @@ def _noise_modules(hm: HardenedModule) -> Dict[str, Noise]:
             mod = hm.get_submodule(node.target)
             if isinstance(mod, Noise):
                 out[mod.site] = mod
-            elif not isinstance(mod, (ActQuant, HARDENED_LAYERS)):
-                for site in layer_sites(mod):
-                    if site.noise is not None:
-                        out.setdefault(site.noise.site, site.noise)
+            elif isinstance(mod, HARDENED_LAYERS):
+                out.update(recurrent_noises(mod))
+            elif not isinstance(mod, ActQuant):
+                for sub in mod.modules():  # layer_sites, and the recurrent layers, in module order
+                    if isinstance(sub, LayerSite) and sub.noise is not None:
+                        out.setdefault(sub.noise.site, sub.noise)
+                    for name, noise in recurrent_noises(sub).items():
+                        out.setdefault(name, noise)
     return out
 
 

@@ -302,9 +302,13 @@ _SWAP = {
 HARDENED_LAYERS = (_HardenedWeight,)
 """Every hardened layer is an instance of this mixin."""
 
-_OPTIONAL_SWAPS = {("transformers.pytorch_utils", "Conv1D"): ("fxharden.core.layers_hf", "HardenedConv1D")}
-"""Layers of optional libraries: ``(module, class)`` -> their hardened class, imported only
-when a model holds one (the library is then imported already)."""
+_OPTIONAL_SWAPS = {
+    ("transformers.pytorch_utils", "Conv1D"): ("fxharden.core.layers_hf", "HardenedConv1D"),
+    **{("torch.nn.modules.rnn", c): ("fxharden.core.recurrent", f"Hardened{c}")
+       for c in ("LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell")},
+}
+"""Layers of optional libraries, and recurrent layers (``fxharden.core.recurrent`` builds on this
+module): ``(module, class)`` -> their hardened class, imported only when a model holds one."""
 
 
 def _swap_class(cls: type) -> Optional[type]:

@@ -41,7 +41,10 @@ _NORM_TYPES: tuple = (
 _CONV_TYPES: tuple = (nn.modules.conv._ConvNd,)
 _LINEAR_TYPES: tuple = (nn.Linear, nn.Bilinear, nn.Embedding)
 """Layers whose output is a weighted sum (an embedding lookup is one-hot times its table)."""
-_WEIGHT_KINDS = (SiteKind.CONV, SiteKind.LINEAR, SiteKind.OPAQUE, SiteKind.OTHER)
+_RECURRENT_TYPES: tuple = (nn.RNNBase, nn.RNNCellBase)
+_RECURRENT_EXPORT = ("a recurrent layer on the export route: its weights and matrix-vector products are used as "
+                     "they are (only its output gets noise); harden with frontend='fx' to harden them")
+_WEIGHT_KINDS = (SiteKind.CONV, SiteKind.LINEAR, SiteKind.RECURRENT, SiteKind.OPAQUE, SiteKind.OTHER)
 """Kinds of module sites whose layers may have weights to harden (e.g. attention is OTHER)."""
 
 @dataclass(frozen=True)
@@ -188,8 +191,9 @@ def _linear_types() -> tuple:
 
 
 def module_kind(m: nn.Module) -> Optional[SiteKind]:
-    """The kind of a layer known by its type (conv, linear, activation, pooling, norm), else ``None``."""
+    """The kind of a layer known by its type (conv, linear, recurrent, activation, pooling, norm), else ``None``."""
     for types, kind in ((_CONV_TYPES, SiteKind.CONV), (_linear_types(), SiteKind.LINEAR),
+                        (_RECURRENT_TYPES, SiteKind.RECURRENT),
                         (_activation_types(), SiteKind.ACTIVATION), (_POOL_TYPES, SiteKind.POOL),
                         (_NORM_TYPES, SiteKind.NORM)):
         if isinstance(m, types):
@@ -541,13 +545,16 @@ def find_sites(graph: fx.Graph, modules: Dict[str, nn.Module], cfg: HardenConfig
             skip = skip or why
         has_weights = (kind in _WEIGHT_KINDS and node.op == "call_module") or bool(calls)
         perturbs = cfg.perturbs_weights
+        if kind is SiteKind.RECURRENT and node.op != "call_module" and rule is not None:
+            skip = _RECURRENT_EXPORT
         sites.append(Site(
             name=name, node=node, kind=kind, module=module,
             noise=rule is not None and rule.noise,
             quantize_output=quant and kind in (SiteKind.INPUT, SiteKind.ACTIVATION),
             quantize_weights=quant and cfg.quant.quantize_weights and has_weights,
             weight_noise=rule is not None and has_weights and perturbs,
-            skip_weights=skip if rule is not None and ((quant and cfg.quant.quantize_weights) or perturbs) else "",
+            skip_weights=skip if rule is not None and ((quant and cfg.quant.quantize_weights) or perturbs
+                                                       or skip is _RECURRENT_EXPORT) else "",
             signed=not _unsigned(node, modules),
             weight_calls=tuple(calls),
             fresh=_fresh(node, module, kind),
