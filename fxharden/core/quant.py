@@ -12,6 +12,7 @@ it) and a learned step the composite path with a straight-through round. Nothing
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from typing import Dict, Iterator, Optional, Tuple
 
@@ -20,10 +21,24 @@ from torch import Tensor, nn
 
 from .counter_rng import compiling, refuse
 
-__all__ = ["qrange", "round_ste", "fake_quantize", "ActQuant", "WeightQuant", "MIN_STEP", "frozen_weights"]
+__all__ = ["qrange", "round_ste", "fake_quantize", "ActQuant", "WeightQuant", "GridUsage", "GridWarning", "MIN_STEP",
+           "FEW_LEVELS", "CLIP_FRACTION", "frozen_weights"]
 
 MIN_STEP = 1e-8
 """Smallest step a statistics-based scale may take (an all-zero tensor would give 0)."""
+
+FEW_LEVELS = 2
+"""An activation quantizer whose data use at most this many levels of its grid, while the
+data hold values between the levels, has erased the signal (a sigmoid output on the step 1.0
+becomes 0 or 1): calibration warns (``GridUsage.problem``)."""
+
+CLIP_FRACTION = 0.05
+"""An activation quantizer that clips more than this fraction of its data (values beyond the
+grid's ends, ``round(x/s)`` outside ``[qmin, qmax]``) has a step too small for the signal:
+calibration warns (``GridUsage.problem``)."""
+
+_OFF_GRID = 1e-3
+"""``|x/s - round(x/s)|`` above this (in steps): a value the grid moves, not one it holds."""
 
 
 def qrange(bits: int, signed: bool) -> Tuple[int, int]:
@@ -111,6 +126,72 @@ class _FixedStep(torch.autograd.Function):
         return grad * mask, None, None, None, None, None
 
 
+class GridWarning(UserWarning):
+    """Calibration data show an activation quantizer whose step erases or clips the signal
+    (``GridUsage.problem``); filter this category to silence it."""
+
+
+class GridUsage:
+    """How an activation quantizer used its grid on the data it saw while recording (set by
+    ``fxharden.calibrate_quantizers``): which levels the values landed on, how many values
+    were clipped, the data's range, and whether any value lay between levels. NaNs are not
+    counted. Everything stays on the device until ``problem`` reads it."""
+
+    def __init__(self, quant: "ActQuant") -> None:
+        device = quant.scale.device
+        self.qmin, self.qmax = quant.qmin, quant.qmax
+        self.used = torch.zeros(quant.qmax - quant.qmin + 1, dtype=torch.bool, device=device)
+        self.clipped = torch.zeros((), dtype=torch.int64, device=device)
+        self.values = torch.zeros((), dtype=torch.int64, device=device)
+        self.off_grid = torch.zeros((), dtype=torch.bool, device=device)
+        self.lo = torch.full((), math.inf, device=device)
+        self.hi = torch.full((), -math.inf, device=device)
+        self.step = quant.scale.detach().float().clone()
+
+    @torch.no_grad()
+    def record(self, x: Tensor, scale: Tensor) -> None:
+        """Count one batch ``x`` on the grid of step ``scale`` (the arithmetic of ``_quantize``)."""
+        x = x.detach().float().flatten()
+        x = x[~x.isnan()]
+        if not x.numel():
+            return
+        scale = scale.detach().float()
+        r = x * (1.0 / scale)
+        q = r.round()
+        self.off_grid |= ((r - q).abs() > _OFF_GRID).any()
+        self.clipped += ((q < self.qmin) | (q > self.qmax)).sum()
+        self.used |= torch.bincount((q.clamp_(self.qmin, self.qmax) - self.qmin).long(),
+                                    minlength=self.used.numel()).bool()
+        self.values += x.numel()
+        torch.minimum(self.lo, x.amin(), out=self.lo)
+        torch.maximum(self.hi, x.amax(), out=self.hi)
+        self.step = scale.clone()
+
+    @property
+    def seen(self) -> bool:
+        """Whether any value was recorded."""
+        return bool(self.values > 0)
+
+    def problem(self) -> str:
+        """What is wrong with the grid for these data, in words, or ``""``: at most
+        ``FEW_LEVELS`` levels used while values lay between levels (the signal is erased), or
+        more than ``CLIP_FRACTION`` of the values clipped (the step is too small)."""
+        values = int(self.values)
+        if not values:
+            return ""
+        s, lo, hi = float(self.step), float(self.lo), float(self.hi)
+        found = []
+        levels = int(self.used.sum())
+        if levels <= FEW_LEVELS and bool(self.off_grid):
+            found.append(f"uses {levels} of its {self.used.numel()} levels (step {s:.3g}; values in "
+                         f"[{lo:.3g}, {hi:.3g}])")
+        clipped = int(self.clipped) / values
+        if clipped > CLIP_FRACTION:
+            found.append(f"clips {clipped:.1%} of its values (grid [{self.qmin * s:.3g}, {self.qmax * s:.3g}]; values "
+                         f"in [{lo:.3g}, {hi:.3g}])")
+        return " and ".join(found)
+
+
 class ActQuant(nn.Module):
     """Per-tensor activation quantizer.
 
@@ -134,7 +215,11 @@ class ActQuant(nn.Module):
     ``evaluate`` run themselves and which fixes the steps. A degenerate batch (peak 0, or all
     values equal: a smoke test with ``torch.zeros``) is quantized but not counted: the first
     real batch replaces its step. A step that only degenerate batches have set is fixed only
-    by ``finish_calibration``, with a warning.
+    by ``finish_calibration``, with a warning. An empty batch (no values) is quantized (to an
+    empty tensor) and not observed.
+
+    While ``calibrate_quantizers`` runs, the quantizer also records how its data use the grid
+    (``GridUsage``): calibration warns when a step erases the signal or clips it.
 
     Integer tensors (token ids, indices) pass through unchanged: they are never quantized.
 
@@ -168,12 +253,16 @@ class ActQuant(nn.Module):
         self._observed = 0  # mirror of the buffer, read without a device sync
         self._eval_calibration = False  # calibrating in eval mode (began there, with no data seen in training)
         self._degenerate = False  # the step was set by degenerate batches only (not counted in observed)
+        self._usage: Optional[GridUsage] = None  # while calibrate_quantizers records how the grid is used
+        self._grid_checked = False  # calibrate_quantizers has recorded it on real data
 
     def __setstate__(self, state):
         state.setdefault("converter", False)  # pickled before these attributes existed
         state.setdefault("levels", state["qmax"])
         state.setdefault("_eval_calibration", False)
         state.setdefault("_degenerate", False)
+        state.setdefault("_usage", None)
+        state.setdefault("_grid_checked", False)
         super().__setstate__(state)
 
     def extra_repr(self) -> str:
@@ -243,10 +332,13 @@ class ActQuant(nn.Module):
                     f"({self._observed} of {self.calibration_steps} batches seen) inside torch.compile, which "
                     "would recompile at every batch: call fxharden.calibrate_quantizers(model, data) on real data "
                     "before compiling (it fixes the steps), or give the quantizers a constant step"))
-            self._observe(x)
+            if x.numel():
+                self._observe(x)
         scale = self.scale
         if self.learn:
             scale = scale.abs().clamp_min(MIN_STEP)
+        if self._usage is not None:
+            self._usage.record(x, scale)
         return fake_quantize(x, scale, self.qmin, self.qmax)
 
 
