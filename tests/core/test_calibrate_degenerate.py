@@ -147,3 +147,24 @@ def test_an_adc_that_clips_is_named_by_its_site():
     assert f"site '0': its ADC clips {fraction:.1%} of its values" in message
     assert list(fxharden.harden_report(hm).quant_warnings) == ["0"]
 
+
+# ---------------------------------------------------------------- fxharden inspect
+
+
+def test_inspect_lists_the_steps_that_do_not_fit_the_calibration_data():
+    from typer.testing import CliRunner
+
+    from fxharden.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["inspect", "lenet5", "--bits", "8", "--synthetic", "--max-images", "64"])
+    assert res.exit_code == 0, res.output
+    table = res.stdout.split("Quantization steps that do not fit the calibration data")[1]
+    rows = [line.split("│")[1].strip() for line in table.splitlines() if line.startswith("│")]
+    # the random LeNet-5's ReLU outputs stay below 1: on the constant step 1.0 they keep a level or two
+    assert rows and set(rows) <= {"relu1", "relu2", "relu3", "relu4"}
+    assert "levels (step 1;" in table and "a smaller --scale" in res.stdout
+    res = runner.invoke(app, ["inspect", "lenet5", "--bits", "8", "--dynamic", "--synthetic", "--max-images", "64"])
+    assert res.exit_code == 0, res.output
+    assert "every one fits the calibration data" in res.stdout and "do not fit" not in res.stdout
+    assert "Quantization steps" not in runner.invoke(app, ["inspect", "lenet5", "--bits", "8"]).stdout
