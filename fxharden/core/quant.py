@@ -30,7 +30,8 @@ MIN_STEP = 1e-8
 FEW_LEVELS = 2
 """An activation quantizer whose data use at most this many levels of its grid, while the
 data hold values between the levels, has erased the signal (a sigmoid output on the step 1.0
-becomes 0 or 1): calibration warns (``GridUsage.problem``)."""
+becomes 0 or 1): calibration warns (``GridUsage.problem``). ``GridUsage`` tells 1, 2 and
+more levels apart, so this is 1 or 2."""
 
 CLIP_FRACTION = 0.05
 """An activation quantizer that clips more than this fraction of its data (values beyond the
@@ -133,62 +134,68 @@ class GridWarning(UserWarning):
 
 class GridUsage:
     """How an activation quantizer used its grid on the data it saw while recording (set by
-    ``fxharden.calibrate_quantizers``): which levels the values landed on, how many values
-    were clipped, the data's range, and whether any value lay between levels. NaNs are not
-    counted. Everything stays on the device until ``problem`` reads it."""
+    ``fxharden.calibrate_quantizers``): whether the values landed on 1, 2 or more levels, how
+    many were clipped, the data's range, and whether any value lay between levels. NaNs are
+    not counted. A batch costs two passes over the data (scaled, then its min and max) once
+    more than two levels are seen and nothing is clipped."""
 
     def __init__(self, quant: "ActQuant") -> None:
-        device = quant.scale.device
         self.qmin, self.qmax = quant.qmin, quant.qmax
-        self.used = torch.zeros(quant.qmax - quant.qmin + 1, dtype=torch.bool, device=device)
-        self.clipped = torch.zeros((), dtype=torch.int64, device=device)
-        self.values = torch.zeros((), dtype=torch.int64, device=device)
-        self.off_grid = torch.zeros((), dtype=torch.bool, device=device)
-        self.lo = torch.full((), math.inf, device=device)
-        self.hi = torch.full((), -math.inf, device=device)
-        self.step = quant.scale.detach().float().clone()
+        self.values = self.clipped = 0
+        self.levels: Optional[set] = set()  # the levels used, None once there are more than 2
+        self.off_grid = False  # some value lay between levels
+        self.lo, self.hi = math.inf, -math.inf
+        self.step = float(quant.scale.detach())
 
     @torch.no_grad()
     def record(self, x: Tensor, scale: Tensor) -> None:
         """Count one batch ``x`` on the grid of step ``scale`` (the arithmetic of ``_quantize``)."""
-        x = x.detach().float().flatten()
-        x = x[~x.isnan()]
-        if not x.numel():
+        r = x.detach().float() * (1.0 / scale.detach().float())
+        rmin, rmax = (float(v) for v in torch.aminmax(r)) if r.numel() else (math.nan, math.nan)
+        if math.isnan(rmin) or math.isnan(rmax):
+            r = r[~r.isnan()]
+            if not r.numel():
+                return
+            rmin, rmax = (float(v) for v in torch.aminmax(r))
+        self.step = float(scale)
+        self.values += r.numel()
+        self.lo, self.hi = min(self.lo, rmin * self.step), max(self.hi, rmax * self.step)
+        q = None
+        if round(rmin) < self.qmin or round(rmax) > self.qmax:  # round half to even, as torch.round
+            q = r.round()
+            self.clipped += int(((q < self.qmin) | (q > self.qmax)).sum())
+        if self.levels is None:
             return
-        scale = scale.detach().float()
-        r = x * (1.0 / scale)
-        q = r.round()
-        self.off_grid |= ((r - q).abs() > _OFF_GRID).any()
-        self.clipped += ((q < self.qmin) | (q > self.qmax)).sum()
-        self.used |= torch.bincount((q.clamp_(self.qmin, self.qmax) - self.qmin).long(),
-                                    minlength=self.used.numel()).bool()
-        self.values += x.numel()
-        torch.minimum(self.lo, x.amin(), out=self.lo)
-        torch.maximum(self.hi, x.amax(), out=self.hi)
-        self.step = scale.clone()
+        q = r.round() if q is None else q
+        lo, hi = (min(max(round(v), self.qmin), self.qmax) for v in (rmin, rmax))
+        if hi - lo >= 2 and bool(((q > lo) & (q < hi)).any()):
+            self.levels = None  # a third level between the extremes
+            return
+        self.levels |= {lo, hi}
+        if len(self.levels) > 2:
+            self.levels = None
+        elif not self.off_grid:
+            self.off_grid = bool(((r - q).abs() > _OFF_GRID).any())
 
     @property
     def seen(self) -> bool:
         """Whether any value was recorded."""
-        return bool(self.values > 0)
+        return self.values > 0
 
     def problem(self) -> str:
         """What is wrong with the grid for these data, in words, or ``""``: at most
         ``FEW_LEVELS`` levels used while values lay between levels (the signal is erased), or
         more than ``CLIP_FRACTION`` of the values clipped (the step is too small)."""
-        values = int(self.values)
-        if not values:
+        if not self.values:
             return ""
-        s, lo, hi = float(self.step), float(self.lo), float(self.hi)
-        found = []
-        levels = int(self.used.sum())
-        if levels <= FEW_LEVELS and bool(self.off_grid):
-            found.append(f"uses {levels} of its {self.used.numel()} levels (step {s:.3g}; values in "
-                         f"[{lo:.3g}, {hi:.3g}])")
-        clipped = int(self.clipped) / values
+        s, found = self.step, []
+        if self.levels is not None and len(self.levels) <= FEW_LEVELS and self.off_grid:
+            found.append(f"uses {len(self.levels)} of its {self.qmax - self.qmin + 1} levels (step {s:.3g}; values "
+                         f"in [{self.lo:.3g}, {self.hi:.3g}])")
+        clipped = self.clipped / self.values
         if clipped > CLIP_FRACTION:
             found.append(f"clips {clipped:.1%} of its values (grid [{self.qmin * s:.3g}, {self.qmax * s:.3g}]; values "
-                         f"in [{lo:.3g}, {hi:.3g}])")
+                         f"in [{self.lo:.3g}, {self.hi:.3g}])")
         return " and ".join(found)
 
 

@@ -118,14 +118,15 @@ def test_values_on_the_grid_are_not_erased():
 
 def test_a_step_that_clips_reports_the_clipped_fraction():
     """tanh on the signed 4-bit grid of step 0.1, [-0.8, 0.7]: round(y / 0.1) leaves the grid
-    where tanh(x) >= 0.75 or tanh(x) < -0.85, i.e. x >= atanh(0.75) or x < -atanh(0.85)."""
+    where tanh(x) >= 0.75 or tanh(x) < -0.85, i.e. x >= atanh(0.75) or x < -atanh(0.85).
+    NaNs are not values: they change no fraction."""
     hm = fxharden.harden(nn.Sequential(nn.Tanh()), bits=4, scale=0.1,
                          rules=SiteRules(by_name={"input": None})).eval()
     x = torch.linspace(-3, 3, 601).unsqueeze(1)
     fraction = float(((x >= math.atanh(0.75)) | (x < -math.atanh(0.85))).double().mean())
     assert fraction > CLIP_FRACTION
     with pytest.warns(GridWarning) as record:
-        fxharden.calibrate_quantizers(hm, [x[::2], x[1::2]])
+        fxharden.calibrate_quantizers(hm, [x[::2], torch.cat([x[1::2], torch.full((7, 1), math.nan)])])
     (message,) = grid_warnings(record)
     assert f"site '0': its quantizer clips {fraction:.1%} of its values (grid [-0.8, 0.7];" in message
     assert "larger where values are clipped" in message
