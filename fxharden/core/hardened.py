@@ -50,6 +50,12 @@ class HardenReport:
     parts) or ``"export"`` (torch.export)."""
     note: str = ""
     """Why, when ``Frontend.AUTO`` chose."""
+    quant_warnings: Dict[str, str] = field(default_factory=dict)
+    """Sites whose activation quantizer (or ADC/DAC) does not fit the data calibration saw,
+    with what is wrong: at most ``FEW_LEVELS`` levels used (the step erases the signal) or
+    more than ``CLIP_FRACTION`` of the values clipped (``fxharden.core.quant``). Filled by
+    ``calibrate_quantizers`` (which ``calibrate_noise`` and ``sweep`` run);
+    empty before calibration."""
 
     @property
     def noise_sites(self) -> List[str]:
