@@ -16,6 +16,7 @@ from torch import fx, nn
 from .config import AutocastOutput, Frontend, HardenConfig, Scaling, SiteKind, WeightNoiseKind
 from .export import ExportError, capture_export
 from .hardened import HardenedModule, HardenReport, SiteInfo, build_hardened
+from .input_guard import insert_input_guards
 from .layers import HARDENED_LAYERS, HardenedCall, can_harden_weights, harden_layer, weight_axis
 from .module_route import LayerCandidate, LayerSite, attach_site, find_layers
 from .noise import Noise, NoiseChain, SigmaLike
@@ -112,7 +113,9 @@ def harden(
             arguments or a dict of keyword arguments, e.g. ``{"input_ids": ids}``), for the
             torch.export frontend (``frontend="export"``, or ``"auto"`` when torch.fx leaves parts
             of the model opaque). The hardened model then takes the same tensor inputs, with
-            any batch size (and any sequence length for integer inputs).
+            any batch size (and any sequence length for integer inputs) unless the model's
+            code fixes one: then it refuses other shapes (``InputShapeError``, see
+            ``fxharden.core.input_guard``; ``harden_report(hm).note`` says so).
         **config_kwargs: other ``HardenConfig`` fields (``rules``, ``leaf_modules``,
             ``strict``, ``weight_noise``, ``frontend``) for the keyword form.
 
@@ -148,7 +151,6 @@ def harden(
                              "or only the keyword form (bits, scale, sigma, ...)")
 
     device, dtype = model_placement(model)
-    model = _copy_model(model)
     cap = _capture(model, config, example_inputs)
     root = cap.root
     modules = cap.layers or dict(root.named_modules())
@@ -232,6 +234,7 @@ def harden(
         insert_site_modules(graph, insertions, before, calls)
         graphs[mode] = graph
     graphs.setdefault(False, graphs[True])
+    insert_input_guards(root, graphs, container)
     place_modules([m for m in root.modules() if isinstance(m, (ActQuant, Noise))], device, dtype)
 
     report = HardenReport(sites=tuple(infos.values()), opaque=dict(cap.opaque), skipped=skipped,
@@ -244,22 +247,27 @@ def harden(
 
 
 def _capture(model: nn.Module, config: HardenConfig, example_inputs: Any) -> Capture:
-    """The graph of ``model`` by the configured frontend (``Frontend``)."""
+    """The graph of a copy of ``model`` by the configured frontend (``Frontend``). Each
+    capture runs on a fresh copy, so a frontend that fails leaves nothing behind for the next
+    (torch.export runs the model's code on fake tensors)."""
     if config.frontend is Frontend.EXPORT:
         if example_inputs is None:
             raise ValueError("frontend='export' needs example_inputs: the inputs of one forward pass, e.g. "
                              "harden(model, ..., frontend='export', example_inputs={'input_ids': ids})")
-        return capture_export(model, example_inputs, config.leaf_modules)
-    cap = capture(model, config.leaf_modules, config.strict)
+        return capture_export(_copy_model(model), example_inputs, config.leaf_modules)
+    cap = capture(_copy_model(model), config.leaf_modules, config.strict)
     if config.frontend is Frontend.AUTO and cap.opaque and example_inputs is not None:
         parts = ", ".join(map(repr, cap.opaque))
+        del cap  # one copy of the model at a time
         try:
-            exported = capture_export(model, example_inputs, config.leaf_modules)
+            exported = capture_export(_copy_model(model), example_inputs, config.leaf_modules)
         except ExportError as err:
+            cap = capture(_copy_model(model), config.leaf_modules, config.strict)
             cap.note = (f"torch.fx cannot trace {parts} and torch.export failed too "
                         f"({str(err).splitlines()[0]}): their layers took the module route")
             return cap
-        exported.note = f"torch.fx cannot trace {parts}: the whole model was captured by torch.export"
+        exported.note = "; ".join(filter(None, [f"torch.fx cannot trace {parts}: the whole model was captured by "
+                                                "torch.export", exported.note]))
         return exported
     return cap  # with frontend='fx', example_inputs are not used
 
