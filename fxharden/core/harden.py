@@ -16,6 +16,7 @@ from torch import fx, nn
 from .config import AutocastOutput, Frontend, HardenConfig, Scaling, SiteKind, WeightNoiseKind
 from .export import ExportError, capture_export
 from .hardened import HardenedModule, HardenReport, SiteInfo, build_hardened
+from .ledger import build_ledger
 from .layers import HARDENED_LAYERS, HardenedCall, can_harden_weights, harden_layer, weight_axis
 from .module_route import LayerCandidate, LayerSite, attach_site, find_layers, layer_sites
 from .noise import Noise, NoiseChain, SigmaLike
@@ -23,7 +24,7 @@ from .noise_models import ConverterConfig, NoiseKind
 from .passes import ensure_container, insert_site_modules, key_for
 from .placement import model_placement, place_modules
 from .quant import ActQuant, WeightQuant
-from .sites import WEIGHT_FUNCS, _WEIGHT_KINDS, Site, check_rules, find_sites, module_unsigned, node_description, \
+from .sites import _WEIGHT_KINDS, weight_arg, Site, check_rules, find_sites, module_unsigned, node_description, \
     resolve_rule
 from .trace import OPAQUE_ROOT, Capture, capture
 
@@ -148,6 +149,8 @@ def harden(
 
     device, dtype = model_placement(model)
     model = _copy_model(model)
+    params, model_modules = list(model.named_parameters()), dict(model.named_modules())
+    buffers = {id(b): n for n, b in model.named_buffers()}
     cap = _capture(model, config, example_inputs)
     root = cap.root
     modules = cap.layers or dict(root.named_modules())
@@ -227,8 +230,11 @@ def harden(
     graphs.setdefault(False, graphs[True])
     place_modules([m for m in root.modules() if isinstance(m, (ActQuant, Noise))], device, dtype)
 
+    hardens = bool(config.quant is not None and config.quant.quantize_weights) or config.perturbs_weights
+    ledger = build_ledger(params, buffers, model_modules, root, graphs.values(), modules, skipped,
+                          cap.route == "export", hardens)
     report = HardenReport(sites=tuple(infos.values()), opaque=dict(cap.opaque), skipped=skipped,
-                          frontend="export" if cap.route == "export" else "fx", note=cap.note)
+                          frontend="export" if cap.route == "export" else "fx", note=cap.note, ledger=ledger)
     hm = build_hardened(root, graphs, model.training, f"Hardened{type(model).__name__}",
                         {"fxharden": {"config": config, "report": report, "example": cap.example}})
     if config.noise.sigma:
@@ -367,9 +373,11 @@ def _hardened_call(site: Site, call: fx.Node, label: str, config: HardenConfig) 
     """The module that replaces a call whose weight comes from parameters (``F.linear(x,
     self.fc.weight)``, the ``F.conv2d`` inside timm's ``StdConv2d``, the ATen calls of a layer on
     the export route); its weight noise is the site ``<label>.weight``."""
-    arg = WEIGHT_FUNCS[call.target]
+    arg = weight_arg(call.target)
     wq = WeightQuant(config.quant.w_bits, arg.axis) if site.quantize_weights else None
-    return HardenedCall(call.target, wq, _weight_noise(label, config) if site.weight_noise else None, arg)
+    hardened = HardenedCall(call.target, wq, _weight_noise(label, config) if site.weight_noise else None, arg)
+    hardened.site = label
+    return hardened
 
 
 def converter(cfg: ConverterConfig) -> ActQuant:
