@@ -24,7 +24,7 @@ from .noise_models import ConverterConfig, NoiseKind
 from .passes import ensure_container, insert_site_modules, key_for
 from .placement import model_placement, place_modules
 from .quant import ActQuant, WeightQuant
-from .sites import _WEIGHT_KINDS, weight_arg, Site, check_rules, find_sites, module_unsigned, node_description, \
+from .sites import _WEIGHT_KINDS, expert_weights, weight_arg, Site, check_rules, find_sites, module_unsigned, node_description, \
     resolve_rule
 from .trace import OPAQUE_ROOT, Capture, capture
 
@@ -78,6 +78,11 @@ def _weight_modules(site: Site, root: nn.Module) -> List[tuple]:
     if site.kind is SiteKind.OPAQUE:
         return [(f"{target}.{n}" if n else target, m) for n, m in root.get_submodule(target).named_modules()]
     return [(target, root.get_submodule(target))]
+
+
+def _inside(scope: str, layers: set) -> bool:
+    """Whether the module path ``scope`` is one of ``layers`` or inside one."""
+    return any(scope == p or scope.startswith(f"{p}.") for p in layers)
 
 
 def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
@@ -172,6 +177,7 @@ def harden(
             made[(site, role)] = key
         return f"fxharden.{made[(site, role)]}"
 
+    expert_layers = {n for n, m in modules.items() if expert_weights(m)} if cap.route == "export" else set()
     found = {mode: find_sites(graph, modules, config, set(cap.opaque) | _user_leaves(graph, modules, config))
              for mode, graph in cap.graphs.items() if not (mode is False and graph is cap.graphs[True])}
     check_rules(config, [site.name for sites in found.values() for site in sites]
@@ -204,6 +210,8 @@ def harden(
                 owners.add(noise)
                 if site.module is not None and not site.quantize_output:
                     noise._producer = (site.module,)
+                if _inside(site.node.meta.get("scope", ""), expert_layers):
+                    noise.unbatched = "its tensors hold the tokens regrouped by expert, not by batch group"
             converts = _converts(site.kind, site.noise, site.quantize_weights)
             if converts and config.adc is not None:
                 targets.append(module_for(site.name, "adc", lambda: converter(config.adc)))
@@ -232,7 +240,7 @@ def harden(
 
     hardens = bool(config.quant is not None and config.quant.quantize_weights) or config.perturbs_weights
     ledger = build_ledger(params, buffers, model_modules, root, graphs.values(), modules, skipped,
-                          cap.route == "export", hardens)
+                          cap.route == "export", hardens, cap.opaque)
     report = HardenReport(sites=tuple(infos.values()), opaque=dict(cap.opaque), skipped=skipped,
                           frontend="export" if cap.route == "export" else "fx", note=cap.note, ledger=ledger)
     hm = build_hardened(root, graphs, model.training, f"Hardened{type(model).__name__}",

@@ -51,7 +51,7 @@ def _passes_through(node: fx.Node) -> bool:
         return False
     if _packet(node) is not None:
         return _packet(node) in _ATEN_NOT_SITES and _packet(node) not in _ADDITIVE
-    return node.target in _NOT_SITES and _op(node) not in _ADDITIVE
+    return (node.target in _NOT_SITES or _op(node) in _ATEN_NOT_SITES) and _op(node) not in _ADDITIVE
 
 
 def _consumers(node: fx.Node) -> List[fx.Node]:
@@ -85,7 +85,7 @@ def _hardened_calls(graphs: Iterable[fx.Graph], root: nn.Module) -> Iterable[Tup
 
 def build_ledger(params: List[Tuple[str, nn.Parameter]], buffers: Dict[int, str], owners: Dict[str, nn.Module],
                  root: nn.Module, graphs: Iterable[fx.Graph], modules: Dict[str, nn.Module], skipped: Dict[str, str],
-                 exported: bool, hardens_weights: bool) -> Dict[str, str]:
+                 exported: bool, hardens_weights: bool, opaque: Iterable[str] = ()) -> Dict[str, str]:
     """The ledger of ``params`` (``(name, parameter)`` of the caller's model, before hardening).
 
     Args:
@@ -100,12 +100,12 @@ def build_ledger(params: List[Tuple[str, nn.Parameter]], buffers: Dict[int, str]
         exported: the graphs are torch.export's (they read every parameter the forward uses).
         hardens_weights: the config quantizes or perturbs weights (else every entry is
             ``NO_WEIGHTS`` and ``skipped`` is left as it is).
+        opaque: the parts torch.fx cannot trace (their layers took the module route).
     """
     if not hardens_weights:
         return {n: NO_WEIGHTS for n, _ in params}
     graphs = list(dict.fromkeys(graphs))
     names = {id(p): n for n, p in params}
-    by_name = dict(params)
     ledger: Dict[str, str] = {}
 
     def mark(p: torch.Tensor, entry: str) -> None:
@@ -124,10 +124,9 @@ def build_ledger(params: List[Tuple[str, nn.Parameter]], buffers: Dict[int, str]
             for p in module.parameters():
                 mark(p, f"{HARDENED}{site} (with its layer)")
     # calls hardened in the graph: the parameters of their weight argument, the others with them
-    attr = {n: root.get_parameter(n) for n, _ in root.named_parameters()}
-
     def targets(value) -> List[torch.Tensor]:
-        return [attr[t] if t in attr else by_name[t] for t in param_targets(value, modules) if t in attr or t in by_name]
+        found = (_resolve(root, t) for t in param_targets(value, modules))
+        return [t for t in found if t is not None]
 
     for node, call in _hardened_calls(graphs, root):
         site = getattr(call, "site", "") or str(node.target)
@@ -147,6 +146,8 @@ def build_ledger(params: List[Tuple[str, nn.Parameter]], buffers: Dict[int, str]
             if value is None:
                 continue
             readers.setdefault(names.get(id(value), buffers.get(id(value), "")), []).extend(_consumers(node))
+    layers = {str(n.target) for g in graphs for n in g.nodes if n.op == "call_module"
+              and not isinstance(root.get_submodule(str(n.target)), HardenedCall)} - set(opaque)
     params_named = set(names.values())
     for name, users in readers.items():
         if not name or name in params_named:
@@ -163,11 +164,16 @@ def build_ledger(params: List[Tuple[str, nn.Parameter]], buffers: Dict[int, str]
         owner = owners.get(owner_name)
         users = readers.get(name)
         reason = skipped.get(owner_name)
+        outer = next((leaf for leaf in _prefixes(owner_name) if leaf in layers and leaf != owner_name), None)
         if reason is None:
             if (owner is not None and module_kind(owner) is SiteKind.NORM) or any(_norm(u) for u in users or []):
                 reason = NORM
             elif p.dim() <= 1:
                 reason = VECTOR
+            elif outer is not None and not users:
+                held = type(root.get_submodule(outer)).__name__
+                reason = (f"inside {outer} ({held}), which the graph calls as one layer: the layers inside it "
+                          "are no sites; used as it is")
             elif any(_weight_of(u, name, root, names) for u in users or []) or (
                     not users and owner is not None and can_harden_weights(owner)):
                 reason = LEFT_ALONE
@@ -185,6 +191,12 @@ def build_ledger(params: List[Tuple[str, nn.Parameter]], buffers: Dict[int, str]
         ledger[name] = reason
         skipped[name] = reason
     return {n: ledger[n] for n, _ in params}
+
+
+def _prefixes(path: str) -> List[str]:
+    """``a``, ``a.b``, ``a.b.c`` for ``a.b.c``: the enclosing modules, outermost first."""
+    parts = path.split(".") if path else []
+    return [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
 
 
 def _weight_of(user: fx.Node, name: str, root: nn.Module, names: Dict[int, str]) -> bool:

@@ -68,6 +68,9 @@ def test_export_noop_is_exact_expert_outputs_are_noise_sites_and_sigma_changes_t
         ids = _ids(3, 5, 2)
         fxharden.set_noise(hm, 0.1, sites=experts)
         assert not torch.allclose(hm(input_ids=ids).logits, _plain(model, ids), atol=1e-3)
+        fxharden.set_noise(hm, [0.0, 0.1], sites=experts)  # one sigma per batch group: rows sorted by expert
+        with pytest.raises(ValueError, match="regrouped by expert"):
+            hm(input_ids=_ids(2, 5, 2))
 
 
 @pytest.mark.parametrize("name", ["mixtral", "qwen2_moe"])
@@ -148,7 +151,9 @@ def test_module_route_hardens_experts_and_router(impl):
 
 def test_module_route_draws_expert_weights_per_batch_group():
     model = _model("mixtral")
-    hm = fxharden.harden(model, frontend="fx", weight_noise=WeightNoiseConfig("additive", 0.0))
+    only_experts = SiteRules(by_regex={r"(?!model\.layers\.0\.mlp\.experts$).*": None})
+    hm = fxharden.harden(model, frontend="fx", weight_noise=WeightNoiseConfig("additive", 0.0), rules=only_experts)
+    assert fxharden.harden_report(hm).ledger["model.layers.0.mlp.gate.weight"].startswith("the weight of a layer")
     fxharden.set_weight_noise(hm, [0.0, 0.05])
     ids = torch.cat([_ids(1, 6, 4), _ids(1, 6, 5)])
     with torch.no_grad():
