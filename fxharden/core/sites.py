@@ -232,7 +232,8 @@ def router_weight(m: nn.Module) -> bool:
     params = dict(m.named_parameters(recurse=False))
     weight = params.get("weight")
     return (module_kind(m) is None and not any(True for _ in m.children()) and weight is not None
-            and weight.dim() == 2 and all(p.dim() <= 1 for n, p in params.items() if n != "weight"))
+            and weight.dim() == 2 and min(weight.shape) > 1
+            and all(p.dim() <= 1 for n, p in params.items() if n != "weight"))
 
 
 def module_unsigned(m: nn.Module) -> bool:
