@@ -5,7 +5,9 @@ transforms its weights before use: the parameters, their names in ``state_dict``
 ``isinstance`` checks stay the same; the transform's modules are added as children.
 A weight that reaches a functional call as a graph value (``F.linear(x, self.fc.weight)``,
 timm's ``StdConv2d``) is hardened by ``HardenedCall``, which takes the call's place in the
-graph and behaves like the swapped layers.
+graph and behaves like the swapped layers. A mixture-of-experts layer that multiplies its own
+3-D expert matrices, or a router its own ``weight``, gets ``HardenedParameters``: its forward
+runs with those parameters hardened (one quantizer step and one noise draw per expert).
 
 Weight noise and batch groups: when the weight-noise module holds one sigma per batch group
 (a sweep measuring several repeats in one forward), the layer splits its input along the
@@ -39,8 +41,8 @@ from .sites import expert_weights, router_weight
 
 Run = Tuple[int, int, Dict[str, Tensor]]  # (first batch group, number of groups, their weights)
 
-__all__ = ["HARDENED_LAYERS", "HardenedCall", "HardenedParameters", "parameters_class", "harden_layer", "can_harden_weights", "weight_axis",
-           "weight_draws_held"]
+__all__ = ["HARDENED_LAYERS", "HardenedCall", "HardenedParameters", "parameters_class", "harden_layer",
+           "can_harden_weights", "weight_axis", "weight_draws_held"]
 
 
 class _HardenedWeight:

@@ -27,8 +27,8 @@ HARDENED = "hardened at "
 NORM = "normalization parameter (scale or shift of a norm layer): not an analog weight matrix; used as it is"
 VECTOR = ("vector parameter (a norm scale or shift, a bias, a gain) applied elementwise: not an analog weight "
           "matrix; used as it is")
-ADDED = ("added to or concatenated with activations (a position embedding, class or register token): not an "
-         "analog weight matrix; used as it is")
+ADDED = ("added to or concatenated with activations (a bias such as an expert's, a position embedding, a class "
+         "or register token): not an analog weight matrix; used as it is")
 UNUSED = "not read by the captured forward; used as it is"
 LEFT_ALONE = ("the weight of a layer or call that the rules leave alone (a rule of None, or neither weight "
               "quantization nor weight noise there); used as it is")
