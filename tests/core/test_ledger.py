@@ -56,7 +56,7 @@ CASES = {
     "resnet18": (_torchvision, "resnet18", SMALL_IMAGE, ("fx",), None),
     "lenet5": (_paper, "lenet5", SMALL_IMAGE, ("fx", "export"), None),
     "paper_resnet18": (_paper, "resnet18", SMALL_IMAGE, ("fx",), None),
-    "llama": (_hf, "llama", IDS, ("fx", "export"), None),
+    "llama": (_hf, "llama", IDS, ("fx",), None),  # its export route: as mixtral's, without experts
     "gpt2": (_hf, "gpt2", IDS, ("fx", "export"), None),
     "mixtral": (_hf, "mixtral", IDS, ("fx", "export"), None),
 }
