@@ -88,10 +88,10 @@ def inspect_command(
     for key, value in inputs_rows(provenance):
         show(f"{key}: {value}")
     for title, items in (("Opaque modules (not traced; one layer each)", report.opaque),
-                         ("Layers whose weights were left as they are", report.skipped)):
+                         ("Layers and parameters left as they are", report.skipped)):
         if items:
             left = Table(title=title)
-            left.add_column("module")
+            left.add_column("module or parameter")
             left.add_column("reason")
             for name, reason in items.items():
                 left.add_row(name, reason)

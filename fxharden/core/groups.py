@@ -101,7 +101,7 @@ def locate_batch_dims(model: nn.Module, args: tuple, kwargs: Optional[Dict[str, 
         model.train(was_training)
     out = {}
     for m in mods:
-        m.batch_dim = batch_dim_from_shapes(seen[m])
+        m.batch_dim = None if m.unbatched else batch_dim_from_shapes(seen[m])
         m.batch_dim_known = True
         out[m.site] = m.batch_dim
     return out

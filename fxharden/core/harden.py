@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import difflib
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import fx, nn
@@ -17,6 +17,7 @@ from .config import AutocastOutput, Frontend, HardenConfig, Scaling, SiteKind, W
 from .export import ExportError, capture_export
 from .hardened import HardenedModule, HardenReport, SiteInfo, build_hardened
 from .input_guard import insert_input_guards
+from .ledger import build_ledger
 from .layers import HARDENED_LAYERS, HardenedCall, can_harden_weights, harden_layer, weight_axis
 from .module_route import LayerCandidate, LayerSite, attach_site, find_layers
 from .noise import Noise, NoiseChain, SigmaLike
@@ -25,7 +26,7 @@ from .passes import ensure_container, insert_site_modules, key_for
 from .placement import model_placement, place_modules
 from .quant import ActQuant, WeightQuant
 from .recurrent import harden_recurrent, product_sites, recurrent_noises
-from .sites import WEIGHT_FUNCS, _WEIGHT_KINDS, Site, check_rules, find_sites, module_unsigned, node_description, \
+from .sites import _WEIGHT_KINDS, expert_weights, weight_arg, Site, check_rules, find_sites, module_unsigned, node_description, \
     resolve_rule
 from .trace import OPAQUE_ROOT, Capture, capture
 
@@ -79,6 +80,11 @@ def _weight_modules(site: Site, root: nn.Module) -> List[tuple]:
     if site.kind is SiteKind.OPAQUE:
         return [(f"{target}.{n}" if n else target, m) for n, m in root.get_submodule(target).named_modules()]
     return [(target, root.get_submodule(target))]
+
+
+def _inside(scope: str, layers: set) -> bool:
+    """Whether the module path ``scope`` is one of ``layers`` or inside one."""
+    return any(scope == p or scope.startswith(f"{p}.") for p in layers)
 
 
 def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
@@ -151,7 +157,10 @@ def harden(
                              "or only the keyword form (bits, scale, sigma, ...)")
 
     device, dtype = model_placement(model)
-    cap = _capture(model, config, example_inputs)
+    cap, copy = _capture(model, config, example_inputs)
+    params, model_modules = list(copy.named_parameters()), dict(copy.named_modules())
+    buffers = {id(b): n for n, b in copy.named_buffers()}
+    del copy
     root = cap.root
     modules = cap.layers or dict(root.named_modules())
     # the module route: the known layers inside each opaque part become sites of their own
@@ -172,6 +181,7 @@ def harden(
             made[(site, role)] = key
         return f"fxharden.{made[(site, role)]}"
 
+    expert_layers = {n for n, m in modules.items() if expert_weights(m)} if cap.route == "export" else set()
     found = {mode: find_sites(graph, modules, config, set(cap.opaque) | _user_leaves(graph, modules, config))
              for mode, graph in cap.graphs.items() if not (mode is False and graph is cap.graphs[True])}
     check_rules(config, [site.name for sites in found.values() for site in sites]
@@ -210,6 +220,8 @@ def harden(
                 owners.add(noise)
                 if site.module is not None and not site.quantize_output:
                     noise._producer = (site.module,)
+                if _inside(site.node.meta.get("scope", ""), expert_layers):
+                    noise.unbatched = "its tensors hold the tokens regrouped by expert, not by batch group"
             converts = _converts(site.kind, site.noise, site.quantize_weights)
             if converts and config.adc is not None:
                 targets.append(module_for(site.name, "adc", lambda: converter(config.adc)))
@@ -237,8 +249,11 @@ def harden(
     insert_input_guards(root, graphs, container)
     place_modules([m for m in root.modules() if isinstance(m, (ActQuant, Noise))], device, dtype)
 
+    hardens = bool(config.quant is not None and config.quant.quantize_weights) or config.perturbs_weights
+    ledger = build_ledger(params, buffers, model_modules, root, graphs.values(), modules, skipped,
+                          cap.route == "export", hardens, cap.opaque)
     report = HardenReport(sites=tuple(infos.values()), opaque=dict(cap.opaque), skipped=skipped,
-                          frontend="export" if cap.route == "export" else "fx", note=cap.note)
+                          frontend="export" if cap.route == "export" else "fx", note=cap.note, ledger=ledger)
     hm = build_hardened(root, graphs, model.training, f"Hardened{type(model).__name__}",
                         {"fxharden": {"config": config, "report": report, "example": cap.example}})
     if config.noise.sigma:
@@ -246,30 +261,35 @@ def harden(
     return hm
 
 
-def _capture(model: nn.Module, config: HardenConfig, example_inputs: Any) -> Capture:
-    """The graph of a copy of ``model`` by the configured frontend (``Frontend``). Each
-    capture runs on a fresh copy, so a frontend that fails leaves nothing behind for the next
-    (torch.export runs the model's code on fake tensors)."""
+def _capture(model: nn.Module, config: HardenConfig, example_inputs: Any) -> Tuple[Capture, nn.Module]:
+    """The graph of a copy of ``model`` by the configured frontend (``Frontend``), and that
+    copy (whose parameters the graph holds). Each capture runs on a fresh copy, so a frontend
+    that fails leaves nothing behind for the next (torch.export runs the model's code on fake
+    tensors)."""
     if config.frontend is Frontend.EXPORT:
         if example_inputs is None:
             raise ValueError("frontend='export' needs example_inputs: the inputs of one forward pass, e.g. "
                              "harden(model, ..., frontend='export', example_inputs={'input_ids': ids})")
-        return capture_export(_copy_model(model), example_inputs, config.leaf_modules)
-    cap = capture(_copy_model(model), config.leaf_modules, config.strict)
+        copy = _copy_model(model)
+        return capture_export(copy, example_inputs, config.leaf_modules), copy
+    copy = _copy_model(model)
+    cap = capture(copy, config.leaf_modules, config.strict)
     if config.frontend is Frontend.AUTO and cap.opaque and example_inputs is not None:
         parts = ", ".join(map(repr, cap.opaque))
-        del cap  # one copy of the model at a time
+        del cap, copy  # one copy of the model at a time
+        copy = _copy_model(model)
         try:
-            exported = capture_export(_copy_model(model), example_inputs, config.leaf_modules)
+            exported = capture_export(copy, example_inputs, config.leaf_modules)
         except ExportError as err:
-            cap = capture(_copy_model(model), config.leaf_modules, config.strict)
+            copy = _copy_model(model)
+            cap = capture(copy, config.leaf_modules, config.strict)
             cap.note = (f"torch.fx cannot trace {parts} and torch.export failed too "
                         f"({str(err).splitlines()[0]}): their layers took the module route")
-            return cap
+            return cap, copy
         exported.note = "; ".join(filter(None, [f"torch.fx cannot trace {parts}: the whole model was captured by "
                                                 "torch.export", exported.note]))
-        return exported
-    return cap  # with frontend='fx', example_inputs are not used
+        return exported, copy
+    return cap, copy  # with frontend='fx', example_inputs are not used
 
 
 def _route_layers(root: nn.Module, layers: List[LayerCandidate], config: HardenConfig,
@@ -424,9 +444,11 @@ def _hardened_call(site: Site, call: fx.Node, label: str, config: HardenConfig) 
     """The module that replaces a call whose weight comes from parameters (``F.linear(x,
     self.fc.weight)``, the ``F.conv2d`` inside timm's ``StdConv2d``, the ATen calls of a layer on
     the export route); its weight noise is the site ``<label>.weight``."""
-    arg = WEIGHT_FUNCS[call.target]
+    arg = weight_arg(call.target)
     wq = WeightQuant(config.quant.w_bits, arg.axis) if site.quantize_weights else None
-    return HardenedCall(call.target, wq, _weight_noise(label, config) if site.weight_noise else None, arg)
+    hardened = HardenedCall(call.target, wq, _weight_noise(label, config) if site.weight_noise else None, arg)
+    hardened.site = label
+    return hardened
 
 
 def converter(cfg: ConverterConfig) -> ActQuant:

@@ -44,7 +44,8 @@ class HardenReport:
     opaque: Dict[str, str] = field(default_factory=dict)
     """Submodules that could not be traced and were treated as one layer, with the reason."""
     skipped: Dict[str, str] = field(default_factory=dict)
-    """Layers whose weights were not quantized/perturbed, with the reason."""
+    """Layers and calls whose weights were not quantized/perturbed, and every parameter (and
+    buffer used as a weight) left as it is, with the reason."""
     frontend: str = "fx"
     """How the graph was captured: ``"fx"`` (torch.fx, with the module route inside opaque
     parts) or ``"export"`` (torch.export)."""
@@ -56,6 +57,10 @@ class HardenReport:
     more than ``CLIP_FRACTION`` of the values clipped (``fxharden.core.quant``). Filled by
     ``calibrate_quantizers`` (which ``calibrate_noise`` and ``sweep`` run);
     empty before calibration."""
+    ledger: Dict[str, str] = field(default_factory=dict)
+    """Every parameter of the model by its dotted name: ``"hardened at <site>"`` (quantized
+    and/or perturbed there; ``"... (with its layer)"`` for a hardened layer's bias), or why it is
+    used as it is (also listed in ``skipped``). See ``fxharden.core.ledger``."""
 
     @property
     def noise_sites(self) -> List[str]:

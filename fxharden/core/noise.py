@@ -178,6 +178,9 @@ class Noise(nn.Module):
 
     keep_float32 = True  # the class default: modules pickled before the attribute existed keep it
     batch_dim_known = True
+    unbatched = ""
+    """Why the tensors at this site hold no batch dimension even where one dimension grows with
+    the batch (rows regrouped by expert inside a mixture-of-experts layer); '' when they may."""
 
     def __init__(self, site: str, seed: int = 0, kind=NoiseKind.ADDITIVE, relative: bool = False,
                  zero_fraction: float = 0.5, keep_float32: bool = True) -> None:
@@ -381,6 +384,10 @@ class Noise(nn.Module):
     def group_dim(self, x: Tensor) -> int:
         """The dimension of ``x`` that holds the batch, checked to split into the groups."""
         dim, groups = self.batch_dim, self.groups
+        if self.unbatched:
+            raise GroupDimError(
+                f"noise site {self.site!r} has {groups} sigma values (one per batch group) but {self.unbatched}. "
+                "Measure one sigma value per forward pass (sweep: points_per_forward=1), or exclude this site")
         if dim is None or dim >= x.dim():
             raise GroupDimError(
                 f"noise site {self.site!r} has {groups} sigma values (one per batch group) but the batch "
