@@ -259,7 +259,7 @@ def capture_export(model: nn.Module, example_inputs: Any, leaf_modules: Sequence
     graphs[False].owning_module = root  # one root holds what both graphs use
     if root.code == exported[False].code:
         graphs[False] = graphs[True]
-    return Capture(root=root, graphs=graphs, route="export", layers=modules, example=spec)
+    return Capture(root=root, graphs=graphs, route="export", layers=modules, example=spec, inputs=(args, kwargs))
 
 
 def _adopt(root: fx.GraphModule, other: fx.GraphModule) -> None:
