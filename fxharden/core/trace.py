@@ -98,7 +98,9 @@ def failure(module: nn.Module, err: BaseException) -> tuple:
         # torch.fx reads the parameters of the wrapped function, then rebuilds the wrapper's code object
         code = wrapper.__code__
         n = code.co_argcount + code.co_kwonlyargcount
-        params = list(code.co_varnames[:n]) + (["*" + code.co_varnames[n]] if code.co_flags & inspect.CO_VARARGS else [])
+        params = list(code.co_varnames[:n])
+        if code.co_flags & inspect.CO_VARARGS:
+            params.append("*" + code.co_varnames[n])
         if code.co_flags & inspect.CO_VARKEYWORDS:
             params.append("**" + code.co_varnames[n + bool(code.co_flags & inspect.CO_VARARGS)])
         return (f"its forward is wrapped by a decorator (the wrapper {code.co_name}({', '.join(params)}) at "
