@@ -18,9 +18,10 @@ or the environment variable ``FXHARDEN_CHECK_EXACT=0``.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -40,7 +41,7 @@ ENV_VAR = "FXHARDEN_CHECK_EXACT"
 
 TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 2e-2}
 """Largest accepted ``max|hardened - plain| / max|plain|`` per dtype (10x that when the two
-models run on different devices: other kernels round differently)."""
+models run on different devices: other kernels round differently; TF32 is off during the check)."""
 
 
 class ExactnessError(RuntimeError):
@@ -171,6 +172,18 @@ class _Recorder:
             h.remove()
 
 
+@contextlib.contextmanager
+def _ieee_float32() -> Iterator[None]:
+    """Full float32 matmuls and convolutions (no TF32 on CUDA) within the block, so a model on a
+    GPU and its plain model on the CPU round alike."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 def _run(hardened: nn.Module, plain: nn.Module, inputs: Any, watch: bool) -> Tuple[Any, Any, _Recorder, _Recorder]:
     """Both models on ``inputs`` in eval mode, without gradients, the hardened one with noise and
     quantization off; with ``watch``, the output of every site and module is recorded."""
@@ -192,7 +205,7 @@ def _run(hardened: nn.Module, plain: nn.Module, inputs: Any, watch: bool) -> Tup
     try:
         hardened.eval()
         plain.eval()
-        with torch.no_grad():
+        with torch.no_grad(), _ieee_float32():
             with noise_off(hardened), quant_off(hardened):
                 got = call_model(hardened, inputs)
             want = call_model(plain, _to(inputs, _device(plain)))
