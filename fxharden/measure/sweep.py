@@ -208,7 +208,7 @@ def sweep(
         for hm in nets:
             hm.eval().to(dev)
         for hm, plain in zip(nets, _plain_models(model)):
-            check = ExactnessCheck(hm, plain, cfg.check_exact, where="sweep, first batch of these inputs")
+            check = ExactnessCheck(hm, plain, cfg.check_exact, where="sweep")
             for inputs in data.firsts.values():
                 check(inputs)
         per_forward = cfg.points_per_forward or CHUNK_LEVELS.get(dev.type, 4) * cfg.repeats
