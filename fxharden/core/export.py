@@ -323,7 +323,8 @@ def capture_export(model: nn.Module, example_inputs: Any, leaf_modules: Sequence
         guards[False] = guards[True]
     root.meta[GUARDS_META] = guards  # harden calls them once its passes are done (insert_input_guards)
     narrowed = {d.describe(): None for g in guards.values() for d in g.narrowed}
-    return Capture(root=root, graphs=graphs, route="export", layers=modules, example=spec, note="; ".join(narrowed))
+    return Capture(root=root, graphs=graphs, route="export", layers=modules, example=spec, note="; ".join(narrowed),
+                   inputs=(args, kwargs))
 
 
 def _guard(ep: "torch.export.ExportedProgram", gm: fx.GraphModule, model: nn.Module, args: tuple,

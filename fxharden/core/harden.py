@@ -26,9 +26,10 @@ from .passes import ensure_container, insert_site_modules, key_for
 from .placement import model_placement, place_modules
 from .quant import ActQuant, WeightQuant
 from .recurrent import harden_recurrent, product_sites, recurrent_noises
+from .signature import call_spec
 from .sites import _WEIGHT_KINDS, expert_weights, weight_arg, Site, check_rules, find_sites, module_unsigned, node_description, \
     resolve_rule
-from .trace import OPAQUE_ROOT, Capture, capture
+from .trace import OPAQUE_ROOT, Capture, capture, route_note
 
 __all__ = ["harden", "HardenedModule", "SiteInfo", "HardenReport", "noise_sites", "set_noise",
            "set_weight_noise", "seed_noise", "harden_report"]
@@ -252,10 +253,12 @@ def harden(
     hardens = bool(config.quant is not None and config.quant.quantize_weights) or config.perturbs_weights
     ledger = build_ledger(params, buffers, model_modules, root, graphs.values(), modules, skipped,
                           cap.route == "export", hardens, cap.opaque)
-    report = HardenReport(sites=tuple(infos.values()), opaque=dict(cap.opaque), skipped=skipped,
+    opaque = {p: route_note(why, [c.kind.value for c in inner.get(p, ())]) for p, why in cap.opaque.items()}
+    report = HardenReport(sites=tuple(infos.values()), opaque=opaque, skipped=skipped,
                           frontend="export" if cap.route == "export" else "fx", note=cap.note, ledger=ledger)
     hm = build_hardened(root, graphs, model.training, f"Hardened{type(model).__name__}",
-                        {"fxharden": {"config": config, "report": report, "example": cap.example}})
+                        {"fxharden": {"config": config, "report": report, "example": cap.example},
+                         "fxharden_call": call_spec(model, cap, example_inputs)})
     if config.noise.sigma:
         set_noise(hm, config.noise.sigma)
     return hm

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from .counter_rng import compiling, refuse
 
 __all__ = ["qrange", "round_ste", "fake_quantize", "ActQuant", "WeightQuant", "GridUsage", "GridWarning", "MIN_STEP",
-           "FEW_LEVELS", "CLIP_FRACTION", "frozen_weights"]
+           "FEW_LEVELS", "CLIP_FRACTION", "frozen_weights", "quant_off"]
 
 MIN_STEP = 1e-8
 """Smallest step a statistics-based scale may take (an all-zero tensor would give 0)."""
@@ -329,8 +329,11 @@ class ActQuant(nn.Module):
         self._observed, self._eval_calibration, self._degenerate = self.calibration_steps, False, False
         self.observed.fill_(self._observed)
 
+    _off = 0
+    """Depth of enclosing ``quant_off`` blocks: the input passes unchanged and is not observed."""
+
     def forward(self, x: Tensor) -> Tensor:
-        if not isinstance(x, Tensor) or not x.is_floating_point():
+        if self._off or not isinstance(x, Tensor) or not x.is_floating_point():
             return x  # ids and indices (and a non-tensor input): quantizing them would change which row is looked up
         if self._calibrating():
             if compiling():
@@ -381,7 +384,12 @@ class WeightQuant(nn.Module):
             peak = w.abs().transpose(0, self.axis).reshape(w.shape[self.axis], -1).amax(dim=1)
         return (peak.float() / self.qmax).clamp_min(MIN_STEP)
 
+    _off = 0
+    """Depth of enclosing ``quant_off`` blocks: the weight passes unchanged."""
+
     def forward(self, w: Tensor) -> Tensor:
+        if self._off:
+            return w
         key = None
         if self._frozen and not compiling() and not (torch.is_grad_enabled() and w.requires_grad):
             # an inference tensor is only ever handed to another inference-mode forward; compiled,
@@ -414,3 +422,22 @@ def frozen_weights(model: nn.Module) -> Iterator[nn.Module]:
             q._frozen -= 1
             if not q._frozen:
                 q._cache = {}
+
+
+@contextlib.contextmanager
+def quant_off(model: nn.Module) -> Iterator[nn.Module]:
+    """A block in which every quantizer of ``model`` (activations, ADC/DAC converters, weights)
+    passes its input through unchanged; activation quantizers do not calibrate on what they see.
+    With ``noise_off`` it makes a hardened model compute what the plain model computes
+    (``fxharden.core.exactness``). Nested blocks are fine; each ends, however it ends, by
+    restoring the quantizers."""
+    quants = [m for m in model.modules() if isinstance(m, (ActQuant, WeightQuant))]
+    for q in quants:
+        q._off += 1
+    try:
+        yield model
+    finally:
+        for q in quants:
+            q._off -= 1
+            if not q._off:
+                del q._off  # back to the class default

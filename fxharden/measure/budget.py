@@ -33,9 +33,11 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
+from torch import nn
 
 from .._files import atomic_write_json, atomic_write_text
-from ..core.harden import noise_sites
+from ..core.exactness import ExactnessCheck
+from ..core.harden import HardenedModule, noise_sites
 from ..zoo.models import ModelLike, resolve_networks
 from ..zoo.data import map_tensors
 from .engine import EvalData
@@ -206,6 +208,8 @@ def budget(model: ModelLike, data: Any, max_drop: float, *, config: Optional[Swe
     base = replace(config or SweepConfig(), sigmas=None, sigma_map=None, sites=None, mode=SweepMode.GLOBAL)
     example = EvalData(data, 1, 1, torch.device("cpu")).example()  # one image: the example and the op count's input
     (_, hm), = resolve_networks(model, example_inputs=example)  # torch.export for models fx cannot trace
+    if isinstance(model, nn.Module) and not isinstance(model, HardenedModule):
+        ExactnessCheck(hm, model, base.check_exact, where="budget, its example image")(example)
     sites = noise_sites(hm)
     given = profile is not None
     if not given:
