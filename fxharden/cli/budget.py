@@ -38,6 +38,9 @@ def budget_command(
     repeats: int = typer.Option(5, min=1, help="Noise draws per point."),
     device: Device = typer.Option(Device.AUTO, help="Where to run."),
     batch_size: int = typer.Option(256, min=1, help="Data images per batch."),
+    points_per_forward: Optional[int] = typer.Option(None, min=1, help="(sigma, repeat) points batched into one "
+                                                     "forward pass, as for sweep (default: 4 noise levels × "
+                                                     "repeats on a CPU, 16 × repeats on CUDA)."),
     seed: int = typer.Option(0, help="Seeds the noise (and the random weights of model names)."),
     out: Path = typer.Option(Path("runs/budget"), help="Output folder: budget.md, budget.json, budget.png, "
                              "sigma_map.json (for `fxharden sweep MODEL --sigma-map`)."),
@@ -68,7 +71,8 @@ def budget_command(
 
     with user_errors():
         config = SweepConfig(sigma_min=sigma_min, sigma_max=sigma_max, repeats=repeats, batch_size=batch_size,
-                             seed=seed, device=resolve_device(device), max_images=max_images, units=units)
+                             seed=seed, device=resolve_device(device), max_images=max_images, units=units,
+                             points_per_forward=points_per_forward)
         cost = CostModel(digital_sigma=digital_sigma)
         prof = load_result(profile) if profile is not None else None
         options = model_options(pretrained, weights, num_classes, model_arg)
@@ -115,7 +119,7 @@ def budget_command(
         source += f" --tokenizer {tokenizer} --seq-len {seq_len}"
     if metric is not MetricName.TOP1:
         source += f" --metric {metric.value}"
-    console.print(f"verify: fxharden sweep {model}{source} --sigma-map {files['sigma_map']} --sigmas 1")
+    console.print(f"verify: fxharden sweep {model}{source} --sigma-map {files['sigma_map']} --sigmas 1", soft_wrap=True)
 
 
 # ---------------------------------------------------------------------- inspect

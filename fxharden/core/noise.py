@@ -150,8 +150,8 @@ class GroupDimError(ValueError):
     """A per-group sigma was used at a site whose batch dimension is not known."""
 
 
-GROUPS_HINT = ("measure one sigma value per forward pass (fxharden sweep --points-per-forward 1; in Python "
-               "sweep(..., points_per_forward=1)), or leave this site out of the sweep")
+GROUPS_HINT = ("measure one sigma value per forward pass (fxharden sweep or budget --points-per-forward 1; in "
+               "Python SweepConfig(points_per_forward=1)), or leave this site out (fxharden sweep --sites)")
 """How to avoid batch groups, named in every error that refuses them."""
 
 
