@@ -165,7 +165,8 @@ def locate_batch_dims(model: nn.Module, args: tuple, kwargs: Optional[Dict[str, 
                 for m in mods:
                     seen[m].append(m._record)
             dims = {m: batch_dim_from_shapes(seen[m]) for m in mods}
-            candidates = {m: how for m in mods if dims[m] is None and (how := broadcast_from_shapes(seen[m])) is not None}
+            candidates = {m: how for m in mods
+                          if dims[m] is None and (how := broadcast_from_shapes(seen[m])) is not None}
             for m in mods:
                 m._record = []  # the checks below record nothing into ``seen``
             if candidates and not _broadcasts(model, a, k, ref, n, candidates):
