@@ -52,9 +52,10 @@ def test_gpt2_sweeps_and_budgets_with_the_default_batched_points(gpt2, tmp_path)
 
     result = load_result(tmp_path / "s")
     assert result.config["points_per_forward"] > 1  # the sigma points ran as batch groups
-    words = said(run)
-    assert f"sequences {len(corpus.read_bytes()) // 32}" in words  # the data's unit, counted by hand
-    assert "images" not in words and "chance" not in words
+    rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in run.output.splitlines()
+            if line.count("│") == 3}  # the summary table: row name -> value
+    assert rows["sequences"] == str(len(corpus.read_bytes()) // 32)  # the data's unit, counted by hand
+    assert "images" not in rows and "chance" not in rows and rows["time"].endswith("sequences/s")
     run = invoke("budget", f"hf:{folder}", "--max-drop", "0.2", *text, "--max-images", 16, "--out", tmp_path / "b")
     assert run.exit_code == 0, run.output
     assert "transformer.wpe" in run.output and "| ops/sequence |" in run.output

@@ -232,7 +232,8 @@ def check_data(names: List[str], data: Optional[Path], tokenizer: Optional[str],
     from ..zoo.folders import is_cifar_root
 
     if data is not None and not download and not Path(data).expanduser().exists():
-        raise FileNotFoundError(missing_path(data, "--data"))
+        raise FileNotFoundError(f"{missing_path(data, '--data')}; give an image folder, a CIFAR-10 folder or a text "
+                                "file (--download fetches CIFAR-10 into a new folder)")
     if tokenizer is not None:
         return
     if data is not None and Path(data).expanduser().is_file() and not is_cifar_root(data):
