@@ -21,7 +21,7 @@ CALIBRATION_BATCH = 64
 @app.command("inspect")
 def inspect_command(
     model: str = typer.Argument(..., help="Model source (lenet5, timm:NAME, torchvision:NAME, "
-                                "package.module:factory) or checkpoint path."),
+                                "package.module:factory, hf:FOLDER) or checkpoint path."),
     weights: Optional[str] = _M["weights"],
     num_classes: Optional[int] = _M["num_classes"],
     model_arg: Optional[List[str]] = _M["model_arg"],

@@ -12,7 +12,9 @@ Batch groups: sigma may hold ``R`` values, one per group of the batch (the sweep
 of the batch dimension at the site, which ``fxharden.groups.locate_batch_dims`` finds (it is
 not always dim 0: sequence-first layers put the batch in dim 1). On activations every group
 gets its own draw anyway; on weights (``draw_weights``) each group gets its own perturbed
-copy of the weight.
+copy of the weight. A site whose tensor the batch shares (a position embedding, ``(1, L, E)``)
+gets one copy per group, each with its own sigma and draw, repeated for the group's rows
+(``Noise.broadcast``).
 
 Cost: the standard-normal draw dominates (one number per element, several times a plain
 add; torch's CPU generator is serial, so large CPU draws are split into ``LANES`` streams
@@ -49,6 +51,7 @@ import os
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from enum import Enum
 from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
@@ -58,7 +61,8 @@ from .config import WeightNoiseKind, check_sigma
 from .counter_rng import compiling, counter_normal, counter_uniform, refuse
 from .noise_models import NoiseKind, parse_kind
 
-__all__ = ["Noise", "NoiseChain", "NoiseSetting", "SigmaLike", "stream_seed", "GroupDimError", "noise_off"]
+__all__ = ["Noise", "NoiseChain", "NoiseSetting", "SigmaLike", "stream_seed", "GroupDimError", "noise_off",
+           "BatchBroadcast", "expand_batch"]
 
 SigmaLike = Union[float, Sequence[float], Tensor]
 
@@ -146,6 +150,30 @@ class GroupDimError(ValueError):
     """A per-group sigma was used at a site whose batch dimension is not known."""
 
 
+GROUPS_HINT = ("measure one sigma value per forward pass (fxharden sweep or budget --points-per-forward 1; in "
+               "Python SweepConfig(points_per_forward=1)), or leave this site out (fxharden sweep --sites)")
+"""How to avoid batch groups, named in every error that refuses them."""
+
+
+class BatchBroadcast(str, Enum):
+    """How the tensors of a site without a batch dimension broadcast against the batch later
+    (found by ``groups.locate_batch_dims``; e.g. a position embedding looked up on position
+    ids that the whole batch shares)."""
+
+    LEADING_ONE = "leading-one"
+    """Dim 0 has size 1 whatever the batch: ``(1, L, E)`` added to ``(N, L, E)``."""
+    NO_BATCH_DIM = "no-batch-dim"
+    """No dimension for the batch: ``(L, E)`` added to ``(N, L, E)``."""
+
+
+def expand_batch(x: Tensor, how: BatchBroadcast, size: int) -> Tensor:
+    """``x`` (a site's tensor that broadcasts against the batch as ``how`` says) as a view with
+    a batch of ``size`` in dim 0."""
+    if how is BatchBroadcast.NO_BATCH_DIM:
+        x = x.unsqueeze(0)
+    return x.expand(size, *x.shape[1:])
+
+
 class Noise(nn.Module):
     """Forward-only noise: the gradient passes through unchanged.
 
@@ -181,6 +209,13 @@ class Noise(nn.Module):
     unbatched = ""
     """Why the tensors at this site hold no batch dimension even where one dimension grows with
     the batch (rows regrouped by expert inside a mixture-of-experts layer); '' when they may."""
+    broadcast: Optional[BatchBroadcast] = None
+    """Set by ``locate_batch_dims`` at a site whose tensors have no batch dimension but broadcast
+    against the batch later: with one sigma per batch group the tensor is expanded to one copy
+    per group (each with its own sigma and draw, shared by the group's rows, as when the group
+    runs alone) and then to the batch (``broadcast_batch`` rows)."""
+    broadcast_batch = 0
+    """The batch size of the current forward at a ``broadcast`` site (``ensure_batch_dims``)."""
 
     def __init__(self, site: str, seed: int = 0, kind=NoiseKind.ADDITIVE, relative: bool = False,
                  zero_fraction: float = 0.5, keep_float32: bool = True) -> None:
@@ -392,14 +427,31 @@ class Noise(nn.Module):
             raise GroupDimError(
                 f"noise site {self.site!r} has {groups} sigma values (one per batch group) but the batch "
                 f"dimension of its {tuple(x.shape)} tensors is not known: the site's tensors have no "
-                "dimension that follows the batch size. Measure one sigma value per forward pass "
-                "(sweep: points_per_forward=1), or exclude this site")
+                "dimension that follows the batch size and they do not simply broadcast against the batch; "
+                + GROUPS_HINT)
         if x.shape[dim] % groups:
             raise GroupDimError(
                 f"noise site {self.site!r} has {groups} sigma values but the batch of {x.shape[dim]} "
                 f"(dim {dim} of {tuple(x.shape)}) does not split into {groups} equal groups; "
                 "use a batch size divisible by the number of sigma values")
         return dim
+
+    def _broadcast_rows(self) -> int:
+        """Rows per group of the batch at a ``broadcast`` site, checked to split into the groups."""
+        batch, groups = self.broadcast_batch, self.groups
+        if batch < 1 or batch % groups:
+            raise GroupDimError(
+                f"noise site {self.site!r} has {groups} sigma values but the batch of {batch} does not split "
+                f"into {groups} equal groups; use a batch size divisible by the number of sigma values")
+        return batch // groups
+
+    def _grouped_broadcast(self, x: Tensor) -> Tensor:
+        """Per-group noise at a ``broadcast`` site: one copy of ``x`` per group (its sigma, its
+        draw), each repeated for the group's rows: the batch the tensor broadcasts against."""
+        rows = self._broadcast_rows()
+        copies = expand_batch(x, self.broadcast, self.groups).contiguous()  # a new tensor, ours alone
+        y = self._grouped(copies, 0, fresh=not (torch.is_grad_enabled() and x.requires_grad))
+        return y.repeat_interleave(rows, 0) if rows > 1 else y
 
     # ------------------------------------------------------------------ noise
 
@@ -434,8 +486,11 @@ class Noise(nn.Module):
             return x
         x32 = x if x.dtype in (torch.float32, torch.float64) else x.float()
         groups = self.groups
+        rows = 0
         if groups > 1:
             dim = self.batch_dim
+            if self.broadcast is not None and self.batch_dim_known:  # one copy per group, see _grouped_broadcast
+                rows, x32, dim = self._broadcast_rows(), expand_batch(x32, self.broadcast, groups), 0
             if self.kind is NoiseKind.STUCK or not self.batch_dim_known or dim is None or dim >= x32.dim():
                 refuse(NotImplementedError(
                     f"noise site {self.site!r} has one sigma per batch group, which runs compiled only for "
@@ -450,6 +505,8 @@ class Noise(nn.Module):
             view[dim] = groups
             sigma = self.sigma.detach().to(xg.dtype).view(view)
             y = self._inject_tensor(xg, eps, sigma).flatten(dim, dim + 1)
+            if rows > 1:
+                y = y.repeat_interleave(rows, 0)
         else:
             sigma = self.sigma.detach().reshape(()).to(x32.dtype)
             if self.kind is NoiseKind.STUCK:
@@ -484,6 +541,8 @@ class Noise(nn.Module):
         """The noisy ``x32`` (float32 or float64); ``fresh``: an upcast copy nobody else holds."""
         mine = not (torch.is_grad_enabled() and x32.requires_grad) and (fresh or self._may_overwrite())
         if self.groups > 1:
+            if self.broadcast is not None:
+                return self._grouped_broadcast(x32)
             return self._grouped(x32, self.group_dim(x32), fresh=mine)
         out = x32 if mine else None
         if self.kind is NoiseKind.STUCK:

@@ -124,6 +124,12 @@ class BudgetResult:
     def protected(self) -> List[str]:
         return [s.site for s in self.sites if s.protected]
 
+    @property
+    def unit(self) -> str:
+        """What one input is, by the metric: an image (accuracies), a sequence (token metrics)."""
+        return {"top1": "image", "top5": "image", "perplexity": "sequence", "token_accuracy": "sequence"}.get(
+            self.metric, "input")
+
     def markdown(self) -> str:
         """The allocation as a markdown table with the verification and cost summary."""
         total = sum(s.ops for s in self.sites) or 1
@@ -138,7 +144,7 @@ class BudgetResult:
                  f"cost {self.uniform_cost:.4g}",
                  f"- cost ratio (allocation / uniform): {self.cost_ratio:.3g}",
                  f"- protected (digital): {', '.join(self.protected) or 'none'}", "",
-                 "| # | site | kind | ops/image | share | per-layer μ | σ | cost share |",
+                 f"| # | site | kind | ops/{self.unit} | share | per-layer μ | σ | cost share |",
                  "|---:|---|---|---:|---:|---|---:|---:|"]
         for i, s in enumerate(self.sites, 1):
             share = allocation_cost({s.site: s.ops}, {s.site: s.sigma}, self.digital_sigma) / self.cost
