@@ -1,11 +1,13 @@
 """Writing output folders safely: every file fxharden writes (checkpoints, results, tables,
 plots) goes through ``atomic_write_bytes``, so a crash never leaves a truncated file behind;
 ``check_writable`` fails before work starts when the folder cannot be written, and
-``run_lock`` keeps two runs from writing into one folder at once."""
+``run_lock`` keeps two runs from writing into one folder at once. ``missing_path`` says that
+a path the user typed does not exist and names the close ones beside it."""
 
 from __future__ import annotations
 
 import contextlib
+import difflib
 import json
 import os
 import socket
@@ -14,7 +16,23 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Union
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text", "check_writable", "run_lock", "LOCK"]
+__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text", "check_writable", "run_lock", "LOCK",
+           "missing_path"]
+
+
+def missing_path(path: Union[str, Path], what: str, folders_only: bool = False) -> str:
+    """``"<what> <path> does not exist"``, with the names in its parent folder close to its
+    name (``difflib``; folders only when ``folders_only``), or the parent that is missing too."""
+    p = Path(path).expanduser()
+    parent = p.parent
+    text = f"{what} {str(path)!r} does not exist"
+    if not parent.is_dir():
+        return f"{text} (nor does its folder {str(parent)!r})"
+    names = sorted(c.name for c in parent.iterdir() if not c.name.startswith(".") and (c.is_dir() or not folders_only))
+    close = difflib.get_close_matches(p.name, names, n=5, cutoff=0.6)
+    if close:
+        return f"{text}; close names in {str(parent)!r}: {', '.join(close)}"
+    return f"{text}; nothing with a close name in {str(parent)!r}"
 
 
 def atomic_write_bytes(path: Union[str, Path], write) -> Path:

@@ -133,10 +133,14 @@ def test_bad_input_gives_a_clean_error(args, message, tmp_path):
 def test_missing_data_says_where_it_looked(tmp_path, monkeypatch):
     monkeypatch.delenv("FXHARDEN_DATA", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no download cache either
-    res = invoke("sweep", "lenet5", "--data", tmp_path / "nowhere", "--out", tmp_path / "run")
+    res = invoke("sweep", "lenet5", "--out", tmp_path / "run")
     assert res.exit_code == 2
     text = " ".join(res.output.split())
     assert "CIFAR-10 test split not found" in text and "--download" in text and "Traceback" not in res.output
+    res = invoke("sweep", "lenet5", "--data", tmp_path / "nowhere", "--out", tmp_path / "run")
+    assert res.exit_code == 2
+    text = " ".join(res.output.split())
+    assert f"--data '{tmp_path / 'nowhere'}' does not exist" in text and "--download" in text
 
 
 def test_a_relative_data_env_reaches_child_processes_as_an_absolute_path(tmp_path, monkeypatch):

@@ -103,7 +103,7 @@ CASES = [
     ("sweep-synthetic-and-data", SWEEP + ["--data", "somewhere"], "--synthetic generates its own data", None),
     ("sweep-synthetic-and-download", SWEEP + ["--download"], "--synthetic generates its own data", None),
     ("sweep-no-data", ["sweep", "lenet5", "--data", "{out}/nowhere", "--no-progress"],
-     "CIFAR-10 test split not found", None),
+     "nowhere' does not exist", None),
     ("sweep-device-gpu", SWEEP + ["--device", "gpu"], "--device", None),
     ("sweep-split-val", SWEEP + ["--split", "val"], "--split", None),
     ("sweep-read-only-out", SWEEP + ["--out", "{readonly}/run"], "cannot write to", "readonly"),

@@ -41,8 +41,17 @@ def plain_warning(message, category, filename, lineno, file=None, line=None) -> 
     show(styled("Warning:", "bold yellow", str(message)), stderr=True)
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        console.print(f"fxharden {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _before_every_command(ctx: typer.Context) -> None:
+def _before_every_command(ctx: typer.Context, version: bool = typer.Option(
+        False, "--version", callback=_show_version, is_eager=True, help="Print the version and exit.")) -> None:
     # runs before a command imports torch: libgomp reads the variable when torch loads it
     os.environ.setdefault("GOMP_SPINCOUNT", OPENMP_SPINCOUNT)
     # a relative $FXHARDEN_DATA means the folder from where the command was typed, also for the
@@ -120,7 +129,8 @@ def _data_opts():
                                 "warning."),
         workers=typer.Option(None, min=0, help="Processes decoding images (default: up to 4)."),
         eval_data=typer.Option(None, "--data", help="CIFAR-10 folder, or an image folder (one subfolder per class; "
-                               "decoded once with the model's preprocessing). Default: $FXHARDEN_DATA."),
+                               "decoded once with the model's preprocessing), or a text file (with --tokenizer). "
+                               "Default: $FXHARDEN_DATA."),
         download=typer.Option(False, "--download", help="Let torchvision download CIFAR-10 if it is missing."),
         split=typer.Option(Split.TEST, help="CIFAR-10 split to evaluate on."),
         max_images=typer.Option(None, min=1, help="Use N images: CIFAR-10's first N, a stratified selection of an "
@@ -211,6 +221,28 @@ def data_options(data: Optional[Path], split: "Split", download: bool, max_image
                        std=_floats(std, "--std"), crop_pct=crop_pct)
 
 
+TEXT_NEEDS_TOKENIZER = ("text data need --tokenizer: bytes (UTF-8 bytes, 256 tokens) or the folder of a Hugging Face "
+                        "tokenizer, with --seq-len (tokens per sequence), e.g. --tokenizer bytes --seq-len 128")
+
+
+def check_data(names: List[str], data: Optional[Path], tokenizer: Optional[str], download: bool = False) -> None:
+    """Refuse, before anything loads, a ``--data`` that does not exist (naming close names) and
+    text without ``--tokenizer``: a ``--data`` file that is not CIFAR-10, or an ``hf:`` model."""
+    from .._files import missing_path
+    from ..zoo.folders import is_cifar_root
+
+    if data is not None and not download and not Path(data).expanduser().exists():
+        raise FileNotFoundError(f"{missing_path(data, '--data')}; give an image folder, a CIFAR-10 folder or a text "
+                                "file (--download fetches CIFAR-10 into a new folder)")
+    if tokenizer is not None:
+        return
+    if data is not None and Path(data).expanduser().is_file() and not is_cifar_root(data):
+        raise typer.BadParameter(f"--data {data} is a file, not an image folder or CIFAR-10: {TEXT_NEEDS_TOKENIZER}")
+    hf = [n for n in names if n.startswith("hf:")]
+    if hf:
+        raise typer.BadParameter(f"{hf[0]} is a language model: {TEXT_NEEDS_TOKENIZER}")
+
+
 def resolve_models(names: List[str], harden_config, seed: int = 0, options=None, data=None,
                    model_preprocess: bool = False):
     """``([(label, hardened model)], data, provenance)``: per MODEL argument, a checkpoint path
@@ -239,6 +271,8 @@ def resolve_models(names: List[str], harden_config, seed: int = 0, options=None,
                 raise typer.BadParameter(f"{name} is a checkpoint: it carries its own harden config, so "
                                          "--bits/--scale/--dynamic do not apply")
             ck = load_checkpoint(name)
+            if ck.inputs.get("data", {}).get("kind") == "text" or ck.arch.startswith("hf:"):
+                raise typer.BadParameter(f"{name} is a language model checkpoint: {TEXT_NEEDS_TOKENIZER}")
             out.append((name, ck.model))
             weights.append(f"checkpoint {Path(name).resolve()}")
             if preprocess is None and ck.preprocess is not None:
@@ -250,7 +284,8 @@ def resolve_models(names: List[str], harden_config, seed: int = 0, options=None,
             continue
         if not name.startswith("hf:") and (any(ch in name for ch in "/\\") or name.endswith((".pt", ".pth"))):
             raise typer.BadParameter(f"no checkpoint file at {name!r}; give an existing checkpoint path or a "
-                                     "model source (lenet5, timm:NAME, torchvision:NAME, package.module:factory)")
+                                     "model source (lenet5, timm:NAME, torchvision:NAME, package.module:factory, "
+                                     "hf:FOLDER)")
         torch.manual_seed(seed)
         if data is not None and dataset is None and preprocess is None:
             lm, dataset = load_with_data(name, options, data)
@@ -292,30 +327,45 @@ def resolve_models(names: List[str], harden_config, seed: int = 0, options=None,
 
 
 def text_inputs(names: List[str], options, data: Optional[Path], tokenizer: str, seq_len: int, batch_size: int,
-                 max_sequences: Optional[int], seed: int):
+                max_sequences: Optional[int], seed: int):
     """``([(label, model)], batches, provenance)`` for text data (``--tokenizer``): plain models
     from sources (hardened by ``sweep``/``budget`` with the first batch as torch.export's
-    example), checkpoints loaded hardened, and ``(ids, ids)`` batches of a text file."""
+    example), checkpoints loaded hardened, and ``(ids, ids)`` batches of a text file: of the
+    sequences the first checkpoint held out when that text is the one it trained on. Token ids
+    past a model's input embedding are refused before any forward."""
     import torch
 
+    from ..zoo.checkpoint import load_checkpoint
     from ..zoo.models import load_model
-    from ..zoo.text import text_batches
+    from ..zoo.text import batch_windows, check_vocab, heldout_windows, input_vocab, load_tokenizer, text_windows
 
     if data is None:
         raise typer.BadParameter("--tokenizer needs --data: a UTF-8 text file")
-    from ..zoo.checkpoint import load_checkpoint
-
-    nets = []
+    tok = load_tokenizer(tokenizer)
+    nets, vocabs, windows, note = [], [], None, ""
     for name in names:
         if Path(name).is_file():
-            nets.append((name, load_checkpoint(name).model))  # hardened with its own config
+            ck = load_checkpoint(name)
+            nets.append((name, ck.model))  # hardened with its own config
+            vocabs.append((name, ck.vocab))
+            if windows is None:
+                windows = heldout_windows(ck.inputs.get("data", {}), data, tokenizer, seq_len)
+                if windows is not None:
+                    note = f"evaluating the {len(windows[:max_sequences])} held-out sequences of {seq_len} tokens " \
+                           f"that {name} did not train on (split stored in it)"
             continue
         torch.manual_seed(seed)
-        nets.append((name, load_model(name, pretrained=options.pretrained, weights=options.weights,
-                                      num_classes=options.num_classes, model_args=options.model_args).model))
-    batches = text_batches(data, tokenizer, seq_len, batch_size, max_sequences)
-    count = sum(len(x) for x, _ in batches)
-    return nets, batches, {"data": f"text {data} ({count} sequences of {seq_len} tokens, tokenizer {tokenizer})"}
+        lm = load_model(name, pretrained=options.pretrained, weights=options.weights, num_classes=options.num_classes,
+                        model_args=options.model_args)
+        nets.append((name, lm.model))
+        vocabs.append((name, input_vocab(lm.model)))
+    if windows is None:
+        windows = text_windows(data, tokenizer, seq_len)
+        note = f"{len(windows[:max_sequences])} sequences of {seq_len} tokens"
+    for name, vocab in vocabs:
+        check_vocab(tok, vocab, name, windows)
+    batches = batch_windows(windows, batch_size, max_sequences)
+    return nets, batches, {"data": f"text {data}, tokenizer {tokenizer}: {note}", "unit": "sequences"}
 
 
 def inputs_rows(provenance) -> List[Tuple[str, str]]:

@@ -10,15 +10,16 @@ import typer
 
 from ..zoo.options import OnCorrupt
 from ..measure.options import MetricName
-from ._app import (_D, _M, _Q, Device, Split, app, console, data_options, err_console, harden_options,
+from ._app import (_D, _M, _Q, Device, Split, app, check_data, console, data_options, err_console, harden_options,
                    inputs_rows, model_options, resolve_device, resolve_models, text_inputs, user_errors)
 
 
 @app.command("budget")
 def budget_command(
     model: str = typer.Argument(..., help="Checkpoint path or model source (lenet5, timm:NAME, torchvision:NAME, "
-                                "package.module:factory; random weights unless --pretrained/--weights)."),
-    max_drop: float = typer.Option(..., help="Allowed accuracy drop from clean, a fraction (0.01 = one point)."),
+                                "package.module:factory, hf:FOLDER; random weights unless --pretrained/--weights)."),
+    max_drop: float = typer.Option(..., help="Allowed drop from clean, a fraction: of accuracy (0.01 = one "
+                                   "point), or of another --metric's fit scale (1 ideal, 0 floor)."),
     pretrained: bool = _M["pretrained"],
     weights: Optional[str] = _M["weights"],
     num_classes: Optional[int] = _M["num_classes"],
@@ -37,7 +38,10 @@ def budget_command(
     sigma_max: float = typer.Option(10.0, help="Largest sigma searched."),
     repeats: int = typer.Option(5, min=1, help="Noise draws per point."),
     device: Device = typer.Option(Device.AUTO, help="Where to run."),
-    batch_size: int = typer.Option(256, min=1, help="Data images per batch."),
+    batch_size: int = typer.Option(256, min=1, help="Data images (text: sequences) per batch."),
+    points_per_forward: Optional[int] = typer.Option(None, min=1, help="(sigma, repeat) points batched into one "
+                                                     "forward pass, as for sweep (default: 4 noise levels × "
+                                                     "repeats on a CPU, 16 × repeats on CUDA)."),
     seed: int = typer.Option(0, help="Seeds the noise (and the random weights of model names)."),
     out: Path = typer.Option(Path("runs/budget"), help="Output folder: budget.md, budget.json, budget.png, "
                              "sigma_map.json (for `fxharden sweep MODEL --sigma-map`)."),
@@ -68,9 +72,11 @@ def budget_command(
 
     with user_errors():
         config = SweepConfig(sigma_min=sigma_min, sigma_max=sigma_max, repeats=repeats, batch_size=batch_size,
-                             seed=seed, device=resolve_device(device), max_images=max_images, units=units)
+                             seed=seed, device=resolve_device(device), max_images=max_images, units=units,
+                             points_per_forward=points_per_forward)
         cost = CostModel(digital_sigma=digital_sigma)
         prof = load_result(profile) if profile is not None else None
+        check_data([model], None if synthetic else data, tokenizer, download)
         options = model_options(pretrained, weights, num_classes, model_arg)
         if tokenizer is not None:
             ((_, hm),), dataset, provenance = text_inputs([model], options, data, tokenizer, seq_len, batch_size,
@@ -115,7 +121,7 @@ def budget_command(
         source += f" --tokenizer {tokenizer} --seq-len {seq_len}"
     if metric is not MetricName.TOP1:
         source += f" --metric {metric.value}"
-    console.print(f"verify: fxharden sweep {model}{source} --sigma-map {files['sigma_map']} --sigmas 1")
+    console.print(f"verify: fxharden sweep {model}{source} --sigma-map {files['sigma_map']} --sigmas 1", soft_wrap=True)
 
 
 # ---------------------------------------------------------------------- inspect

@@ -14,7 +14,7 @@ from rich.table import Table
 from ..measure.midpoint_models import MidpointModel
 from ..measure.options import MetricName
 from ..zoo.options import OnCorrupt
-from ._app import (_D, _M, _Q, Device, Split, app, data_options, err_console, harden_options, inputs_rows,
+from ._app import (_D, _M, _Q, Device, Split, app, check_data, data_options, err_console, harden_options, inputs_rows,
                    model_options, parse_sigmas, resolve_device, resolve_models, show, styled, text_inputs,
                    user_errors)
 
@@ -60,7 +60,8 @@ def _print_result(result, files: dict) -> None:
     summary.add_column()
     summary.add_row("mode", result.mode.value)
     summary.add_row("networks", str(len(result.networks)))
-    summary.add_row("images", str(result.num_images))
+    unit = result.provenance.get("unit", "images")  # text: sequences
+    summary.add_row(unit, str(result.num_images))
     for key, value in inputs_rows(result.provenance):
         summary.add_row(key, value)
     if result.metric != "top1":
@@ -73,7 +74,8 @@ def _print_result(result, files: dict) -> None:
             summary.add_row(f"{result.metric} (raw) at σ", _raw_text(result))
     else:
         summary.add_row("clean accuracy", f"{result.clean_accuracy:.4f}")
-    summary.add_row("chance" if result.metric == "top1" else "floor (fitted scale)", f"{result.chance:.4g}")
+    if result.metric in ("top1", "top5"):  # other metrics: the floor (0 in the fitted scale), shown above
+        summary.add_row("chance", f"{result.chance:.4g}")
     if result.fit is not None:
         q = result.fit.quote()
         summary.add_row(f"μ (midpoint noise level, {result.units.value})" if q.is_mu
@@ -94,7 +96,7 @@ def _print_result(result, files: dict) -> None:
     t = result.timing
     summary.add_row("points", f"{len(result.points)} ({t.get('points_reused', 0)} reused from the output dir)")
     summary.add_row("time", f"{t.get('seconds', 0):.1f} s, {t.get('forwards', 0)} forwards, "
-                            f"{t.get('images_per_second', 0):,.0f} images/s")
+                            f"{t.get('images_per_second', 0):,.0f} {unit}/s")
     show(summary)
     if result.per_site:
         table = Table(title="Per-layer μ (most sensitive first)")
@@ -142,7 +144,7 @@ def sweep_command(
     sites: Optional[str] = typer.Option(None, help="Comma-separated site names or regular expressions to inject "
                                         "noise at (default: all noise sites)."),
     device: Device = typer.Option(Device.AUTO, help="Where to run."),
-    batch_size: int = typer.Option(256, min=1, help="Data images per batch."),
+    batch_size: int = typer.Option(256, min=1, help="Data images (text: sequences) per batch."),
     points_per_forward: Optional[int] = typer.Option(None, min=1, help="(sigma, repeat) points batched into one "
                                                      "forward pass (default: 4 noise levels × repeats on a CPU, "
                                                      "16 × repeats on CUDA)."),
@@ -200,6 +202,7 @@ def sweep_command(
             device=resolve_device(device),
             adaptive=adaptive, chance=chance, max_images=max_images, units=units, sigma_map=allocation,
             compile_backend=compile_backend)
+        check_data(model, None if synthetic else data, tokenizer, download)
         options = model_options(pretrained, weights, num_classes, model_arg)
         if tokenizer is not None:
             nets, dataset, provenance = text_inputs(model, options, data, tokenizer, seq_len, batch_size, max_images,

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from ..training.options import Augment, Precision
 from ..zoo.options import OnCorrupt, Optimizer
-from ._app import (_D, _M, _Q, Device, Split, app, data_options, describe_preprocess, harden_options,
+from ._app import (_D, _M, _Q, Device, Split, app, check_data, data_options, describe_preprocess, harden_options,
                    model_options, resolve_device, show, user_errors)
 
 
@@ -76,6 +76,7 @@ def train_command(
             epochs=epochs or d.epochs, batch_size=batch_size, lr=d.lr if lr is None else lr, optimizer=optimizer or d.optimizer,
             seed=seed, device=resolve_device(device), train_sigma=NoiseSchedule(train_sigma, ramp_epochs),
             max_steps=max_steps, precision=precision, augment=augment)
+        check_data([model], None if synthetic else data, tokenizer, download)
         if tokenizer is not None:
             _train_text(model, model_options(pretrained, weights, num_classes, model_arg), harden_config, config,
                         data, tokenizer, seq_len, batch_size, seed, out, resume, progress, bits, train_sigma)
@@ -131,24 +132,27 @@ def _train_text(model: str, options, harden_config, config, data: Optional[Path]
     from ..core.harden import harden
     from ..training.train import train
     from ..zoo.models import load_model
-    from ..zoo.text import text_batches
+    from ..zoo.text import TEXT_HOLDOUT, batch_windows, check_vocab, input_vocab, load_tokenizer, split_record, \
+        text_windows
 
     if data is None:
         raise typer.BadParameter("--tokenizer needs --data: a UTF-8 text file")
     torch.manual_seed(seed)
     lm = load_model(model, pretrained=options.pretrained, weights=options.weights, num_classes=options.num_classes,
                     model_args=options.model_args)
-    batches = text_batches(data, tokenizer, seq_len, batch_size)
+    windows = text_windows(data, tokenizer, seq_len)
+    check_vocab(load_tokenizer(tokenizer), input_vocab(lm.model), model, windows)
+    batches = batch_windows(windows, batch_size)
     if len(batches) < 2:
         raise typer.BadParameter(f"{data}: {len(batches)} batch of {batch_size} sequences of {seq_len} tokens; "
-                                 "training holds out the last 10 % and needs at least 2 batches: use a longer "
-                                 "text, a smaller --batch-size or --seq-len")
-    held = max(1, len(batches) // 10)
+                                 f"training holds out the last {TEXT_HOLDOUT:.0%} and needs at least 2 batches: use "
+                                 "a longer text, a smaller --batch-size or --seq-len")
+    held = max(1, len(batches) // round(1 / TEXT_HOLDOUT))
     net = harden(lm.model, config=harden_config, example_inputs={"input_ids": batches[0][0]})
+    first_heldout = (len(batches) - held) * batch_size
     result = train(net, batches[:-held], batches[-held:], config, out, resume=resume, arch=lm.source.text,
                    arch_kwargs=lm.arch_kwargs, progress=progress,
-                   inputs={"data": {"kind": "text", "path": str(Path(data).resolve()), "tokenizer": tokenizer,
-                                    "seq_len": seq_len}})
+                   inputs={"data": split_record(data, tokenizer, windows, first_heldout)})
     last = result.history[-1] if result.history else None
     table = Table(title=f"{model}: {'fp32' if bits is None else f'{bits}-bit'} training on text", show_header=False)
     table.add_column(style="bold")
@@ -161,6 +165,8 @@ def _train_text(model: str, options, harden_config, config, data: Optional[Path]
                        ("checkpoint", str(result.checkpoint))):
         table.add_row(key, value)
     show(table)
+    show(f"held out: the last {len(windows) - first_heldout} of {len(windows)} sequences; a sweep of the checkpoint "
+         f"on {data} measures only those")
     show(f"next: fxharden sweep {_quote(result.checkpoint)} --data {_quote(data)} --tokenizer {_quote(tokenizer)} "
          f"--seq-len {seq_len} --metric perplexity --out {_quote(out / 'sweep')}")
 

@@ -71,17 +71,21 @@ class SiteKind(str, Enum):
     POOL = "pool"
     NORM = "norm"
     ADD = "add"
+    RECURRENT = "recurrent"
+    """An LSTM, GRU or RNN layer or cell: noise after each of its matrix-vector products and at
+    its output (``fxharden.core.recurrent``)."""
     OPAQUE = "opaque"
     """A submodule that could not be traced and is treated as one layer."""
     OTHER = "other"
 
 
 DEFAULT_NOISE_KINDS = frozenset(
-    {SiteKind.INPUT, SiteKind.CONV, SiteKind.LINEAR, SiteKind.ACTIVATION, SiteKind.POOL, SiteKind.OPAQUE}
+    {SiteKind.INPUT, SiteKind.CONV, SiteKind.LINEAR, SiteKind.ACTIVATION, SiteKind.POOL, SiteKind.OPAQUE,
+     SiteKind.RECURRENT}
 )
-"""The paper's placement: the output of every input, conv, linear, activation and pooling layer
-(pooling includes a global average spelled as a ``mean`` over the spatial dims, see
-``fxharden.core.sites._global_mean``)."""
+"""The paper's placement: the output of every input, conv, linear, activation and pooling layer,
+and each matrix-vector product and the output of a recurrent layer (pooling includes a global
+average spelled as a ``mean`` over the spatial dims, see ``fxharden.core.sites._global_mean``)."""
 
 
 class WeightNoiseKind(str, Enum):

@@ -5,8 +5,10 @@ through any Python (``ModelOutput`` results, caches, data-dependent shapes resol
 example). Its graph is a ``torch.fx.Graph`` too, so the passes of ``harden`` stay graph
 passes: ``capture`` returns the same ``trace.Capture`` as torch.fx does, with
 
-- one graph per mode (train and eval are exported separately), the batch dimension (and
-  every dimension of integer inputs such as token ids and masks) dynamic;
+- one graph per mode (train and eval are exported separately, each from the model as it was:
+  ``_untouched``), the batch dimension (and every dimension of integer inputs such as token
+  ids and masks) dynamic; the shapes each graph holds for, where the model's code fixed or
+  limited a size, are checked at every call (``input_guard``, inserted by ``harden``);
 - the parameters and buffers read by ``get_attr`` under their dotted names in the model;
 - each node annotated so sites keep human names: ``node.meta["scope"]`` is the dotted path
   of the module whose code ran the operation (``model.layers.0.self_attn``); the operations
@@ -34,6 +36,7 @@ import torch
 import torch.utils._pytree as pytree
 from torch import Tensor, fx, nn
 
+from .input_guard import GUARDS_META, InputGuard, guard_from_export
 from .sites import module_kind
 from .trace import Capture, leaf_predicate
 
@@ -101,26 +104,28 @@ def _batch_of_two(args: tuple, kwargs: Dict[str, Any]) -> Tuple[tuple, Dict[str,
                            (args, kwargs))
 
 
+def _dynamic_dims(v: Any) -> Tuple[int, ...]:
+    """The dimensions of an input asked dynamic: dim 0 of every tensor, and every dim of
+    integer tensors (token ids, masks, whose sequence length varies)."""
+    if not isinstance(v, Tensor) or v.dim() == 0:
+        return ()
+    return tuple(range(v.dim())) if not (v.is_floating_point() or v.is_complex()) else (0,)
+
+
 def _dynamic_shapes(model: nn.Module, args: tuple, kwargs: Dict[str, Any]) -> Any:
-    """Dim 0 of every tensor dynamic, and every dim of integer tensors (token ids, masks,
-    whose sequence length varies); ``Dim.AUTO`` lets export keep a dim static when the model
-    needs it so."""
+    """``_dynamic_dims`` of every input; ``Dim.AUTO`` lets export keep a dim static when the
+    model needs it so (``input_guard`` then checks it at every call)."""
     auto = torch.export.Dim.AUTO
-
-    def spec(v: Any) -> Any:
-        if not isinstance(v, Tensor):
-            return None
-        if v.dim() == 0:
-            return {}
-        dims = range(v.dim()) if not (v.is_floating_point() or v.is_complex()) else (0,)
-        return {d: auto for d in dims}
-
-    specs = pytree.tree_map(spec, (args, kwargs), is_leaf=lambda v: v is None)
+    specs = pytree.tree_map(lambda v: {d: auto for d in _dynamic_dims(v)} if isinstance(v, Tensor) else None,
+                            (args, kwargs), is_leaf=lambda v: v is None)
     if not kwargs:
         return specs[0]
-    names = [p.name for p in inspect.signature(model.forward).parameters.values()
-             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    return {**dict(zip(names, specs[0])), **specs[1]}
+    return {**dict(zip(_positional_names(model), specs[0])), **specs[1]}
+
+
+def _positional_names(model: nn.Module) -> List[str]:
+    return [p.name for p in inspect.signature(model.forward).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
 
 def _describe(args: tuple, kwargs: Dict[str, Any]) -> str:
@@ -131,7 +136,7 @@ def _describe(args: tuple, kwargs: Dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def _export(model: nn.Module, args: tuple, kwargs: Dict[str, Any]) -> fx.GraphModule:
+def _export(model: nn.Module, args: tuple, kwargs: Dict[str, Any]) -> "torch.export.ExportedProgram":
     try:
         ep = torch.export.export(model, args, kwargs, dynamic_shapes=_dynamic_shapes(model, args, kwargs), strict=False)
     except Exception as err:
@@ -143,11 +148,63 @@ def _export(model: nn.Module, args: tuple, kwargs: Dict[str, Any]) -> fx.GraphMo
             "or a dict of keyword arguments, e.g. {'input_ids': ids}), or harden with frontend='fx' (parts it "
             "cannot trace get noise at their layers)."
         ) from err
-    return ep.module()
+    return ep
+
+
+class _untouched:
+    """Restores every module's own attributes after an export, as they were before it.
+
+    Non-strict torch.export runs the model's Python code on fake tensors, so a model that keeps
+    a tensor in a plain attribute (transformers' LongRoPE ``long_inv_freq``, any lazily built
+    table) is left holding a fake tensor, which breaks the next export and any later use. The
+    attributes (and the contents of the dicts, lists and sets among them: parameters, buffers,
+    submodules, caches) are put back as they were.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def __enter__(self) -> "_untouched":
+        self.saved = [(m, dict(vars(m)), {k: _contents(v) for k, v in vars(m).items() if isinstance(v, _CONTAINERS)})
+                      for m in self.model.modules()]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for module, attrs, contents in self.saved:
+            now = vars(module)
+            for key in [k for k in now if k not in attrs]:
+                del now[key]
+            for key, value in attrs.items():
+                if now.get(key, _MISSING) is not value:
+                    now[key] = value
+                if key in contents:
+                    _refill(value, contents[key])
+
+
+_MISSING = object()
+_CONTAINERS = (dict, list, set)
+
+
+def _contents(value: Any) -> Any:
+    return dict(value) if isinstance(value, dict) else list(value) if isinstance(value, list) else set(value)
+
+
+def _refill(container: Any, contents: Any) -> None:
+    if isinstance(container, dict):
+        if container.keys() != contents.keys() or any(container[k] is not v for k, v in contents.items()):
+            container.clear()
+            container.update(contents)
+    elif isinstance(container, list):
+        if len(container) != len(contents) or any(a is not b for a, b in zip(container, contents)):
+            container[:] = contents
+    elif container != contents:
+        container.clear()
+        container.update(contents)
 
 
 def _fix_constants(gm: fx.GraphModule, args: tuple, kwargs: Dict[str, Any]) -> None:
-    """Drop the guard call and the placeholders of keyword inputs that are not tensors (fixed
+    """Drop torch.export's guard call (``input_guard`` checks the inputs instead, pickles and
+    fits the placeholders that stay) and the placeholders of keyword inputs that are not tensors (fixed
     at their example value, e.g. ``use_cache=False``), so the graph takes the tensor keyword
     inputs (and every positional one) in the structure of the example."""
     graph = gm.graph
@@ -243,10 +300,14 @@ def capture_export(model: nn.Module, example_inputs: Any, leaf_modules: Sequence
     is_layer = _layer_rule(leaf_modules)
     was_training = model.training
     exported: Dict[bool, fx.GraphModule] = {}
+    guards: Dict[bool, InputGuard] = {}
     try:
         for mode in (True, False):
             model.train(mode)
-            gm = _export(model, args, kwargs)
+            with _untouched(model):  # each export starts from the model as it was
+                ep = _export(model, args, kwargs)
+            gm = ep.module()
+            guards[mode] = _guard(ep, gm, model, args, kwargs)
             _fix_constants(gm, args, kwargs)
             _annotate(gm.graph, model, is_layer)
             gm.graph._tracer_cls = None  # pickling re-traces the code with the plain tracer
@@ -259,7 +320,42 @@ def capture_export(model: nn.Module, example_inputs: Any, leaf_modules: Sequence
     graphs[False].owning_module = root  # one root holds what both graphs use
     if root.code == exported[False].code:
         graphs[False] = graphs[True]
-    return Capture(root=root, graphs=graphs, route="export", layers=modules, example=spec)
+        guards[False] = guards[True]
+    root.meta[GUARDS_META] = guards  # harden calls them once its passes are done (insert_input_guards)
+    narrowed = {d.describe(): None for g in guards.values() for d in g.narrowed}
+    return Capture(root=root, graphs=graphs, route="export", layers=modules, example=spec, note="; ".join(narrowed),
+                   inputs=(args, kwargs))
+
+
+def _guard(ep: "torch.export.ExportedProgram", gm: fx.GraphModule, model: nn.Module, args: tuple,
+           kwargs: Dict[str, Any]) -> InputGuard:
+    """The ``InputGuard`` of ``ep``'s graph (``input_guard``); marks ``gm``'s placeholders of
+    tensor inputs with their position among the guard's arguments (``meta["fxharden_input"]``)."""
+    leaves = pytree.tree_flatten_with_path((args, kwargs))[0]
+    positional = _positional_names(model)
+    names, sources = [], []
+    for path, _ in leaves:
+        first = path[1]
+        if path[0].idx == 0:
+            base = positional[first.idx] if first.idx < len(positional) else f"args[{first.idx}]"
+        else:
+            base = first.key
+        rest = pytree.keystr(path[2:])
+        names.append(base + rest)
+        sources.append(f"L[{base!r}]{rest}")
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != len(leaves):
+        raise ExportError(f"torch.export took {len(placeholders)} inputs of {type(model).__name__} for the "
+                          f"{len(leaves)} of the example ({_describe(args, kwargs)}); pass the inputs as a tuple of "
+                          "tensors or a dict of tensors by keyword, or harden with frontend='fx'")
+    tensors = [isinstance(v, Tensor) for _, v in leaves]
+    slot = 0
+    for node, is_tensor in zip(placeholders, tensors):
+        if is_tensor:
+            node.meta["fxharden_input"] = slot
+            slot += 1
+    return guard_from_export(ep, names, [_dynamic_dims(v) for _, v in leaves], tensors, sources,
+                             f"Hardened{type(model).__name__}")
 
 
 def _adopt(root: fx.GraphModule, other: fx.GraphModule) -> None:

@@ -5,9 +5,18 @@ dimension that holds the batch. It is dim 0 at the model input (that is where th
 replicates the data) but not everywhere: a sequence-first layer sees ``(L, N, E)``, attention
 reshapes to ``(L, N * heads, d)``. ``locate_batch_dims`` runs the model on batches of 2 and
 of 3 copies of one input and records the shape at every site: the batch dimension is the one
-dimension whose size goes from ``2k`` to ``3k``. A site with no such dimension (or several)
-gets ``batch_dim = None`` and refuses per-group sigma with a clear error instead of
-splitting the wrong dimension.
+dimension whose size goes from ``2k`` to ``3k``.
+
+A site whose tensors keep one shape whatever the batch (a position embedding looked up on
+position ids the batch shares: ``(1, L, E)``, or ``(L, E)`` without a batch dimension) is a
+*broadcast* site when its tensor broadcasts against the batch later: one more forward of the
+probe batch, with that tensor expanded to the batch and its last row set to NaN, must leave
+every other row of the model's output as it was. With one sigma per batch group such a site
+gets one copy of its tensor per group, each with the group's sigma and its own draw (shared by
+the group's rows, as when the group runs alone), repeated for the group's rows
+(``Noise.broadcast``). Any other site (or one with several growing dimensions) gets
+``batch_dim = None`` and refuses per-group sigma with a clear error instead of splitting the
+wrong dimension or mixing the groups.
 
 ``HardenedModule`` calls ``ensure_batch_dims`` before a forward in which some site has more
 than one group, so users never call it themselves.
@@ -15,14 +24,15 @@ than one group, so users never call it themselves.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from .noise import Noise
+from .noise import GROUPS_HINT, BatchBroadcast, Noise, expand_batch
 
-__all__ = ["locate_batch_dims", "ensure_batch_dims", "batch_dim_from_shapes"]
+__all__ = ["locate_batch_dims", "ensure_batch_dims", "batch_dim_from_shapes", "broadcast_from_shapes"]
 
 _PROBE_SIZES = (2, 3)
 
@@ -43,6 +53,67 @@ def batch_dim_from_shapes(shapes: Sequence[Sequence[tuple]]) -> Optional[int]:
             return None
         found.add(dims[0])
     return found.pop() if len(found) == 1 else None
+
+
+def broadcast_from_shapes(shapes: Sequence[Sequence[tuple]]) -> Optional[BatchBroadcast]:
+    """How a site might broadcast against the batch, given the shapes it saw at the two probe
+    sizes: ``None`` unless every call saw one and the same shape; ``LEADING_ONE`` when its dim
+    0 has size 1, else ``NO_BATCH_DIM`` (a candidate only: ``locate_batch_dims`` checks it)."""
+    small, large = shapes
+    calls = list(small) + list(large)
+    if not small or len(small) != len(large) or any(c != calls[0] for c in calls):
+        return None
+    return BatchBroadcast.LEADING_ONE if len(calls[0]) > 1 and calls[0][0] == 1 else BatchBroadcast.NO_BATCH_DIM
+
+
+def _tensors(out: Any) -> List[Tensor]:
+    """The tensors of a model output (a tensor, or dicts, lists and tuples of them)."""
+    if isinstance(out, Tensor):
+        return [out]
+    if isinstance(out, Mapping):
+        return [t for v in out.values() for t in _tensors(v)]
+    if isinstance(out, (list, tuple)):
+        return [t for v in out for t in _tensors(v)]
+    return []
+
+
+def _rows_kept(out: Any, ref: Any, n: int) -> bool:
+    """Whether ``out`` has the shapes of ``ref`` and equals it in all but the last of ``n``
+    batch rows (dim 0); a tensor without the batch must equal it throughout."""
+    a, b = _tensors(out), _tensors(ref)
+    if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b)):
+        return False
+    for x, y in zip(a, b):
+        if x.dim() > 0 and x.shape[0] == n:
+            x, y = x[:n - 1], y[:n - 1]
+        if not x.is_floating_point():
+            if not torch.equal(x, y):
+                return False
+        elif not torch.allclose(x.double(), y.double(), rtol=1e-4, atol=1e-5, equal_nan=True):
+            return False
+    return True
+
+
+def _broadcasts(model: nn.Module, args: tuple, kwargs: Dict[str, Any], ref: Any, n: int,
+                sites: Dict[Noise, BatchBroadcast]) -> bool:
+    """Whether the model's output on the probe batch of ``n`` (``ref``) keeps its first ``n - 1``
+    rows when the tensors of ``sites`` are expanded to the batch with the last row NaN: then
+    row ``r`` of each expanded tensor reaches batch row ``r`` of the output and nothing else."""
+    def poisoned(how: BatchBroadcast):
+        def hook(module: nn.Module, inputs: tuple, out: Any) -> Any:
+            y = expand_batch(out, how, n).clone()
+            y[n - 1] = float("nan")
+            return y
+        return hook
+
+    handles = [m.register_forward_hook(poisoned(how)) for m, how in sites.items()]
+    try:
+        return _rows_kept(_plain_call(model, args, kwargs), ref, n)
+    except Exception:  # noqa: BLE001 - a model that cannot take the expanded tensor: not a broadcast site
+        return False
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def _probe_args(args: tuple, kwargs: Dict[str, Any], n: int, batch: int) -> Tuple[tuple, Dict[str, Any]]:
@@ -87,13 +158,19 @@ def locate_batch_dims(model: nn.Module, args: tuple, kwargs: Optional[Dict[str, 
                     m._record = []
                 a, k = _probe_args(tuple(args), kwargs, n, first.shape[0])
                 try:
-                    _plain_call(model, a, k)
+                    ref = _plain_call(model, a, k)
                 except Exception as err:
                     raise ValueError(f"cannot locate the batch dimension at the noise sites: the model fails on "
-                                     f"a batch of {n} ({type(err).__name__}: {err}); measure one sigma value per "
-                                     "forward pass (sweep: points_per_forward=1)") from err
+                                     f"a batch of {n} ({type(err).__name__}: {err}); {GROUPS_HINT}") from err
                 for m in mods:
                     seen[m].append(m._record)
+            dims = {m: batch_dim_from_shapes(seen[m]) for m in mods}
+            candidates = {m: how for m in mods
+                          if dims[m] is None and not m.unbatched and (how := broadcast_from_shapes(seen[m])) is not None}
+            for m in mods:
+                m._record = []  # the checks below record nothing into ``seen``
+            if candidates and not _broadcasts(model, a, k, ref, n, candidates):
+                candidates = {m: how for m, how in candidates.items() if _broadcasts(model, a, k, ref, n, {m: how})}
     finally:
         for m in mods:
             m._record = None
@@ -101,7 +178,8 @@ def locate_batch_dims(model: nn.Module, args: tuple, kwargs: Optional[Dict[str, 
         model.train(was_training)
     out = {}
     for m in mods:
-        m.batch_dim = batch_dim_from_shapes(seen[m])
+        m.batch_dim = None if m.unbatched else dims[m]
+        m.broadcast = None if m.unbatched else candidates.get(m)
         m.batch_dim_known = True
         out[m.site] = m.batch_dim
     return out
@@ -126,7 +204,12 @@ def ensure_batch_dims(model: nn.Module, args: tuple, kwargs: Dict[str, Any]) -> 
         mods = model._fxharden_noise = [m for m in model.modules() if isinstance(m, Noise)]
     if not any(m.groups > 1 for m in mods):
         return
-    key = tuple((tuple(a.shape[1:]), a.dtype) for a in list(args) + list(kwargs.values()) if isinstance(a, Tensor))
+    tensors = [a for a in list(args) + list(kwargs.values()) if isinstance(a, Tensor)]
+    key = tuple((tuple(a.shape[1:]), a.dtype) for a in tensors)
     if getattr(model, "_fxharden_located", None) != key:
         locate_batch_dims(model, args, kwargs)
         model._fxharden_located = key
+    batch = next((a.shape[0] for a in tensors if a.dim() > 0), 0)
+    for m in mods:
+        if m.broadcast is not None:
+            m.broadcast_batch = batch

@@ -15,6 +15,8 @@ from torch import fx, nn
 from .config import AutocastOutput, Frontend, HardenConfig, Scaling, SiteKind, WeightNoiseKind
 from .export import ExportError, capture_export
 from .hardened import HardenedModule, HardenReport, SiteInfo, build_hardened
+from .input_guard import insert_input_guards
+from .ledger import build_ledger
 from .layers import HARDENED_LAYERS, HardenedCall, can_harden_weights, harden_layer, weight_axis
 from .module_route import LayerCandidate, LayerSite, attach_site, find_layers
 from .noise import LogNormal, Noise, NoiseChain, NoiseModel, Role, StuckAt, noise_model
@@ -24,9 +26,11 @@ from .noise_models import ConverterConfig
 from .passes import ensure_container, insert_site_modules, key_for
 from .placement import model_placement, place_modules
 from .quant import ActQuant, WeightQuant
-from .sites import WEIGHT_FUNCS, _WEIGHT_KINDS, Site, check_rules, find_sites, module_unsigned, node_description, \
+from .recurrent import harden_recurrent, product_sites
+from .signature import call_spec
+from .sites import _WEIGHT_KINDS, expert_weights, weight_arg, Site, check_rules, find_sites, module_unsigned, node_description, \
     resolve_rule
-from .trace import OPAQUE_ROOT, Capture, capture
+from .trace import OPAQUE_ROOT, Capture, capture, route_note
 
 __all__ = ["harden", "HardenedModule", "SiteInfo", "HardenReport", "noise_sites", "set_noise",
            "set_weight_noise", "seed_noise", "harden_report"]
@@ -73,6 +77,11 @@ def _weight_modules(site: Site, root: nn.Module) -> List[tuple]:
     return [(target, root.get_submodule(target))]
 
 
+def _inside(scope: str, layers: set) -> bool:
+    """Whether the module path ``scope`` is one of ``layers`` or inside one."""
+    return any(scope == p or scope.startswith(f"{p}.") for p in layers)
+
+
 def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, attr = name.rpartition(".")
     setattr(root.get_submodule(parent) if parent else root, attr, module)
@@ -105,7 +114,9 @@ def harden(
             arguments or a dict of keyword arguments, e.g. ``{"input_ids": ids}``), for the
             torch.export frontend (``frontend="export"``, or ``"auto"`` when torch.fx leaves parts
             of the model opaque). The hardened model then takes the same tensor inputs, with
-            any batch size (and any sequence length for integer inputs).
+            any batch size (and any sequence length for integer inputs) unless the model's
+            code fixes one: then it refuses other shapes (``InputShapeError``, see
+            ``fxharden.core.input_guard``; ``harden_report(hm).note`` says so).
         **config_kwargs: other ``HardenConfig`` fields (``rules``, ``leaf_modules``,
             ``strict``, ``weight_noise``, ``frontend``) for the keyword form.
 
@@ -141,8 +152,10 @@ def harden(
                              "or only the keyword form (bits, scale, sigma, ...)")
 
     device, dtype = model_placement(model)
-    model = _copy_model(model)
-    cap = _capture(model, config, example_inputs)
+    cap, copy = _capture(model, config, example_inputs)
+    params, model_modules = list(copy.named_parameters()), dict(copy.named_modules())
+    buffers = {id(b): n for n, b in copy.named_buffers()}
+    del copy
     root = cap.root
     modules = cap.layers or dict(root.named_modules())
     # the module route: the known layers inside each opaque part become sites of their own
@@ -163,10 +176,12 @@ def harden(
             made[(site, role)] = key
         return f"fxharden.{made[(site, role)]}"
 
+    expert_layers = {n for n, m in modules.items() if expert_weights(m)} if cap.route == "export" else set()
     found = {mode: find_sites(graph, modules, config, set(cap.opaque) | _user_leaves(graph, modules, config))
              for mode, graph in cap.graphs.items() if not (mode is False and graph is cap.graphs[True])}
     check_rules(config, [site.name for sites in found.values() for site in sites]
-                + [c.name for layers in inner.values() for c in layers])
+                + [c.name for layers in inner.values() for c in layers]
+                + [f"{n}.{s}" for n, m in _recurrent_layers(found, inner, root) for s in product_sites(m)])
     graphs = {}
     for mode, sites in found.items():
         graph = cap.graphs[mode]
@@ -179,6 +194,11 @@ def harden(
                     routed.add(part)
                     for info in _route_layers(root, inner[part], config, skipped):
                         infos.setdefault(info.name, info)
+                continue
+            if site.kind is SiteKind.RECURRENT and site.node.op == "call_module":
+                for info in _harden_recurrent(root, str(site.node.target), site.name, site.kind, site.quantize_weights,
+                                              site.weight_noise, site.noise, config, skipped, cap.route):
+                    infos.setdefault(info.name, info)
                 continue
             targets = []
             qname = ""
@@ -195,6 +215,8 @@ def harden(
                 owners.add(noise)
                 if site.module is not None and not site.quantize_output:
                     noise._producer = (site.module,)
+                if _inside(site.node.meta.get("scope", ""), expert_layers):
+                    noise.unbatched = "its tensors hold the tokens regrouped by expert, not by batch group"
             converts = _converts(site.kind, site.noise, site.quantize_weights)
             if converts and config.adc is not None:
                 targets.append(module_for(site.name, "adc", lambda: converter(config.adc)))
@@ -219,36 +241,52 @@ def harden(
         insert_site_modules(graph, insertions, before, calls)
         graphs[mode] = graph
     graphs.setdefault(False, graphs[True])
+    insert_input_guards(root, graphs, container)
     place_modules([m for m in root.modules() if isinstance(m, (ActQuant, Noise))], device, dtype)
 
-    report = HardenReport(sites=tuple(infos.values()), opaque=dict(cap.opaque), skipped=skipped,
-                          frontend="export" if cap.route == "export" else "fx", note=cap.note)
+    hardens = bool(config.quant is not None and config.quant.quantize_weights) or config.perturbs_weights
+    ledger = build_ledger(params, buffers, model_modules, root, graphs.values(), modules, skipped,
+                          cap.route == "export", hardens, cap.opaque)
+    opaque = {p: route_note(why, [c.kind.value for c in inner.get(p, ())]) for p, why in cap.opaque.items()}
+    report = HardenReport(sites=tuple(infos.values()), opaque=opaque, skipped=skipped,
+                          frontend="export" if cap.route == "export" else "fx", note=cap.note, ledger=ledger)
     hm = build_hardened(root, graphs, model.training, f"Hardened{type(model).__name__}",
-                        {"fxharden": {"config": config, "report": report, "example": cap.example}})
+                        {"fxharden": {"config": config, "report": report, "example": cap.example},
+                         "fxharden_call": call_spec(model, cap, example_inputs)})
     if config.noise.sigma:
         set_noise(hm, config.noise.sigma)
     return hm
 
 
-def _capture(model: nn.Module, config: HardenConfig, example_inputs: Any) -> Capture:
-    """The graph of ``model`` by the configured frontend (``Frontend``)."""
+def _capture(model: nn.Module, config: HardenConfig, example_inputs: Any) -> Tuple[Capture, nn.Module]:
+    """The graph of a copy of ``model`` by the configured frontend (``Frontend``), and that
+    copy (whose parameters the graph holds). Each capture runs on a fresh copy, so a frontend
+    that fails leaves nothing behind for the next (torch.export runs the model's code on fake
+    tensors)."""
     if config.frontend is Frontend.EXPORT:
         if example_inputs is None:
             raise ValueError("frontend='export' needs example_inputs: the inputs of one forward pass, e.g. "
                              "harden(model, ..., frontend='export', example_inputs={'input_ids': ids})")
-        return capture_export(model, example_inputs, config.leaf_modules)
-    cap = capture(model, config.leaf_modules, config.strict)
+        copy = _copy_model(model)
+        return capture_export(copy, example_inputs, config.leaf_modules), copy
+    copy = _copy_model(model)
+    cap = capture(copy, config.leaf_modules, config.strict)
     if config.frontend is Frontend.AUTO and cap.opaque and example_inputs is not None:
         parts = ", ".join(map(repr, cap.opaque))
+        del cap, copy  # one copy of the model at a time
+        copy = _copy_model(model)
         try:
-            exported = capture_export(model, example_inputs, config.leaf_modules)
+            exported = capture_export(copy, example_inputs, config.leaf_modules)
         except ExportError as err:
+            copy = _copy_model(model)
+            cap = capture(copy, config.leaf_modules, config.strict)
             cap.note = (f"torch.fx cannot trace {parts} and torch.export failed too "
                         f"({str(err).splitlines()[0]}): their layers took the module route")
-            return cap
-        exported.note = f"torch.fx cannot trace {parts}: the whole model was captured by torch.export"
-        return exported
-    return cap  # with frontend='fx', example_inputs are not used
+            return cap, copy
+        exported.note = "; ".join(filter(None, [f"torch.fx cannot trace {parts}: the whole model was captured by "
+                                                "torch.export", exported.note]))
+        return exported, copy
+    return cap, copy  # with frontend='fx', example_inputs are not used
 
 
 def _route_layers(root: nn.Module, layers: List[LayerCandidate], config: HardenConfig,
@@ -264,6 +302,10 @@ def _route_layers(root: nn.Module, layers: List[LayerCandidate], config: HardenC
         has_weights = c.kind in _WEIGHT_KINDS
         quantize_weights = quant and qc.quantize_weights and has_weights
         weight_noise = rule is not None and has_weights and config.perturbs_weights
+        if c.kind is SiteKind.RECURRENT:
+            infos += _harden_recurrent(root, c.path, c.name, c.kind, quantize_weights, weight_noise, noisy, config,
+                                       skipped, "module", f"inside {c.part!r}, which torch.fx cannot trace")
+            continue
         qmod = noise = adc = dac = None
         qname = ""
         if quant and c.kind is SiteKind.ACTIVATION:
@@ -283,6 +325,44 @@ def _route_layers(root: nn.Module, layers: List[LayerCandidate], config: HardenC
         infos.append(SiteInfo(c.name, c.kind.value, type(module).__name__, qname, noisy,
                               f"inside {c.part!r}, which torch.fx cannot trace", route="module"))
     return infos
+
+
+def _recurrent_layers(found: Dict[bool, List[Site]], inner: Dict[str, List[LayerCandidate]],
+                      root: nn.Module) -> List[tuple]:
+    """(site name, module) of the recurrent layers, graph sites and module-route layers alike."""
+    return ([(s.name, s.module) for sites in found.values() for s in sites
+             if s.kind is SiteKind.RECURRENT and s.node.op == "call_module"]
+            + [(c.name, root.get_submodule(c.path)) for layers in inner.values() for c in layers
+               if c.kind is SiteKind.RECURRENT])
+
+
+def _harden_recurrent(root: nn.Module, path: str, name: str, kind: SiteKind, quantize: bool, perturb: bool,
+                      noisy: bool, config: HardenConfig, skipped: Dict[str, str], route: str = "graph",
+                      note: str = "") -> List[SiteInfo]:
+    """Swap the recurrent layer at ``path`` (site ``name``) for its hardened class, which holds
+    the noise of its output (``noisy``) and of each product whose own rule (on its site name
+    ``<name>.<suffix>``) gives noise; its report rows (products, then output)."""
+    module = root.get_submodule(path)
+    products = {s: f"{name}.{s}" for s in product_sites(module)}
+    rules = {s: resolve_rule(config, p, None, module, kind) for s, p in products.items()}
+    noisy_products = [s for s, rule in rules.items() if rule is not None and rule.noise]
+    op = getattr(type(module), "_torch_class", type(module)).__name__
+    if not (quantize or perturb or noisy or noisy_products):  # a rule of None: left alone
+        return [SiteInfo(name, kind.value, op, "", False, note, route)]
+    if not isinstance(module, HARDENED_LAYERS):  # else: called twice, or found again in the other mode's graph
+        if not can_harden_weights(module):
+            skipped[name] = f"{type(module).__name__} has its own forward; its weights are used as they are"
+            return [SiteInfo(name, kind.value, op, "", False, note, route)]
+        wq = WeightQuant(config.quant.w_bits, weight_axis(module)) if quantize else None
+        noise = _weight_noise(name, config) if perturb else None
+        _set_submodule(root, path, harden_recurrent(
+            module, name, wq, noise, {s: _output_noise(config, products[s]) for s in noisy_products},
+            _output_noise(config, name) if noisy else None))
+    layer = root.get_submodule(path)
+    qname = f"weights {layer.weight_quant.extra_repr()}" if layer.weight_quant is not None else ""
+    rows = [SiteInfo(p, kind.value, f"{op} product", qname, s in noisy_products, note, route)
+            for s, p in products.items()]
+    return rows + [SiteInfo(name, kind.value, op, qname, noisy, note, route)]
 
 
 def _output_quant(config: HardenConfig, kind: SiteKind, signed: bool) -> ActQuant:
@@ -361,9 +441,11 @@ def _hardened_call(site: Site, call: fx.Node, label: str, config: HardenConfig) 
     """The module that replaces a call whose weight comes from parameters (``F.linear(x,
     self.fc.weight)``, the ``F.conv2d`` inside timm's ``StdConv2d``, the ATen calls of a layer on
     the export route); its weight noise is the site ``<label>.weight``."""
-    arg = WEIGHT_FUNCS[call.target]
+    arg = weight_arg(call.target)
     wq = WeightQuant(config.quant.w_bits, arg.axis) if site.quantize_weights else None
-    return HardenedCall(call.target, wq, _weight_noise(label, config) if site.weight_noise else None, arg)
+    hardened = HardenedCall(call.target, wq, _weight_noise(label, config) if site.weight_noise else None, arg)
+    hardened.site = label
+    return hardened
 
 
 def converter(cfg: ConverterConfig) -> ActQuant:

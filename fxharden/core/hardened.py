@@ -3,6 +3,9 @@
 ``harden`` builds it (``build_hardened``); ``pickle``/``torch.save`` of a whole hardened
 model round-trips (``HardenedModule.__reduce__``): each mode's graph is stored as a plain
 ``GraphModule`` over the shared submodules and rebuilt into a ``HardenedModule`` on load.
+
+Its ``forward`` has the plain model's signature (``fxharden.core.signature``): the same
+argument names, defaults and keyword use, whichever frontend captured the graph.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from torch import fx, nn
 from .config import HardenConfig
 from .counter_rng import compiling
 from .groups import ensure_batch_dims
+from .signature import adapt_forward
 
 __all__ = ["SiteInfo", "HardenReport", "HardenedModule", "build_hardened"]
 
@@ -44,12 +48,23 @@ class HardenReport:
     opaque: Dict[str, str] = field(default_factory=dict)
     """Submodules that could not be traced and were treated as one layer, with the reason."""
     skipped: Dict[str, str] = field(default_factory=dict)
-    """Layers whose weights were not quantized/perturbed, with the reason."""
+    """Layers and calls whose weights were not quantized/perturbed, and every parameter (and
+    buffer used as a weight) left as it is, with the reason."""
     frontend: str = "fx"
     """How the graph was captured: ``"fx"`` (torch.fx, with the module route inside opaque
     parts) or ``"export"`` (torch.export)."""
     note: str = ""
     """Why, when ``Frontend.AUTO`` chose."""
+    quant_warnings: Dict[str, str] = field(default_factory=dict)
+    """Sites whose activation quantizer (or ADC/DAC) does not fit the data calibration saw,
+    with what is wrong: at most ``FEW_LEVELS`` levels used (the step erases the signal) or
+    more than ``CLIP_FRACTION`` of the values clipped (``fxharden.core.quant``). Filled by
+    ``calibrate_quantizers`` (which ``calibrate_noise`` and ``sweep`` run);
+    empty before calibration."""
+    ledger: Dict[str, str] = field(default_factory=dict)
+    """Every parameter of the model by its dotted name: ``"hardened at <site>"`` (quantized
+    and/or perturbed there; ``"... (with its layer)"`` for a hardened layer's bias), or why it is
+    used as it is (also listed in ``skipped``). See ``fxharden.core.ledger``."""
 
     @property
     def noise_sites(self) -> List[str]:
@@ -65,6 +80,24 @@ class HardenedModule(fx.GraphModule):
         if not compiling():  # batch groups run eagerly only (the noise modules refuse them compiled)
             ensure_batch_dims(self, args, kwargs)  # only does work when some site has several sigma groups
         return super().__call__(*args, **kwargs)
+
+    def recompile(self) -> Any:
+        code = super().recompile()
+        self._adapt_forward()
+        return code
+
+    def _adapt_forward(self) -> None:
+        """Put the plain model's signature (``meta["fxharden_call"]``, a ``CallSpec``) in front
+        of the generated ``forward``."""
+        spec = self.__dict__.get("meta", {}).get("fxharden_call")
+        cls = type(self)
+        raw = getattr(cls.forward, "_fxharden_raw", cls.forward)
+        cls.forward = adapt_forward(spec, raw, cls.__name__) if spec is not None else raw
+
+    def __deepcopy__(self, memo: Dict[int, Any]) -> "HardenedModule":
+        res = super().__deepcopy__(memo)
+        res._adapt_forward()  # the copy's class is new: its forward is the generated one
+        return res
 
     def train(self, mode: bool = True) -> "HardenedModule":
         super().train(mode)
@@ -146,6 +179,7 @@ def build_hardened(root: nn.Module, graphs: Dict[bool, fx.Graph], training: bool
     ``graphs[False]`` for eval mode (one object when they agree), in mode ``training``."""
     hm = HardenedModule(root, graphs[training], class_name=class_name)
     hm.meta.update(meta)
+    hm._adapt_forward()
     if graphs[True] is not graphs[False]:
         hm.meta["fxharden_graphs"] = graphs
         _copy_targets(root, hm, graphs[not training])

@@ -5,7 +5,9 @@ transforms its weights before use: the parameters, their names in ``state_dict``
 ``isinstance`` checks stay the same; the transform's modules are added as children.
 A weight that reaches a functional call as a graph value (``F.linear(x, self.fc.weight)``,
 timm's ``StdConv2d``) is hardened by ``HardenedCall``, which takes the call's place in the
-graph and behaves like the swapped layers.
+graph and behaves like the swapped layers. A mixture-of-experts layer that multiplies its own
+3-D expert matrices, or a router its own ``weight``, gets ``HardenedParameters``: its forward
+runs with those parameters hardened (one quantizer step and one noise draw per expert).
 
 Weight noise and batch groups: when the weight-noise module holds one sigma per batch group
 (a sweep measuring several repeats in one forward), the layer splits its input along the
@@ -35,11 +37,12 @@ from torch import Tensor, nn
 from .counter_rng import compiling
 from .noise import Noise
 from .quant import WeightQuant
+from .sites import expert_weights, router_weight
 
 Run = Tuple[int, int, Dict[str, Tensor]]  # (first batch group, number of groups, their weights)
 
-__all__ = ["HARDENED_LAYERS", "HardenedCall", "harden_layer", "can_harden_weights", "weight_axis",
-           "weight_draws_held"]
+__all__ = ["HARDENED_LAYERS", "HardenedCall", "HardenedParameters", "parameters_class", "harden_layer",
+           "can_harden_weights", "weight_axis", "weight_draws_held"]
 
 
 class _HardenedWeight:
@@ -52,6 +55,9 @@ class _HardenedWeight:
     _held: Optional[List[Run]] = None
     """``None``: every forward pass draws its weights; a list: held (``weight_draws_held``), the
     runs of the first forward pass in the block, empty until it has run."""
+    _per_expert: bool = False
+    """The weights hold one matrix per expert along dim 0: each is perturbed by its own draw
+    (and quantized with its own step: the quantizer's axis is 0)."""
 
     def _raw_weights(self) -> Dict[str, Tensor]:
         """The weights before quantization and noise, by name."""
@@ -76,6 +82,8 @@ class _HardenedWeight:
 
     def _draw(self) -> Dict[str, Tensor]:
         """One new draw of the (single-group) hardened weights."""
+        if self._per_expert:
+            return {n: torch.stack([self.weight_noise(e) for e in w.unbind(0)]) for n, w in self._quantized().items()}
         return {n: self.weight_noise(w) for n, w in self._quantized().items()}
 
     def hardened_weight(self) -> Tensor:
@@ -99,14 +107,20 @@ class _HardenedWeight:
         return runs
 
     def _draw_runs(self, groups: int) -> List[Run]:
-        per_weight = {n: self.weight_noise.draw_weights(w) for n, w in self._quantized().items()}
+        draw = self.weight_noise.draw_weights
+        # per weight and group: the parts (the experts' matrices, or the whole weight) as drawn
+        parts = {n: list(zip(*(draw(e) for e in w.unbind(0)))) if self._per_expert else [(v,) for v in draw(w)]
+                 for n, w in self._quantized().items()}
         runs: List[Run] = []
+        last: Dict[str, tuple] = {}
         for r in range(groups):
-            ws = {n: v[r] for n, v in per_weight.items()}
-            if runs and all(runs[-1][2][n] is w for n, w in ws.items()):
+            now = {n: v[r] for n, v in parts.items()}
+            if runs and all(len(now[n]) == len(last[n]) and all(a is b for a, b in zip(now[n], last[n]))
+                            for n in now):
                 runs[-1] = (runs[-1][0], runs[-1][1] + 1, runs[-1][2])
             else:
-                runs.append((r, 1, ws))
+                runs.append((r, 1, {n: torch.stack(v) if self._per_expert else v[0] for n, v in now.items()}))
+            last = now
         return runs
 
     def _grouped(self, x: Tensor, apply: Callable[[Tensor, Dict[str, Tensor]], Tensor]) -> Tensor:
@@ -182,6 +196,7 @@ class HardenedCall(_HardenedWeight, nn.Module):
         self.weight_quant = quant
         self.weight_noise = noise
         self.input_index, self.weight_index = (0, 1) if arg is None else (arg.input, arg.weight)
+        self._per_expert = arg is not None and arg.experts
         self._weight: Optional[Tensor] = None  # the weight argument of the call in progress
 
     def extra_repr(self) -> str:
@@ -200,6 +215,8 @@ class HardenedCall(_HardenedWeight, nn.Module):
         state.setdefault("weight_index", 1)
         if isinstance(state["fn"], _OpName):
             namespace, packet, overload = state["fn"].split(".")
+            if namespace == "transformers":  # its ops are registered when its MoE module is imported
+                import transformers.integrations.moe  # noqa: F401
             state["fn"] = getattr(getattr(getattr(torch.ops, namespace), packet), overload)
         self.__dict__.update(state)
 
@@ -210,6 +227,12 @@ class HardenedCall(_HardenedWeight, nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Tensor:
         i, j = self.input_index, self.weight_index
+        noise = self.weight_noise
+        if self._per_expert and noise is not None and noise.active and noise.groups > 1 and not compiling():
+            raise ValueError(f"{noise.site}: weight noise has one sigma per batch group, but a grouped expert "
+                             "product sees its rows sorted by expert, not by batch group. Measure one sigma "
+                             "value per forward pass (sweep: points_per_forward=1), or harden with "
+                             "frontend='fx', whose expert layers split their tokens by batch group")
         self._weight = args[j]
 
         def call(x: Tensor, w: Dict[str, Tensor]) -> Tensor:
@@ -290,6 +313,66 @@ class HardenedMultiheadAttention(_HardenedWeight, nn.MultiheadAttention):
         return torch.cat([o[0] for o in outs], dim), weights
 
 
+class HardenedParameters(_HardenedWeight):
+    """Mixin for a layer that multiplies its own weight parameters inside its forward: a
+    mixture-of-experts layer's 3-D expert matrices (``sites.expert_weights``, one draw and one
+    quantizer step per expert) or a router's ``weight`` (``sites.router_weight``). Its forward
+    runs with those parameters replaced by their hardened values; with one weight draw per
+    batch group, every tensor argument is split along dim 0 (the tokens) by group. The class
+    is made per layer class (``parameters_class``), so ``isinstance`` checks still hold."""
+
+    _plain: type = nn.Module
+    """The layer's own class."""
+
+    def __reduce_ex__(self, protocol: int) -> Any:
+        return _rebuild_parameters, (self._plain, self.__dict__.copy())
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        plain = self._plain.forward
+        x = next((a for a in args if isinstance(a, Tensor)), None)
+
+        def run(ws: Dict[str, Tensor], rows: Optional[Tuple[int, int]] = None) -> Any:
+            a = args if rows is None else tuple(
+                v.narrow(0, *rows) if isinstance(v, Tensor) and v.dim() and v.shape[0] == x.shape[0] else v
+                for v in args)
+            with _parameters_replaced(self, ws):
+                return plain(self, *a, **kwargs)
+
+        noise = self.weight_noise
+        if noise is not None and compiling() and self._held is None:
+            return run(self._draw())
+        if x is None or noise is None or noise.observe(x) or not noise.active:
+            return run(self._quantized())
+        runs = self._runs()
+        if len(runs) == 1:
+            return run(runs[0][2])
+        if noise.group_dim(x) != 0:
+            raise ValueError(f"{noise.site}: one weight draw per batch group needs the tokens of "
+                             f"{type(self).__name__} in dim 0 of its input; measure one sigma value per forward pass")
+        per = x.shape[0] // noise.groups
+        outs = [run(ws, (r * per, k * per)) for r, k, ws in runs]
+        if isinstance(outs[0], tuple):
+            return tuple(torch.cat(parts, 0) for parts in zip(*outs))
+        return torch.cat(outs, 0)
+
+
+_PARAMETER_CLASSES: Dict[type, type] = {}
+
+
+def parameters_class(cls: type) -> type:
+    """The ``HardenedParameters`` subclass of layer class ``cls`` (one per class)."""
+    if cls not in _PARAMETER_CLASSES:
+        _PARAMETER_CLASSES[cls] = type(f"Hardened{cls.__name__}", (HardenedParameters, cls),
+                                       {"_plain": cls, "__module__": __name__})
+    return _PARAMETER_CLASSES[cls]
+
+
+def _rebuild_parameters(cls: type, state: Dict[str, Any]) -> nn.Module:
+    new = parameters_class(cls).__new__(parameters_class(cls))
+    new.__dict__.update(state)
+    return new
+
+
 _SWAP = {
     nn.Conv1d: HardenedConv1d,
     nn.Conv2d: HardenedConv2d,
@@ -302,12 +385,19 @@ _SWAP = {
 HARDENED_LAYERS = (_HardenedWeight,)
 """Every hardened layer is an instance of this mixin."""
 
-_OPTIONAL_SWAPS = {("transformers.pytorch_utils", "Conv1D"): ("fxharden.core.layers_hf", "HardenedConv1D")}
-"""Layers of optional libraries: ``(module, class)`` -> their hardened class, imported only
-when a model holds one (the library is then imported already)."""
+_OPTIONAL_SWAPS = {
+    ("transformers.pytorch_utils", "Conv1D"): ("fxharden.core.layers_hf", "HardenedConv1D"),
+    **{("torch.nn.modules.rnn", c): ("fxharden.core.recurrent", f"Hardened{c}")
+       for c in ("LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell")},
+}
+"""Layers of optional libraries, and recurrent layers (``fxharden.core.recurrent`` builds on this
+module): ``(module, class)`` -> their hardened class, imported only when a model holds one."""
 
 
-def _swap_class(cls: type) -> Optional[type]:
+def _swap_class(module: nn.Module) -> Optional[type]:
+    cls = type(module)
+    if expert_weights(module) or router_weight(module):
+        return parameters_class(cls)
     hardened = _SWAP.get(cls)
     if hardened is None and (cls.__module__, cls.__name__) in _OPTIONAL_SWAPS:
         import importlib
@@ -319,16 +409,17 @@ def _swap_class(cls: type) -> Optional[type]:
 
 def can_harden_weights(module: nn.Module) -> bool:
     """Whether ``module``'s weights can be quantized/perturbed by a class swap: the plain torch
-    layers (and transformers' ``Conv1D``) only (a subclass with its own ``forward`` would lose
-    it). The tracer enters such a subclass, unless it is a leaf, and its functional call is
+    layers (and transformers' ``Conv1D``), and layers that multiply their own expert or router
+    matrices (``HardenedParameters``); not a subclass with its own ``forward`` (it would lose it). The tracer enters such a subclass, unless it is a leaf, and its functional call is
     hardened (``HardenedCall``)."""
-    return _swap_class(type(module)) is not None
+    return _swap_class(module) is not None
 
 
 def weight_axis(module: nn.Module) -> Optional[int]:
     """The per-channel axis of the layer's weight quantizer: 0 (output channels) for
-    convolutions, ``None`` (one step per tensor) for linear and attention projections."""
-    return 0 if isinstance(module, nn.modules.conv._ConvNd) else None
+    convolutions and expert matrices (one step per expert), ``None`` (one step per tensor) for
+    linear and attention projections."""
+    return 0 if isinstance(module, nn.modules.conv._ConvNd) or expert_weights(module) else None
 
 
 @contextlib.contextmanager
@@ -351,10 +442,14 @@ def weight_draws_held(model: nn.Module) -> Iterator[None]:
 
 def harden_layer(module: nn.Module, quant: Optional[WeightQuant], noise: Optional[Noise]) -> nn.Module:
     """Return a hardened layer sharing ``module``'s parameters, buffers and hooks."""
-    cls = _swap_class(type(module))
+    cls = _swap_class(module)
+    experts = expert_weights(module)
     new = cls.__new__(cls)
     new.__dict__ = module.__dict__.copy()
     new._modules = dict(module._modules)
+    if issubclass(cls, HardenedParameters):
+        new._weight_names = experts or ("weight",)
+        new._per_expert = bool(experts)
     new.weight_quant = quant
     new.weight_noise = noise
     return new

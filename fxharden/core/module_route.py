@@ -3,7 +3,7 @@
 A part of a model that torch.fx cannot capture (an opaque layer of ``trace.capture``, or the
 whole model, e.g. a Hugging Face model whose forward returns a ``ModelOutput``) is still
 built from known layers: linear, conv, embedding, activation and pooling modules. The module
-route makes each of them a site of its own, named by its dotted path in the caller's model
+route makes each of them (and each mixture-of-experts layer and router) a site of its own, named by its dotted path in the caller's model
 (``model.layers.0.self_attn.q_proj``): the layer gets a ``LayerSite`` child
 (``fxharden_site``) holding its output quantizer and noise (and ADC/DAC), which a forward
 hook (and, for the DAC, a forward pre-hook) registered on the layer runs. The hooks are
@@ -24,7 +24,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 from torch import Tensor, nn
 
 from .config import SiteKind
-from .sites import is_passthrough, module_kind
+from .sites import expert_weights, is_passthrough, module_kind, router_weight
 
 __all__ = ["LayerSite", "LayerCandidate", "SITE_ATTR", "find_layers", "attach_site", "layer_sites"]
 
@@ -89,8 +89,10 @@ def find_layers(root: nn.Module, parts: Sequence[str], taken: set, strip: str = 
     """The known layers inside each opaque part, in module order.
 
     A known layer (conv, linear, embedding, activation, pooling, norm; ``nn.MultiheadAttention``
-    as a whole) is not entered; identity, dropout and drop-path are skipped; every other
-    module is entered. A module object is found once (shared modules, nested parts), and
+    and a mixture-of-experts router as a whole, of kind ``OTHER``: its output is the routing,
+    no noise site by default) is not entered; identity, dropout and drop-path are skipped; a
+    mixture-of-experts layer holding 3-D expert matrices (``sites.expert_weights``) is a linear
+    site and is entered too (its activation is a site); every other module is entered. A module object is found once (shared modules, nested parts), and
     modules in ``taken`` (ids of layers the graph calls itself) are left to the graph.
 
     Args:
@@ -109,9 +111,12 @@ def find_layers(root: nn.Module, parts: Sequence[str], taken: set, strip: str = 
                 continue
             seen.add(id(child))
             kind = module_kind(child)
-            if kind is None and isinstance(child, nn.MultiheadAttention):
+            if kind is None and (isinstance(child, nn.MultiheadAttention) or router_weight(child)):
                 kind = SiteKind.OTHER
-            if kind is not None:
+            if kind is None and expert_weights(child):
+                yield p, child, SiteKind.LINEAR  # and its activation inside, below
+                yield from walk(child, p)
+            elif kind is not None:
                 yield p, child, kind
             elif not is_passthrough(child):
                 yield from walk(child, p)

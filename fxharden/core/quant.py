@@ -12,6 +12,7 @@ it) and a learned step the composite path with a straight-through round. Nothing
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from typing import Dict, Iterator, Optional, Tuple
 
@@ -20,10 +21,25 @@ from torch import Tensor, nn
 
 from .counter_rng import compiling, refuse
 
-__all__ = ["qrange", "round_ste", "fake_quantize", "ActQuant", "WeightQuant", "MIN_STEP", "frozen_weights"]
+__all__ = ["qrange", "round_ste", "fake_quantize", "ActQuant", "WeightQuant", "GridUsage", "GridWarning", "MIN_STEP",
+           "FEW_LEVELS", "CLIP_FRACTION", "frozen_weights", "quant_off"]
 
 MIN_STEP = 1e-8
 """Smallest step a statistics-based scale may take (an all-zero tensor would give 0)."""
+
+FEW_LEVELS = 2
+"""An activation quantizer whose data use at most this many levels of its grid, while the
+data hold values between the levels, has erased the signal (a sigmoid output on the step 1.0
+becomes 0 or 1): calibration warns (``GridUsage.problem``). ``GridUsage`` tells 1, 2 and
+more levels apart, so this is 1 or 2."""
+
+CLIP_FRACTION = 0.05
+"""An activation quantizer that clips more than this fraction of its data (values beyond the
+grid's ends, ``round(x/s)`` outside ``[qmin, qmax]``) has a step too small for the signal:
+calibration warns (``GridUsage.problem``)."""
+
+_OFF_GRID = 1e-3
+"""``|x/s - round(x/s)|`` above this (in steps): a value the grid moves, not one it holds."""
 
 
 def qrange(bits: int, signed: bool) -> Tuple[int, int]:
@@ -111,6 +127,78 @@ class _FixedStep(torch.autograd.Function):
         return grad * mask, None, None, None, None, None
 
 
+class GridWarning(UserWarning):
+    """Calibration data show an activation quantizer whose step erases or clips the signal
+    (``GridUsage.problem``); filter this category to silence it."""
+
+
+class GridUsage:
+    """How an activation quantizer used its grid on the data it saw while recording (set by
+    ``fxharden.calibrate_quantizers``): whether the values landed on 1, 2 or more levels, how
+    many were clipped, the data's range, and whether any value lay between levels. NaNs are
+    not counted. A batch costs two passes over the data (scaled, then its min and max) once
+    more than two levels are seen and nothing is clipped."""
+
+    def __init__(self, quant: "ActQuant") -> None:
+        self.qmin, self.qmax = quant.qmin, quant.qmax
+        self.values = self.clipped = 0
+        self.levels: Optional[set] = set()  # the levels used, None once there are more than 2
+        self.off_grid = False  # some value lay between levels
+        self.lo, self.hi = math.inf, -math.inf
+        self.step = float(quant.scale.detach())
+
+    @torch.no_grad()
+    def record(self, x: Tensor, scale: Tensor) -> None:
+        """Count one batch ``x`` on the grid of step ``scale`` (the arithmetic of ``_quantize``)."""
+        r = x.detach().float() * (1.0 / scale.detach().float())
+        rmin, rmax = (float(v) for v in torch.aminmax(r)) if r.numel() else (math.nan, math.nan)
+        if math.isnan(rmin) or math.isnan(rmax):
+            r = r[~r.isnan()]
+            if not r.numel():
+                return
+            rmin, rmax = (float(v) for v in torch.aminmax(r))
+        self.step = float(scale)
+        self.values += r.numel()
+        self.lo, self.hi = min(self.lo, rmin * self.step), max(self.hi, rmax * self.step)
+        q = None
+        if round(rmin) < self.qmin or round(rmax) > self.qmax:  # round half to even, as torch.round
+            q = r.round()
+            self.clipped += int(((q < self.qmin) | (q > self.qmax)).sum())
+        if self.levels is None:
+            return
+        q = r.round() if q is None else q
+        lo, hi = (min(max(round(v), self.qmin), self.qmax) for v in (rmin, rmax))
+        if hi - lo >= 2 and bool(((q > lo) & (q < hi)).any()):
+            self.levels = None  # a third level between the extremes
+            return
+        self.levels |= {lo, hi}
+        if len(self.levels) > 2:
+            self.levels = None
+        elif not self.off_grid:
+            self.off_grid = bool(((r - q).abs() > _OFF_GRID).any())
+
+    @property
+    def seen(self) -> bool:
+        """Whether any value was recorded."""
+        return self.values > 0
+
+    def problem(self) -> str:
+        """What is wrong with the grid for these data, in words, or ``""``: at most
+        ``FEW_LEVELS`` levels used while values lay between levels (the signal is erased), or
+        more than ``CLIP_FRACTION`` of the values clipped (the step is too small)."""
+        if not self.values:
+            return ""
+        s, found = self.step, []
+        if self.levels is not None and len(self.levels) <= FEW_LEVELS and self.off_grid:
+            found.append(f"uses {len(self.levels)} of its {self.qmax - self.qmin + 1} levels (step {s:.3g}; values "
+                         f"in [{self.lo:.3g}, {self.hi:.3g}])")
+        clipped = self.clipped / self.values
+        if clipped > CLIP_FRACTION:
+            found.append(f"clips {clipped:.1%} of its values (grid [{self.qmin * s:.3g}, {self.qmax * s:.3g}]; values "
+                         f"in [{self.lo:.3g}, {self.hi:.3g}])")
+        return " and ".join(found)
+
+
 class ActQuant(nn.Module):
     """Per-tensor activation quantizer.
 
@@ -134,7 +222,11 @@ class ActQuant(nn.Module):
     ``evaluate`` run themselves and which fixes the steps. A degenerate batch (peak 0, or all
     values equal: a smoke test with ``torch.zeros``) is quantized but not counted: the first
     real batch replaces its step. A step that only degenerate batches have set is fixed only
-    by ``finish_calibration``, with a warning.
+    by ``finish_calibration``, with a warning. An empty batch (no values) is quantized (to an
+    empty tensor) and not observed.
+
+    While ``calibrate_quantizers`` runs, the quantizer also records how its data use the grid
+    (``GridUsage``): calibration warns when a step erases the signal or clips it.
 
     Integer tensors (token ids, indices) pass through unchanged: they are never quantized.
 
@@ -168,12 +260,16 @@ class ActQuant(nn.Module):
         self._observed = 0  # mirror of the buffer, read without a device sync
         self._eval_calibration = False  # calibrating in eval mode (began there, with no data seen in training)
         self._degenerate = False  # the step was set by degenerate batches only (not counted in observed)
+        self._usage: Optional[GridUsage] = None  # while calibrate_quantizers records how the grid is used
+        self._grid_checked = False  # calibrate_quantizers has recorded it on real data
 
     def __setstate__(self, state):
         state.setdefault("converter", False)  # pickled before these attributes existed
         state.setdefault("levels", state["qmax"])
         state.setdefault("_eval_calibration", False)
         state.setdefault("_degenerate", False)
+        state.setdefault("_usage", None)
+        state.setdefault("_grid_checked", False)
         super().__setstate__(state)
 
     def extra_repr(self) -> str:
@@ -233,8 +329,11 @@ class ActQuant(nn.Module):
         self._observed, self._eval_calibration, self._degenerate = self.calibration_steps, False, False
         self.observed.fill_(self._observed)
 
+    _off = 0
+    """Depth of enclosing ``quant_off`` blocks: the input passes unchanged and is not observed."""
+
     def forward(self, x: Tensor) -> Tensor:
-        if not isinstance(x, Tensor) or not x.is_floating_point():
+        if self._off or not isinstance(x, Tensor) or not x.is_floating_point():
             return x  # ids and indices (and a non-tensor input): quantizing them would change which row is looked up
         if self._calibrating():
             if compiling():
@@ -243,10 +342,13 @@ class ActQuant(nn.Module):
                     f"({self._observed} of {self.calibration_steps} batches seen) inside torch.compile, which "
                     "would recompile at every batch: call fxharden.calibrate_quantizers(model, data) on real data "
                     "before compiling (it fixes the steps), or give the quantizers a constant step"))
-            self._observe(x)
+            if x.numel():
+                self._observe(x)
         scale = self.scale
         if self.learn:
             scale = scale.abs().clamp_min(MIN_STEP)
+        if self._usage is not None:
+            self._usage.record(x, scale)
         return fake_quantize(x, scale, self.qmin, self.qmax)
 
 
@@ -282,7 +384,12 @@ class WeightQuant(nn.Module):
             peak = w.abs().transpose(0, self.axis).reshape(w.shape[self.axis], -1).amax(dim=1)
         return (peak.float() / self.qmax).clamp_min(MIN_STEP)
 
+    _off = 0
+    """Depth of enclosing ``quant_off`` blocks: the weight passes unchanged."""
+
     def forward(self, w: Tensor) -> Tensor:
+        if self._off:
+            return w
         key = None
         if self._frozen and not compiling() and not (torch.is_grad_enabled() and w.requires_grad):
             # an inference tensor is only ever handed to another inference-mode forward; compiled,
@@ -315,3 +422,22 @@ def frozen_weights(model: nn.Module) -> Iterator[nn.Module]:
             q._frozen -= 1
             if not q._frozen:
                 q._cache = {}
+
+
+@contextlib.contextmanager
+def quant_off(model: nn.Module) -> Iterator[nn.Module]:
+    """A block in which every quantizer of ``model`` (activations, ADC/DAC converters, weights)
+    passes its input through unchanged; activation quantizers do not calibrate on what they see.
+    With ``noise_off`` it makes a hardened model compute what the plain model computes
+    (``fxharden.core.exactness``). Nested blocks are fine; each ends, however it ends, by
+    restoring the quantizers."""
+    quants = [m for m in model.modules() if isinstance(m, (ActQuant, WeightQuant))]
+    for q in quants:
+        q._off += 1
+    try:
+        yield model
+    finally:
+        for q in quants:
+            q._off -= 1
+            if not q._off:
+                del q._off  # back to the class default

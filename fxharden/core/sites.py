@@ -21,7 +21,7 @@ from torch import fx, nn
 from .config import HardenConfig, LayerConfig, SiteKind
 
 __all__ = ["Site", "find_sites", "check_rules", "node_description", "input_nodes", "WEIGHT_FUNCS", "WeightArg",
-           "module_kind", "module_unsigned", "resolve_rule", "is_passthrough"]
+           "weight_arg", "expert_weights", "router_weight", "param_targets", "module_kind", "module_unsigned", "resolve_rule", "is_passthrough"]
 
 _ACT_TYPES: tuple = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU,
@@ -41,7 +41,10 @@ _NORM_TYPES: tuple = (
 _CONV_TYPES: tuple = (nn.modules.conv._ConvNd,)
 _LINEAR_TYPES: tuple = (nn.Linear, nn.Bilinear, nn.Embedding)
 """Layers whose output is a weighted sum (an embedding lookup is one-hot times its table)."""
-_WEIGHT_KINDS = (SiteKind.CONV, SiteKind.LINEAR, SiteKind.OPAQUE, SiteKind.OTHER)
+_RECURRENT_TYPES: tuple = (nn.RNNBase, nn.RNNCellBase)
+_RECURRENT_EXPORT = ("a recurrent layer on the export route: its weights and matrix-vector products are used as "
+                     "they are (only its output gets noise); harden with frontend='fx' to harden them")
+_WEIGHT_KINDS = (SiteKind.CONV, SiteKind.LINEAR, SiteKind.RECURRENT, SiteKind.OPAQUE, SiteKind.OTHER)
 """Kinds of module sites whose layers may have weights to harden (e.g. attention is OTHER)."""
 
 @dataclass(frozen=True)
@@ -53,6 +56,10 @@ class WeightArg:
     input: int = 0
     weight: int = 1
     axis: Optional[int] = None
+    experts: bool = False
+    """The weight holds one matrix per expert along dim 0 (a grouped mixture-of-experts call):
+    each expert's matrix is quantized with its own step and perturbed by its own draw. The
+    input rows are regrouped by expert, so batch groups cannot be told apart there."""
 
 
 _aten = torch.ops.aten
@@ -69,6 +76,20 @@ WEIGHT_FUNCS: Dict[Any, WeightArg] = {
 parameters (``F.linear(x, self.fc.weight)``; on the export route every ``aten.linear``,
 ``aten.conv2d``, ``aten.addmm``, ``aten.embedding``, ... that reads a parameter).
 ``F.conv2d is torch.conv2d``: both spellings match."""
+_GROUPED_OPS = {"aten::_grouped_mm", "transformers::grouped_mm_fallback"}
+"""Grouped matrix products of mixture-of-experts layers, ``(input, weight[expert, in, out],
+offsets)``, by schema name (transformers registers its fallback op only once imported)."""
+_EXPERTS = WeightArg(axis=0, experts=True)
+
+
+def weight_arg(target: Any) -> Optional[WeightArg]:
+    """Where the weighted call ``target`` takes its input and weight (``WEIGHT_FUNCS``, or a
+    grouped expert product of ``_GROUPED_OPS``), else ``None``."""
+    spec = WEIGHT_FUNCS.get(target) if not isinstance(target, str) else None
+    if spec is None and isinstance(target, torch._ops.OpOverload) and target._schema.name in _GROUPED_OPS:
+        return _EXPERTS
+    return spec
+
 _PARAM_OPERAND_FUNCS = {F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d, torch.matmul, operator.matmul,
                         torch.mm, torch.bmm, torch.einsum, "matmul", "mm", "bmm"}
 """Functions that may take a parameter as an operand but whose weights are not hardened: such a
@@ -107,7 +128,7 @@ _NOT_SITES = {
 _ATEN_KINDS: Dict[str, SiteKind] = {
     **{n: SiteKind.CONV for n in ("conv1d", "conv2d", "conv3d", "convolution", "_convolution", "conv_transpose1d",
                                   "conv_transpose2d", "conv_transpose3d")},
-    **{n: SiteKind.LINEAR for n in ("linear", "embedding")},
+    **{n: SiteKind.LINEAR for n in ("linear", "embedding", "_grouped_mm", "grouped_mm_fallback")},
     **{n: SiteKind.MATMUL for n in ("matmul", "mm", "bmm", "addmm", "baddbmm", "einsum", "scaled_dot_product_attention",
                                     "_scaled_dot_product_flash_attention_for_cpu",
                                     "_scaled_dot_product_efficient_attention", "_scaled_dot_product_flash_attention",
@@ -136,6 +157,7 @@ _ATEN_NOT_SITES = {
     "zeros_like", "ones_like", "full_like", "empty", "empty_like", "arange", "scalar_tensor", "new_zeros",
     "new_ones", "new_full", "new_empty", "index_select", "gather", "repeat", "repeat_interleave", "narrow",
     "as_strided", "diagonal", "tril", "triu", "masked_fill", "masked_fill_", "where", "pad", "constant_pad_nd",
+    "index", "histc", "bincount",
 }
 """ATen operations that only move, select, copy or make values: never sites."""
 _ATEN_PARAM_OPERANDS = {"conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "bmm", "baddbmm", "einsum",
@@ -188,13 +210,34 @@ def _linear_types() -> tuple:
 
 
 def module_kind(m: nn.Module) -> Optional[SiteKind]:
-    """The kind of a layer known by its type (conv, linear, activation, pooling, norm), else ``None``."""
+    """The kind of a layer known by its type (conv, linear, recurrent, activation, pooling, norm), else ``None``."""
     for types, kind in ((_CONV_TYPES, SiteKind.CONV), (_linear_types(), SiteKind.LINEAR),
+                        (_RECURRENT_TYPES, SiteKind.RECURRENT),
                         (_activation_types(), SiteKind.ACTIVATION), (_POOL_TYPES, SiteKind.POOL),
                         (_NORM_TYPES, SiteKind.NORM)):
         if isinstance(m, types):
             return kind
     return None
+
+
+def expert_weights(m: nn.Module) -> tuple:
+    """Names of the expert matrices of a mixture-of-experts layer that reads them in its own
+    forward: the 3-D float parameters (one matrix per expert along dim 0, e.g. transformers'
+    ``gate_up_proj`` and ``down_proj``) held directly by a module of no known kind; ``()`` else."""
+    if module_kind(m) is not None:
+        return ()
+    return tuple(n for n, p in m.named_parameters(recurse=False) if p.dim() == 3 and p.is_floating_point())
+
+
+def router_weight(m: nn.Module) -> bool:
+    """Whether ``m`` is a router of a mixture of experts: a module of no known kind and no
+    children whose matrix parameter ``weight`` it multiplies itself (``F.linear(x, self.weight)``),
+    its other parameters vectors (a bias)."""
+    params = dict(m.named_parameters(recurse=False))
+    weight = params.get("weight")
+    return (module_kind(m) is None and not any(True for _ in m.children()) and weight is not None
+            and weight.dim() == 2 and min(weight.shape) > 1
+            and all(p.dim() <= 1 for n, p in params.items() if n != "weight"))
 
 
 def module_unsigned(m: nn.Module) -> bool:
@@ -470,14 +513,30 @@ def _operand_call_name(node: fx.Node) -> Optional[str]:
     return None
 
 
+def param_targets(value: Any, modules: Dict[str, nn.Module]) -> List[str]:
+    """The ``get_attr`` targets of the parameters that the graph value ``value`` is computed from."""
+    if not isinstance(value, fx.Node):
+        return []
+    stack, seen, found = [value], set(), []
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        if node.op == "get_attr" and _parameter(str(node.target), modules):
+            found.append(str(node.target))
+        stack.extend(node.all_input_nodes)
+    return found
+
+
 def _call_weights(node: fx.Node, modules: Dict[str, nn.Module]) -> tuple:
     """``(hardened, skip reason)`` for a function call: whether it is a ``WEIGHT_FUNCS`` call
     whose weight is computed from parameters, and why parameters it takes as an operand are
     not hardened ('' when it takes none or they are)."""
     if node.op not in ("call_function", "call_method"):
         return False, ""
-    if node.op == "call_function" and node.target in WEIGHT_FUNCS:
-        spec = WEIGHT_FUNCS[node.target]
+    spec = weight_arg(node.target) if node.op == "call_function" else None
+    if spec is not None:
         if _from_parameters(_arg(node, spec.weight, "weight"), modules):
             return True, ""
         if _packet(node) is None or not any(_from_parameters(a, modules) for a in node.all_input_nodes):
@@ -485,8 +544,9 @@ def _call_weights(node: fx.Node, modules: Dict[str, nn.Module]) -> tuple:
     operand = _operand_call_name(node)
     if operand is not None and any(_from_parameters(a, modules) for a in node.all_input_nodes):
         return False, (f"{operand} with a parameter operand that is not a weight argument: only the weights of "
-                       "conv and linear calls (on the export route also mm, matmul, addmm and embedding) and of "
-                       "conv, linear, embedding and attention modules are quantized and perturbed; used as it is")
+                       "conv and linear calls (on the export route also mm, matmul, addmm, embedding and grouped "
+                       "expert products) and of conv, linear, embedding, attention and expert modules are "
+                       "quantized and perturbed; used as it is")
     return False, ""
 
 
@@ -541,13 +601,16 @@ def find_sites(graph: fx.Graph, modules: Dict[str, nn.Module], cfg: HardenConfig
             skip = skip or why
         has_weights = (kind in _WEIGHT_KINDS and node.op == "call_module") or bool(calls)
         perturbs = cfg.perturbs_weights
+        if kind is SiteKind.RECURRENT and node.op != "call_module" and rule is not None:
+            skip = _RECURRENT_EXPORT
         sites.append(Site(
             name=name, node=node, kind=kind, module=module,
             noise=rule is not None and rule.noise,
             quantize_output=quant and kind in (SiteKind.INPUT, SiteKind.ACTIVATION),
             quantize_weights=quant and cfg.quant.quantize_weights and has_weights,
             weight_noise=rule is not None and has_weights and perturbs,
-            skip_weights=skip if rule is not None and ((quant and cfg.quant.quantize_weights) or perturbs) else "",
+            skip_weights=skip if rule is not None and ((quant and cfg.quant.quantize_weights) or perturbs
+                                                       or skip is _RECURRENT_EXPORT) else "",
             signed=not _unsigned(node, modules),
             weight_calls=tuple(calls),
             fresh=_fresh(node, module, kind),

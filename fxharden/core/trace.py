@@ -14,12 +14,13 @@ import os
 import sys
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import fx, nn
 
-__all__ = ["UntraceableModelError", "Capture", "capture", "OPAQUE_ROOT", "leaf_predicate"]
+__all__ = ["UntraceableModelError", "Capture", "capture", "OPAQUE_ROOT", "leaf_predicate", "opaque_reason",
+           "route_note"]
 
 OPAQUE_ROOT = "model"
 """Attribute under which a model whose own ``forward`` cannot be traced is wrapped."""
@@ -36,11 +37,12 @@ class UntraceableModelError(RuntimeError):
         location: ``file:line`` of the model code that failed, when known.
     """
 
-    def __init__(self, module: str, module_type: str, location: str, cause: BaseException) -> None:
+    def __init__(self, module: str, module_type: str, location: str, cause: BaseException,
+                 construct: str = "") -> None:
         self.module, self.module_type, self.location = module, module_type, location
         where = f"submodule {module!r} ({module_type})" if module else f"the model's own forward ({module_type})"
         super().__init__(
-            f"torch.fx cannot trace {where}: {type(cause).__name__}: {cause}\n"
+            f"torch.fx cannot trace {where}: {construct or f'{type(cause).__name__}: {cause}'}\n"
             f"  at {location}\n"
             "  Fixes: pass it as a leaf so it becomes one opaque layer "
             f"(harden(..., leaf_modules=[{module_type}]) or leaf_modules=[{module!r}]), "
@@ -50,11 +52,81 @@ class UntraceableModelError(RuntimeError):
 
 
 def _user_location(err: BaseException) -> str:
-    frames = [f for f in traceback.extract_tb(err.__traceback__) if not f.filename.startswith(_TORCH_DIR)]
+    frames = [f for f in traceback.extract_tb(err.__traceback__)
+              if not f.filename.startswith((_TORCH_DIR, _OWN_DIR))]
     if not frames:
         return "<unknown>"
     f = frames[-1]
     return f"{f.filename}:{f.lineno}: {(f.line or '').strip()}"
+
+
+_OWN_DIR = os.path.dirname(os.path.abspath(__file__))
+
+_CONSTRUCTS = (
+    ("cannot be used as inputs to control flow",
+     "data-dependent control flow (an if/while/assert on the value of a tensor)"),
+    ("Proxy object cannot be iterated", "iteration over a tensor (a for loop over it, or *args/**kwargs unpacking "
+                                        "of it)"),
+    ("'len' is not supported", "len() of a tensor"),
+    ("is not supported in symbolic tracing", "a Python built-in applied to a tensor"),
+)
+
+
+def _decorated(module: nn.Module) -> Optional[Any]:
+    """The function wrapped around ``module.forward`` by a decorator (``functools.wraps``), if any."""
+    forward = getattr(type(module), "forward", None)
+    return forward if forward is not None and hasattr(forward, "__wrapped__") else None
+
+
+def _defined_at(fn: Any) -> str:
+    try:
+        fn = inspect.unwrap(fn)
+        return f"{inspect.getsourcefile(fn)}:{inspect.getsourcelines(fn)[1]}"
+    except (OSError, TypeError):
+        return "<unknown>"
+
+
+def failure(module: nn.Module, err: BaseException) -> tuple:
+    """``(construct, location)``: what torch.fx could not trace in ``module``'s forward, in
+    words, and where (``file:line: code`` of the model, when known)."""
+    text = f"{err}"
+    for marker, construct in _CONSTRUCTS:
+        if marker in text:
+            return construct, _user_location(err)
+    wrapper = _decorated(module)
+    if wrapper is not None and isinstance(err, (ValueError, TypeError)) and "co_" in text:
+        # torch.fx reads the parameters of the wrapped function, then rebuilds the wrapper's code object
+        code = wrapper.__code__
+        n = code.co_argcount + code.co_kwonlyargcount
+        params = list(code.co_varnames[:n])
+        if code.co_flags & inspect.CO_VARARGS:
+            params.append("*" + code.co_varnames[n])
+        if code.co_flags & inspect.CO_VARKEYWORDS:
+            params.append("**" + code.co_varnames[n + bool(code.co_flags & inspect.CO_VARARGS)])
+        return (f"its forward is wrapped by a decorator (the wrapper {code.co_name}({', '.join(params)}) at "
+                f"{code.co_filename}:{code.co_firstlineno}, made with functools.wraps), and torch.fx cannot rebuild "
+                f"that wrapper with the forward's own parameters ({type(err).__name__}: {text})",
+                _defined_at(wrapper))
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"{type(err).__name__}: {first}", _user_location(err)
+
+
+def opaque_reason(name: str, module: nn.Module, err: BaseException) -> str:
+    """Why the submodule ``name`` ('' for the model's own forward) is one opaque layer."""
+    construct, location = failure(module, err)
+    where = f"submodule {name!r} ({type(module).__name__})" if name else \
+        f"the model's own forward ({type(module).__name__})"
+    return f"torch.fx cannot trace {where}: {construct}, at {location}"
+
+
+def route_note(reason: str, kinds: Sequence[str]) -> str:
+    """An opaque part's reason with the route its layers took: ``kinds`` are the kinds of the
+    layers found inside it (hardened by hooks), empty when none was."""
+    if not kinds:
+        return f"{reason}; treated as one layer: no layer of a known kind inside it is hardened"
+    counts = {k: kinds.count(k) for k in dict.fromkeys(kinds)}
+    listed = ", ".join(f"{n} {k}" for k, n in counts.items())
+    return f"{reason}; treated as one layer: its layers ({listed}) are hardened by hooks (module route)"
 
 
 def _timm_notrace() -> tuple:
@@ -103,19 +175,22 @@ class _Tracer(fx.Tracer):
 
 
 def _opaque_root(model: nn.Module) -> tuple:
-    """A root holding ``model`` as one layer, and the graph that calls it with the positional
-    parameters of ``model.forward``."""
+    """A root holding ``model`` as one layer, and the graph that calls it with the parameters of
+    ``model.forward`` (``*args``/``**kwargs`` left out)."""
     root = nn.Module()
     setattr(root, OPAQUE_ROOT, model)
     graph = fx.Graph()
     params = [p for p in inspect.signature(model.forward).parameters.values()
-              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    args = []
+              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    args, kwargs = [], {}
     for p in params:
         node = graph.placeholder(p.name, default_value=p.default if p.default is not p.empty else inspect.Signature.empty)
         node.meta["scope"] = ""
-        args.append(node)
-    call = graph.call_module(OPAQUE_ROOT, tuple(args))
+        if p.kind is p.KEYWORD_ONLY:
+            kwargs[p.name] = node
+        else:
+            args.append(node)
+    call = graph.call_module(OPAQUE_ROOT, tuple(args), kwargs)
     call.meta["scope"] = ""
     graph.output(call)
     return root, graph
@@ -140,6 +215,10 @@ class Capture:
     """Why this frontend was used, when ``Frontend.AUTO`` chose (``HardenReport.note``)."""
     example: Optional[Dict[str, Any]] = None
     """The export route: its example inputs as plain data (``export.example_spec``)."""
+    concrete: Dict[str, Any] = field(default_factory=dict)
+    """The torch.fx route: the arguments traced at their constant default (``_default_args``)."""
+    inputs: Optional[Tuple[tuple, Dict[str, Any]]] = None
+    """The export route: ``(args, kwargs)`` as exported (what the graph is specialised on)."""
 
 
 def _default_args(root: nn.Module) -> Dict[str, Any]:
@@ -201,16 +280,16 @@ def capture(model: nn.Module, leaf_modules: Sequence[Any] = (), strict: bool = F
                     culprit = getattr(err, "fxharden_culprit", None)
                     if strict:
                         name = culprit or ""
-                        mtype = type(model.get_submodule(name)).__name__
-                        raise UntraceableModelError(name, mtype, _user_location(err), err) from err
+                        construct, location = failure(model.get_submodule(name), err)
+                        raise UntraceableModelError(name, type(model.get_submodule(name)).__name__, location, err,
+                                                    construct) from err
                     if culprit is None:
                         root, graph = _opaque_root(model)
-                        reason = f"{type(err).__name__}: {err} at {_user_location(err)}"
-                        return Capture(root=root, graphs={True: graph, False: graph}, opaque={OPAQUE_ROOT: reason},
-                                       wrapped=True)
-                    opaque[culprit] = f"{type(err).__name__}: {err} at {_user_location(err)}"
+                        return Capture(root=root, graphs={True: graph, False: graph},
+                                       opaque={OPAQUE_ROOT: opaque_reason("", model, err)}, wrapped=True)
+                    opaque[culprit] = opaque_reason(culprit, model.get_submodule(culprit), err)
     finally:
         model.train(was_training)
     if graphs[True].python_code("self").src == graphs[False].python_code("self").src:
         graphs[False] = graphs[True]
-    return Capture(root=model, graphs=graphs, opaque=opaque)
+    return Capture(root=model, graphs=graphs, opaque=opaque, concrete=_default_args(model))

@@ -33,9 +33,11 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
+from torch import nn
 
 from .._files import atomic_write_json, atomic_write_text
-from ..core.harden import noise_sites
+from ..core.exactness import ExactnessCheck
+from ..core.harden import HardenedModule, noise_sites
 from ..zoo.models import ModelLike, resolve_networks
 from ..zoo.data import map_tensors
 from .engine import EvalData
@@ -122,6 +124,12 @@ class BudgetResult:
     def protected(self) -> List[str]:
         return [s.site for s in self.sites if s.protected]
 
+    @property
+    def unit(self) -> str:
+        """What one input is, by the metric: an image (accuracies), a sequence (token metrics)."""
+        return {"top1": "image", "top5": "image", "perplexity": "sequence", "token_accuracy": "sequence"}.get(
+            self.metric, "input")
+
     def markdown(self) -> str:
         """The allocation as a markdown table with the verification and cost summary."""
         total = sum(s.ops for s in self.sites) or 1
@@ -136,7 +144,7 @@ class BudgetResult:
                  f"cost {self.uniform_cost:.4g}",
                  f"- cost ratio (allocation / uniform): {self.cost_ratio:.3g}",
                  f"- protected (digital): {', '.join(self.protected) or 'none'}", "",
-                 "| # | site | kind | ops/image | share | per-layer μ | σ | cost share |",
+                 f"| # | site | kind | ops/{self.unit} | share | per-layer μ | σ | cost share |",
                  "|---:|---|---|---:|---:|---|---:|---:|"]
         for i, s in enumerate(self.sites, 1):
             share = allocation_cost({s.site: s.ops}, {s.site: s.sigma}, self.digital_sigma) / self.cost
@@ -206,6 +214,8 @@ def budget(model: ModelLike, data: Any, max_drop: float, *, config: Optional[Swe
     base = replace(config or SweepConfig(), sigmas=None, sigma_map=None, sites=None, mode=SweepMode.GLOBAL)
     example = EvalData(data, 1, 1, torch.device("cpu")).example()  # one image: the example and the op count's input
     (_, hm), = resolve_networks(model, example_inputs=example)  # torch.export for models fx cannot trace
+    if isinstance(model, nn.Module) and not isinstance(model, HardenedModule):
+        ExactnessCheck(hm, model, base.check_exact, where="budget, its example image")(example)
     sites = noise_sites(hm)
     given = profile is not None
     if not given:

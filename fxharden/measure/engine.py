@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from ..core.calibrate import calibrate_noise, calibrate_quantizers, call_model
+from ..core.exactness import input_signature
 from ..core.harden import HardenedModule, noise_sites, seed_noise, weight_noise_modules
 from ..core.groups import ensure_batch_dims
 from ..core.layers import weight_draws_held
@@ -40,6 +41,9 @@ CALIBRATION_BATCHES = 4
 """Batches of the evaluation data that calibrate the clean RMS of sites that have none."""
 CACHE_BYTES = 2 << 30
 """Evaluation data up to this size stay on the device as normalised batches between passes."""
+
+MAX_SIGNATURES = 16
+"""Input signatures of the evaluation data whose first batch the exactness check sees."""
 
 Level = Tuple[Optional[str], float]  # (site, or None for global noise; sigma)
 Item = Tuple[Optional[str], float, int]  # (site, sigma, repeat)
@@ -89,6 +93,9 @@ class EvalData:
                 data = data.to(device)
         self._source = source if batch_list else (lambda: as_batches(data, batch_size, device))
         self.max_images, self.device = max_images, device
+        self.firsts: Dict[tuple, Any] = {}
+        """The inputs of the first batch of each input signature (``exactness.input_signature``),
+        at most ``MAX_SIGNATURES``: what the exactness check runs on."""
         self.num_images, size, labels = 0, 0, hashlib.sha256()
         self.target_dtypes: Dict[torch.dtype, int] = {}
         """The dtype of the targets, each with the index of the first batch that has it."""
@@ -96,6 +103,8 @@ class EvalData:
         for b, (x, y) in enumerate(self._read()):
             self.num_images += len(y)
             self.target_dtypes.setdefault(y.dtype, b)
+            if len(self.firsts) < MAX_SIGNATURES:
+                self.firsts.setdefault(input_signature(x), x)
             labels.update(y.detach().cpu().numpy().tobytes())
             for t in _tensors(x):
                 total += t.double().sum()

@@ -46,7 +46,8 @@ import torch
 
 
 from ..core.config import HardenConfig, config_to_dict
-from ..core.harden import noise_sites
+from ..core.exactness import ExactnessCheck
+from ..core.harden import HardenedModule, noise_sites
 from ..core.noise import Noise
 from .._files import check_writable
 from ..core.quant import frozen_weights
@@ -73,6 +74,14 @@ def _select_sites(all_sites: List[str], patterns: Optional[Tuple[str, ...]]) -> 
     if not chosen:
         raise ValueError("the model has no noise sites to sweep; check the harden config's noise kinds and rules")
     return [s for s in all_sites if s in chosen]
+
+
+def _plain_models(model: Any) -> List[Optional[torch.nn.Module]]:
+    """Per network of ``resolve_networks(model)``, the plain module it was hardened from
+    (``None`` for hardened models, checkpoints and model sources)."""
+    entries = list(model.values()) if isinstance(model, Mapping) else \
+        list(model) if isinstance(model, (list, tuple)) else [model]
+    return [e if isinstance(e, torch.nn.Module) and not isinstance(e, HardenedModule) else None for e in entries]
 
 
 def _check_map(cfg: SweepConfig, all_sites: List[str]) -> None:
@@ -204,6 +213,10 @@ def sweep(
         _check_map(cfg, noise_sites(nets[0]))
         for hm in nets:
             hm.eval().to(dev)
+        for hm, plain in zip(nets, _plain_models(model)):
+            check = ExactnessCheck(hm, plain, cfg.check_exact, where="sweep")
+            for inputs in data.firsts.values():
+                check(inputs)
         per_forward = cfg.points_per_forward or CHUNK_LEVELS.get(dev.type, 4) * cfg.repeats
         forward_images = cfg.forward_images or FORWARD_IMAGES.get(dev.type, 512)
         engine = Engine(nets, data, sites, cfg, per_forward, forward_images, progress, scorer)

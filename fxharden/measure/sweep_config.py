@@ -107,6 +107,12 @@ class SweepConfig:
     sigma_map[s]`` and sites not in the map get no noise (kept digital), so σ = 1 measures
     the allocation itself. A ``{site: factor}`` mapping is accepted. ``None``: every site
     gets σ."""
+    check_exact: Optional[bool] = None
+    """Before measuring, check on the first batch of every input signature of the data that each
+    network hardened here from a plain model reproduces it without noise and quantization
+    (``fxharden.core.exactness``: one plain forward per signature); a mismatch stops the sweep
+    naming the site. ``None``: on unless the environment sets ``FXHARDEN_CHECK_EXACT=0``.
+    Not part of the sweep's identity."""
     compile_backend: Optional[Any] = None
     """Measure with ``torch.compile(model, backend=...)`` (a backend name or callable) (``"inductor"``: each site's quantizer
     and noise fused into the kernels around it, ``benchmarks/fusion_check.py``); ``None``:
@@ -169,6 +175,7 @@ class SweepConfig:
     def to_dict(self) -> Dict[str, Any]:
         """A JSON-serialisable dict (enums as values)."""
         out = asdict(self)
+        del out["check_exact"]  # how the run is checked, not what it measures
         if self.compile_backend is None:
             del out["compile_backend"]  # an eager sweep's identity stays what it was before the option
         elif not isinstance(self.compile_backend, str):  # a backend callable: recorded by name

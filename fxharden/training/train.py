@@ -29,13 +29,13 @@ from .._files import atomic_write_json, check_writable
 from ..devices import resolve_device
 from ..zoo.checkpoint import read_payload, save_checkpoint
 from ..core.config import config_to_dict
+from ..core.exactness import ExactnessCheck
 from ..zoo.data import as_batches, is_batch_list
 from ..measure.scores import IGNORE_INDEX, align_targets, output_logits
 from ..core.harden import HardenedModule, harden
 from ..zoo.options import Optimizer
 from ..core.calibrate import calibrate_quantizers, call_model
-from ..core.noise import noise_off
-from ..core.noise.verbs import check_sites, noise_modules, seed_noise, set_noise
+from ..core.noise.verbs import check_sites, noise_modules, noise_off, seed_noise, set_noise
 from ..core.quant import ActQuant, frozen_weights
 from .feed import on_device, training_batches
 from .options import Augment, NoiseSchedule, Precision
@@ -54,7 +54,6 @@ class LRSchedule(str, Enum):
     COSINE = "cosine"
     """Cosine decay from ``lr`` to 0 over all steps (the paper's schedule)."""
     CONSTANT = "constant"
-
 
 
 @dataclass(frozen=True)
@@ -89,6 +88,11 @@ class TrainConfig:
     augment: Augment = Augment.NONE
     """Data augmentation (``fxharden.training.feed``): none (the paper), or random crop + flip,
     done on the device for images held in memory."""
+    check_exact: Optional[bool] = None
+    """When ``train`` hardens a plain model itself: check on the first batch, before any step,
+    that the hardened model without noise and quantization reproduces it
+    (``fxharden.core.exactness``, one plain forward). ``None``: on unless
+    ``FXHARDEN_CHECK_EXACT=0``. Not stored with the run."""
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
@@ -125,6 +129,7 @@ class TrainConfig:
         """A JSON-serialisable dict (enums as their values)."""
         out = {**asdict(self), "optimizer": self.optimizer.value, "schedule": self.schedule.value,
                "precision": self.precision.value, "augment": self.augment.value}
+        del out["check_exact"]  # how the run is checked, not what it trains
         out["train_sigma"] = {"sigma": self.noise.sigma, "ramp_epochs": self.noise.ramp_epochs,
                               "per_site": dict(self.noise.per_site)}
         return out
@@ -215,12 +220,22 @@ def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Any, batch_size: int = 512, device: Optional[str] = None) -> float:
+def evaluate(model: nn.Module, data: Any, batch_size: int = 512, device: Optional[str] = None, *,
+             reference: Optional[nn.Module] = None, check_exact: Optional[bool] = None) -> float:
     """Accuracy in [0, 1] of ``model`` in eval mode, with its current noise, on ``data``.
 
     Activation steps that have seen no training data are first calibrated and fixed on the
-    first batches of ``data``, clean (``fxharden.calibrate_quantizers``)."""
+    first batches of ``data``, clean (``fxharden.calibrate_quantizers``).
+
+    Args:
+        reference: the plain model ``model`` was hardened from (same weights): on the first
+            batch of every new input signature, ``model`` without noise and quantization must
+            reproduce it (``fxharden.core.exactness``: one plain forward per signature), else
+            ``ExactnessError`` names the site where they first differ.
+        check_exact: ``False`` skips that check; ``None``: on unless ``FXHARDEN_CHECK_EXACT=0``.
+    """
     dev = resolve_device(device) if device is not None else next(model.parameters()).device
+    check = ExactnessCheck(model, reference, check_exact, where="evaluate")
     if any(isinstance(m, ActQuant) and m.needs_data for m in model.modules()):
         calibrate_quantizers(model, as_batches(data, batch_size, dev))
     was, correct, total = model.training, 0, 0
@@ -228,6 +243,7 @@ def evaluate(model: nn.Module, data: Any, batch_size: int = 512, device: Optiona
     try:
         with frozen_weights(model):  # the weights cannot change here: quantize each once, not once per batch
             for x, y in as_batches(data, batch_size, dev):
+                check(x)
                 _, hits, count = loss_and_hits(call_model(model, x), y)
                 correct += int(hits)
                 total += int(count)
@@ -344,7 +360,8 @@ def train(
     dev = resolve_device(cfg.device)
     if out is not None:
         check_writable(out)
-    model = model if isinstance(model, HardenedModule) else harden(model, example_inputs=_first_inputs(data_train))
+    plain = None if isinstance(model, HardenedModule) else model
+    model = model if plain is None else harden(model, example_inputs=_first_inputs(data_train))
     mods = noise_modules(model)  # activation noise; weight noise keeps its own setting
     check_sites(mods, [site for site, _ in cfg.noise.per_site], context="train_sigma names an ")
     caller_noise = {s: m.setting() for s, m in mods.items()}
@@ -382,8 +399,12 @@ def train(
             scaler.load_state_dict(payload["state"]["scaler"])
     history = [EpochLog(**h) for h in state.pop("history")]
     resumed_from = state["epoch"] if payload is not None else None
+    # the first batch, before any step moves the weights away from the plain model's
+    exact = [ExactnessCheck(model, plain if payload is None else None, cfg.check_exact, where="train, first batch")]
 
     def step(x: Any, y: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        if exact:
+            exact.pop()(x)
         with autocast:
             loss, hits, count = loss_and_hits(call_model(model, x), y)
         optimizer.zero_grad(set_to_none=True)

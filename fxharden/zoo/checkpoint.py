@@ -40,7 +40,10 @@ class Checkpoint:
     """Training state: epoch, optimizer, scheduler, RNG, metrics (whatever was saved)."""
     inputs: Dict[str, Any] = field(default_factory=dict)
     """How its training data were prepared and split (``fxharden.zoo.inputs.inputs_record``):
-    ``{"preprocess": Preprocess.to_dict(), "data": {...}}``; empty in older checkpoints."""
+    ``{"preprocess": Preprocess.to_dict(), "data": {...}}``; text: ``{"data":
+    fxharden.zoo.text.split_record(...)}``; empty in older checkpoints."""
+    vocab: Optional[int] = None
+    """Rows of a language model's input embedding (``fxharden.zoo.text.input_vocab``), else ``None``."""
 
     @property
     def preprocess(self) -> Optional["Preprocess"]:
@@ -111,6 +114,7 @@ def load_checkpoint(path: Union[str, Path], map_location: Any = "cpu") -> Checkp
         ValueError: the file is not an fxharden checkpoint (corrupt or another format).
     """
     from .models import build_model
+    from .text import input_vocab
 
     payload = read_payload(path, map_location)
     config = config_from_dict(payload["config"])
@@ -121,4 +125,4 @@ def load_checkpoint(path: Union[str, Path], map_location: Any = "cpu") -> Checkp
     if isinstance(map_location, (str, torch.device)):
         model.to(map_location)  # the model where its tensors were mapped, not only its state
     return Checkpoint(model=model, arch=payload["arch"], arch_kwargs=payload["arch_kwargs"], config=config,
-                      state=payload["state"], inputs=dict(payload.get("inputs") or {}))
+                      state=payload["state"], inputs=dict(payload.get("inputs") or {}), vocab=input_vocab(base))

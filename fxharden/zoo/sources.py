@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from typing import Any, Dict, List, Optional
 
 from torch import nn
 
+from .._files import missing_path
 from .recipes import RECIPES, find_recipe
 
 __all__ = ["SourceKind", "ModelSource", "ModelSourceError", "parse_source", "build_source", "source_names",
@@ -265,6 +267,9 @@ def _hf_model(source: ModelSource, num_classes: Optional[int], **kwargs: Any) ->
                                "(pip install -e '.[lm]')") from None
     name, cache = source.name, constants.HF_HUB_CACHE
     folder = Path(name).expanduser()
+    if _path_like(name) and not folder.is_dir():
+        raise ModelSourceError(f"{source.text}: {missing_path(name, 'the folder', folders_only=True)}. Pass "
+                               "hf:FOLDER, the folder of a model saved with model.save_pretrained(FOLDER)")
     where = (f"the folder {str(folder)!r}" if folder.is_dir()
              else f"the Hugging Face cache {cache} (no folder {name!r} here)")
     try:
@@ -286,6 +291,14 @@ def _hf_model(source: ModelSource, num_classes: Optional[int], **kwargs: Any) ->
     except (OSError, ValueError) as err:
         raise ModelSourceError(f"{source.text}: cannot load its weights from {where} (looked for "
                                f"{' or '.join(_HF_WEIGHTS)}): {str(err).splitlines()[0]}") from None
+
+
+def _path_like(name: str) -> bool:
+    """Whether an ``hf:`` name means a local folder rather than a Hub repo id (``org/name``):
+    it starts with ``.``, ``/`` or ``~``, or holds a path separator after an existing folder."""
+    if name.startswith((".", "/", "~")):
+        return True
+    return any(sep in name for sep in {"/", os.sep}) and Path(name).expanduser().parent.is_dir()
 
 
 def hf_example_inputs(model: nn.Module, batch: int = 2, length: int = 8) -> Dict[str, Any]:

@@ -43,16 +43,79 @@ class NoBatchAtSite(nn.Module):
         self.fc = nn.Linear(4, 4)
 
     def forward(self, x):
-        return x + self.fc(x.mean(0))  # fc sees a tensor without the batch
+        return x + self.fc(x.mean(0)).sum()  # fc sees a tensor without the batch, summed over: no broadcast
 
 
 def test_site_without_batch_dimension_refuses_groups_with_a_clear_message():
     hm = fxharden.harden(NoBatchAtSite(), bits=None).eval()
     fxharden.set_noise(hm, [0.0, 0.1])
-    with pytest.raises(ValueError, match=r"noise site 'fc'.*batch dimension.*points_per_forward=1"):
+    with pytest.raises(ValueError, match=r"noise site 'fc'.*batch dimension.*--points-per-forward 1"):
         hm(torch.randn(4, 4))
     fxharden.set_noise(hm, 0.1)
     hm(torch.randn(4, 4))  # one sigma: fine
+
+
+class SharedPositions(nn.Module):
+    """Token embeddings plus two tensors the batch shares, as in GPT-2 and BERT: a position
+    embedding of ``(1, L)`` position ids (``(1, L, E)``) and a projected table (``(L, E)``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.wte, self.wpe = nn.Embedding(16, 8), nn.Embedding(5, 8)
+        self.table = nn.Parameter(torch.randn(5, 8))
+        self.proj, self.head = nn.Linear(8, 8), nn.Linear(8, 16)
+
+    def forward(self, ids):
+        pos = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0)
+        return self.head(self.wte(ids) + self.wpe(pos) + self.proj(self.table))
+
+
+def test_a_site_the_batch_shares_gets_each_groups_own_sigma_as_if_the_group_ran_alone():
+    """Reference: each group on its own rows with a single sigma, from the same seed; groups
+    share one draw index, so each one consumes the very draw its lone run does."""
+    from fxharden.core.noise import BatchBroadcast, Noise
+
+    torch.manual_seed(0)
+    model = SharedPositions().eval()
+    hm = fxharden.harden(model, bits=None).eval()
+    ids = torch.randint(0, 16, (2, 5)).repeat(3, 1)  # 3 groups of the same 2 sequences
+    sigmas = [0.3, 0.0, 0.7]
+    for m in hm.modules():
+        if isinstance(m, Noise):
+            m.set_sigma(sigmas, draws=[0, 0, 0])
+    fxharden.seed_noise(hm, 5)
+    with torch.no_grad():
+        grouped = hm(ids)
+    assert hm.get_submodule("fxharden.wpe").broadcast is BatchBroadcast.LEADING_ONE
+    assert hm.get_submodule("fxharden.proj").broadcast is BatchBroadcast.NO_BATCH_DIM
+    for r, s in enumerate(sigmas):
+        fxharden.set_noise(hm, s)
+        fxharden.seed_noise(hm, 5)
+        with torch.no_grad():
+            alone = hm(ids[:2])
+        assert torch.allclose(grouped[2 * r:2 * r + 2], alone, atol=1e-6), r
+    with torch.no_grad():
+        assert torch.equal(grouped[2:4], model(ids[:2]))  # sigma 0: the plain model
+
+
+def test_a_shared_site_draws_per_group_and_shares_the_draw_within_a_group():
+    """Only ``wpe`` is noisy: the output moves by ``head.weight @ noise``, one noise per group
+    (N(0, sigma^2) entries, independent between groups) and the same on every row of a group."""
+    torch.manual_seed(0)
+    model = SharedPositions().eval()
+    hm = fxharden.harden(model, bits=None).eval()
+    ids = torch.randint(0, 16, (3, 5)).repeat(4, 1)  # 4 groups of 3 rows
+    fxharden.set_noise(hm, {"wpe": [0.5, 0.5, 0.5, 0.5]})
+    with torch.no_grad():
+        delta = (hm(ids) - model(ids)).double()
+    w = model.head.weight.detach().double()
+    noise = torch.linalg.lstsq(w, delta.reshape(-1, 16).T).solution.T.reshape(4, 3, 5, 8)
+    assert torch.allclose(noise, noise[:, :1].expand_as(noise), atol=1e-5)  # the group's rows: one draw
+    per_group = noise[:, 0]
+    for a in range(4):
+        for b in range(a + 1, 4):
+            assert not torch.allclose(per_group[a], per_group[b], atol=1e-2)
+    assert abs(float(per_group.std()) - 0.5) < 0.5 * 5 / math.sqrt(2 * per_group.numel())
 
 
 def weight_noisy(model, sigma, kind=WeightNoiseKind.ADDITIVE):

@@ -1,14 +1,15 @@
 """Noise: the models as values (``models``), the random streams (``streams``), the one noise
-module (``module``) and its chains (``chain``); the verbs that act on a hardened model's noise
+module (``module``; its batch groups in ``batch``) and its chains (``chain``); the verbs that act on a hardened model's noise
 are in ``verbs`` (imported on its own: it reads hardened models, a layer above these)."""
 
+from .batch import GROUPS_HINT, BatchBroadcast, GroupDimError, expand_batch
 from .chain import NoiseChain, noise_off
 from .models import (FUNCTIONAL, IN_PLACE, MODELS, Additive, Draw, LogNormal, Multiplicative, NoiseModel, Relative,
                      Role, SigmaUnits, StuckAt, noise_model, register)
-from .module import GroupDimError, Noise, NoiseSetting, SigmaLike
+from .module import Noise, NoiseSetting, SigmaLike
 from .streams import LANE_MIN, LANES, CounterStream, EagerStream, _normal_, stream_seed  # noqa: F401 (benchmarks)
 
 __all__ = ["Noise", "NoiseChain", "NoiseSetting", "SigmaLike", "stream_seed", "GroupDimError", "noise_off",
            "NoiseModel", "Additive", "Relative", "Multiplicative", "LogNormal", "StuckAt", "MODELS", "register",
            "noise_model", "Role", "SigmaUnits", "Draw", "EagerStream", "CounterStream", "LANES", "LANE_MIN",
-           "IN_PLACE", "FUNCTIONAL"]
+           "IN_PLACE", "FUNCTIONAL", "GROUPS_HINT", "BatchBroadcast", "expand_batch"]

@@ -5,14 +5,9 @@ Sigma lives in a buffer (changing it needs no retrace; it travels with ``state_d
 host mirrors the eager forward reads without a device sync. The site's clean RMS (relative
 noise, relative units) lives in the ``rms`` buffer (-1 until ``calibrate_noise`` has run).
 
-Batch groups: sigma may hold ``R`` values, one per group of the batch (the sweep measures
-``R`` noise settings in one forward pass). Group ``r`` is the ``r``-th of ``R`` equal slices
-of the batch dimension at the site, which ``fxharden.groups.locate_batch_dims`` finds (it is
-not always dim 0: sequence-first layers put the batch in dim 1). On activations every group
-gets its own draw anyway; on weights (``draw_weights``) each group gets its own perturbed
-copy of the weight. ``set_sigma(..., draws=...)`` lets groups that differ only in sigma share
-one draw (common random numbers); groups whose sigma is 0 draw nothing. Without autograd the
-noise is added in place to an input the module owns (``owns_input``).
+Batch groups: sigma may hold ``R`` values, one per group of the batch (``batch``: where the
+groups lie, the eager paths that apply them). Without autograd the noise is added in place to
+an input the module owns (``owns_input``).
 
 Under ``torch.compile`` (``torch.compiler.is_compiling()``) the forward takes another path
 that Dynamo captures without a graph break: the draws come from the counter-based stream
@@ -36,10 +31,11 @@ from torch import Tensor, nn
 from ..config import check_sigma
 from ..counter_rng import compiling, refuse
 from ..noise_models import NoiseKind
+from .batch import BatchGroups, expand_batch
 from .models import NoiseModel, StuckAt, noise_model
 from .streams import CounterStream, EagerStream, stream_seed
 
-__all__ = ["Noise", "NoiseSetting", "SigmaLike", "GroupDimError"]
+__all__ = ["Noise", "NoiseSetting", "SigmaLike"]
 
 SigmaLike = Union[float, Sequence[float], Tensor]
 
@@ -52,10 +48,6 @@ class NoiseSetting(NamedTuple):
     sigma: Tensor
     host: Tuple[float, ...]
     draws: Optional[Tuple[int, ...]]
-
-
-class GroupDimError(ValueError):
-    """A per-group sigma was used at a site whose batch dimension is not known."""
 
 
 def _model(kind, relative: bool, zero_fraction: float) -> NoiseModel:
@@ -76,7 +68,7 @@ def _model(kind, relative: bool, zero_fraction: float) -> NoiseModel:
     return noise_model(model.name, **params) if params else model
 
 
-class Noise(nn.Module):
+class Noise(BatchGroups, nn.Module):
     """Forward-only noise: the gradient passes through unchanged.
 
     The noise model (``model``: additive ``x + σε``, relative ``x + σ·rms·ε``,
@@ -305,40 +297,6 @@ class Noise(nn.Module):
         """The draw index of every group: the shared indices, or one index per group."""
         return self._draws if self._draws is not None else tuple(range(len(self._host)))
 
-    # ------------------------------------------------------------------ batch groups
-
-    def observe(self, x: Tensor) -> bool:
-        """While batch dims are located: record the shape of ``x`` (a batched tensor at this
-        site) and return True; otherwise return False."""
-        if self._record is None:
-            return False
-        if isinstance(x, Tensor):
-            self._record.append(tuple(x.shape))
-        return True
-
-    def group_dim(self, x: Tensor) -> int:
-        """The dimension of ``x`` that holds the batch, checked to split into the groups."""
-        error = self._group_error(x)
-        if error is not None:
-            raise error
-        return self.batch_dim
-
-    def _group_error(self, x: Tensor) -> Optional[GroupDimError]:
-        """Why ``x`` cannot be split into the groups along the batch dimension, or ``None``."""
-        dim, groups = self.batch_dim, self.groups
-        if dim is None or dim >= x.dim():
-            return GroupDimError(
-                f"noise site {self.site!r} has {groups} sigma values (one per batch group) but the batch "
-                f"dimension of its {tuple(x.shape)} tensors is not known: the site's tensors have no "
-                "dimension that follows the batch size. Measure one sigma value per forward pass "
-                "(sweep: points_per_forward=1), or exclude this site")
-        if x.shape[dim] % groups:
-            return GroupDimError(
-                f"noise site {self.site!r} has {groups} sigma values but the batch of {x.shape[dim]} "
-                f"(dim {dim} of {tuple(x.shape)}) does not split into {groups} equal groups; "
-                "use a batch size divisible by the number of sigma values")
-        return None
-
     # ------------------------------------------------------------------ noise
 
     def forward(self, x: Tensor) -> Tensor:
@@ -384,16 +342,20 @@ class Noise(nn.Module):
                     "fxharden.core.groups.ensure_batch_dims(model, (x,), {}) eagerly on an input first (a sweep "
                     "with compile_backend does); or use a single sigma under torch.compile, or run the "
                     "uncompiled model"))
-            error = self._group_error(x32)
+            rows, dim = 0, self.batch_dim
+            error = self._broadcast_error() if self.broadcast is not None else self._group_error(x32)
             if error is not None:  # the eager path's error, raised while tracing
                 refuse(error)
-            dim = self.batch_dim
+            if self.broadcast is not None:  # one copy per group, see _grouped_broadcast
+                rows, x32, dim = self.broadcast_batch // groups, expand_batch(x32, self.broadcast, groups), 0
             xg = x32.unflatten(dim, (groups, x32.shape[dim] // groups))
             eps = stream.normal(xg.shape, xg.device, xg.dtype).index_select(dim, self.draw_index)
             view = [1] * xg.dim()
             view[dim] = groups
             sigma = self.sigma.detach().to(xg.dtype).view(view)
             y = self.model.apply_tensor(xg, eps, sigma, rms, group_dim=dim).flatten(dim, dim + 1)
+            if rows > 1:
+                y = y.repeat_interleave(rows, 0)
         else:
             sigma = self.sigma.detach().reshape(()).to(x32.dtype)
             y = self.model.apply_tensor(x32, stream.draw(self.model.draw, x32.shape, x32.device, x32.dtype),
@@ -408,6 +370,8 @@ class Noise(nn.Module):
         """The noisy ``x32`` (float32 or float64); ``fresh``: an upcast copy nobody else holds."""
         mine = not (torch.is_grad_enabled() and x32.requires_grad) and (fresh or self._may_overwrite())
         if self.groups > 1:
+            if self.broadcast is not None:
+                return self._grouped_broadcast(x32)
             return self._grouped(x32, self.group_dim(x32), fresh=mine)
         # a draw consumed at once (scratch slot 0): nothing keeps it for backward
         eps = self.stream.draw(self.model.draw, x32.shape, x32.device, x32.dtype, slot=0)
@@ -423,63 +387,3 @@ class Noise(nn.Module):
         if glob._global_forward_hooks or glob._global_forward_pre_hooks:
             return False
         return not any(m._forward_hooks for m in self._producer)
-
-    def _grouped(self, x: Tensor, dim: int, fresh: bool) -> Tensor:
-        """Noise on ``x`` whose dim ``dim`` holds the groups: group ``r`` gets ``sigma[r]``;
-        groups with sigma 0 draw nothing, groups with the same draw index share their draw.
-        Without autograd the groups are written into one output (``x`` itself when ``fresh``:
-        an upcast copy that nobody else holds)."""
-        per = x.shape[dim] // self.groups
-        grad = torch.is_grad_enabled() and x.requires_grad
-        out = None if grad else (x if fresh else torch.empty_like(x))
-        eps: Dict[int, Tensor] = {}
-        parts: List[Tensor] = []
-        rms = self._rms()
-        for r, (s, d) in enumerate(zip(self._host, self._group_draws())):
-            xr = x.narrow(dim, r * per, per)
-            o = None if out is None else out.narrow(dim, r * per, per)
-            if s == 0:
-                if o is None:
-                    parts.append(xr)
-                elif out is not x:
-                    o.copy_(xr)
-                continue
-            if d not in eps:  # consumed within this call: drawn into a reused buffer
-                eps[d] = self.stream.draw(self.model.draw, xr.shape, x.device, x.dtype, slot=len(eps))
-            part = self.model.apply(xr, self._own(eps[d]), s, rms, out=o)
-            if o is None:
-                parts.append(part)
-        return torch.cat(parts, dim) if grad else out
-
-    def draw_weights(self, w: Union[Tensor, Sequence[Tensor]]) -> List[Tensor]:
-        """One perturbed copy of weight ``w`` per batch group: ``w`` itself where sigma is 0;
-        groups with the same draw index share one draw, each scaled by its own sigma, and
-        groups with the same draw index, sigma and input get the very same tensor (so a layer
-        can run them in one call). ``w`` may already be one weight per group (the previous
-        model of a ``NoiseChain``); a single sigma then applies to every group, one draw each."""
-        host, draws = self._host, self._group_draws()
-        ws = list(w) if isinstance(w, (list, tuple)) else [w] * len(host)
-        if len(host) == 1 and len(ws) > 1:
-            host, draws = host * len(ws), tuple(range(len(ws)))
-        if len(host) != len(ws):
-            raise ValueError(f"noise site {self.site!r}: {len(host)} sigma values for {len(ws)} weight groups")
-        if self.model.needs_rms and not self.calibrated:
-            raise self._uncalibrated()
-        eps: Dict[int, Tensor] = {}
-        made: Dict[Tuple[float, int, int], Tensor] = {}
-        out = []
-        rms = self._rms()
-        for wi, s, d in zip(ws, host, draws):
-            if s == 0:
-                out.append(wi)
-                continue
-            if (s, d, id(wi)) not in made:
-                if d not in eps:
-                    eps[d] = self.stream.draw(self.model.draw, wi.shape, wi.device, wi.dtype)
-                made[(s, d, id(wi))] = self.model.apply(wi, self._own(eps[d]), s, rms)
-            out.append(made[(s, d, id(wi))])
-        return out
-
-    def _own(self, eps: Tensor) -> Tensor:
-        """``eps`` as the model may consume it: a copy where it would be changed in place."""
-        return eps.clone() if self.model.consumes_draw else eps

@@ -13,8 +13,9 @@ from torch import nn
 
 from ..hardened import HardenedModule
 from ..layers import HARDENED_LAYERS
-from ..module_route import layer_sites
+from ..module_route import LayerSite
 from ..quant import ActQuant
+from ..recurrent import recurrent_noises
 from .chain import noise_off
 from .models import Role
 from .module import Noise, SigmaLike
@@ -38,17 +39,22 @@ def check_hardened(model: Any) -> HardenedModule:
 
 def _activation_modules(hm: HardenedModule) -> Dict[str, Noise]:
     """Activation noise modules by site name, in graph order; those of the layers inside an
-    opaque part (the module route) where the graph calls the part, in module order."""
+    opaque part (the module route) and of recurrent layers where the graph calls them, in
+    module order."""
     out: Dict[str, Noise] = {}
     for node in hm.graph.nodes:
         if node.op == "call_module":
             mod = hm.get_submodule(node.target)
             if isinstance(mod, Noise):
                 out[mod.site] = mod
-            elif not isinstance(mod, (ActQuant, HARDENED_LAYERS)):
-                for site in layer_sites(mod):
-                    if site.noise is not None:
-                        out.setdefault(site.noise.site, site.noise)
+            elif isinstance(mod, HARDENED_LAYERS):
+                out.update(recurrent_noises(mod))
+            elif not isinstance(mod, ActQuant):
+                for sub in mod.modules():  # layer_sites, and the recurrent layers, in module order
+                    if isinstance(sub, LayerSite) and sub.noise is not None:
+                        out.setdefault(sub.noise.site, sub.noise)
+                    for name, noise in recurrent_noises(sub).items():
+                        out.setdefault(name, noise)
     return out
 
 
