@@ -96,7 +96,8 @@ def write_tables(exp: Experiment, curves: List[Curve], out: Path, budget: Budget
                     c.variant.scaling, c.variant.training, len(c.result.clean_accuracies), c.peak_accuracy,
                     # mu / mu_err only when trustworthy; otherwise what is quoted instead, and why
                     q.value if q.is_mu else "", q.err if q.is_mu else "", q.kind.value, num(q.value), num(q.err),
-                    num(f.mu_crossing) if f else "", num(f.mu_crossing_err) if f else "", f.status.value if f else "",
+                    num(f.mu_crossing) if f and f.has_crossing else "",
+                    num(f.mu_crossing_err) if f and f.has_crossing else "", f.status.value if f else "",
                     f.model.value if f else "", num(f.chi2_red) if f else "",
                     num(o.mu) if o else "", num(o.mu_err) if o else "", num(o.chi2_red) if o else "",
                     o.status.value if o else "", q.reason,
