@@ -160,27 +160,34 @@ def write_figures(curves: List[Curve], out: Path) -> Dict[str, Path]:
         files[f"curves_{model}"] = save_figure(fig, out / "plots" / f"accuracy_vs_sigma_{model}.png")
     fig = new_figure(6.4, 4.4)
     ax = fig.add_subplot()
+    crossing_drawn = paper_drawn = False
     for i, model in enumerate(models):
+        model_drawn = False
         for c in (x for x in curves if x.variant.model == model):
-            q = c.result.fit.quote() if c.result.fit is not None else None
-            shown = q is not None and q.kind in (QuoteKind.MU, QuoteKind.CROSSING)
-            mu = q.value if shown else math.nan
-            err, fmt = (q.err if math.isfinite(q.err) else None, "o" if q.is_mu else "x") if shown else (None, "x")
-            if math.isfinite(mu):
-                ax.errorbar(mu, 100 * c.peak_accuracy, xerr=err, fmt=fmt, color=f"C{i}", ms=4)
-                ax.annotate(c.variant.key.removeprefix(model + "-"), (mu, 100 * c.peak_accuracy), fontsize=6,
+            q = c.quote()  # the value the tables quote (a matched curve: its matched crossing)
+            if q.kind in (QuoteKind.MU, QuoteKind.CROSSING) and math.isfinite(q.value):
+                err = q.err if math.isfinite(q.err) else None
+                ax.errorbar(q.value, 100 * c.peak_accuracy, xerr=err, fmt="o" if q.is_mu else "x", color=f"C{i}",
+                            ms=4)
+                ax.annotate(c.variant.key.removeprefix(model + "-"), (q.value, 100 * c.peak_accuracy), fontsize=6,
                             xytext=(3, 3), textcoords="offset points")
+                model_drawn, crossing_drawn = True, crossing_drawn or not q.is_mu
             p = c.paper
             if p is not None and p.mu is not None and p.accuracy is not None:
                 ax.plot(p.mu, p.accuracy, "s", mfc="none", color=f"C{i}", ms=5)
-        ax.plot([], [], "o", color=f"C{i}", label=f"{model} (measured)")
-    ax.plot([], [], "x", color="gray", label="crossing estimate (fit not OK)")
-    ax.plot([], [], "s", mfc="none", color="gray", label="paper")
+                paper_drawn = True
+        if model_drawn:  # legend entries only for what is drawn
+            ax.plot([], [], "o", color=f"C{i}", label=f"{model} (measured)")
+    if crossing_drawn:
+        ax.plot([], [], "x", color="gray", label="crossing estimate (fit not OK)")
+    if paper_drawn:
+        ax.plot([], [], "s", mfc="none", color="gray", label="paper")
     ax.set_xscale("log")
     ax.set_xlabel("midpoint noise level μ")
     ax.set_ylabel("peak accuracy (%)")
     ax.set_title("accuracy vs robustness (Pareto)", fontsize=10)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     ax.grid(True, alpha=0.3)
     files["pareto"] = save_figure(fig, out / "plots" / "pareto.png")
     return files
