@@ -24,8 +24,9 @@ from .passes import ensure_container, insert_site_modules, key_for
 from .placement import model_placement, place_modules
 from .quant import ActQuant, WeightQuant
 from .recurrent import harden_recurrent, product_sites, recurrent_noises
-from .sites import WEIGHT_FUNCS, _WEIGHT_KINDS, Site, check_rules, find_sites, module_unsigned, node_description, \
-    resolve_rule
+from .recurrent_export import call_hardened_recurrent, recurrent_call
+from .sites import WEIGHT_FUNCS, _RECURRENT_EXPORT, _WEIGHT_KINDS, Site, check_rules, find_sites, module_unsigned, \
+    node_description, resolve_rule
 from .trace import OPAQUE_ROOT, Capture, capture
 
 __all__ = ["harden", "HardenedModule", "SiteInfo", "HardenReport", "noise_sites", "set_noise",
@@ -193,6 +194,12 @@ def harden(
                                               site.weight_noise, site.noise, config, skipped, cap.route):
                     infos.setdefault(info.name, info)
                 continue
+            if site.kind is SiteKind.RECURRENT and cap.route == "export" and site.module is not None:
+                rows = _harden_recurrent_call(root, site, config, skipped)
+                for info in rows:
+                    infos.setdefault(info.name, info)
+                if rows:
+                    continue
             targets = []
             qname = ""
             if site.quantize_output:
@@ -306,7 +313,7 @@ def _recurrent_layers(found: Dict[bool, List[Site]], inner: Dict[str, List[Layer
                       root: nn.Module) -> List[tuple]:
     """(site name, module) of the recurrent layers, graph sites and module-route layers alike."""
     return ([(s.name, s.module) for sites in found.values() for s in sites
-             if s.kind is SiteKind.RECURRENT and s.node.op == "call_module"]
+             if s.kind is SiteKind.RECURRENT and s.module is not None]
             + [(c.name, root.get_submodule(c.path)) for layers in inner.values() for c in layers
                if c.kind is SiteKind.RECURRENT])
 
@@ -338,6 +345,25 @@ def _harden_recurrent(root: nn.Module, path: str, name: str, kind: SiteKind, qua
     rows = [SiteInfo(p, kind.value, f"{op} product", qname, s in noisy_products, note, route)
             for s, p in products.items()]
     return rows + [SiteInfo(name, kind.value, op, qname, noisy, note, route)]
+
+
+def _harden_recurrent_call(root: nn.Module, site: Site, config: HardenConfig,
+                           skipped: Dict[str, str]) -> List[SiteInfo]:
+    """A recurrent layer on the export route: the model's own layer replaces export's holder of
+    its parameters (the same tensors), is hardened, and runs in place of the layer's ATen call
+    (``recurrent_export``); its report rows, or none (nothing done) when the call is not found."""
+    path = site.node.meta["fxharden_layer"]
+    call = recurrent_call(site.node.meta.get("fxharden_calls", []))
+    if call is None:
+        skipped[site.name] = _RECURRENT_EXPORT
+        return []
+    if not isinstance(root.get_submodule(path), (nn.RNNBase, nn.RNNCellBase)):
+        _set_submodule(root, path, site.module)
+    rows = _harden_recurrent(root, path, site.name, site.kind, site.quantize_weights, site.weight_noise, site.noise,
+                             config, skipped, "export")
+    if isinstance(root.get_submodule(path), HARDENED_LAYERS):
+        call_hardened_recurrent(call, path)
+    return rows
 
 
 def _output_quant(config: HardenConfig, kind: SiteKind, signed: bool) -> ActQuant:
