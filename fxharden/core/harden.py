@@ -369,12 +369,13 @@ def _harden_recurrent_call(root: nn.Module, site: Site, config: HardenConfig,
 def _output_quant(config: HardenConfig, kind: SiteKind, signed: bool) -> ActQuant:
     """The quantizer of a site's output (either route): the constant step ``s`` after an
     activation under constant scaling, ``input_scale`` at an input, else from statistics
-    (learned under dynamic scaling)."""
+    (learned under dynamic scaling); an input's grid without ``input_scale`` is unsigned when
+    the calibration data are never negative (``ActQuant`` ``sign_from_data``)."""
     qc = config.quant
     constant = kind is SiteKind.ACTIVATION and qc.scaling is Scaling.CONSTANT
     step = qc.scale if constant else (qc.input_scale if kind is SiteKind.INPUT else None)
     return ActQuant(qc.bits, signed, step=step, learn=qc.scaling is Scaling.DYNAMIC,
-                    calibration_steps=qc.calibration_steps)
+                    calibration_steps=qc.calibration_steps, sign_from_data=kind is SiteKind.INPUT)
 
 
 def _output_noise(config: HardenConfig, site: str) -> Noise:
