@@ -14,6 +14,7 @@ import torch
 from torch import fx, nn
 
 from .config import AutocastOutput, Frontend, HardenConfig, Scaling, SiteKind, WeightNoiseKind
+from .dropin import adopt_interface
 from .export import ExportError, capture_export
 from .hardened import HardenedModule, HardenReport, SiteInfo, build_hardened
 from .layers import HARDENED_LAYERS, HardenedCall, can_harden_weights, harden_layer, weight_axis
@@ -245,6 +246,7 @@ def harden(
                           frontend="export" if cap.route == "export" else "fx", note=cap.note)
     hm = build_hardened(root, graphs, model.training, f"Hardened{type(model).__name__}",
                         {"fxharden": {"config": config, "report": report, "example": cap.example}})
+    adopt_interface(hm, model)  # the original class's methods and attributes (embed(x), device, ...)
     if config.noise.sigma:
         set_noise(hm, config.noise.sigma)
     return hm
