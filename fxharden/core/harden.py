@@ -14,6 +14,7 @@ import torch
 from torch import fx, nn
 
 from .config import AutocastOutput, Frontend, HardenConfig, Scaling, SiteKind, WeightNoiseKind
+from .dropin import adopt_interface
 from .export import ExportError, capture_export
 from .hardened import HardenedModule, HardenReport, SiteInfo, build_hardened
 from .input_guard import insert_input_guards
@@ -26,9 +27,10 @@ from .passes import ensure_container, insert_site_modules, key_for
 from .placement import model_placement, place_modules
 from .quant import ActQuant, WeightQuant
 from .recurrent import harden_recurrent, product_sites, recurrent_noises
+from .recurrent_export import call_hardened_recurrent, recurrent_call
 from .signature import call_spec
-from .sites import _WEIGHT_KINDS, expert_weights, weight_arg, Site, check_rules, find_sites, module_unsigned, node_description, \
-    resolve_rule
+from .sites import _RECURRENT_EXPORT, _WEIGHT_KINDS, expert_weights, weight_arg, Site, check_rules, find_sites, \
+    module_unsigned, node_description, resolve_rule
 from .trace import OPAQUE_ROOT, Capture, capture, route_note
 
 __all__ = ["harden", "HardenedModule", "SiteInfo", "HardenReport", "noise_sites", "set_noise",
@@ -206,6 +208,12 @@ def harden(
                                               site.weight_noise, site.noise, config, skipped, cap.route):
                     infos.setdefault(info.name, info)
                 continue
+            if site.kind is SiteKind.RECURRENT and cap.route == "export" and site.module is not None:
+                rows = _harden_recurrent_call(root, site, config, skipped)
+                for info in rows:
+                    infos.setdefault(info.name, info)
+                if rows:
+                    continue
             targets = []
             qname = ""
             if site.quantize_output:
@@ -259,6 +267,7 @@ def harden(
     hm = build_hardened(root, graphs, model.training, f"Hardened{type(model).__name__}",
                         {"fxharden": {"config": config, "report": report, "example": cap.example},
                          "fxharden_call": call_spec(model, cap, example_inputs)})
+    adopt_interface(hm, model)  # the original class's methods and attributes (embed(x), device, ...)
     if config.noise.sigma:
         set_noise(hm, config.noise.sigma)
     return hm
@@ -337,7 +346,7 @@ def _recurrent_layers(found: Dict[bool, List[Site]], inner: Dict[str, List[Layer
                       root: nn.Module) -> List[tuple]:
     """(site name, module) of the recurrent layers, graph sites and module-route layers alike."""
     return ([(s.name, s.module) for sites in found.values() for s in sites
-             if s.kind is SiteKind.RECURRENT and s.node.op == "call_module"]
+             if s.kind is SiteKind.RECURRENT and s.module is not None]
             + [(c.name, root.get_submodule(c.path)) for layers in inner.values() for c in layers
                if c.kind is SiteKind.RECURRENT])
 
@@ -371,15 +380,35 @@ def _harden_recurrent(root: nn.Module, path: str, name: str, kind: SiteKind, qua
     return rows + [SiteInfo(name, kind.value, op, qname, noisy, note, route)]
 
 
+def _harden_recurrent_call(root: nn.Module, site: Site, config: HardenConfig,
+                           skipped: Dict[str, str]) -> List[SiteInfo]:
+    """A recurrent layer on the export route: the model's own layer replaces export's holder of
+    its parameters (the same tensors), is hardened, and runs in place of the layer's ATen call
+    (``recurrent_export``); its report rows, or none (nothing done) when the call is not found."""
+    path = site.node.meta["fxharden_layer"]
+    call = recurrent_call(site.node.meta.get("fxharden_calls", []))
+    if call is None:
+        skipped[site.name] = _RECURRENT_EXPORT
+        return []
+    if not isinstance(root.get_submodule(path), (nn.RNNBase, nn.RNNCellBase)):
+        _set_submodule(root, path, site.module)
+    rows = _harden_recurrent(root, path, site.name, site.kind, site.quantize_weights, site.weight_noise, site.noise,
+                             config, skipped, "export")
+    if isinstance(root.get_submodule(path), HARDENED_LAYERS):
+        call_hardened_recurrent(call, path)
+    return rows
+
+
 def _output_quant(config: HardenConfig, kind: SiteKind, signed: bool) -> ActQuant:
     """The quantizer of a site's output (either route): the constant step ``s`` after an
     activation under constant scaling, ``input_scale`` at an input, else from statistics
-    (learned under dynamic scaling)."""
+    (learned under dynamic scaling); an input's grid without ``input_scale`` is unsigned when
+    the calibration data are never negative (``ActQuant`` ``sign_from_data``)."""
     qc = config.quant
     constant = kind is SiteKind.ACTIVATION and qc.scaling is Scaling.CONSTANT
     step = qc.scale if constant else (qc.input_scale if kind is SiteKind.INPUT else None)
     return ActQuant(qc.bits, signed, step=step, learn=qc.scaling is Scaling.DYNAMIC,
-                    calibration_steps=qc.calibration_steps)
+                    calibration_steps=qc.calibration_steps, sign_from_data=kind is SiteKind.INPUT)
 
 
 def _output_noise(config: HardenConfig, site: str) -> Noise:
