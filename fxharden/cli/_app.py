@@ -260,11 +260,13 @@ def resolve_models(names: List[str], harden_config, seed: int = 0, options=None,
     from ..core.harden import harden
     from ..zoo.checkpoint import is_checkpoint, load_checkpoint
     from ..zoo.folders import uses_cifar
-    from ..zoo.inputs import ModelOptions, effective_preprocess, heldout_data, load_with_data, resolve_dataset
+    from ..zoo.inputs import ModelOptions, check_first_forward, effective_preprocess, heldout_data, load_with_data, \
+        resolve_dataset
     from ..zoo.models import CIFAR_PREPROCESS, load_model
 
     options = options or ModelOptions()
     out, dataset, preprocess, origin, weights, split = [], None, None, "", [], {}
+    probe = None  # (source, plain model) whose first forward checks the input size
     for name in names:
         if is_checkpoint(name):
             if harden_config is not None:
@@ -289,6 +291,7 @@ def resolve_models(names: List[str], harden_config, seed: int = 0, options=None,
         torch.manual_seed(seed)
         if data is not None and dataset is None and preprocess is None:
             lm, dataset = load_with_data(name, options, data)
+            probe = (name, lm.model) if lm.example_inputs is None else None
         else:
             lm = load_model(name, pretrained=options.pretrained, weights=options.weights,
                             num_classes=options.num_classes, model_args=options.model_args)
@@ -322,7 +325,11 @@ def resolve_models(names: List[str], harden_config, seed: int = 0, options=None,
                                                           else f"; normalisation: {origin}")
     elif given:
         origin = f"{origin}, with {', '.join(given)} from the command line"
-    provenance["preprocess"] = {**effective_preprocess(used, dataset, cifar).to_dict(), "origin": origin}
+    effective = effective_preprocess(used, dataset, cifar)
+    provenance["preprocess"] = {**effective.to_dict(), "origin": origin}
+    show(styled("preprocessing:", "bold", f"{describe_preprocess(effective)} (from {origin})"), stderr=True)
+    if probe is not None:
+        check_first_forward(probe[1], dataset, effective, probe[0], cifar, data.path)
     return out, dataset, provenance
 
 

@@ -42,10 +42,7 @@ def _fit_line(fit) -> str:
 
 
 def _crossing_text(fit) -> str:
-    if fit is None or not math.isfinite(fit.mu_crossing):
-        return "-"
-    err = f" ± {fit.mu_crossing_err:.2g}" if math.isfinite(fit.mu_crossing_err) else ""
-    return f"{fit.mu_crossing:.4g}{err}"
+    return "-" if fit is None else fit.crossing_text()
 
 
 def _raw_text(result, site=None) -> str:

@@ -11,7 +11,7 @@ from rich.table import Table
 from ..training.options import Augment, Precision
 from ..zoo.options import OnCorrupt, Optimizer
 from ._app import (_D, _M, _Q, Device, Split, app, check_data, data_options, describe_preprocess, harden_options,
-                   model_options, resolve_device, show, user_errors)
+                   model_options, resolve_device, show, styled, user_errors)
 
 
 @app.command("train")
@@ -65,7 +65,7 @@ def train_command(
     from ..core.config import HardenConfig
     from ..core.harden import harden
     from ..zoo.data import DatasetKind, load_cifar10, load_splits
-    from ..zoo.inputs import effective_preprocess, inputs_record, load_with_data, resolve_splits
+    from ..zoo.inputs import check_first_forward, effective_preprocess, inputs_record, load_with_data, resolve_splits
     from ..zoo.recipes import training_defaults
     from ..training.train import NoiseSchedule, TrainConfig, train
 
@@ -100,6 +100,10 @@ def train_command(
         lm, (train_set, test_set) = load_with_data(model, model_options(pretrained, weights, num_classes, model_arg),
                                                    dopts, loader=splits)
         preprocess = effective_preprocess(used["preprocess"], test_set, split.get("kind") != "folder")
+        show(styled("preprocessing:", "bold", f"{describe_preprocess(preprocess)} (from {lm.preprocess_origin})"),
+             stderr=True)
+        if lm.example_inputs is None:
+            check_first_forward(lm.model, test_set, preprocess, model, split.get("kind") == "cifar10", data)
         net = harden(lm.model, config=harden_config, example_inputs=lm.example_inputs)
         result = train(net, train_set, test_set, config, out, resume=resume, arch=lm.source.text,
                        arch_kwargs=lm.arch_kwargs, inputs=inputs_record(preprocess, split), progress=progress)

@@ -4,7 +4,9 @@ signal RMS, the reference of relative noise (``NoiseKind.RELATIVE``) and of swee
 units. Both run the model in eval mode, without gradients and with all noise off, and skip
 empty batches (batch size 0) with a warning. ``calibrate_quantizers`` also checks once how
 every activation quantizer uses its grid on the data, and warns when a step erases the signal
-or clips it (``fxharden.core.quant.GridUsage``; ``HardenReport.quant_warnings``)."""
+or clips it (``fxharden.core.quant.GridUsage``; ``HardenReport.quant_warnings``). An input
+quantizer with a statistics-based step takes the unsigned grid when every calibration value is
+>= 0 (its report row says so)."""
 
 from __future__ import annotations
 
@@ -140,6 +142,7 @@ def calibrate_quantizers(model: nn.Module, data: Iterable[Any], max_batches: Opt
             m._usage = None
     for name, m in quants.items():
         m.finish_calibration(name)
+    _report_grids(model, [m for m in acts.values() if m.sign_from_data])
     _report_grid_problems(model, {name: p for name, p in problems.items() if p})
     return {name: float(m.scale.detach()) for name, m in quants.items()}
 
@@ -163,6 +166,18 @@ def _quantizer_sites(model: nn.Module) -> Dict[int, tuple]:
             if isinstance(m, ActQuant) and site is not None:
                 out.setdefault(id(m), site)
     return out
+
+
+def _report_grids(model: nn.Module, quants: list) -> None:
+    """The grid each input quantizer took from the calibration data (unsigned when the data are
+    never negative, ``ActQuant.sign_from_data``), in its site's row of the model's report."""
+    if not quants or not isinstance(model, HardenedModule):
+        return
+    sites = _quantizer_sites(model)
+    text = {sites[id(m)][0]: m.extra_repr() for m in quants if sites.get(id(m), ("", ""))[1] == "quantizer"}
+    report = model.report
+    rows = tuple(dataclasses.replace(s, quantizer=text[s.name]) if s.name in text else s for s in report.sites)
+    model.meta["fxharden"]["report"] = dataclasses.replace(report, sites=rows)
 
 
 def _report_grid_problems(model: nn.Module, problems: Dict[str, str]) -> None:

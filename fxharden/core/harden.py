@@ -12,24 +12,26 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import fx, nn
 
-from .config import AutocastOutput, Frontend, HardenConfig, Scaling, SiteKind, WeightNoiseKind
+from .config import AutocastOutput, Frontend, HardenConfig, Scaling, SiteKind
+from .dropin import adopt_interface
 from .export import ExportError, capture_export
 from .hardened import HardenedModule, HardenReport, SiteInfo, build_hardened
 from .input_guard import insert_input_guards
 from .ledger import build_ledger
 from .layers import HARDENED_LAYERS, HardenedCall, can_harden_weights, harden_layer, weight_axis
 from .module_route import LayerCandidate, LayerSite, attach_site, find_layers
-from .noise import LogNormal, Noise, NoiseChain, NoiseModel, Role, StuckAt, noise_model
-from .noise.verbs import (DRIFT_SUFFIX, FAULTS_SUFFIX, check_hardened, noise_sites, seed_noise, set_noise,  # noqa: F401
-                          set_weight_noise, weight_noise_modules)  # the verbs, re-exported
+from .noise import Noise, weight_noise_for
+from .noise.verbs import (check_hardened, noise_sites, seed_noise, set_noise, set_weight_noise,  # noqa: F401
+                          weight_noise_modules)  # the verbs, re-exported
 from .noise_models import ConverterConfig
 from .passes import ensure_container, insert_site_modules, key_for
 from .placement import model_placement, place_modules
 from .quant import ActQuant, WeightQuant
 from .recurrent import harden_recurrent, product_sites
+from .recurrent_export import call_hardened_recurrent, recurrent_call
 from .signature import call_spec
-from .sites import _WEIGHT_KINDS, expert_weights, weight_arg, Site, check_rules, find_sites, module_unsigned, node_description, \
-    resolve_rule
+from .sites import _RECURRENT_EXPORT, _WEIGHT_KINDS, expert_weights, weight_arg, Site, check_rules, find_sites, \
+    module_unsigned, node_description, resolve_rule
 from .trace import OPAQUE_ROOT, Capture, capture, route_note
 
 __all__ = ["harden", "HardenedModule", "SiteInfo", "HardenReport", "noise_sites", "set_noise",
@@ -200,6 +202,12 @@ def harden(
                                               site.weight_noise, site.noise, config, skipped, cap.route):
                     infos.setdefault(info.name, info)
                 continue
+            if site.kind is SiteKind.RECURRENT and cap.route == "export" and site.module is not None:
+                rows = _harden_recurrent_call(root, site, config, skipped)
+                for info in rows:
+                    infos.setdefault(info.name, info)
+                if rows:
+                    continue
             targets = []
             qname = ""
             if site.quantize_output:
@@ -253,6 +261,7 @@ def harden(
     hm = build_hardened(root, graphs, model.training, f"Hardened{type(model).__name__}",
                         {"fxharden": {"config": config, "report": report, "example": cap.example},
                          "fxharden_call": call_spec(model, cap, example_inputs)})
+    adopt_interface(hm, model)  # the original class's methods and attributes (embed(x), device, ...)
     if config.noise.sigma:
         set_noise(hm, config.noise.sigma)
     return hm
@@ -331,7 +340,7 @@ def _recurrent_layers(found: Dict[bool, List[Site]], inner: Dict[str, List[Layer
                       root: nn.Module) -> List[tuple]:
     """(site name, module) of the recurrent layers, graph sites and module-route layers alike."""
     return ([(s.name, s.module) for sites in found.values() for s in sites
-             if s.kind is SiteKind.RECURRENT and s.node.op == "call_module"]
+             if s.kind is SiteKind.RECURRENT and s.module is not None]
             + [(c.name, root.get_submodule(c.path)) for layers in inner.values() for c in layers
                if c.kind is SiteKind.RECURRENT])
 
@@ -354,7 +363,7 @@ def _harden_recurrent(root: nn.Module, path: str, name: str, kind: SiteKind, qua
             skipped[name] = f"{type(module).__name__} has its own forward; its weights are used as they are"
             return [SiteInfo(name, kind.value, op, "", False, note, route)]
         wq = WeightQuant(config.quant.w_bits, weight_axis(module)) if quantize else None
-        noise = _weight_noise(name, config) if perturb else None
+        noise = weight_noise_for(name, config) if perturb else None
         _set_submodule(root, path, harden_recurrent(
             module, name, wq, noise, {s: _output_noise(config, products[s]) for s in noisy_products},
             _output_noise(config, name) if noisy else None))
@@ -365,15 +374,35 @@ def _harden_recurrent(root: nn.Module, path: str, name: str, kind: SiteKind, qua
     return rows + [SiteInfo(name, kind.value, op, qname, noisy, note, route)]
 
 
+def _harden_recurrent_call(root: nn.Module, site: Site, config: HardenConfig,
+                           skipped: Dict[str, str]) -> List[SiteInfo]:
+    """A recurrent layer on the export route: the model's own layer replaces export's holder of
+    its parameters (the same tensors), is hardened, and runs in place of the layer's ATen call
+    (``recurrent_export``); its report rows, or none (nothing done) when the call is not found."""
+    path = site.node.meta["fxharden_layer"]
+    call = recurrent_call(site.node.meta.get("fxharden_calls", []))
+    if call is None:
+        skipped[site.name] = _RECURRENT_EXPORT
+        return []
+    if not isinstance(root.get_submodule(path), (nn.RNNBase, nn.RNNCellBase)):
+        _set_submodule(root, path, site.module)
+    rows = _harden_recurrent(root, path, site.name, site.kind, site.quantize_weights, site.weight_noise, site.noise,
+                             config, skipped, "export")
+    if isinstance(root.get_submodule(path), HARDENED_LAYERS):
+        call_hardened_recurrent(call, path)
+    return rows
+
+
 def _output_quant(config: HardenConfig, kind: SiteKind, signed: bool) -> ActQuant:
     """The quantizer of a site's output (either route): the constant step ``s`` after an
     activation under constant scaling, ``input_scale`` at an input, else from statistics
-    (learned under dynamic scaling)."""
+    (learned under dynamic scaling); an input's grid without ``input_scale`` is unsigned when
+    the calibration data are never negative (``ActQuant`` ``sign_from_data``)."""
     qc = config.quant
     constant = kind is SiteKind.ACTIVATION and qc.scaling is Scaling.CONSTANT
     step = qc.scale if constant else (qc.input_scale if kind is SiteKind.INPUT else None)
     return ActQuant(qc.bits, signed, step=step, learn=qc.scaling is Scaling.DYNAMIC,
-                    calibration_steps=qc.calibration_steps)
+                    calibration_steps=qc.calibration_steps, sign_from_data=kind is SiteKind.INPUT)
 
 
 def _output_noise(config: HardenConfig, site: str) -> Noise:
@@ -420,21 +449,10 @@ def _harden_modules(root: nn.Module, named: List[tuple], quantize: bool, perturb
         if isinstance(module, nn.MultiheadAttention):
             inside_attention.append(name)
         wq = WeightQuant(qc.w_bits, weight_axis(module)) if quantize else None
-        noise = _weight_noise(label(name), config) if perturb else None
+        noise = weight_noise_for(label(name), config) if perturb else None
         _set_submodule(root, name, harden_layer(module, wq, noise))
         desc = f"weights {wq.extra_repr()}" if wq is not None else desc
     return desc
-
-
-def _weight_noise(layer: str, config: HardenConfig) -> Optional[nn.Module]:
-    """The weight noise of layer (or functional site) ``layer``: one ``Noise`` per configured
-    model (sites ``<layer>.weight``, ``.weight.drift``, ``.weight.faults``), chained."""
-    noises = []
-    for suffix, model, sigma in _weight_noise_models(config):
-        noise = Noise(f"{layer}.weight{suffix}", config.noise.seed, kind=model)
-        noise.set_sigma(sigma)
-        noises.append(noise)
-    return noises[0] if len(noises) == 1 else NoiseChain(*noises)
 
 
 def _hardened_call(site: Site, call: fx.Node, label: str, config: HardenConfig) -> HardenedCall:
@@ -443,7 +461,7 @@ def _hardened_call(site: Site, call: fx.Node, label: str, config: HardenConfig) 
     the export route); its weight noise is the site ``<label>.weight``."""
     arg = weight_arg(call.target)
     wq = WeightQuant(config.quant.w_bits, arg.axis) if site.quantize_weights else None
-    hardened = HardenedCall(call.target, wq, _weight_noise(label, config) if site.weight_noise else None, arg)
+    hardened = HardenedCall(call.target, wq, weight_noise_for(label, config) if site.weight_noise else None, arg)
     hardened.site = label
     return hardened
 
@@ -451,20 +469,6 @@ def _hardened_call(site: Site, call: fx.Node, label: str, config: HardenConfig) 
 def converter(cfg: ConverterConfig) -> ActQuant:
     """An ADC/DAC: the one quantizer with the converter's grid (fixed or calibrated bound)."""
     return ActQuant(cfg.bits, cfg.signed, step=cfg.step, calibration_steps=cfg.calibration_steps, converter=True)
-
-
-def _weight_noise_models(config: HardenConfig) -> List[Tuple[str, NoiseModel, float]]:
-    """``(site suffix, model, sigma)`` of each weight noise model, applied in this order:
-    drift, then the configured weight noise, then stuck-at faults (a stuck weight stays put)."""
-    out: List[Tuple[str, NoiseModel, float]] = []
-    if config.weight_drift is not None:
-        out.append((DRIFT_SUFFIX, LogNormal(), config.weight_drift.sigma))
-    wn = config.weight_noise
-    if wn.kind is not WeightNoiseKind.NONE:
-        out.append(("", noise_model(wn.kind, Role.WEIGHTS, **({"of_max": True} if wn.relative else {})), wn.sigma))
-    if config.weight_faults is not None:
-        out.append((FAULTS_SUFFIX, StuckAt(zero_fraction=config.weight_faults.zero_fraction), config.weight_faults.p))
-    return out
 
 
 def harden_report(model: nn.Module) -> HardenReport:

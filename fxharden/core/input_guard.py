@@ -212,7 +212,8 @@ def _rewrite(code: str, sources: Sequence[str], slot_of: Dict[int, int], names: 
 def insert_input_guards(root: nn.Module, graphs: Dict[bool, fx.Graph], container: nn.ModuleDict) -> None:
     """Call each graph's ``InputGuard`` (from ``root.meta[GUARDS_META]``, set by the export
     route) on its tensor inputs, right after them; the guard lives in ``container``."""
-    guards = getattr(root, "meta", {}).pop(GUARDS_META, None)
+    meta = getattr(root, "meta", None)
+    guards = meta.pop(GUARDS_META, None) if isinstance(meta, dict) else None  # a model may name its own 'meta'
     if not guards:
         return
     done = set()

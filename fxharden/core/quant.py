@@ -230,6 +230,13 @@ class ActQuant(nn.Module):
 
     Integer tensors (token ids, indices) pass through unchanged: they are never quantized.
 
+    With ``sign_from_data`` (a statistics-based or learned step; ``harden`` sets it at input
+    sites) the calibration data choose the grid: unsigned (``[0, 2^b - 1]``, half the step of
+    the signed grid for the same peak) while every value seen is >= 0 (spectrograms, images in
+    [0, 1]), signed from the first batch with a negative value on. The choice is the buffer
+    ``signed_grid`` (it travels in checkpoints) and shows in ``extra_repr``; after
+    calibration, data with negative values clip to 0 on an unsigned grid.
+
     Under ``torch.compile`` the step must be fixed (constant, or calibrated with
     ``calibrate_quantizers`` before compiling): the calibration branch depends on the host
     counter of observed batches, so a quantizer that is still calibrating raises instead of
@@ -244,12 +251,16 @@ class ActQuant(nn.Module):
         learn: bool = False,
         calibration_steps: int = 30,
         converter: bool = False,
+        sign_from_data: bool = False,
     ) -> None:
         super().__init__()
         self.bits, self.signed, self.converter = bits, signed, bool(converter)
         self.qmin, self.qmax = qrange(bits, signed)
         self.levels = -self.qmin if converter and signed else self.qmax  # peak / levels = step
         self.calibration_steps = 0 if step is not None else calibration_steps
+        self.sign_from_data = sign_from_data and step is None and not converter
+        if self.sign_from_data:  # the grid chosen by calibration travels with the step
+            self.register_buffer("signed_grid", torch.tensor(bool(signed)))
         self.learn = learn and step is None
         init = torch.tensor(float(step) if step is not None else 1.0)
         if self.learn:
@@ -270,15 +281,25 @@ class ActQuant(nn.Module):
         state.setdefault("_degenerate", False)
         state.setdefault("_usage", None)
         state.setdefault("_grid_checked", False)
+        state.setdefault("sign_from_data", False)
         super().__setstate__(state)
 
     def extra_repr(self) -> str:
         kind = "constant" if self.calibration_steps == 0 else ("learned" if self.learn else "statistics")
         grid = "signed" if self.signed else "unsigned"
+        if self.sign_from_data:
+            grid = ("unsigned (calibration data >= 0)" if not self.signed else "signed") if self._observed else \
+                "signed, unsigned if the calibration data are >= 0"
         return f"bits={self.bits}, {grid}, step={kind}{', converter' if self.converter else ''}"
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: D401
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, *args, **kwargs):
+        key = prefix + "signed_grid"
+        saved = key in state_dict
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, *args, **kwargs)
+        if self.sign_from_data and not saved and key in missing_keys:
+            missing_keys.remove(key)  # saved before the grid followed the data: it stays signed
+        elif self.sign_from_data:
+            self._set_grid(bool(self.signed_grid), rescale=False)
         self._observed = int(self.observed)
         if self._observed == 0:
             self._eval_calibration = False  # else the module's own history stands (locate_batch_dims restores it)
@@ -294,9 +315,25 @@ class ActQuant(nn.Module):
             return False
         return self.training or self._observed == 0 or self._eval_calibration
 
+    def _set_grid(self, signed: bool, rescale: bool = True) -> None:
+        """Use the signed or the unsigned grid; ``rescale``: keep the peak the step was set from."""
+        if signed != self.signed:
+            peak = self.scale.detach() * self.levels
+            self.signed = signed
+            self.qmin, self.qmax = qrange(self.bits, signed)
+            self.levels = self.qmax
+            if rescale:
+                self.scale.data.copy_((peak / self.levels).clamp_min(MIN_STEP))
+            if self._usage is not None:
+                self._usage.qmin, self._usage.qmax = self.qmin, self.qmax
+        self.signed_grid.fill_(signed)
+
     @torch.no_grad()
     def _observe(self, x: Tensor) -> None:
         x = x.detach()
+        if self.sign_from_data and (self._observed == 0 or not self.signed):
+            # unsigned while every calibration value is >= 0 (one host sync per calibration batch)
+            self._set_grid(bool(x.amin() < 0))
         peak = x.abs().amax() if self.signed or self.converter else x.amax().clamp_min(0)
         step = (peak.float() / self.levels).clamp_min(MIN_STEP).to(self.scale.dtype)
         if self._observed == 0:

@@ -42,8 +42,9 @@ _CONV_TYPES: tuple = (nn.modules.conv._ConvNd,)
 _LINEAR_TYPES: tuple = (nn.Linear, nn.Bilinear, nn.Embedding)
 """Layers whose output is a weighted sum (an embedding lookup is one-hot times its table)."""
 _RECURRENT_TYPES: tuple = (nn.RNNBase, nn.RNNCellBase)
-_RECURRENT_EXPORT = ("a recurrent layer on the export route: its weights and matrix-vector products are used as "
-                     "they are (only its output gets noise); harden with frontend='fx' to harden them")
+_RECURRENT_EXPORT = ("a recurrent layer on the export route whose ATen call was not found: its weights and "
+                     "matrix-vector products are used as they are (only its output gets noise); harden with "
+                     "frontend='fx' to harden them")
 _WEIGHT_KINDS = (SiteKind.CONV, SiteKind.LINEAR, SiteKind.RECURRENT, SiteKind.OPAQUE, SiteKind.OTHER)
 """Kinds of module sites whose layers may have weights to harden (e.g. attention is OTHER)."""
 
@@ -599,18 +600,16 @@ def find_sites(graph: fx.Graph, modules: Dict[str, nn.Module], cfg: HardenConfig
             hardened, why = _call_weights(call, modules)
             calls += [call] if hardened else []
             skip = skip or why
-        has_weights = (kind in _WEIGHT_KINDS and node.op == "call_module") or bool(calls)
+        has_weights = (kind in _WEIGHT_KINDS and node.op == "call_module") or bool(calls) or (
+            kind is SiteKind.RECURRENT and module is not None)  # on the export route too (harden swaps the layer)
         perturbs = cfg.perturbs_weights
-        if kind is SiteKind.RECURRENT and node.op != "call_module" and rule is not None:
-            skip = _RECURRENT_EXPORT
         sites.append(Site(
             name=name, node=node, kind=kind, module=module,
             noise=rule is not None and rule.noise,
             quantize_output=quant and kind in (SiteKind.INPUT, SiteKind.ACTIVATION),
             quantize_weights=quant and cfg.quant.quantize_weights and has_weights,
             weight_noise=rule is not None and has_weights and perturbs,
-            skip_weights=skip if rule is not None and ((quant and cfg.quant.quantize_weights) or perturbs
-                                                       or skip is _RECURRENT_EXPORT) else "",
+            skip_weights=skip if rule is not None and ((quant and cfg.quant.quantize_weights) or perturbs) else "",
             signed=not _unsigned(node, modules),
             weight_calls=tuple(calls),
             fresh=_fresh(node, module, kind),

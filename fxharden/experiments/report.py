@@ -96,7 +96,8 @@ def write_tables(exp: Experiment, curves: List[Curve], out: Path, budget: Budget
                     c.variant.scaling, c.variant.training, len(c.result.clean_accuracies), c.peak_accuracy,
                     # mu / mu_err only when trustworthy; otherwise what is quoted instead, and why
                     q.value if q.is_mu else "", q.err if q.is_mu else "", q.kind.value, num(q.value), num(q.err),
-                    num(f.mu_crossing) if f else "", num(f.mu_crossing_err) if f else "", f.status.value if f else "",
+                    num(f.mu_crossing) if f and f.has_crossing else "",
+                    num(f.mu_crossing_err) if f and f.has_crossing else "", f.status.value if f else "",
                     f.model.value if f else "", num(f.chi2_red) if f else "",
                     num(o.mu) if o else "", num(o.mu_err) if o else "", num(o.chi2_red) if o else "",
                     o.status.value if o else "", q.reason,
@@ -159,27 +160,34 @@ def write_figures(curves: List[Curve], out: Path) -> Dict[str, Path]:
         files[f"curves_{model}"] = save_figure(fig, out / "plots" / f"accuracy_vs_sigma_{model}.png")
     fig = new_figure(6.4, 4.4)
     ax = fig.add_subplot()
+    crossing_drawn = paper_drawn = False
     for i, model in enumerate(models):
+        model_drawn = False
         for c in (x for x in curves if x.variant.model == model):
-            q = c.result.fit.quote() if c.result.fit is not None else None
-            shown = q is not None and q.kind in (QuoteKind.MU, QuoteKind.CROSSING)
-            mu = q.value if shown else math.nan
-            err, fmt = (q.err if math.isfinite(q.err) else None, "o" if q.is_mu else "x") if shown else (None, "x")
-            if math.isfinite(mu):
-                ax.errorbar(mu, 100 * c.peak_accuracy, xerr=err, fmt=fmt, color=f"C{i}", ms=4)
-                ax.annotate(c.variant.key.removeprefix(model + "-"), (mu, 100 * c.peak_accuracy), fontsize=6,
+            q = c.quote()  # the value the tables quote (a matched curve: its matched crossing)
+            if q.kind in (QuoteKind.MU, QuoteKind.CROSSING) and math.isfinite(q.value):
+                err = q.err if math.isfinite(q.err) else None
+                ax.errorbar(q.value, 100 * c.peak_accuracy, xerr=err, fmt="o" if q.is_mu else "x", color=f"C{i}",
+                            ms=4)
+                ax.annotate(c.variant.key.removeprefix(model + "-"), (q.value, 100 * c.peak_accuracy), fontsize=6,
                             xytext=(3, 3), textcoords="offset points")
+                model_drawn, crossing_drawn = True, crossing_drawn or not q.is_mu
             p = c.paper
             if p is not None and p.mu is not None and p.accuracy is not None:
                 ax.plot(p.mu, p.accuracy, "s", mfc="none", color=f"C{i}", ms=5)
-        ax.plot([], [], "o", color=f"C{i}", label=f"{model} (measured)")
-    ax.plot([], [], "x", color="gray", label="crossing estimate (fit not OK)")
-    ax.plot([], [], "s", mfc="none", color="gray", label="paper")
+                paper_drawn = True
+        if model_drawn:  # legend entries only for what is drawn
+            ax.plot([], [], "o", color=f"C{i}", label=f"{model} (measured)")
+    if crossing_drawn:
+        ax.plot([], [], "x", color="gray", label="crossing estimate (fit not OK)")
+    if paper_drawn:
+        ax.plot([], [], "s", mfc="none", color="gray", label="paper")
     ax.set_xscale("log")
     ax.set_xlabel("midpoint noise level μ")
     ax.set_ylabel("peak accuracy (%)")
     ax.set_title("accuracy vs robustness (Pareto)", fontsize=10)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     ax.grid(True, alpha=0.3)
     files["pareto"] = save_figure(fig, out / "plots" / "pareto.png")
     return files

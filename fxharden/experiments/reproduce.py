@@ -107,10 +107,16 @@ def run_cell(cell: Cell, workdir: str, ship_checkpoint: bool = False,
 
 
 def _done_text(record: Dict[str, Any]) -> str:
-    """A finished cell in a few words: accuracy, epochs trained, sweep speed."""
+    """A finished cell in a few words: accuracy, epochs trained, sweep speed. The accuracy is
+    the clean one (σ = 0), except for a cell of a matched curve: there, as in the curve's
+    table, its accuracy at its own σ (the curve has no σ = 0 point)."""
     acc = record.get("test_accuracy")
     train = record.get("train") or {}
     parts = [f"acc {acc:.3f}" if acc is not None else "acc -"]
+    if (record.get("variant") or {}).get("matched"):
+        own = [p for p in record.get("points", []) if p["sigma"] > 0]  # swept at its own σ only
+        parts = [f"acc {sum(own[0]['correct']) / (len(own[0]['correct']) * own[0]['total']):.3f} at its σ "
+                 f"{own[0]['sigma']:g}" if own and own[0]["correct"] else "acc -"]
     if train.get("epochs") is not None:
         parts.append(f"{train['epochs']} epochs in {train.get('seconds') or 0:.0f} s")
     if record.get("sweep_seconds") is not None:

@@ -44,7 +44,7 @@ from .engine import EvalData
 from .noise_cost import CostModel, allocation_cost, site_ops
 from .results import SweepMode, SweepResult, Units
 from .sigma_map import SIGMA_MAP_FILE, write_sigma_map
-from .sensitivity import sensitivity
+from .sensitivity import Estimate, estimate_text, sensitivity
 from .sweep import sweep
 from .sweep_config import SweepConfig
 
@@ -73,13 +73,23 @@ class SiteBudget:
     ops: int
     """Operations per input image (``noise_cost.site_ops``)."""
     mu: float
-    """Per-layer sensitivity used for the shape (the profile's quoted μ; a lower bound for
-    sites that never fell half way)."""
+    """Per-layer sensitivity used for the shape: the profile's quoted μ (``estimate`` says
+    which kind); for a site beyond the grid its lower bound, for a site without an estimate
+    the largest σ of the profile."""
     sigma: float
     """Allocated noise (sweep units); 0: protected (digital)."""
     protected: bool
     reason: str = ""
     """Why a site is protected."""
+    estimate: str = Estimate.FIT
+    """What the profile quotes for the site (``sensitivity.Estimate``): ``fit``, ``crossing``,
+    ``lower bound`` (μ > ``mu``, printed ``> mu``) or ``none`` (printed ``-``)."""
+    mu_err: float = math.nan
+    """The 1-σ error of ``mu`` (NaN for a bound or no estimate)."""
+
+    def mu_text(self) -> str:
+        """The per-layer μ as printed (``sensitivity.estimate_text``)."""
+        return estimate_text(self.estimate, self.mu, self.mu_err)
 
 
 @dataclass
@@ -149,7 +159,7 @@ class BudgetResult:
         for i, s in enumerate(self.sites, 1):
             share = allocation_cost({s.site: s.ops}, {s.site: s.sigma}, self.digital_sigma) / self.cost
             sigma = "protected" + (f" ({s.reason})" if s.reason else "") if s.protected else f"{s.sigma:.4g}"
-            lines.append(f"| {i} | `{s.site}` | {s.kind or '-'} | {s.ops:,} | {s.ops / total:.1%} | {s.mu:.4g} | "
+            lines.append(f"| {i} | `{s.site}` | {s.kind or '-'} | {s.ops:,} | {s.ops / total:.1%} | {s.mu_text()} | "
                          f"{sigma} | {share:.1%} |")
         return "\n".join(lines) + "\n"
 
@@ -263,7 +273,8 @@ def budget(model: ModelLike, data: Any, max_drop: float, *, config: Optional[Swe
     if alloc_cost > uniform_cost:
         alloc, alloc_cost, t, acc, kind = {s: tu for s in sites}, uniform_cost, tu, accu, "uniform"
     table = [SiteBudget(s, profile.site_kinds.get(s, ""), ops[s], mu[s], alloc[s], alloc[s] == 0,
-                        f"fails alone {failing[s]}" if s in failing and alloc[s] == 0 else "") for s in sites]
+                        f"fails alone {failing[s]}" if s in failing and alloc[s] == 0 else "", rows[s].estimate,
+                        rows[s].mu_err if math.isfinite(rows[s].mu) else math.nan) for s in sites]
     return BudgetResult(max_drop, base.units, clean, table, t, acc, tu, accu, alloc_cost, uniform_cost, d_sigma, kind,
                         {"allocation": curve, "uniform": ucurve}, metric=profile.metric)
 

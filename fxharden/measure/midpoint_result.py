@@ -18,7 +18,7 @@ from .midpoint_models import MidpointModel, evaluate
 __all__ = [
     "AT_CHANCE_TOL", "A_MIN_TOL", "CONST_P_VALUE", "ERR_FLOOR", "MIN_PLATEAU_POINTS", "MIN_POINTS",
     "MIN_UNWEIGHTED_DOF", "POOR_FIT_CHI2_RED", "SIGNIFICANCE",
-    "FitStatus", "MidpointFit", "Quote", "QuoteKind", "midpoint_model",
+    "FitStatus", "MidpointFit", "Quote", "QuoteKind", "format_quote", "midpoint_model",
 ]
 
 #: Smallest accuracy uncertainty used in the weights (0.1 percentage point). Uncertainties
@@ -86,14 +86,24 @@ class Quote:
 
     def text(self, digits: int = 4) -> str:
         """``0.3212 ± 0.0061``, ``~0.61 ± 0.02 (poor_fit)``, ``> 10 (beyond_grid)`` or ``- (at_chance)``."""
-        err = f" ± {self.err:.2g}" if math.isfinite(self.err) else ""
-        if self.kind is QuoteKind.MU:
-            return f"{self.value:.{digits}g}{err}"
-        if self.kind is QuoteKind.CROSSING:
-            return f"~{self.value:.{digits}g}{err} ({self.label or self.status.value})"
-        if self.kind is QuoteKind.LOWER_BOUND:
-            return f"> {self.value:.{digits}g} ({self.status.value})"
-        return f"- ({self.status.value})"
+        note = (self.label or self.status.value) if self.kind is QuoteKind.CROSSING else self.status.value
+        return format_quote(self.kind, self.value, self.err, note, digits)
+
+
+def format_quote(kind: QuoteKind, value: float, err: float = math.nan, note: str = "", digits: int = 4) -> str:
+    """The one text of a quoted μ, wherever μ is printed: ``0.3212 ± 0.0061`` (a fitted μ),
+    ``~0.61 ± 0.02 (note)`` (a crossing), ``> 10 (note)`` (a lower bound: μ lies beyond the
+    largest σ measured, never printed as a value) or ``- (note)`` (no estimate); ``(note)``
+    only when ``note`` is given, never after a fitted μ."""
+    tail = f" ({note})" if note else ""
+    err_text = f" ± {err:.2g}" if math.isfinite(err) else ""
+    if kind is QuoteKind.MU:
+        return f"{value:.{digits}g}{err_text}"
+    if kind is QuoteKind.CROSSING:
+        return f"~{value:.{digits}g}{err_text}{tail}"
+    if kind is QuoteKind.LOWER_BOUND:
+        return f"> {value:.{digits}g}{tail}"
+    return f"-{tail}"
 
 
 def midpoint_model(sigmas: Union[Sequence[float], np.ndarray], mu: float, slope: float, delta_a: float,
@@ -160,6 +170,18 @@ class MidpointFit:
             return np.full(x.shape, np.nan)
         return evaluate(self.model, x, self.mu, self.slope, self.delta_a, self.a_min)
 
+    @property
+    def has_crossing(self) -> bool:
+        """Whether ``mu_crossing`` is an estimate of μ: the accuracy crossed its half level and
+        the curve is neither at chance (a crossing of noise) nor beyond the grid."""
+        return self.status not in (FitStatus.AT_CHANCE, FitStatus.BEYOND_GRID) and math.isfinite(self.mu_crossing)
+
+    def crossing_text(self, digits: int = 4) -> str:
+        """``mu_crossing ± err`` where it is an estimate of μ (``has_crossing``), else ``-``."""
+        if not self.has_crossing:
+            return "-"
+        return format_quote(QuoteKind.MU, self.mu_crossing, self.mu_crossing_err, digits=digits)
+
     def quote(self) -> Quote:
         """The one value to show for this fit: μ if OK, else the marked crossing (when the
         accuracy falls through half way), a lower bound (beyond the grid) or nothing."""
@@ -167,7 +189,7 @@ class MidpointFit:
             return Quote(QuoteKind.MU, self.mu, self.mu_err, self.status, self.message)
         if self.status is FitStatus.BEYOND_GRID:
             return Quote(QuoteKind.LOWER_BOUND, self.mu_lower, math.nan, self.status, self.message)
-        if self.status is not FitStatus.AT_CHANCE and math.isfinite(self.mu_crossing):
+        if self.has_crossing:
             return Quote(QuoteKind.CROSSING, self.mu_crossing, self.mu_crossing_err, self.status, self.message)
         return Quote(QuoteKind.NONE, math.nan, math.nan, self.status, self.message)
 

@@ -71,8 +71,9 @@ def plot_accuracy(result: SweepResult, path: PathLike, site: Optional[str] = Non
         elif q is not None and q.kind is QuoteKind.CROSSING:  # marked as a crossing, not as μ
             ax.axvline(q.value, ls=":", lw=0.9, color=color)
     ax.axhline(result.chance, ls=":", lw=0.9, color="gray", label=f"chance ({result.chance:.3g})")
-    ax.axhline(result.clean_accuracy, ls=":", lw=0.9, color="black",
-               label=f"clean ({result.clean_accuracy:.3g})")
+    if result.has_clean_point:  # a matched curve has no σ = 0 point
+        ax.axhline(result.clean_accuracy, ls=":", lw=0.9, color="black",
+                   label=f"clean ({result.clean_accuracy:.3g})")
     ax.set_xscale("log")
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("noise strength σ")

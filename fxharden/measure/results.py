@@ -302,6 +302,13 @@ class SweepResult:
         return np.array([p.sigma for p in pts]), np.array([p.raw_mean for p in pts])
 
     @property
+    def has_clean_point(self) -> bool:
+        """False for a matched (noisy-training) curve (``config["matched"]``): every point is its
+        own network, trained and measured at that σ, so the curve has no σ = 0 point (its
+        ``clean_accuracy`` only anchors the fit's upper plateau) and none is written or drawn."""
+        return not self.config.get("matched", False)
+
+    @property
     def clean_err(self) -> float:
         """Error of ``clean_accuracy`` as the fits use it: the spread across networks (several),
         floored at the binomial error of one network's accuracy on ``num_images`` images."""
@@ -424,8 +431,9 @@ class SweepResult:
 
     def to_csv(self) -> str:
         """One row per point: site, sigma, mean/std/err accuracy, then every raw accuracy
-        (``net<n>_rep<r>``). The first row is the clean accuracy (sigma 0). Other metrics:
-        the same columns hold the fit scores, and a last column the metric's mean value."""
+        (``net<n>_rep<r>``). The first row is the clean accuracy (sigma 0), except for a
+        curve without one (``has_clean_point``). Other metrics: the same columns hold the fit
+        scores, and a last column the metric's mean value."""
         n_nets = len(self.clean_accuracies)
         reps = max((p.accuracy.shape[1] for p in self.points), default=0)
         raw = [f"net{n}_rep{r}" for n in range(n_nets) for r in range(reps)]
@@ -434,9 +442,10 @@ class SweepResult:
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(["site", "sigma", "n", "accuracy_mean", "accuracy_std", "accuracy_err", *raw]
                    + ([f"{self.metric}_mean"] if extra else []))
-        w.writerow(["", 0.0, n_nets, self.clean_accuracy, float(np.std(self.clean_accuracies, ddof=1))
-                    if n_nets > 1 else 0.0, "", *[a for a in self.clean_accuracies for _ in range(reps)]]
-                   + ([float(np.mean(self.metric_info.get("clean_values", [math.nan])))] if extra else []))
+        if self.has_clean_point:
+            w.writerow(["", 0.0, n_nets, self.clean_accuracy, float(np.std(self.clean_accuracies, ddof=1))
+                        if n_nets > 1 else 0.0, "", *[a for a in self.clean_accuracies for _ in range(reps)]]
+                       + ([float(np.mean(self.metric_info.get("clean_values", [math.nan])))] if extra else []))
         for p in sorted(self.points, key=lambda p: (p.site or "", p.sigma)):
             w.writerow([p.site or "", p.sigma, len(p.samples), p.mean, p.std, p.err, *p.accuracy.ravel().tolist()]
                        + ([float(np.mean(p.values))] if extra and p.values else []))

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 from .metrics import MidpointFit, QuoteKind
+from .midpoint_result import format_quote
 from .results import SweepMode, SweepResult
 
-__all__ = ["Estimate", "SiteSensitivity", "quoted_mu", "sensitivity", "sensitivity_by_site", "sensitivity_markdown",
+__all__ = ["Estimate", "SiteSensitivity", "estimate_text", "quoted_mu", "sensitivity", "sensitivity_by_site", "sensitivity_markdown",
            "PER_LAYER_MD"]
 
 PER_LAYER_MD = "per_layer_mu.md"
@@ -49,18 +50,20 @@ class SiteSensitivity:
     """The fit's status value."""
 
     def text(self) -> str:
-        """``0.42 ± 0.03``, ``~0.42 (crossing)``, ``> 10``, or ``-``."""
-        if self.estimate == Estimate.FIT:
-            return f"{self.mu:.4g} ± {self.mu_err:.2g}"
-        if self.estimate == Estimate.CROSSING:
-            return f"~{self.mu:.4g} (crossing)"
-        if self.estimate == Estimate.LOWER_BOUND:
-            return f"> {self.mu:.4g}"
-        return "-"
+        """``0.42 ± 0.03``, ``~0.42 ± 0.05 (crossing)``, ``> 10``, or ``-`` (``estimate_text``)."""
+        return estimate_text(self.estimate, self.mu, self.mu_err)
 
 
 _ESTIMATE = {QuoteKind.MU: Estimate.FIT, QuoteKind.CROSSING: Estimate.CROSSING,
              QuoteKind.LOWER_BOUND: Estimate.LOWER_BOUND, QuoteKind.NONE: Estimate.NONE}
+_KIND = {v: k for k, v in _ESTIMATE.items()}
+
+
+def estimate_text(estimate: str, mu: float, mu_err: float = math.nan) -> str:
+    """A per-site μ as every per-site table prints it (``format_quote``): the value with its
+    error for a fit, ``~value (crossing)``, ``> bound`` for a site beyond the grid (never the
+    bound as if it were μ) and ``-`` where there is no estimate."""
+    return format_quote(_KIND[estimate], mu, mu_err, "crossing" if estimate == Estimate.CROSSING else "")
 
 
 def quoted_mu(fit: Optional[MidpointFit]) -> Tuple[float, float, str]:

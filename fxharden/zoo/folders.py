@@ -24,7 +24,7 @@ from .data import NPZ_FILES, TV_FOLDER, CorruptDataError, DataNotFoundError, Ten
 from .options import OnCorrupt
 from .preprocess import Preprocess
 
-__all__ = ["OnCorrupt", "IMAGE_EXTENSIONS", "scan_folder", "stratified", "load_image_folder", "resolve_data",
+__all__ = ["OnCorrupt", "IMAGE_EXTENSIONS", "first_image_size", "scan_folder", "stratified", "load_image_folder", "resolve_data",
            "MEMORY_BYTES", "is_cifar_root"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -66,6 +66,31 @@ def scan_folder(root: PathLike) -> Tuple[List[str], List[Tuple[Path, int]]]:
         raise ValueError(f"{root}: class folder(s) without images ({', '.join(empty[:8])}); remove them or add images "
                          f"(extensions: {', '.join(IMAGE_EXTENSIONS)})")
     return classes, files
+
+
+def first_image_size(root: PathLike) -> Optional[Tuple[int, int]]:
+    """``(width, height)`` of the first image below ``root`` in sorted order (read from its
+    header only), or ``None`` when there is none or it cannot be read."""
+    from PIL import Image
+
+    def first(folder: Path) -> Optional[Path]:
+        try:
+            entries = sorted(folder.iterdir())
+        except OSError:
+            return None
+        for p in entries:
+            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
+                return p
+        return next((f for f in (first(p) for p in entries if p.is_dir()) if f is not None), None)
+
+    path = first(Path(root).expanduser())
+    if path is None:
+        return None
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except (OSError, ValueError):
+        return None
 
 
 def stratified(labels: Sequence[int], n: int) -> List[int]:

@@ -7,16 +7,20 @@ how to resize their head). Used by the CLI's ``sweep`` and ``train`` and by the 
 from __future__ import annotations
 
 import hashlib
+import re
+import warnings
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple
 
+from torch import nn
+
 from .data import TensorImageDataset
-from .folders import is_cifar_root, load_image_folder, resolve_data, stratified, uses_cifar
+from .folders import first_image_size, is_cifar_root, load_image_folder, resolve_data, stratified, uses_cifar
 from .models import LoadedModel, load_model
 from .options import DataOptions, ModelOptions
 from .preprocess import Preprocess
 
-__all__ = ["load_with_data", "resolve_dataset", "cifar_overrides", "resolve_splits", "class_mismatch",
+__all__ = ["load_with_data", "resolve_dataset", "check_first_forward", "upscale_note", "InputSizeError", "cifar_overrides", "resolve_splits", "class_mismatch",
            "effective_preprocess", "inputs_record", "heldout_data", "HOLDOUT"]
 
 HOLDOUT = 0.2
@@ -45,6 +49,9 @@ def load_with_data(source: str, model: ModelOptions, data: DataOptions,
     lm = load_model(source, pretrained=model.pretrained, weights=model.weights, num_classes=model.num_classes,
                     model_args=model.model_args)
     preprocess = data.preprocess(lm.preprocess)
+    note = None if lm.names_preprocess else upscale_note(source, preprocess, data)
+    if note:
+        warnings.warn(note, stacklevel=2)
     if loader is None:
         dataset = resolve_dataset(data, preprocess)
         first = dataset
@@ -58,6 +65,78 @@ def load_with_data(source: str, model: ModelOptions, data: DataOptions,
     if problem:
         raise ValueError(problem)
     return lm, dataset
+
+
+class InputSizeError(ValueError):
+    """The model cannot take the images at the size they were prepared at."""
+
+
+_SHAPE_ERROR = re.compile(r"shape|size|dimension|channels", re.IGNORECASE)
+
+
+def upscale_note(source: str, preprocess: Preprocess, data: DataOptions) -> Optional[str]:
+    """What to tell when an image folder's images are smaller than the input size taken from
+    timm's default (a model that names no preprocessing) and no ``input_size`` was given: they
+    are enlarged, which costs time and is rarely what a model for small images expects."""
+    if data.input_size is not None or uses_cifar(data.path, data.download):
+        return None
+    size = first_image_size(data.path)
+    side = preprocess.input_size[-1]
+    if size is None or min(size) >= side:
+        return None
+    return (f"{source} names no preprocessing, so the images of {data.path} ({size[0]}x{size[1]} px) are enlarged "
+            f"to {side}x{side} px (timm's ImageNet default); if the model takes {min(size)} px images, pass "
+            f"--input-size {min(size)} (input_size={min(size)}): smaller inputs also run faster")
+
+
+def check_first_forward(model: nn.Module, data: TensorImageDataset, preprocess: Preprocess, label: str,
+                        cifar: bool = False, folder: Any = None) -> None:
+    """Run ``model`` (in eval mode, restored after) on the first image of ``data``, before any
+    sweep or training, so that a model built for another input size fails here with a message
+    naming the size used and the option that changes it, not deep inside a sweep.
+
+    Raises:
+        InputSizeError: the forward failed with a shape error (``RuntimeError`` naming shapes,
+            sizes or dimensions); other errors propagate unchanged.
+    """
+    import torch
+
+    x = data[0][0].unsqueeze(0)
+    param = next(iter(model.parameters()), None)
+    if param is not None:
+        x = x.to(param.device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(x)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if not _SHAPE_ERROR.search(first):
+            raise
+        c, h, w = x.shape[1:]
+        if cifar:
+            fix = ("CIFAR-10 images are used as they are, 32x32 (not resized): give a model that takes them, or an "
+                   "image folder (--data DIR, one subfolder per class) with --input-size N (input_size=N)")
+        else:
+            native = first_image_size(folder) if folder is not None else None
+            fix = (f"if the model takes another input size, pass --input-size N (input_size=N)"
+                   + (f", e.g. --input-size {min(native)} for the {native[0]}x{native[1]} px images of {folder}"
+                      if native is not None and min(native) != h else ""))
+        raise InputSizeError(f"{label} cannot take the images as prepared: its first forward, on one {c}x{h}x{w} "
+                             f"image, failed ({first}). The images were prepared at {h}x{w} px ("
+                             f"{'as they are' if cifar else _describe_size(preprocess)}); {fix}.") from None
+    finally:
+        model.train(was_training)
+
+
+def _describe_size(preprocess: Preprocess) -> str:
+    """``resized to 256 then centre-cropped to 224, bicubic`` of a ``Preprocess``."""
+    side = preprocess.input_size[-1]
+    if preprocess.crop_pct >= 1.0:
+        return f"resized to {side}, {preprocess.interpolation}"
+    return (f"resized to {int(side / preprocess.crop_pct)} then centre-cropped to {side} (crop {preprocess.crop_pct:g}), "
+            f"{preprocess.interpolation}")
 
 
 def resolve_dataset(data: DataOptions, preprocess: Preprocess) -> TensorImageDataset:

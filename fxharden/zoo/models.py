@@ -19,7 +19,7 @@ from torch import nn
 from ..core.config import HardenConfig, config_to_dict
 from ..core.harden import HardenedModule, harden, noise_sites
 
-from .preprocess import Preprocess
+from .preprocess import NAMED_NONE, Preprocess
 from .sources import ModelSource, ModelSourceError, SourceKind, build_source, parse_source, source_names
 
 __all__ = ["build_model", "check_model_name", "load_model", "LoadedModel", "model_names", "resolve_networks",
@@ -71,6 +71,11 @@ class LoadedModel:
     """Where the weights came from (``timm pretrained``, a torchvision enum, a path); ``None``: random."""
     preprocess_origin: str = ""
     """Where ``preprocess`` comes from (printed by the CLI and recorded in results)."""
+
+    @property
+    def names_preprocess(self) -> bool:
+        """False when the model names no preprocessing and ``preprocess`` is timm's default."""
+        return self.preprocess_origin != NAMED_NONE
 
     @property
     def example_inputs(self) -> Any:
@@ -150,7 +155,7 @@ def load_model(source: str, *, pretrained: bool = False, weights: Union[str, os.
         preprocess = Preprocess.for_model(model, tv_enum)
         how = (f"torchvision {tv_enum} transforms()" if tv_enum is not None
                else "the model's pretrained config (timm)" if getattr(model, "pretrained_cfg", None)
-               else "default: timm's 224 px ImageNet preprocessing (the model names none)")
+               else NAMED_NONE)
     loaded = LoadedModel(model, src, preprocess, arch_kwargs, origin, how)
     if "num_classes" not in arch_kwargs and loaded.num_classes is not None and src.kind not in (SourceKind.FACTORY,
                                                                                                  SourceKind.HF):

@@ -17,10 +17,12 @@ from typing import Any, Callable, Optional, Sequence, Tuple
 
 from torch import nn
 
-__all__ = ["Preprocess", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["Preprocess", "IMAGENET_MEAN", "IMAGENET_STD", "NAMED_NONE"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+NAMED_NONE = "default: timm's 224 px ImageNet preprocessing (the model names none)"
+"""The origin of ``Preprocess()`` for a model that names no preprocessing of its own."""
 
 
 @dataclass(frozen=True)

@@ -188,15 +188,6 @@ def test_weight_noise_one_draw_per_batch_group():
             assert not torch.allclose(out[3], out[0], atol=1e-3)
 
 
-def test_export_frontend_lists_the_recurrent_layer_as_skipped():
-    model = Wrap(nn.LSTM(3, 4, batch_first=True)).eval()
-    hm = fxharden.harden(model, bits=8, frontend="export", example_inputs=(torch.randn(2, 5, 3),))
-    skipped = fxharden.harden_report(hm).skipped
-    assert "rnn" in skipped and "frontend='fx'" in skipped["rnn"]
-    hm_fx = fxharden.harden(model, bits=8)
-    assert fxharden.harden_report(hm_fx).skipped == {}
-
-
 class TinyClassifier(nn.Module):
     def __init__(self):
         super().__init__()

@@ -282,3 +282,18 @@ def test_the_reference_clean_accuracy_is_measured_on_the_model(plain):
     assert 0 <= r.drop <= 0.03
     accs = eval_map(hm, data, r.sigma_map, range(100, 130))
     assert eager - accs.mean() <= 0.03 + 3 * accs.std(ddof=1) / math.sqrt(len(accs))
+
+
+def test_a_site_beyond_the_grid_is_printed_as_a_bound(plain):
+    """``dead``'s noise never reaches the output, so its accuracy never falls half way inside the
+    profile's grid: its per-layer μ is a lower bound and prints as ``> σ_max``, never as the
+    largest σ measured as if that were its μ."""
+    _, _, r = plain
+    dead = next(s for s in r.sites if s.site == "dead")
+    assert dead.estimate == "lower bound" and dead.mu >= FAST.sigma_max
+    row = next(line for line in r.markdown().splitlines() if "`dead`" in line)
+    assert row.split("|")[6].strip() == f"> {dead.mu:.4g}"
+    for s in r.sites:  # a fitted μ is printed with its error, a crossing marked "~"
+        cell = next(line for line in r.markdown().splitlines() if f"`{s.site}`" in line).split("|")[6].strip()
+        assert cell.startswith({"fit": "", "crossing": "~", "lower bound": "> ", "none": "-"}[s.estimate])
+        assert ("±" in cell) == (s.estimate in ("fit", "crossing") and math.isfinite(s.mu_err))

@@ -1,16 +1,24 @@
-"""Noise modules together: ``NoiseChain`` (several models on one weight) and ``noise_off``
-(every noise of a model off for a while)."""
+"""Noise modules together: ``NoiseChain`` (several models on one weight) and the weight noise
+of a layer as configured (``weight_noise_for``), and ``noise_off`` (every noise of a model off
+for a while)."""
 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, List
+from typing import Iterator, List, Optional, Tuple
 
 from torch import Tensor, nn
 
+from ..config import HardenConfig, WeightNoiseKind
+from .models import LogNormal, NoiseModel, Role, StuckAt, noise_model
 from .module import Noise
 
-__all__ = ["NoiseChain", "noise_off"]
+__all__ = ["NoiseChain", "noise_off", "weight_models", "weight_noise_for", "DRIFT_SUFFIX", "FAULTS_SUFFIX"]
+
+DRIFT_SUFFIX, FAULTS_SUFFIX = ".drift", ".faults"
+"""Site names of the drift and fault modules of a layer: ``<layer>.weight.drift``,
+``<layer>.weight.faults`` (the configured weight noise is ``<layer>.weight``); distinct names
+give them distinct random streams."""
 
 
 @contextlib.contextmanager
@@ -59,3 +67,29 @@ class NoiseChain(nn.Sequential):
             if m.active:
                 ws = m.draw_weights(ws)
         return ws
+
+
+def weight_models(config: HardenConfig) -> List[Tuple[str, NoiseModel, float]]:
+    """``(site suffix, model, sigma)`` of each weight noise model ``config`` asks for, applied
+    in this order: drift, then the configured weight noise, then stuck-at faults (a stuck weight
+    stays put)."""
+    out: List[Tuple[str, NoiseModel, float]] = []
+    if config.weight_drift is not None:
+        out.append((DRIFT_SUFFIX, LogNormal(), config.weight_drift.sigma))
+    wn = config.weight_noise
+    if wn.kind is not WeightNoiseKind.NONE:
+        out.append(("", noise_model(wn.kind, Role.WEIGHTS, **({"of_max": True} if wn.relative else {})), wn.sigma))
+    if config.weight_faults is not None:
+        out.append((FAULTS_SUFFIX, StuckAt(zero_fraction=config.weight_faults.zero_fraction), config.weight_faults.p))
+    return out
+
+
+def weight_noise_for(layer: str, config: HardenConfig) -> Optional[nn.Module]:
+    """The weight noise of layer (or functional site) ``layer``: one ``Noise`` per configured
+    model (sites ``<layer>.weight``, ``.weight.drift``, ``.weight.faults``), chained."""
+    noises = []
+    for suffix, model, sigma in weight_models(config):
+        noise = Noise(f"{layer}.weight{suffix}", config.noise.seed, kind=model)
+        noise.set_sigma(sigma)
+        noises.append(noise)
+    return noises[0] if len(noises) == 1 else NoiseChain(*noises)

@@ -16,18 +16,12 @@ from ..layers import HARDENED_LAYERS
 from ..module_route import LayerSite
 from ..quant import ActQuant
 from ..recurrent import recurrent_noises
-from .chain import noise_off
+from .chain import DRIFT_SUFFIX, FAULTS_SUFFIX, noise_off
 from .models import Role
 from .module import Noise, SigmaLike
 
 __all__ = ["noise_modules", "noise_sites", "set_noise", "set_weight_noise", "seed_noise", "noise_off",
            "check_sites", "check_hardened", "weight_noise_modules", "DRIFT_SUFFIX", "FAULTS_SUFFIX"]
-
-DRIFT_SUFFIX, FAULTS_SUFFIX = ".drift", ".faults"
-"""Site names of the drift and fault modules of a layer: ``<layer>.weight.drift``,
-``<layer>.weight.faults`` (the configured weight noise is ``<layer>.weight``); distinct names
-give them distinct random streams."""
-
 
 def check_hardened(model: Any) -> HardenedModule:
     """``model`` itself, if ``harden`` made it; else a ``TypeError`` that says so."""
