@@ -417,9 +417,13 @@ def can_harden_weights(module: nn.Module) -> bool:
 
 def weight_axis(module: nn.Module) -> Optional[int]:
     """The per-channel axis of the layer's weight quantizer: 0 (output channels) for
-    convolutions and expert matrices (one step per expert), ``None`` (one step per tensor) for
-    linear and attention projections."""
-    return 0 if isinstance(module, nn.modules.conv._ConvNd) or expert_weights(module) else None
+    convolutions, expert matrices (one step per expert) and recurrent layers (one step per gate
+    row of each input-to-hidden, hidden-to-hidden and projection matrix: an analog tile scales
+    each output row on its own), ``None`` (one step per tensor) for linear and attention
+    projections."""
+    if isinstance(module, (nn.modules.conv._ConvNd, nn.RNNBase, nn.RNNCellBase)) or expert_weights(module):
+        return 0
+    return None
 
 
 @contextlib.contextmanager

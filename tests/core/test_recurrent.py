@@ -106,9 +106,10 @@ def test_state_dict_keys_and_values_unchanged_and_sites_reported():
 
 
 def _fake_quant(w, bits):
-    """Symmetric per-tensor fake quantization, as linear layers get (written out here)."""
+    """Symmetric fake quantization with one step per row (gate row) of the matrix, as an
+    analog tile scales each output row (written out here)."""
     qmax = 2 ** (bits - 1) - 1
-    step = w.abs().max() / qmax
+    step = w.abs().amax(dim=1, keepdim=True) / qmax
     return torch.clamp(torch.round(w / step), -qmax, qmax) * step
 
 

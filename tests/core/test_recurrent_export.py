@@ -71,9 +71,11 @@ def test_noop_other_layers_and_cells(layer):
         assert torch.equal(hm(x), plain(x))
 
 
-def _fake_quantize(t, bits=8):
-    """The closed-form symmetric grid: step max|t| / (2^(b-1) - 1), round half to even."""
-    step = t.abs().amax() / (2 ** (bits - 1) - 1)
+def _fake_quantize(t, bits=8, per_row=False):
+    """The closed-form symmetric grid: step max|t| / (2^(b-1) - 1) (per row of a weight matrix
+    with ``per_row``), round half to even."""
+    peak = t.abs().amax(dim=1, keepdim=True) if per_row else t.abs().amax()
+    step = peak / (2 ** (bits - 1) - 1)
     return torch.round(t * (1.0 / step)) * step
 
 
@@ -88,7 +90,7 @@ def test_8bit_weights_and_input_are_the_closed_form_grid():
     with torch.no_grad():
         for name, w in reference.rnn.named_parameters():
             if name.startswith("weight"):
-                w.copy_(_fake_quantize(w))
+                w.copy_(_fake_quantize(w, per_row=True))
         expected = reference(_fake_quantize(x))
         out = hm(x)
     assert torch.allclose(out, expected, rtol=1e-5, atol=1e-6)
