@@ -120,7 +120,7 @@ def check_first_forward(model: nn.Module, data: TensorImageDataset, preprocess: 
                    "image folder (--data DIR, one subfolder per class) with --input-size N (input_size=N)")
         else:
             native = first_image_size(folder) if folder is not None else None
-            fix = (f"if the model takes another input size, pass --input-size N (input_size=N)"
+            fix = ("if the model takes another input size, pass --input-size N (input_size=N)"
                    + (f", e.g. --input-size {min(native)} for the {native[0]}x{native[1]} px images of {folder}"
                       if native is not None and min(native) != h else ""))
         raise InputSizeError(f"{label} cannot take the images as prepared: its first forward, on one {c}x{h}x{w} "

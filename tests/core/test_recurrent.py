@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import fxharden
-from fxharden.core.config import HardenConfig, NoiseConfig, QuantConfig, WeightNoiseConfig, WeightNoiseKind
+from fxharden.core.config import HardenConfig, QuantConfig, WeightNoiseConfig, WeightNoiseKind
 
 LOOP_TOL = dict(rtol=1e-5, atol=1e-6)
 """The step loop against torch's fused kernel: the same products summed in another order

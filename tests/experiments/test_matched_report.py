@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fxharden.experiments import report
-from fxharden.experiments.curves import Curve, matched_crossings, merge_curve
+from fxharden.experiments.curves import matched_crossings, merge_curve
 from fxharden.experiments.recipe_file import parse_experiment
 from fxharden.experiments.reproduce import _done_text
 from fxharden.measure.midpoint_result import QuoteKind
