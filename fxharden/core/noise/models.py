@@ -1,6 +1,6 @@
 """The noise models as values, each with its formula written once, and their registry.
 
-A model is a frozen dataclass: what it is called (``name``, one of ``NoiseKind``), what it
+A model is a frozen dataclass: what it is called (``name``, its key in the registry), what it
 acts on (``acts_on``), the units of its σ (``units``), its valid σ range (``sigma_max``), the
 random numbers it consumes (``draw``) and its parameters (fields). Its formula is one method,
 ``term``: from the tensor ``x``, the draw ``ε``, σ and the site's clean RMS it returns a term
@@ -14,8 +14,8 @@ and a scale with ``y = x + scale · term``. Both execution paths of the noise mo
   group, broadcast), nothing in place (``FUNCTIONAL`` ops), ``x + scale * term``.
 
 A model that is not of the form ``x + scale · term`` (stuck-at faults) overrides both with one
-shared formula. Adding a model: one class here with ``@register``, its name in ``NoiseKind``
-(the configuration's enum, torch-free) and one row in the parametrized tests that feed the
+shared formula. Adding a model: one class with ``@register`` (here, or in a module of its own
+that imports this one) and one row in the parametrized tests that feed the
 same ε to both paths (``tests/core/test_noise_formulas.py``).
 """
 
@@ -30,7 +30,7 @@ from typing import Any, ClassVar, Dict, FrozenSet, Optional, Sequence, Tuple, Ty
 import torch
 from torch import Tensor
 
-from ..noise_models import NoiseKind, check_param
+from ..noise_models import check_param
 
 __all__ = ["Role", "SigmaUnits", "Draw", "NoiseModel", "Additive", "Relative", "Multiplicative", "LogNormal",
            "StuckAt", "MODELS", "register", "noise_model", "IN_PLACE", "FUNCTIONAL"]
@@ -102,7 +102,8 @@ class NoiseModel:
     """A noise model: what one noise module does to the tensor ``x`` that passes through it
     at strength σ (class doc of each model for its formula; module doc for the contract)."""
 
-    name: ClassVar[NoiseKind]
+    name: ClassVar[str]
+    """The model's name: its key in ``MODELS`` and in configuration files."""
     acts_on: ClassVar[FrozenSet[Role]] = frozenset({Role.ACTIVATIONS, Role.WEIGHTS})
     units: ClassVar[SigmaUnits] = SigmaUnits.ABSOLUTE
     sigma_max: ClassVar[float] = math.inf
@@ -141,7 +142,7 @@ class NoiseModel:
     def check_sigma(self, values: Sequence[float], site: str) -> None:
         """Refuse σ values outside ``[0, sigma_max]`` (each is already finite and >= 0)."""
         if any(v > self.sigma_max for v in values):
-            raise ValueError(f"site {site!r}: {self.name.value} noise takes {self.sigma_means} in "
+            raise ValueError(f"site {site!r}: {self.name} noise takes {self.sigma_means} in "
                              f"[0, {self.sigma_max:g}], got {max(values)!r}")
 
 
@@ -155,12 +156,16 @@ def peak(x: Tensor, group_dim: Optional[int] = None) -> Tensor:
 
 
 MODELS: Dict[str, Type[NoiseModel]] = {}
-"""The registry: model class by name (``NoiseKind`` value)."""
+"""The registry: model class by name (the names of ``NoiseKind`` for the first five)."""
 
 
 def register(cls: Type[NoiseModel]) -> Type[NoiseModel]:
     """Class decorator: add a model to ``MODELS`` under its name."""
-    MODELS[NoiseKind(cls.name).value] = cls
+    if not isinstance(cls.__dict__.get("name"), str) or not cls.name:
+        raise TypeError(f"{cls.__name__} needs a class attribute name = '<its name>' to be registered")
+    if cls.name in MODELS and MODELS[cls.name] is not cls:
+        raise ValueError(f"a noise model named {cls.name!r} is already registered ({MODELS[cls.name].__name__})")
+    MODELS[cls.name] = cls
     return cls
 
 
@@ -170,7 +175,7 @@ class Additive(NoiseModel):
     """``y = x + σ ε``: absolute noise, σ in the units of ``x`` (the paper, Eq. 2); with
     ``of_max``, ``y = x + σ · max|x| · ε`` (Noisy Machines' convention for weights)."""
 
-    name: ClassVar[NoiseKind] = NoiseKind.ADDITIVE
+    name: ClassVar[str] = "additive"
     of_max: bool = False
     """σ relative to ``max|x|`` of the tensor (``WeightNoiseConfig.relative``)."""
 
@@ -195,7 +200,7 @@ class Relative(NoiseModel):
     sqrt(mean(x²))`` over calibration data with no noise anywhere (``calibrate_noise``), in
     the module's ``rms`` buffer. Dimensionless."""
 
-    name: ClassVar[NoiseKind] = NoiseKind.RELATIVE
+    name: ClassVar[str] = "relative"
     acts_on: ClassVar[FrozenSet[Role]] = frozenset({Role.ACTIVATIONS})
     units: ClassVar[SigmaUnits] = SigmaUnits.SITE_RMS
     needs_rms: ClassVar[bool] = True
@@ -209,7 +214,7 @@ class Relative(NoiseModel):
 class Multiplicative(NoiseModel):
     """``y = x · (1 + σ ε) = x + σ · (ε x)``: noise proportional to each element."""
 
-    name: ClassVar[NoiseKind] = NoiseKind.MULTIPLICATIVE
+    name: ClassVar[str] = "multiplicative"
     units: ClassVar[SigmaUnits] = SigmaUnits.DIMENSIONLESS
     consumes_draw: ClassVar[bool] = True
 
@@ -223,7 +228,7 @@ class LogNormal(NoiseModel):
     """``y = x · exp(σ ε) = x + x · (exp(σ ε) - 1)``: log-normal drift (BayesFT; weights,
     and conductance drift over time, ``WeightDriftConfig``)."""
 
-    name: ClassVar[NoiseKind] = NoiseKind.LOGNORMAL
+    name: ClassVar[str] = "lognormal"
     acts_on: ClassVar[FrozenSet[Role]] = frozenset({Role.WEIGHTS})
     units: ClassVar[SigmaUnits] = SigmaUnits.DIMENSIONLESS
     consumes_draw: ClassVar[bool] = True
@@ -240,7 +245,7 @@ class StuckAt(NoiseModel):
     over the tensor. Exact values, gradient 1 (forward only). Draws three uniforms per
     element: fault, sign, stuck-at-zero."""
 
-    name: ClassVar[NoiseKind] = NoiseKind.STUCK
+    name: ClassVar[str] = "stuck"
     acts_on: ClassVar[FrozenSet[Role]] = frozenset({Role.WEIGHTS})
     units: ClassVar[SigmaUnits] = SigmaUnits.PROBABILITY
     sigma_max: ClassVar[float] = 1.0
@@ -294,5 +299,5 @@ def noise_model(spec: Any, role: Optional[Role] = None, **params: Any) -> NoiseM
         model = cls(**params)
     if role is not None and role not in model.acts_on:
         names = ", ".join(m for m in MODELS if role in MODELS[m].acts_on)
-        raise ValueError(f"the {model.name.value} noise model does not act on {role.value}; choose one of: {names}")
+        raise ValueError(f"the {model.name} noise model does not act on {role.value}; choose one of: {names}")
     return model

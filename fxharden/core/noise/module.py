@@ -30,7 +30,6 @@ from torch import Tensor, nn
 
 from ..config import check_sigma
 from ..counter_rng import compiling, refuse
-from ..noise_models import NoiseKind
 from .batch import BatchGroups, expand_batch
 from .models import NoiseModel, StuckAt, noise_model
 from .streams import CounterStream, EagerStream, stream_seed
@@ -60,7 +59,7 @@ def _model(kind, relative: bool, zero_fraction: float) -> NoiseModel:
     if getattr(kind, "value", kind) == "none":
         raise ValueError("Noise needs a noise model, not WeightNoiseKind.NONE")
     model = noise_model(kind)
-    if relative and model.name is not NoiseKind.ADDITIVE:
+    if relative and model.name != "additive":
         raise ValueError("relative=True (sigma * max|x|) is defined for the additive kind only")
     params = {"of_max": True} if relative else {}
     if isinstance(model, StuckAt):
@@ -95,7 +94,7 @@ class Noise(BatchGroups, nn.Module):
     batch_dim_known = True
     _rms_known = False
 
-    def __init__(self, site: str, seed: int = 0, kind=NoiseKind.ADDITIVE, relative: bool = False,
+    def __init__(self, site: str, seed: int = 0, kind="additive", relative: bool = False,
                  zero_fraction: float = 0.5, keep_float32: bool = True) -> None:
         super().__init__()
         self.model: NoiseModel = _model(kind, relative, zero_fraction)
@@ -124,8 +123,8 @@ class Noise(BatchGroups, nn.Module):
         self._producer: tuple = ()  # (layer,) whose output arrives here: its forward hooks see it
 
     @property
-    def kind(self) -> NoiseKind:
-        """The model's name."""
+    def kind(self) -> str:
+        """The model's name (its key in ``MODELS``)."""
         return self.model.name
 
     @property
@@ -140,7 +139,7 @@ class Noise(BatchGroups, nn.Module):
 
     def extra_repr(self) -> str:
         rel = ", relative" if self.relative else ""
-        return f"site={self.site!r}, kind={self.kind.value}{rel}, seed={self.seed}"
+        return f"site={self.site!r}, kind={self.kind}{rel}, seed={self.seed}"
 
     def __getstate__(self):
         state = self.__dict__.copy()
