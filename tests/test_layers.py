@@ -141,6 +141,7 @@ def test_midpoint_fit_imports_only_numpy_scipy_and_itself():
 
 def test_midpoint_checker_sees_a_foreign_import(tmp_path):
     """The check itself: an import of torch and one of another measure module are reported."""
-    (tmp_path / "ok.py").write_text("import math\nimport numpy as np\nfrom scipy.stats import f\nfrom .models import x\n")
+    (tmp_path / "ok.py").write_text("import math\nimport numpy as np\nfrom scipy.stats import f\n"
+                                    "from .models import x\n")
     (tmp_path / "bad.py").write_text("import torch\nfrom ..results import SweepResult\n")
     assert _midpoint_violations(tmp_path) == ["bad.py:1 imports torch", "bad.py:2 imports ..results"]

@@ -54,15 +54,16 @@ def fit_midpoint(
     without chance), ``a_max = a_min + 2 δa ≤ 1`` and, with ``plateau``, ``a_max`` tied to the
     measured low-σ plateau by a Gaussian penalty; multi-start from the crossing estimate.
 
-    Errors of μ: ``mu_err_cov`` from the covariance; with ``replicas`` (resampled curves,
-    e.g. over networks, repeats and images, as ``fxharden.measure.results`` draws them) ``[mu_boot_lo, mu_boot_hi]``, the central 68 % percentile
-    interval of μ refitted on each; the quoted ``mu_err`` is ``max(mu_err_cov, half that
-    interval)`` with ``systematic·μ`` added in quadrature. ``mu_crossing_err`` is half the 68 %
-    interval of the crossing over the same replicas (without them: over ``n_boot`` curves
-    drawn from ``N(acc, acc_err)``), with the interpolation ambiguity (linear vs monotone
-    cubic) added in quadrature. Without ``acc_err`` every point's error is the rms scatter
-    about the best falling *or rising* curve with a free lower plateau, so neither a rising
-    curve nor a drop that levels off above chance inflates it.
+    Errors of μ: ``mu_err_cov`` from the covariance; with ``replicas`` (resampled curves, e.g.
+    over networks, repeats and images, as ``fxharden.measure.results`` draws them)
+    ``[mu_boot_lo, mu_boot_hi]``, the central 68 % percentile interval of μ refitted on each;
+    the quoted ``mu_err`` is ``max(mu_err_cov, half that interval)`` with ``systematic·μ`` added
+    in quadrature. ``mu_crossing_err`` is half the 68 % interval of the crossing over the same
+    replicas (without them: over ``n_boot`` curves drawn from ``N(acc, acc_err)``), with the
+    interpolation ambiguity (linear vs monotone cubic) added in quadrature. Without ``acc_err``
+    every point's error is the rms scatter about the best falling *or rising* curve with a free
+    lower plateau, so neither a rising curve nor a drop that levels off above chance inflates
+    it.
 
     Status, by the first rule that applies ("significant" = > SIGNIFICANCE errors):
       1. FIT_FAILED: fewer than 2 distinct sigmas.
