@@ -95,7 +95,7 @@ def test_checker_sees_an_upward_import(tmp_path):
     assert len(found) == 1 and "core/bad.py:1" in found[0] and "measure" in found[0]
 
 
-@pytest.mark.parametrize("module", ["fxharden", "fxharden.core.config", "fxharden.measure.metrics"])
+@pytest.mark.parametrize("module", ["fxharden", "fxharden.core.config", "fxharden.measure.midpoint.fit"])
 def test_light_modules_do_not_import_torch_fx_stack(module):
     """``import fxharden`` and the pure-numpy parts do not pull in timm or torchvision."""
     import subprocess
@@ -106,3 +106,42 @@ def test_light_modules_do_not_import_torch_fx_stack(module):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=PACKAGE.parent).stdout.strip()
     assert out == ""
+
+
+MIDPOINT = PACKAGE / "measure" / "midpoint"
+MIDPOINT_DEPENDS_ON = {"numpy", "scipy"}
+"""The only third-party packages the midpoint fit may import; it imports no other fxharden module."""
+
+
+def _midpoint_violations(folder: Path):
+    """Imports in ``folder`` of anything but the standard library, numpy, scipy and its own modules."""
+    import sys
+
+    bad = []
+    for path in sorted(folder.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                names = [] if node.level == 1 else [f"{'.' * node.level}{node.module or ''}"]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            for name in names:
+                root = name.split(".")[0]
+                if name.startswith(".") or (root not in sys.stdlib_module_names and root not in MIDPOINT_DEPENDS_ON):
+                    bad.append(f"{path.name}:{node.lineno} imports {name}")
+    return bad
+
+
+def test_midpoint_fit_imports_only_numpy_scipy_and_itself():
+    assert _midpoint_violations(MIDPOINT) == []
+
+
+def test_midpoint_checker_sees_a_foreign_import(tmp_path):
+    """The check itself: an import of torch and one of another measure module are reported."""
+    (tmp_path / "ok.py").write_text("import math\nimport numpy as np\nfrom scipy.stats import f\n"
+                                    "from .models import x\n")
+    (tmp_path / "bad.py").write_text("import torch\nfrom ..results import SweepResult\n")
+    assert _midpoint_violations(tmp_path) == ["bad.py:1 imports torch", "bad.py:2 imports ..results"]
