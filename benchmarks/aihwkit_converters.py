@@ -12,7 +12,7 @@ fraction of outputs that are bit-identical.
 With aihwkit-lightning importable in this interpreter:
     python benchmarks/aihwkit_converters.py
 Otherwise in two steps (the peer in its own environment, fxharden in the project's):
-    /work/venv-aihwkit/bin/python benchmarks/aihwkit_converters.py --peer-dump out.npz
+    <aihwkit-lightning venv>/bin/python benchmarks/aihwkit_converters.py --peer-dump out.npz
     python benchmarks/aihwkit_converters.py --compare out.npz
 """
 
