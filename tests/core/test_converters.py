@@ -199,6 +199,24 @@ def test_adc_before_bias_with_quantized_weights(frontend):
         assert torch.allclose(hm(x), ref, rtol=0, atol=1e-5)
 
 
+def test_adc_before_bias_of_a_functional_linear_call():
+    class Functional(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.w, self.b = nn.Parameter(torch.randn(3, 6)), nn.Parameter(torch.randn(3))
+
+        def forward(self, x):
+            return F.linear(x, self.w, bias=self.b)
+
+    model = Functional().eval()
+    cfg = HardenConfig(quant=None, frontend="fx", adc=ConverterConfig(levels=255, bound=BOUND, before_bias=True))
+    hm = fxharden.harden(model, config=cfg)
+    x = torch.randn(5, 6) * 3
+    with torch.no_grad():
+        assert torch.equal(hm(x), adc_ref(F.linear(x, model.w)) + model.b)
+
+
 def test_adc_before_bias_on_the_module_route():
     class Branchy(nn.Module):
         def __init__(self):
