@@ -23,7 +23,7 @@ from .module_route import LayerCandidate, LayerSite, attach_site, find_layers
 from .noise import Noise, weight_noise_for
 from .noise.verbs import (check_hardened, noise_sites, seed_noise, set_noise, set_weight_noise,  # noqa: F401
                           weight_noise_modules)  # the verbs, re-exported
-from .converters import check_converter_config, converter, split_layer_bias, split_site_bias, add_bias
+from .converters import add_bias, check_converter_config, converter, split_layer_bias, split_site_bias
 from .passes import ensure_container, insert_site_modules, key_for
 from .placement import model_placement, place_modules
 from .quant import ActQuant, WeightQuant
