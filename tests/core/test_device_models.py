@@ -286,3 +286,15 @@ def test_pcm_refuses_bad_fields(bad, message):
 def test_cmo_refuses_bad_fields(bad, message):
     with pytest.raises(ValueError, match=message):
         ReRamCMO(**bad)
+
+
+def test_one_sigma_per_batch_group_draws_one_weight_per_group_and_is_refused_compiled():
+    """Eagerly each group gets its own weight (σ 0: the weight itself); compiled, per-group σ
+    runs only for models of one normal per element, and the refusal says what to do."""
+    w = torch.randn(16, 8, generator=torch.Generator().manual_seed(0))
+    n = Noise("layer.weight", kind=PCM(t=3600.0))
+    n.set_sigma([0.0, 1.0, 1.0])
+    clean, a, b = n.draw_weights(w)
+    assert clean is w and not torch.equal(a, w) and not torch.equal(a, b)
+    with pytest.raises(NotImplementedError, match="one normal per element.*single sigma under torch.compile"):
+        torch.compile(n, backend="eager")(w)
