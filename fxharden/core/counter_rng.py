@@ -10,7 +10,7 @@ with the stream key and the counter 0-dim int64 *tensors* (buffers of the noise 
 changing them (``seed_noise``, the next call) changes no Python value Dynamo would guard on:
 no recompilation. ``f`` is a keyed hash, two rounds of a 32-bit integer mixer (``_fmix``),
 each round keyed by 32 bits derived from the stream key, the counter and the stream index
-``s`` (several independent uniforms per element, for stuck-at faults); a normal takes the
+``s`` (several independent uniforms or normals per element, for stuck-at faults and device models); a normal takes the
 hash ``h1`` and ``h2``, one more keyed round of ``h1``. Everything is int64 arithmetic on values below ``2**32`` (no product overflows),
 then float conversion, ``log``, ``sqrt``, ``cos``: elementwise ops that Inductor fuses with
 what consumes the numbers (the quantizer's output and the add of the noise) into one kernel;
@@ -102,11 +102,12 @@ def counter_uniform(key: Tensor, counter: Tensor, shape: Sequence[int], stream: 
 
 
 def counter_normal(key: Tensor, counter: Tensor, shape: Sequence[int], dtype: torch.dtype = torch.float32,
-                   device: torch.device = None) -> Tensor:
+                   device: torch.device = None, stream: int = 0) -> Tensor:
     """Standard normals of ``shape`` for stream key ``key`` and call ``counter`` (0-dim int64
-    tensors), by Box–Muller (see the module doc)."""
+    tensors), by Box–Muller (see the module doc); ``stream`` picks one of several independent
+    normals per element."""
     device = key.device if device is None else device
-    h1, h2 = _bits(key, counter, shape, 0, device, second=True)
+    h1, h2 = _bits(key, counter, shape, stream, device, second=True)
     u1 = (h1.to(dtype) + 0.5) * (2.0 ** -32)
     u2 = h2.to(dtype) * (2.0 ** -32)
     return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos((2.0 * math.pi) * u2)

@@ -7,11 +7,13 @@ from .batch import GROUPS_HINT, BatchBroadcast, GroupDimError, expand_batch
 from .chain import DRIFT_SUFFIX, FAULTS_SUFFIX, NoiseChain, noise_off, weight_models, weight_noise_for
 from .models import (FUNCTIONAL, IN_PLACE, MODELS, Additive, Draw, LogNormal, Multiplicative, NoiseModel, Relative,
                      Role, SigmaUnits, StuckAt, noise_model, register)
+from .device import PCM, ReRamCMO
 from .module import Noise, NoiseSetting, SigmaLike
 from .streams import LANE_MIN, LANES, CounterStream, EagerStream, _normal_, stream_seed  # noqa: F401 (benchmarks)
 
 __all__ = ["Noise", "NoiseChain", "NoiseSetting", "SigmaLike", "stream_seed", "GroupDimError", "noise_off",
-           "NoiseModel", "Additive", "Relative", "Multiplicative", "LogNormal", "StuckAt", "MODELS", "register",
+           "NoiseModel", "Additive", "Relative", "Multiplicative", "LogNormal", "StuckAt", "PCM", "ReRamCMO", "MODELS",
+           "register",
            "noise_model", "Role", "SigmaUnits", "Draw", "EagerStream", "CounterStream", "LANES", "LANE_MIN",
            "IN_PLACE", "FUNCTIONAL", "weight_models", "weight_noise_for", "DRIFT_SUFFIX", "FAULTS_SUFFIX",
            "GROUPS_HINT", "BatchBroadcast", "expand_batch"]

@@ -58,6 +58,9 @@ class SigmaUnits(str, Enum):
     """A factor on each element (multiplicative, log-normal)."""
     PROBABILITY = "probability"
     """A probability per element, in [0, 1] (stuck-at faults)."""
+    DEVICE_SCALE = "device_scale"
+    """A scale on a measured device's noise and drift (1: the published device, 0: ideal
+    weights; device models over time, ``fxharden.core.noise.device``)."""
 
 
 class Draw(str, Enum):
@@ -67,6 +70,20 @@ class Draw(str, Enum):
     """One standard normal per element."""
     UNIFORM3 = "uniform3"
     """Three independent uniform numbers in ``[0, 1)`` per element."""
+    NORMAL3 = "normal3"
+    """Three independent standard normals per element, ``eps[0]`` to ``eps[2]``."""
+    NORMAL6 = "normal6"
+    """Six independent standard normals per element, ``eps[0]`` to ``eps[5]``."""
+
+    @property
+    def count(self) -> int:
+        """How many numbers per element."""
+        return {"normal": 1, "uniform3": 3, "normal3": 3, "normal6": 6}[self.value]
+
+    @property
+    def normals(self) -> bool:
+        """Whether the numbers are standard normals."""
+        return self is not Draw.UNIFORM3
 
 
 class _InPlace:

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from ..config import check_sigma
 from ..counter_rng import compiling, refuse
 from .batch import BatchGroups, expand_batch
-from .models import NoiseModel, StuckAt, noise_model
+from .models import Draw, NoiseModel, StuckAt, noise_model
 from .streams import CounterStream, EagerStream, stream_seed
 
 __all__ = ["Noise", "NoiseSetting", "SigmaLike"]
@@ -268,6 +268,21 @@ class Noise(BatchGroups, nn.Module):
         self.sigma = values.to(device=self.sigma.device, dtype=self.sigma.dtype)
         self._sync_draw_index()
 
+    def set_model(self, model: NoiseModel) -> None:
+        """Replace the noise model by the value ``model`` (a sweep over a model's field, e.g.
+        the time of a device model: ``n.set_model(dataclasses.replace(n.model, t=3600.0))``).
+        Sigma, the seed and the streams stay. A compiled model sees the new value: its graph
+        guards on the model's fields and is traced again.
+
+        Raises:
+            TypeError: ``model`` is not a ``NoiseModel`` value.
+            ValueError: the current sigma is outside the new model's range."""
+        if not isinstance(model, NoiseModel):
+            raise TypeError(f"noise site {self.site!r}: set_model takes a NoiseModel value (e.g. PCM(t=3600.0)), "
+                            f"got {type(model).__name__} {model!r}")
+        model.check_sigma(self._host, self.site)
+        self.model = model
+
     def setting(self) -> NoiseSetting:
         """The current noise setting, for ``restore`` (a copy: later changes do not touch it)."""
         return NoiseSetting(self.sigma.detach().clone(), self._host, self._draws)
@@ -334,10 +349,10 @@ class Noise(BatchGroups, nn.Module):
         stream, rms = CounterStream(self.stream_key, self.calls), self.rms.detach().to(x32.dtype)
         groups = self.groups
         if groups > 1:
-            if isinstance(self.model, StuckAt) or not self.batch_dim_known:
+            if self.model.draw is not Draw.NORMAL or not self.batch_dim_known:
                 refuse(NotImplementedError(
                     f"noise site {self.site!r} has one sigma per batch group, which runs compiled only for "
-                    "Gaussian noise models at a site whose batch dimension is located: call "
+                    "noise models of one normal per element at a site whose batch dimension is located: call "
                     "fxharden.core.groups.ensure_batch_dims(model, (x,), {}) eagerly on an input first (a sweep "
                     "with compile_backend does); or use a single sigma under torch.compile, or run the "
                     "uncompiled model"))

@@ -11,9 +11,10 @@ Two generators stand behind one small interface (``normal``, ``uniform``, ``draw
   keyed by the site's ``stream_key`` and ``calls`` buffers (tensors, so a new seed or the
   next call recompiles nothing).
 
-Both give standard normals (``Draw.NORMAL``) or three uniform numbers in ``[0, 1)`` per
-element (``Draw.UNIFORM3``), indexable as ``u[0]``, ``u[1]``, ``u[2]``. They are different
-streams, each reproducible for a given seed.
+Both give standard normals (``Draw.NORMAL``), three uniform numbers in ``[0, 1)`` per
+element (``Draw.UNIFORM3``), indexable as ``u[0]``, ``u[1]``, ``u[2]``, or several
+independent standard normals per element (``Draw.NORMAL3``, ``Draw.NORMAL6``), indexable
+the same way. They are different streams, each reproducible for a given seed.
 """
 
 from __future__ import annotations
@@ -160,6 +161,8 @@ class EagerStream:
         """The numbers a model of draw ``kind`` consumes for a tensor of ``shape``."""
         if kind is Draw.UNIFORM3:
             return self.uniform(shape, device, dtype)
+        if kind.count > 1:  # one (count, *shape) draw: the lanes split it like any other
+            return self.normal((kind.count,) + tuple(shape), device, dtype, slot)
         return self.normal(shape, device, dtype, slot)
 
 
@@ -171,9 +174,9 @@ class CounterStream(NamedTuple):
     key: Tensor
     calls: Tensor
 
-    def normal(self, shape: Sequence[int], device: torch.device, dtype: torch.dtype) -> Tensor:
-        """Standard normals of ``shape``."""
-        return counter_normal(self.key, self.calls, shape, dtype, device)
+    def normal(self, shape: Sequence[int], device: torch.device, dtype: torch.dtype, stream: int = 0) -> Tensor:
+        """Standard normals of ``shape`` (``stream``: one of several independent ones)."""
+        return counter_normal(self.key, self.calls, shape, dtype, device, stream)
 
     def uniform(self, shape: Sequence[int], device: torch.device, dtype: torch.dtype, count: int = 3) -> List[Tensor]:
         """``count`` independent uniforms in ``[0, 1)`` per element of ``shape`` (a list)."""
@@ -183,4 +186,6 @@ class CounterStream(NamedTuple):
         """The numbers a model of draw ``kind`` consumes for a tensor of ``shape``."""
         if kind is Draw.UNIFORM3:
             return self.uniform(shape, device, dtype)
+        if kind.count > 1:
+            return [self.normal(shape, device, dtype, k) for k in range(kind.count)]
         return self.normal(shape, device, dtype)
