@@ -10,8 +10,8 @@ from rich.table import Table
 
 from ..training.options import Augment, Precision
 from ..zoo.options import OnCorrupt, Optimizer
-from ._app import (_D, _M, _Q, Device, Split, app, check_data, data_options, describe_preprocess, harden_options,
-                   model_options, resolve_device, show, styled, user_errors)
+from ._app import (_D, _M, _Q, HARDWARE_HELP, Device, Split, app, check_data, data_options, describe_preprocess,
+                   harden_options, hardware_options, model_options, resolve_device, show, styled, user_errors)
 
 
 @app.command("train")
@@ -58,6 +58,8 @@ def train_command(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     tokenizer: Optional[str] = _D["tokenizer"],
     seq_len: int = _D["seq_len"],
+    hardware: Optional[str] = typer.Option(None, "--hardware", help=HARDWARE_HELP + " Its weight noise is drawn "
+                                           "afresh in every training step; activation noise follows --train-sigma."),
 ) -> None:
     """Train a model with QAT and/or noisy training; checkpoints carry the harden config."""
     import torch
@@ -70,7 +72,7 @@ def train_command(
     from ..training.train import NoiseSchedule, TrainConfig, train
 
     with user_errors():
-        harden_config = harden_options(bits, scale, dynamic) or HardenConfig(quant=None)
+        harden_config = hardware_options(hardware, harden_options(bits, scale, dynamic) or HardenConfig(quant=None))
         d = training_defaults(model, bits is not None)
         config = TrainConfig(
             epochs=epochs or d.epochs, batch_size=batch_size, lr=d.lr if lr is None else lr, optimizer=optimizer or d.optimizer,

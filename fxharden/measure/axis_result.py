@@ -11,7 +11,6 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
@@ -20,6 +19,7 @@ import numpy as np
 from .._files import atomic_write_bytes
 from ..core.hardware import SECONDS
 from .metrics import MidpointFit, fit_midpoint
+from .options import Axis
 from .results import FitOptions, versions
 from .sweep_points import SweepPoint, draw_replicas
 
@@ -33,28 +33,6 @@ STANDARD_TIMES: Tuple[float, ...] = tuple(SECONDS.values())
 """The default points of a time sweep: 1 s, 1 h, 1 day, 1 month, 1 year (seconds)."""
 
 PathLike = Union[str, os.PathLike]
-
-
-class Axis(str, Enum):
-    """What a sweep varies."""
-
-    SIGMA = "sigma"
-    """The activation noise σ at every noise site (``fxharden.sweep``)."""
-    TIME = "time"
-    """The time after programming, seconds: every weight-noise link whose model has a field
-    ``t`` reads the device at that time. μ: the time at which accuracy has fallen half way
-    from its value at the first time to chance."""
-    WEIGHT_SIGMA = "weight-sigma"
-    """The σ of one weight-noise link (``set_weight_noise(..., link=)``); μ as for σ sweeps."""
-    OUTPUT_SIGMA = "output-sigma"
-    """The activation σ at conv/linear outputs only (the output noise of an analog tile); the
-    other sites keep their setting."""
-
-    @property
-    def label(self) -> str:
-        """The axis label of plots and tables."""
-        return {"time": "time after programming", "weight-sigma": "weight noise σ",
-                "output-sigma": "output noise σ (conv/linear outputs)", "sigma": "noise strength σ"}[self.value]
 
 
 @dataclass
@@ -223,6 +201,6 @@ def plot_axis(result: AxisResult, path: PathLike) -> Path:
     chips = result.points[0].accuracy.shape[1] if result.points else 0
     ax.set_title(f"{result.axis.label}: {result.num_images} images, {chips} chips, "
                  f"{len(result.networks)} network(s)", fontsize=10)
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="best")
     ax.grid(True, which="major", alpha=0.3)
     return save_figure(fig, path)
