@@ -306,9 +306,9 @@ def _print_axis_result(result, files: dict) -> None:
     show(table)
     if result.fit is not None:
         q = result.fit.quote()
-        unit = " s" if result.axis is Axis.TIME and q.kind.value != "none" else ""
-        show(f"μ along {result.axis.value} ({'fitted' if q.is_mu else 'not quotable; shown instead'}): "
-             f"{q.text()}{unit}; chance {result.chance:.3g}")
+        unit = " in seconds" if result.axis is Axis.TIME else ""
+        show(f"μ along {result.axis.value}{unit} ({'fitted' if q.is_mu else 'not quotable; shown instead'}): "
+             f"{q.text()}; chance {result.chance:.3g}")
     for path in files.values():
         show(f"wrote {path}")
 
