@@ -37,8 +37,8 @@ import torch
 from .._files import check_writable
 from ..core.config import HardenConfig, SiteKind, config_to_dict
 from ..core.hardware import HardwareConfig, resolve_hardware
-from ..core.harden import HardenedModule, noise_sites, seed_noise, weight_noise_modules
-from ..core.calibrate import calibrate_noise, calibrate_quantizers
+from ..core.harden import HardenedModule, seed_noise, weight_noise_modules
+from ..core.calibrate import calibrate_noise, calibrate_quantizers, call_model
 from ..core.layers import weight_draws_held
 from ..core.noise import Noise
 from ..core.noise.verbs import noise_modules
@@ -196,7 +196,7 @@ def _count(hm: HardenedModule, data: EvalData, chips: int, forward_images: int) 
     step = max(1, forward_images // chips)
     for batch, labels in data:
         for x, y in zip(batch.split(step), labels.split(step)):
-            out = hm(replicate(x, chips))
+            out = call_model(hm, replicate(x, chips))
             if not isinstance(out, torch.Tensor) or out.dim() != 2:
                 raise TypeError("sweep_axis measures top-1 accuracy: the model must return logits (batch, classes), "
                                 f"got {type(out).__name__}{tuple(out.shape) if isinstance(out, torch.Tensor) else ''}")
@@ -250,7 +250,8 @@ def sweep_axis(
         config = AxisConfig(axis=axis, values=tuple(values) if values is not None else None, repeats=repeats,
                             **config_kwargs)
     elif values is not None or repeats != 5 or config_kwargs or Axis(axis) is not Axis.TIME:
-        raise ValueError("pass either config=AxisConfig(...) or the keyword form (axis, values, repeats, ...), not both")
+        raise ValueError("pass either config=AxisConfig(...) or the keyword form (axis, values, repeats, ...), "
+                         "not both")
     if hardware is not None:
         harden_config = resolve_hardware(hardware).harden_config(harden_config)
     from ..devices import resolve_device
@@ -275,7 +276,7 @@ def sweep_axis(
             for hm in nets:
                 calibrate_quantizers(hm, data)
                 calibrate_noise(hm, data, max_batches=CALIBRATION_BATCHES, force=False)
-                classes = hm(first).shape[-1]
+                classes = call_model(hm, first).shape[-1]
         chance = cfg.chance if cfg.chance is not None else 1.0 / classes
         identity = {"format": "fxharden-axis-sweep-v1", "settings": {**cfg.to_dict(), "device": dev.type},
                     "data": data.identity, "networks": [{"harden": config_to_dict(hm.harden_config),
