@@ -182,19 +182,39 @@ DAY = SECONDS["1 day"]
 
 
 def _needs(preset: str, model: str, role: str, **params: Any) -> Any:
-    """The model ``model`` a preset is built from; refused with the preset's name when this
-    fxharden does not have it (a preset never drops a part of the hardware silently)."""
+    """The model ``model`` with ``params`` that a preset is built from; refused with the preset's
+    name when this fxharden does not have the model or its parameters (a preset never drops a
+    part of the hardware silently)."""
     from .noise.models import MODELS
 
     if model not in MODELS:
         raise ValueError(f"hardware preset {preset!r} needs the noise model {model!r}, which this fxharden does not "
                          f"have (its models: {', '.join(sorted(MODELS))}); build a HardwareConfig from the models "
                          "it has, or use another preset")
+    missing = sorted(set(params) - set(MODELS[model].__dataclass_fields__))
+    if missing:
+        raise ValueError(f"hardware preset {preset!r} needs the {model!r} noise model with {', '.join(missing)}, "
+                         "which this fxharden's model does not take; build a HardwareConfig from what it has, or use "
+                         "another preset")
     return _model_value(model, role, **params)
+
+
+def _converter(preset: str, **params: Any) -> ConverterConfig:
+    """A converter a preset needs, refused with the preset's name when ``ConverterConfig`` lacks an option."""
+    missing = sorted(set(params) - set(ConverterConfig.__dataclass_fields__))
+    if missing:
+        raise ValueError(f"hardware preset {preset!r} needs converters with {', '.join(missing)}, which this "
+                         "fxharden's ConverterConfig does not have; build a HardwareConfig from what it has")
+    return ConverterConfig(**params)
 
 
 def _pcm() -> HardwareConfig:
     return HardwareConfig(weight_noise=(WeightNoise(_needs("pcm", "pcm", "weights", t=DAY), 1.0, "pcm"),), name="pcm")
+
+
+AIHWKIT_INPUT_RANGE = 3.0
+"""The DAC bound (input range) of the ``aihwkit-inference`` preset: aihwkit-lightning's initial
+input range (``InputRangeParameter.init_value``); the output noise scales with it."""
 
 
 def _aihwkit_inference() -> HardwareConfig:
@@ -202,7 +222,9 @@ def _aihwkit_inference() -> HardwareConfig:
     return HardwareConfig(
         weight_noise=(WeightNoise(_needs(p, "pcm", "weights", t=DAY), 1.0, "pcm"),),
         noise_model=_needs(p, "out_noise", "activations", per_channel=True), noise_sigma=0.04,
-        placement=Placement.ANALOG_TILE, dac=ConverterConfig(bits=8), adc=ConverterConfig(bits=8), name=p)
+        placement=Placement.ANALOG_TILE,
+        dac=_converter(p, bits=8, symmetric=True, bound=AIHWKIT_INPUT_RANGE),
+        adc=_converter(p, bits=8, symmetric=True, before_bias=True), name=p)
 
 
 def _analog_tile() -> HardwareConfig:
