@@ -35,7 +35,7 @@ _EXPORTS = {
     "measure.results": ("FitOptions", "SweepResult", "SweepMode", "load_result"),
     "measure.sweep_config": ("SweepConfig", "WeightDraws"),
     "measure.sweep": ("sweep",),
-    "measure.options": ("Axis",),
+    "measure.axis_options": ("Axis",),
     "measure.axes": ("AxisConfig", "sweep_axis"),
     "measure.axis_result": ("AxisResult", "load_axis_result"),
     "measure.scores": ("Metric",),

@@ -12,7 +12,8 @@ import typer
 from rich.table import Table
 
 from ..measure.midpoint_models import MidpointModel
-from ..measure.options import Axis, MetricName
+from ..measure.axis_options import Axis
+from ..measure.options import MetricName
 from ..zoo.options import OnCorrupt
 from ._app import (_D, _M, _Q, HARDWARE_HELP, Device, Split, app, check_data, data_options, err_console, harden_options,
                    hardware_options, inputs_rows, model_options, parse_sigmas, resolve_device, resolve_models, show,

@@ -19,7 +19,7 @@ import numpy as np
 from .._files import atomic_write_bytes
 from ..core.hardware import SECONDS
 from .metrics import MidpointFit, fit_midpoint
-from .options import Axis
+from .axis_options import Axis
 from .results import FitOptions, versions
 from .sweep_points import SweepPoint, draw_replicas
 

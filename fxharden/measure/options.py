@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 
-__all__ = ["MetricName", "Axis"]
+__all__ = ["MetricName"]
 
 
 class MetricName(str, Enum):
@@ -15,25 +15,3 @@ class MetricName(str, Enum):
     LOSS = "loss"
     PERPLEXITY = "perplexity"
     TOKEN_ACCURACY = "token_accuracy"
-
-
-class Axis(str, Enum):
-    """What a sweep varies."""
-
-    SIGMA = "sigma"
-    """The activation noise σ at every noise site (``fxharden.sweep``)."""
-    TIME = "time"
-    """The time after programming, seconds: every weight-noise link whose model has a field
-    ``t`` reads the device at that time. μ: the time at which accuracy has fallen half way
-    from its value at the first time to chance."""
-    WEIGHT_SIGMA = "weight-sigma"
-    """The σ of one weight-noise link (``set_weight_noise(..., link=)``); μ as for σ sweeps."""
-    OUTPUT_SIGMA = "output-sigma"
-    """The activation σ at conv/linear outputs only (the output noise of an analog tile); the
-    other sites keep their setting."""
-
-    @property
-    def label(self) -> str:
-        """The axis label of plots and tables."""
-        return {"time": "time after programming", "weight-sigma": "weight noise σ",
-                "output-sigma": "output noise σ (conv/linear outputs)", "sigma": "noise strength σ"}[self.value]
