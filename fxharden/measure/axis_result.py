@@ -18,9 +18,8 @@ import numpy as np
 
 from .._files import atomic_write_bytes
 from ..core.hardware import SECONDS
-from .metrics import MidpointFit, fit_midpoint
 from .axis_options import Axis
-from .results import FitOptions, versions
+from .results import FitOptions, MidpointFit, fit_midpoint, versions  # the midpoint fit, as sweep results use it
 from .sweep_points import SweepPoint, draw_replicas
 
 __all__ = ["Axis", "AxisResult", "load_axis_result", "plot_axis", "AXIS_RESULTS_JSON", "AXIS_RESULTS_CSV", "AXIS_PNG",

@@ -20,7 +20,7 @@ from fxharden.core.noise.verbs import weight_noise_modules
 from fxharden.measure.axes import STANDARD_TIMES, Axis, AxisConfig, sweep_axis
 from fxharden.measure.axis_result import (AXIS_PNG, AXIS_RESULTS_CSV, AXIS_RESULTS_JSON, AxisResult,
                                           load_axis_result)
-from fxharden.measure.midpoint_result import QuoteKind
+from fxharden import QuoteKind
 from fxharden.measure.results import FitOptions
 from fxharden.measure.sweep_points import SweepPoint
 
