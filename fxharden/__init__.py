@@ -21,6 +21,7 @@ _EXPORTS = {
     "core.config": ("AutocastOutput", "Frontend", "HardenConfig", "LayerConfig", "NoiseConfig", "QuantConfig", "Scaling", "SiteKind", "SiteRules",
                     "WeightNoise", "WeightNoiseConfig", "WeightNoiseKind"),
     "core.noise.models": ("NoiseModel", "Additive", "Relative", "Multiplicative", "LogNormal", "StuckAt"),
+    "core.noise.device": ("PCM", "ReRamCMO"),
     "core.harden": ("HardenedModule", "HardenReport", "harden", "harden_report", "noise_sites", "seed_noise",
                     "set_noise", "set_weight_noise"),
     "core.noise_models": ("NoiseKind", "ConverterConfig", "WeightFaultConfig", "WeightDriftConfig"),

@@ -15,9 +15,14 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
-from fxharden.core.noise import PCM, Draw, Noise, ReRamCMO, StuckAt, noise_off
+import fxharden
+from fxharden import HardenConfig, WeightNoise
+from fxharden.core.config import config_from_dict, config_to_dict
+from fxharden.core.noise import PCM, Draw, Noise, ReRamCMO, Role, StuckAt, noise_off
 from fxharden.core.noise.streams import CounterStream, EagerStream
+from fxharden.core.noise.verbs import noise_modules
 
 N = 1_000_000
 TIMES = (1.0, 3600.0, 86400.0, 365 * 86400.0)
@@ -298,3 +303,31 @@ def test_one_sigma_per_batch_group_draws_one_weight_per_group_and_is_refused_com
     assert clean is w and not torch.equal(a, w) and not torch.equal(a, b)
     with pytest.raises(NotImplementedError, match="one normal per element.*single sigma under torch.compile"):
         torch.compile(n, backend="eager")(w)
+
+
+def test_a_hardened_layer_takes_a_device_model_as_a_weight_noise_link():
+    """``HardenConfig(weight_noise=(WeightNoise(PCM(t=...), 1.0),))``: off, the hardened model
+    is the plain one exactly; on, the layer's weight drifts by the closed form at the
+    configured time, and at a new time after ``set_model``; the config file keeps the model."""
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Linear(1000, 1000), nn.ReLU(), nn.Linear(1000, 3)).eval()
+    with torch.no_grad():
+        plain[0].weight.copy_(torch.randn(1000, 1000).sign() * 0.1)  # every |w| = max|w|: ĝ = 1
+    drift_only = PCM(t=86400.0, compensation=False, prog_noise_scale=0.0, read_noise_scale=0.0)
+    cfg = HardenConfig(quant=None, weight_noise=(WeightNoise(drift_only, 1.0),))
+    assert config_to_dict(cfg)["weight_noise"][0]["model"] == {
+        "name": "pcm", "t": 86400.0, "compensation": False, "prog_noise_scale": 0.0, "read_noise_scale": 0.0}
+    assert config_from_dict(config_to_dict(cfg)) == cfg
+    hm = fxharden.harden(plain, config=cfg)
+    x = torch.randn(8, 1000)
+    with torch.no_grad(), noise_off(hm):
+        assert torch.equal(hm(x), plain(x))
+    layer = hm.get_submodule("0")
+    for t in (86400.0, 365 * 86400.0):
+        if t != 86400.0:
+            for mod in noise_modules(hm, Role.WEIGHTS).values():
+                mod.set_model(dataclasses.replace(mod.model, t=t))
+        with torch.no_grad():
+            ratio = (layer.hardened_weight() / plain[0].weight).double()
+        close(float(ratio.mean()), folded_drift_mean(0.049, 0.008, math.log((t + 20.0) / 20.0)),
+              float(ratio.std()) / math.sqrt(ratio.numel()))

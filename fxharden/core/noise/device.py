@@ -81,9 +81,12 @@ class DeviceModel(NoiseModel):
         xd = x.detach()
         d_prog, d_t = self.deltas(xd, eps, sigma, group_dim)
         w = xd + d_t
-        if self.compensation and self.t > 0:
+        if self.compensation and self.t > 0 and (torch.is_tensor(sigma) or sigma != 0):
             ref, now = _mean_abs(xd + d_prog, group_dim), _mean_abs(w, group_dim)
-            w = w * torch.where(now > 0, ref / torch.where(now > 0, now, 1.0), 1.0)
+            alpha = torch.where(now > 0, ref / torch.where(now > 0, now, 1.0), 1.0)
+            if torch.is_tensor(sigma):  # σ = 0: exactly 1, whatever order a compiler sums in
+                alpha = torch.where(sigma == 0, 1.0, alpha)
+            w = w * alpha
         return w + (x - xd)
 
     def apply(self, x, eps, sigma, rms=-1.0, out=None):
