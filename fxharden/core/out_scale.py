@@ -46,7 +46,7 @@ def bind_out_scale(noise: Noise, config: HardenConfig, site: str, kind: SiteKind
     if not model.needs_out_scale:
         return
     if kind not in _LAYERS or weight is None:
-        why = f"it is a {kind.value} site" if kind not in _LAYERS else "its weight was not found"
+        why = f"its kind is {kind.value}" if kind not in _LAYERS else "its weight was not found"
         raise ValueError(
             f"the {model.name} noise model is the output noise of a conv/linear layer, but site {site!r} has no "
             f"layer weight ({why}): give noise to conv/linear outputs only, NoiseConfig(kinds={{SiteKind.CONV, "

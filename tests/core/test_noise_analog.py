@@ -12,9 +12,14 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+import fxharden
+from fxharden.core.config import Frontend, HardenConfig, NoiseConfig, SiteKind, WeightNoise
 from fxharden.core.noise import Additive, Noise, OutNoise
+from fxharden.core.noise.verbs import noise_modules, weight_noise_modules
+from fxharden.core.noise_models import ConverterConfig
 
 SIGMA = 0.1
 
@@ -104,3 +109,113 @@ def test_bad_values_are_refused_with_what_to_do():
     n = Noise("fc", kind=OutNoise())
     with pytest.raises(ValueError, match=r"output scale must be finite and >= 0"):
         n.set_out_scale(torch.tensor([1.0, -1.0]))
+
+
+# ---------------------------------------------------------------- hardened models, both frontends
+
+FRONTENDS = ["fx", "export"]
+
+
+def conv_linear(seed=0):
+    """conv(2->4, 3x3, padding 1) - relu - linear(64->8), output channels of very different ranges."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(64, 8)).eval()
+    with torch.no_grad():
+        model[0].weight.mul_((2.0 ** torch.arange(4.0)).view(4, 1, 1, 1))
+        model[3].weight.mul_((2.0 ** (torch.arange(8.0) / 2)).view(8, 1))
+    return model
+
+
+def weight_config(per_channel, sigma=0.0):
+    return HardenConfig(quant=None, weight_noise=(WeightNoise(Additive(of_max=True, per_channel=per_channel), sigma=sigma),))
+
+
+def out_config(per_channel, sigma=0.0, **params):
+    return HardenConfig(quant=None, noise=NoiseConfig(sigma=sigma, kinds={SiteKind.CONV, SiteKind.LINEAR},
+                                          model=OutNoise(per_channel=per_channel, **params)))
+
+
+def harden(model, config, frontend, x):
+    return fxharden.harden(model, config=config.replace(frontend=Frontend(frontend)), example_inputs=(x,))
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_sigma_zero_hardened_models_equal_the_plain_model(frontend):
+    model, x = conv_linear(), torch.randn(5, 2, 4, 4)
+    for config in (weight_config(True), out_config(True, input_range=2.0), out_config(False, input_range=2.0)):
+        hm = harden(model, config, frontend, x)
+        with torch.no_grad():
+            assert torch.equal(hm(x), model(x))
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_per_channel_weight_noise_of_a_linear_layer_scales_each_output_row(frontend):
+    """Only the linear layer noisy, one input: output ``i`` deviates by ``Σ_j n_ij h_j``, std
+    ``σ · max|w_i| · ||h||`` (``h`` the clean input of the layer); 400 draws."""
+    model, x = conv_linear(), torch.randn(1, 2, 4, 4)
+    hm = harden(model, weight_config(True), frontend, x)
+    fxharden.set_weight_noise(hm, SIGMA)
+    weight_noise_modules(hm)["0.weight"].set_sigma(0.0)
+    with torch.no_grad():
+        clean, h = model(x), model[:3](x)
+        dev = torch.cat([hm(x) - clean for _ in range(400)]).double()
+    ref = SIGMA * model[3].weight.abs().amax(1) * h.norm()
+    torch.testing.assert_close(dev.std(0) / ref.double(), torch.ones(8, dtype=torch.float64), rtol=0,
+                               atol=tolerance(400))
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_per_channel_weight_noise_of_a_convolution_scales_each_filter(frontend):
+    """Only the convolution noisy: its output (read at the activation site that follows it) at
+    position p of channel c deviates with std ``σ · max|w_c| · ||patch_p||``; 300 draws."""
+    model, x = conv_linear(), torch.randn(1, 2, 4, 4)
+    hm = harden(model, weight_config(True), frontend, x)
+    fxharden.set_weight_noise(hm, SIGMA)
+    weight_noise_modules(hm)["3.weight"].set_sigma(0.0)
+    seen = []
+    noise_modules(hm)["0"].register_forward_hook(lambda m, a, out: seen.append(out.detach()))
+    with torch.no_grad():
+        for _ in range(300):
+            hm(x)
+        clean = model[0](x)
+    patch = F.unfold(x, 3, padding=1).norm(dim=1).view(1, 1, 4, 4)  # ||patch_p||, shared by the channels
+    dev = (torch.cat(seen) - clean) / patch
+    ref = SIGMA * model[0].weight.abs().flatten(1).amax(1)
+    torch.testing.assert_close(dev.double().transpose(0, 1).flatten(1).std(1) / ref.double(),
+                               torch.ones(4, dtype=torch.float64), rtol=0, atol=tolerance(300))
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_output_noise_at_conv_and_linear_outputs(frontend, per_channel):
+    """Output noise at each conv/linear output: std ``σ · input_range · max|W|`` per channel
+    (or of the tensor), read at the conv's noise site and at the model's output."""
+    model, x = conv_linear(), torch.randn(1, 2, 4, 4).expand(2000, -1, -1, -1)
+    hm = harden(model, out_config(per_channel, input_range=2.0), frontend, x[:2])
+    conv_site = noise_modules(hm)["0"]
+    seen = []
+    conv_site.register_forward_hook(lambda m, a, out: seen.append(out.detach() - a[0]))
+    fxharden.set_noise(hm, {"0": SIGMA})
+    with torch.no_grad():
+        hm(x)
+    fxharden.set_noise(hm, {"3": SIGMA})
+    with torch.no_grad():
+        dev_fc = (hm(x) - model(x)).double()
+    for dev, w in ((seen[0].double().transpose(0, 1).flatten(1), model[0].weight), (dev_fc.t(), model[3].weight)):
+        w = w.detach().flatten(1).abs()
+        wmax = w.amax(1) if per_channel else w.amax().expand(w.shape[0])
+        torch.testing.assert_close(dev.std(1) / (SIGMA * 2.0 * wmax.double()),
+                                   torch.ones(w.shape[0], dtype=torch.float64), rtol=0,
+                                   atol=tolerance(2000))
+
+
+def test_output_noise_takes_the_dac_bound_as_input_range_and_refuses_what_it_cannot_scale():
+    model, x = conv_linear(), torch.randn(2, 2, 4, 4)
+    config = out_config(True).replace(dac=ConverterConfig(bits=16, bound=3.0))
+    hm = fxharden.harden(model, config=config)
+    torch.testing.assert_close(noise_modules(hm)["3"].out_scale, 3.0 * model[3].weight.detach().abs().amax(1))
+    with pytest.raises(ValueError, match=r"scales with the layer's input range .* OutNoise\(input_range=\.\.\.\)"):
+        fxharden.harden(model, config=out_config(True))
+    wide = HardenConfig(quant=None, noise=NoiseConfig(model=OutNoise(input_range=1.0)))  # every default site kind
+    with pytest.raises(ValueError, match=r"site '1' has no layer weight \(its kind is activation\)"):
+        fxharden.harden(model, config=wide)
