@@ -19,7 +19,8 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "core.config": ("AutocastOutput", "Frontend", "HardenConfig", "LayerConfig", "NoiseConfig", "QuantConfig", "Scaling", "SiteKind", "SiteRules",
-                    "WeightNoiseConfig", "WeightNoiseKind"),
+                    "WeightNoise", "WeightNoiseConfig", "WeightNoiseKind"),
+    "core.noise.models": ("NoiseModel", "Additive", "Relative", "Multiplicative", "LogNormal", "StuckAt"),
     "core.harden": ("HardenedModule", "HardenReport", "harden", "harden_report", "noise_sites", "seed_noise",
                     "set_noise", "set_weight_noise"),
     "core.noise_models": ("NoiseKind", "ConverterConfig", "WeightFaultConfig", "WeightDriftConfig"),

@@ -1,20 +1,21 @@
 """Typed configuration: what to quantize, where to inject noise, which layers to touch.
 
-Everything here is a frozen dataclass or an enum. Strings are accepted only at the edges
+Everything here is a frozen dataclass or an enum (the noise-model parts, ``WeightNoise`` and
+its shorthands, are in ``noise_models`` and imported here). Strings are accepted only at the edges
 (CLI, TOML files) and turned into these types at once by the ``parse`` helpers below.
 No torch.fx in this module.
 """
 
 from __future__ import annotations
 
-import math
 import re
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import InitVar, asdict, dataclass, field, replace
 from enum import Enum
 from typing import Any, Callable, Mapping, Optional, Union
 
-from .noise_models import (ACTIVATION_NOISE_KINDS, ConverterConfig, NoiseKind, WeightDriftConfig, WeightFaultConfig,
-                           dataclass_from_dict, parse_kind)
+from .noise_models import (ConverterConfig, WeightDriftConfig, WeightFaultConfig, WeightNoise, WeightNoiseConfig,
+                           WeightNoiseKind, _check_finite_nonneg, _model_value, _weight_chain, _weight_noise_from_dict,
+                           _with_link, check_sigma, dataclass_from_dict, model_from_dict, model_to_dict)
 
 __all__ = [
     "Scaling",
@@ -25,6 +26,7 @@ __all__ = [
     "QuantConfig",
     "NoiseConfig",
     "WeightNoiseConfig",
+    "WeightNoise",
     "LayerConfig",
     "SiteRules",
     "HardenConfig",
@@ -86,29 +88,6 @@ DEFAULT_NOISE_KINDS = frozenset(
 """The paper's placement: the output of every input, conv, linear, activation and pooling layer,
 and each matrix-vector product and the output of a recurrent layer (pooling includes a global
 average spelled as a ``mean`` over the spatial dims, see ``fxharden.core.sites._global_mean``)."""
-
-
-class WeightNoiseKind(str, Enum):
-    """Noise models applied to weights (related work, paper Sec. II)."""
-
-    NONE = "none"
-    ADDITIVE = "additive"
-    """Noisy Machines: ``w + N(0, sigma^2)``."""
-    LOGNORMAL = "lognormal"
-    """BayesFT memristor drift: ``w * exp(lambda)``, ``lambda ~ N(0, sigma^2)``."""
-
-
-def _check_finite_nonneg(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
-    if math.isnan(value) or math.isinf(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
-
-
-def check_sigma(sigma: float) -> float:
-    """Validate a noise strength: a finite float >= 0."""
-    return _check_finite_nonneg("sigma", sigma)
 
 
 def check_bits(bits: Optional[int]) -> Optional[int]:
@@ -215,9 +194,11 @@ class NoiseConfig:
     seed: int = 0
     """Base seed of the per-site ``torch.Generator`` streams; each site's stream is seeded
     with a hash of (seed, site name), so streams never overlap (``fxharden.noise.stream_seed``)."""
-    model: NoiseKind = NoiseKind.ADDITIVE
-    """The noise model at every site: ``ADDITIVE`` ``x + σε`` (the paper), ``RELATIVE``
-    ``x + σ·rms·ε`` or ``MULTIPLICATIVE`` ``x(1 + σε)`` (see ``NoiseKind``)."""
+    model: Any = "additive"
+    """The noise model at every site, a model value (``fxharden.core.noise.models``) or the
+    name of a registered one that acts on activations: ``"additive"`` ``x + σε`` (the paper),
+    ``"relative"`` ``x + σ·rms·ε``, ``"multiplicative"`` ``x(1 + σε)``. Always a value once
+    the config is built."""
     autocast_output: AutocastOutput = AutocastOutput.FLOAT32
     """The dtype a site hands on under bf16/fp16 autocast (``AutocastOutput``)."""
 
@@ -225,31 +206,7 @@ class NoiseConfig:
         check_sigma(self.sigma)
         object.__setattr__(self, "autocast_output", AutocastOutput(self.autocast_output))
         object.__setattr__(self, "kinds", frozenset(SiteKind(k) for k in self.kinds))
-        object.__setattr__(self, "model", parse_kind(self.model, ACTIVATION_NOISE_KINDS))
-
-
-@dataclass(frozen=True)
-class WeightNoiseConfig:
-    """Noise on weights (Noisy Machines, BayesFT): sampled afresh at every forward pass, but
-    once per (point, repeat) for the whole data set in a sweep (``SweepConfig.weight_draws``)."""
-
-    kind: WeightNoiseKind = WeightNoiseKind.NONE
-    """Additive Gaussian or multiplicative log-normal drift."""
-    sigma: float = 0.0
-    """Standard deviation of the additive noise or of the log-normal exponent."""
-    relative: bool = False
-    """Additive only: the noise's standard deviation is ``sigma * max|w|`` of each (quantized)
-    weight tensor, instead of ``sigma`` (Noisy Machines' convention)."""
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "kind", WeightNoiseKind(self.kind))
-        check_sigma(self.sigma)
-        if self.kind is WeightNoiseKind.NONE and (self.sigma or self.relative):
-            raise ValueError(f"WeightNoiseConfig(sigma={self.sigma!r}) without a kind adds no noise: choose "
-                             "kind='additive' (w + N(0, sigma^2)) or kind='lognormal' (w * exp(sigma * N(0, 1)))")
-        if self.relative and self.kind is WeightNoiseKind.LOGNORMAL:
-            raise ValueError("relative=True is defined for additive weight noise only; log-normal drift "
-                             "is already relative to each weight")
+        object.__setattr__(self, "model", _model_value(self.model, "activations"))
 
 
 @dataclass(frozen=True)
@@ -335,7 +292,10 @@ class HardenConfig:
     quant: Optional[QuantConfig] = field(default_factory=QuantConfig)
     """Quantization, or ``None`` for noise sites only."""
     noise: NoiseConfig = field(default_factory=NoiseConfig)
-    weight_noise: WeightNoiseConfig = field(default_factory=WeightNoiseConfig)
+    weight_noise: Any = ()
+    """The noise models on conv/linear weights, an ordered chain of ``WeightNoise`` links (one
+    ``WeightNoise`` or a ``WeightNoiseConfig`` is accepted too); always a tuple of links once
+    the config is built."""
     rules: SiteRules = field(default_factory=SiteRules)
     leaf_modules: tuple = ()
     """Module classes (or dotted names) the tracer must not enter: they become one layer."""
@@ -345,25 +305,33 @@ class HardenConfig:
     """An ADC at every conv/linear output that has a site (after its noise); ``None``: none."""
     dac: Optional[ConverterConfig] = None
     """A DAC at the (first) input of every conv/linear site; ``None``: none."""
-    weight_faults: Optional[WeightFaultConfig] = None
-    """Stuck-at faults on conv/linear weights; ``None``: none."""
-    weight_drift: Optional[WeightDriftConfig] = None
-    """Log-normal conductance drift of conv/linear weights at a time t; ``None``: none."""
     frontend: Frontend = Frontend.AUTO
     """How the graph is captured: torch.fx, torch.export, or fx first (see ``Frontend``)."""
+    weight_faults: InitVar[Optional[WeightFaultConfig]] = None
+    """Shorthand for the last link ``WeightNoise(StuckAt(zero_fraction), p, name="faults")``."""
+    weight_drift: InitVar[Optional[WeightDriftConfig]] = None
+    """Shorthand for the first link ``WeightNoise(LogNormal(), σ(t), name="drift")``."""
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, weight_faults: Optional[WeightFaultConfig] = None,
+                      weight_drift: Optional[WeightDriftConfig] = None) -> None:
         try:
             object.__setattr__(self, "frontend", Frontend(self.frontend))
         except ValueError:
             raise ValueError(f"frontend must be one of {[f.value for f in Frontend]}, got {self.frontend!r}") from None
         if self.quant is not None and not isinstance(self.quant, QuantConfig):
             raise TypeError(f"quant must be a QuantConfig or None, got {self.quant!r}")
-        for name, cls in (("adc", ConverterConfig), ("dac", ConverterConfig), ("weight_faults", WeightFaultConfig),
-                          ("weight_drift", WeightDriftConfig)):
-            value = getattr(self, name)
+        for name, cls, value in (("adc", ConverterConfig, self.adc), ("dac", ConverterConfig, self.dac),
+                                 ("weight_faults", WeightFaultConfig, weight_faults),
+                                 ("weight_drift", WeightDriftConfig, weight_drift)):
             if value is not None and not isinstance(value, cls):
                 raise TypeError(f"{name} must be a {cls.__name__} or None, got {value!r}")
+        chain = _weight_chain(self.weight_noise)
+        if weight_drift is not None:
+            chain = _with_link(chain, WeightNoise("lognormal", weight_drift.sigma, "drift"), first=True)
+        if weight_faults is not None:
+            model = _model_value("stuck", "weights", zero_fraction=weight_faults.zero_fraction)
+            chain = _with_link(chain, WeightNoise(model, weight_faults.p, "faults"), first=False)
+        object.__setattr__(self, "weight_noise", chain)
         object.__setattr__(self, "leaf_modules", tuple(self.leaf_modules))
 
     @classmethod
@@ -390,17 +358,13 @@ class HardenConfig:
 
     @property
     def perturbs_weights(self) -> bool:
-        """Whether any weight noise model is on (weight noise, drift or stuck-at faults)."""
-        return (self.weight_noise.kind is not WeightNoiseKind.NONE or self.weight_drift is not None
-                or self.weight_faults is not None)
+        """Whether any weight noise model is configured (a link of ``weight_noise``)."""
+        return bool(self.weight_noise)
 
-
-def _weight_noise_from_dict(data: Mapping[str, Any]) -> WeightNoiseConfig:
-    """A saved ``WeightNoiseConfig``; one without a kind (files that kept a sigma which
-    never took effect) loads as no weight noise, as it ran."""
-    if WeightNoiseKind(data.get("kind", WeightNoiseKind.NONE)) is WeightNoiseKind.NONE:
-        return WeightNoiseConfig()
-    return WeightNoiseConfig(**data)
+    def weight_link(self, site: str) -> Optional[WeightNoise]:
+        """The link of ``weight_noise`` whose site ``site`` is (``<layer>.weight<suffix>``)."""
+        return next((x for x in self.weight_noise if site.endswith(f".weight{x.suffix}") or site == f"weight{x.suffix}"),
+                    None)
 
 
 def _ref_to_str(obj: Any) -> str:
@@ -444,12 +408,11 @@ def config_to_dict(cfg: HardenConfig) -> dict:
             "quantize_weights": q.quantize_weights,
         },
         "noise": {"sigma": cfg.noise.sigma, "kinds": sorted(k.value for k in cfg.noise.kinds),
-                  "seed": cfg.noise.seed, "model": cfg.noise.model.value,
+                  "seed": cfg.noise.seed, "model": model_to_dict(cfg.noise.model),
                   "autocast_output": cfg.noise.autocast_output.value},
-        **{name: None if getattr(cfg, name) is None else asdict(getattr(cfg, name))
-           for name in ("adc", "dac", "weight_faults", "weight_drift")},
-        "weight_noise": {"kind": cfg.weight_noise.kind.value, "sigma": cfg.weight_noise.sigma,
-                         "relative": cfg.weight_noise.relative},
+        **{name: None if getattr(cfg, name) is None else asdict(getattr(cfg, name)) for name in ("adc", "dac")},
+        "weight_noise": [{"model": model_to_dict(x.model), "sigma": x.sigma, "name": x.name}
+                         for x in cfg.weight_noise],
         "rules": {
             attr: [[_ref_to_str(k), _layer_to_dict(v)] for k, v in getattr(cfg.rules, attr)]
             for attr in ("by_type", "by_regex", "by_name")
@@ -476,13 +439,14 @@ def config_from_dict(data: Mapping[str, Any]) -> HardenConfig:
         return HardenConfig(
             quant=None if q is None else QuantConfig(**{**q, "scaling": Scaling(q["scaling"])}),
             noise=NoiseConfig(sigma=data["noise"]["sigma"], kinds=frozenset(data["noise"]["kinds"]),
-                              seed=data["noise"].get("seed", 0), model=data["noise"].get("model", "additive"),
+                              seed=data["noise"].get("seed", 0),
+                              model=model_from_dict(data["noise"].get("model", "additive"), "activations"),
                               autocast_output=data["noise"].get("autocast_output", "float32")),
             adc=dataclass_from_dict(ConverterConfig, data.get("adc")),
             dac=dataclass_from_dict(ConverterConfig, data.get("dac")),
             weight_faults=dataclass_from_dict(WeightFaultConfig, data.get("weight_faults")),
             weight_drift=dataclass_from_dict(WeightDriftConfig, data.get("weight_drift")),
-            weight_noise=_weight_noise_from_dict(data.get("weight_noise", {})),
+            weight_noise=_weight_noise_from_dict(data.get("weight_noise", ())),
             rules=SiteRules(
                 by_type=tuple((_ref_from_str(k), layer(v)) for k, v in rules.get("by_type", [])),
                 by_regex=tuple((k, layer(v)) for k, v in rules.get("by_regex", [])),

@@ -1,4 +1,7 @@
-"""The hardware noise models, as typed configuration (no torch here).
+"""The noise configuration (no torch here): the weight-noise chain (``WeightNoise`` links and the
+shorthands ``WeightNoiseConfig``, ``WeightFaultConfig``, ``WeightDriftConfig``), converters, and
+model values in config files; the noise models themselves are values in
+``fxharden.core.noise.models`` (loaded when a config is built).
 
 Every model is applied by the one noise module (``fxharden.core.noise.Noise``) or by the one
 quantizer (``fxharden.core.quant.ActQuant``, for converters) at the sites ``harden`` finds.
@@ -9,16 +12,18 @@ The paper's configuration, additive absolute noise on activations, is the defaul
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import re
+from dataclasses import asdict, dataclass, replace
 from enum import Enum
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence, Tuple
 
-__all__ = ["NoiseKind", "ACTIVATION_NOISE_KINDS", "ConverterConfig", "WeightFaultConfig", "WeightDriftConfig",
-           "check_param", "parse_kind"]
+__all__ = ["NoiseKind", "ConverterConfig", "WeightFaultConfig", "WeightDriftConfig", "WeightNoiseKind", "WeightNoiseConfig",
+           "WeightNoise", "check_param", "check_sigma", "model_to_dict", "model_from_dict"]
 
 
 class NoiseKind(str, Enum):
-    """What one noise module does to the tensor ``x`` that passes through it, at strength σ."""
+    """The names of the first five noise models (the registry, ``fxharden.core.noise.models.MODELS``,
+    holds every model by name; configs take a model value or any registered name)."""
 
     ADDITIVE = "additive"
     """``y = x + σ ε``: absolute noise, σ in the units of ``x`` (the paper, Eq. 2)."""
@@ -35,22 +40,6 @@ class NoiseKind(str, Enum):
     replaced by 0 (with probability ``zero_fraction``) or by ``±max|x|`` (random sign),
     ``max|x|`` over the tensor (after quantization: the grid's end). A new fault map per
     forward pass. σ is a probability in [0, 1]."""
-
-
-ACTIVATION_NOISE_KINDS = frozenset({NoiseKind.ADDITIVE, NoiseKind.RELATIVE, NoiseKind.MULTIPLICATIVE})
-"""The kinds ``NoiseConfig.model`` accepts (the others act on weights)."""
-
-
-def parse_kind(value: Any, allowed=frozenset(NoiseKind)) -> NoiseKind:
-    """A ``NoiseKind`` from itself or its name; unknown names list the valid ones."""
-    try:
-        kind = NoiseKind(value)
-    except ValueError:
-        kind = None
-    if kind is None or kind not in allowed:
-        names = ", ".join(sorted(k.value for k in allowed))
-        raise ValueError(f"unknown noise model {value!r} here; choose one of: {names}")
-    return kind
 
 
 def check_param(name: str, value: Any, low: float = 0.0, high: float = math.inf, open_low: bool = False) -> float:
@@ -145,3 +134,165 @@ class WeightDriftConfig:
 def dataclass_from_dict(cls, data: Optional[Mapping[str, Any]]):
     """``cls(**data)``, ``None`` for ``None`` (config files)."""
     return None if data is None else cls(**data)
+
+
+class WeightNoiseKind(str, Enum):
+    """The names ``WeightNoiseConfig`` (the shorthand for one weight-noise model) takes; any
+    registered model that acts on weights goes into ``HardenConfig.weight_noise`` as a
+    ``WeightNoise``."""
+
+    NONE = "none"
+    ADDITIVE = "additive"
+    """Noisy Machines: ``w + N(0, sigma^2)``."""
+    LOGNORMAL = "lognormal"
+    """BayesFT memristor drift: ``w * exp(lambda)``, ``lambda ~ N(0, sigma^2)``."""
+
+
+def _check_finite_nonneg(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    if math.isnan(value) or math.isinf(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def check_sigma(sigma: float) -> float:
+    """Validate a noise strength: a finite float >= 0."""
+    return _check_finite_nonneg("sigma", sigma)
+
+
+@dataclass(frozen=True)
+class WeightNoiseConfig:
+    """The shorthand for one weight-noise model (Noisy Machines, BayesFT): ``HardenConfig``
+    turns it into the link ``WeightNoise(model, sigma)`` of its weight-noise chain (``link``).
+    Weight noise is sampled afresh at every forward pass, but once per (point, repeat) for the
+    whole data set in a sweep (``SweepConfig.weight_draws``)."""
+
+    kind: WeightNoiseKind = WeightNoiseKind.NONE
+    """Additive Gaussian or multiplicative log-normal drift."""
+    sigma: float = 0.0
+    """Standard deviation of the additive noise or of the log-normal exponent."""
+    relative: bool = False
+    """Additive only: the noise's standard deviation is ``sigma * max|w|`` of each (quantized)
+    weight tensor, instead of ``sigma`` (Noisy Machines' convention)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", WeightNoiseKind(self.kind))
+        check_sigma(self.sigma)
+        if self.kind is WeightNoiseKind.NONE and (self.sigma or self.relative):
+            raise ValueError(f"WeightNoiseConfig(sigma={self.sigma!r}) without a kind adds no noise: choose "
+                             "kind='additive' (w + N(0, sigma^2)) or kind='lognormal' (w * exp(sigma * N(0, 1)))")
+        if self.relative and self.kind is WeightNoiseKind.LOGNORMAL:
+            raise ValueError("relative=True is defined for additive weight noise only; log-normal drift "
+                             "is already relative to each weight")
+
+    def link(self) -> Optional["WeightNoise"]:
+        """The chain link this shorthand stands for (``None`` without a kind)."""
+        if self.kind is WeightNoiseKind.NONE:
+            return None
+        params = {"of_max": True} if self.relative else {}
+        return WeightNoise(_model_value(self.kind.value, "weights", **params), self.sigma)
+
+
+_LINK_NAME = re.compile(r"[a-z][a-z0-9_]*")
+
+
+def _model_value(spec: Any, role: str, **params: Any) -> Any:
+    """The noise-model value of ``spec`` (a value, or a registered name) that acts on
+    ``role``; the models module (torch) loads on first use, so this module stays torch-free."""
+    from .noise.models import Role, noise_model
+
+    return noise_model(spec, Role(role), **params)
+
+
+@dataclass(frozen=True)
+class WeightNoise:
+    """One noise model on the weights of every conv/linear layer (and weighted call): a link of
+    the ordered chain ``HardenConfig.weight_noise``. A layer's weight passes through the links
+    in order, each with its own random stream."""
+
+    model: Any
+    """A model value (``fxharden.core.noise.models``, e.g. ``Additive(of_max=True)``,
+    ``LogNormal()``, ``StuckAt(zero_fraction=0.5)``) or the name of a registered model that
+    acts on weights."""
+    sigma: float = 0.0
+    """The model's strength, in its units (``model.units``); ``fxharden.set_weight_noise``
+    changes it later."""
+    name: str = ""
+    """Names the link's site, ``<layer>.weight.<name>`` (``<layer>.weight`` for ``""``), and
+    with it the random stream. Distinct within a chain: a second link left at ``""`` is named
+    after its model."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "model", _model_value(self.model, "weights"))
+        check_sigma(self.sigma)
+        self.model.check_sigma([float(self.sigma)], f"weight noise {self.name or self.model.name!r}")
+        if self.name and not (isinstance(self.name, str) and _LINK_NAME.fullmatch(self.name)):
+            raise ValueError(f"WeightNoise name must be lower-case letters, digits and '_' (it names the "
+                             f"site <layer>.weight.<name>), got {self.name!r}")
+
+    @property
+    def suffix(self) -> str:
+        """The site suffix after ``<layer>.weight``."""
+        return f".{self.name}" if self.name else ""
+
+
+def _weight_chain(value: Any) -> Tuple[WeightNoise, ...]:
+    """``HardenConfig.weight_noise`` in any of its accepted forms, as a chain of links with
+    distinct names."""
+    if isinstance(value, WeightNoiseConfig):
+        link = value.link()
+        links: Sequence[Any] = () if link is None else (link,)
+    elif isinstance(value, WeightNoise):
+        links = (value,)
+    elif isinstance(value, (tuple, list)):
+        links = tuple(value)
+    else:
+        raise TypeError(f"weight_noise must be WeightNoise links (a tuple), one WeightNoise or a "
+                        f"WeightNoiseConfig, got {value!r}")
+    out: list = []
+    for link in links:
+        if not isinstance(link, WeightNoise):
+            raise TypeError(f"weight_noise links must be WeightNoise values, got {link!r}")
+        taken = {x.name for x in out}
+        if link.name in taken and link.name == "" and link.model.name not in taken:
+            link = replace(link, name=link.model.name)
+        if link.name in taken:
+            raise ValueError(f"two weight_noise links are named {link.name!r}; give each a distinct name= "
+                             "(it names the site <layer>.weight.<name> and its random stream)")
+        out.append(link)
+    return tuple(out)
+
+
+def _with_link(chain: Tuple[WeightNoise, ...], link: WeightNoise, first: bool) -> Tuple[WeightNoise, ...]:
+    """``chain`` with ``link`` in place of the link of the same name, else first or last."""
+    if any(x.name == link.name for x in chain):
+        return tuple(link if x.name == link.name else x for x in chain)
+    return (link, *chain) if first else (*chain, link)
+
+
+def model_to_dict(model: Any) -> Any:
+    """A model value for a config file: its name, or ``{"name": ..., <fields>}`` where a field
+    differs from its default (inverse: ``model_from_dict``)."""
+    params = {k: v for k, v in asdict(model).items() if v != type(model).__dataclass_fields__[k].default}
+    return {"name": model.name, **params} if params else model.name
+
+
+def model_from_dict(data: Any, role: str) -> Any:
+    """The model value ``model_to_dict`` wrote (a name, or a dict with ``name``)."""
+    if isinstance(data, Mapping):
+        params = dict(data)
+        return _model_value(params.pop("name"), role, **params)
+    return _model_value(data, role)
+
+
+def _weight_noise_from_dict(data: Any) -> Tuple[WeightNoise, ...]:
+    """A saved weight-noise chain; files of fxharden 0.1 hold one ``WeightNoiseConfig`` (one
+    without a kind, which kept a sigma that never took effect, loads as no weight noise, as
+    it ran)."""
+    if isinstance(data, Mapping):
+        if WeightNoiseKind(data.get("kind", WeightNoiseKind.NONE)) is WeightNoiseKind.NONE:
+            return ()
+        return _weight_chain(WeightNoiseConfig(**data))
+    return tuple(WeightNoise(model_from_dict(x["model"], "weights"), x.get("sigma", 0.0), x.get("name", ""))
+                 for x in data)

@@ -50,7 +50,7 @@ def bind_out_scale(noise: Noise, config: HardenConfig, site: str, kind: SiteKind
         raise ValueError(
             f"the {model.name} noise model is the output noise of a conv/linear layer, but site {site!r} has no "
             f"layer weight ({why}): give noise to conv/linear outputs only, NoiseConfig(kinds={{SiteKind.CONV, "
-            "SiteKind.LINEAR}}), or leave this site out with SiteRules")
+            "SiteKind.LINEAR}), or leave this site out with SiteRules")
     input_range = getattr(model, "input_range", None)
     if input_range is None and config.dac is not None:
         input_range = config.dac.bound

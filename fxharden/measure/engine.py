@@ -146,6 +146,12 @@ def weights_sha256(hm: HardenedModule) -> str:
     return h.hexdigest()
 
 
+def _configured(hm: HardenedModule, mod: Noise) -> float:
+    """The strength ``harden`` gave the weight-noise module ``mod`` (its chain link's sigma)."""
+    link = hm.harden_config.weight_link(mod.site)
+    return float(link.sigma) if link is not None else 0.0
+
+
 def chunk_key(items: Sequence[Item]) -> str:
     return hashlib.sha256(json.dumps([[s, repr(float(g)), r] for s, g, r in items]).encode()).hexdigest()[:32]
 
@@ -170,7 +176,7 @@ class Engine:
         self.mods = [{m.site: m for m in hm.modules() if isinstance(m, Noise) and m.site in names}
                      for hm, names in ((hm, set(noise_sites(hm))) for hm in nets)]
         # weight noise: each network's own strength (its current setting), on at points with sigma > 0
-        self.weight_mods = [[(m, float(m.sigma) if m.groups == 1 else hm.harden_config.weight_noise.sigma)
+        self.weight_mods = [[(m, float(m.sigma) if m.groups == 1 else _configured(hm, m))
                              for m in weight_noise_modules(hm).values()] for hm in nets]
         self.weights = dict(cfg.sigma_map) if cfg.sigma_map is not None else {s: 1.0 for s in sites}
         self.runners = [self._runner(hm, cfg.compile_backend) for hm in nets]

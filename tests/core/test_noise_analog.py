@@ -151,14 +151,15 @@ def test_sigma_zero_hardened_models_equal_the_plain_model(frontend):
 @pytest.mark.parametrize("frontend", FRONTENDS)
 def test_per_channel_weight_noise_of_a_linear_layer_scales_each_output_row(frontend):
     """Only the linear layer noisy, one input: output ``i`` deviates by ``Σ_j n_ij h_j``, std
-    ``σ · max|w_i| · ||h||`` (``h`` the clean input of the layer); 400 draws."""
+    ``σ · max|w_i| · ||h||`` (``h`` the clean input of the layer); 400 draws (one per batch
+    group: 400 copies of the input, one sigma each)."""
     model, x = conv_linear(), torch.randn(1, 2, 4, 4)
     hm = harden(model, weight_config(True), frontend, x)
-    fxharden.set_weight_noise(hm, SIGMA)
+    fxharden.set_weight_noise(hm, [SIGMA] * 400)
     weight_noise_modules(hm)["0.weight"].set_sigma(0.0)
     with torch.no_grad():
         clean, h = model(x), model[:3](x)
-        dev = torch.cat([hm(x) - clean for _ in range(400)]).double()
+        dev = (hm(x.expand(400, -1, -1, -1)) - clean).double()
     ref = SIGMA * model[3].weight.abs().amax(1) * h.norm()
     torch.testing.assert_close(dev.std(0) / ref.double(), torch.ones(8, dtype=torch.float64), rtol=0,
                                atol=tolerance(400))
@@ -167,16 +168,16 @@ def test_per_channel_weight_noise_of_a_linear_layer_scales_each_output_row(front
 @pytest.mark.parametrize("frontend", FRONTENDS)
 def test_per_channel_weight_noise_of_a_convolution_scales_each_filter(frontend):
     """Only the convolution noisy: its output (read at the activation site that follows it) at
-    position p of channel c deviates with std ``σ · max|w_c| · ||patch_p||``; 300 draws."""
+    position p of channel c deviates with std ``σ · max|w_c| · ||patch_p||``; 300 draws (batch
+    groups)."""
     model, x = conv_linear(), torch.randn(1, 2, 4, 4)
     hm = harden(model, weight_config(True), frontend, x)
-    fxharden.set_weight_noise(hm, SIGMA)
+    fxharden.set_weight_noise(hm, [SIGMA] * 300)
     weight_noise_modules(hm)["3.weight"].set_sigma(0.0)
     seen = []
     noise_modules(hm)["0"].register_forward_hook(lambda m, a, out: seen.append(out.detach()))
     with torch.no_grad():
-        for _ in range(300):
-            hm(x)
+        hm(x.expand(300, -1, -1, -1))
         clean = model[0](x)
     patch = F.unfold(x, 3, padding=1).norm(dim=1).view(1, 1, 4, 4)  # ||patch_p||, shared by the channels
     dev = (torch.cat(seen) - clean) / patch
@@ -217,5 +218,78 @@ def test_output_noise_takes_the_dac_bound_as_input_range_and_refuses_what_it_can
     with pytest.raises(ValueError, match=r"scales with the layer's input range .* OutNoise\(input_range=\.\.\.\)"):
         fxharden.harden(model, config=out_config(True))
     wide = HardenConfig(quant=None, noise=NoiseConfig(model=OutNoise(input_range=1.0)))  # every default site kind
-    with pytest.raises(ValueError, match=r"site '1' has no layer weight \(its kind is activation\)"):
+    with pytest.raises(ValueError, match=r"site 'input' has no layer weight \(its kind is input\): "
+                                         r".*kinds=\{SiteKind.CONV, SiteKind.LINEAR\}\)"):
         fxharden.harden(model, config=wide)
+
+
+# ---------------------------------------------------------------- the output-channel axis of other weighted layers
+
+def column_ratio(noisy, w, axis):
+    """Per output channel (the slices of ``w`` along ``axis``): the std of ``noisy - w`` over
+    its elements and draws (``noisy`` stacked along a new dim 0), over ``SIGMA · max|w|``."""
+    dev = (noisy - w).movedim(axis + 1, 0).flatten(1).double()
+    return dev.std(1) / (SIGMA * w.abs().movedim(axis, 0).flatten(1).amax(1).double())
+
+
+def per_channel_draws(layer, name, draws=200):
+    """``draws`` hardened draws of ``layer``'s weight ``name``, stacked."""
+    return torch.stack([layer.hardened_weights()[name].detach() for _ in range(draws)])
+
+
+def test_recurrent_and_hf_conv1d_and_embedding_weights_are_perturbed_per_output_channel():
+    """LSTM gate rows (axis 0), transformers' ``Conv1D`` ``(in, out)`` columns and embedding
+    columns (axis 1): each at the max of its own output channel."""
+    conv1d = pytest.importorskip("transformers.pytorch_utils").Conv1D(8, 50)
+    model = nn.ModuleDict({"lstm": nn.LSTM(50, 4), "hf": conv1d, "emb": nn.Embedding(50, 8)})
+    with torch.no_grad():
+        model["lstm"].weight_ih_l0.mul_((2.0 ** (torch.arange(16.0) / 4)).view(16, 1))
+        conv1d.weight.mul_((2.0 ** (torch.arange(8.0) / 2)).view(1, 8))
+        model["emb"].weight.mul_((2.0 ** (torch.arange(8.0) / 2)).view(1, 8))
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = model
+
+        def forward(self, ids):
+            e = self.m["emb"](ids)
+            return self.m["hf"](self.m["lstm"](e)[0].repeat(1, 1, 13)[..., :50])
+
+    config = weight_config(True).replace(frontend=Frontend.FX, leaf_modules=(type(conv1d),))
+    hm = fxharden.harden(Net(), config=config)
+    fxharden.set_weight_noise(hm, SIGMA)
+    for path, name, axis in (("m.lstm", "weight_ih_l0", 0), ("m.hf", "weight", 1), ("m.emb", "weight", 1)):
+        layer = hm.get_submodule(path)
+        w = layer.get_parameter(name).detach()
+        ratio = column_ratio(per_channel_draws(layer, name), w, axis)
+        n = 200 * w.numel() // w.shape[axis]
+        torch.testing.assert_close(ratio, torch.ones_like(ratio), rtol=0, atol=tolerance(n), msg=path)
+
+
+def test_export_grouped_expert_products_are_perturbed_per_output_column():
+    """A grouped expert product takes each expert's matrix as ``(in, out)``: its output channels
+    are the columns (``WeightArg.out_axis`` 1)."""
+    T = pytest.importorskip("transformers", reason="transformers is not installed (pip install -e '.[lm]')")
+    torch.manual_seed(0)
+    cfg = T.MixtralConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                          num_key_value_heads=2, num_experts_per_tok=2, tie_word_embeddings=False,
+                          intermediate_size=48, num_local_experts=4)
+    model = T.MixtralForCausalLM(cfg).eval()
+    expert = next(m for m in model.modules() if type(m).__name__.endswith("Experts"))
+    with torch.no_grad():  # (E, out, in): output channels of very different ranges
+        expert.gate_up_proj.mul_((2.0 ** (torch.arange(96.0) / 16)).view(1, 96, 1))
+    ids = torch.randint(3, 64, (2, 8), generator=torch.Generator().manual_seed(1))
+    hm = fxharden.harden(model, config=weight_config(True, SIGMA).replace(frontend=Frontend.EXPORT),
+                         example_inputs={"input_ids": ids})
+    call = next(m for m in hm.modules() if getattr(m, "_per_expert", False))
+    used, fn = [], call.fn
+    call.fn = lambda x, w, *a, **k: used.append(w.detach()) or fn(x, w, *a, **k)
+    with torch.no_grad():
+        for _ in range(5):
+            hm(input_ids=ids)
+    w = expert.gate_up_proj.detach().transpose(-2, -1)  # (E, in, out), as the grouped product takes it
+    noisy = torch.stack(used[::len(used) // 5])  # the first product of each forward
+    for e in range(w.shape[0]):
+        ratio = column_ratio(noisy[:, e], w[e], 1)
+        torch.testing.assert_close(ratio, torch.ones_like(ratio), rtol=0, atol=tolerance(5 * 32))

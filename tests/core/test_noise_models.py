@@ -11,7 +11,7 @@ import fxharden
 from fxharden import ConverterConfig, HardenConfig, NoiseConfig, NoiseKind, WeightDriftConfig, WeightFaultConfig
 from fxharden.core.config import config_from_dict, config_to_dict
 from fxharden.core.harden import converter
-from fxharden.core.noise import Noise
+from fxharden.core.noise import Additive, LogNormal, Multiplicative, Noise, StuckAt
 
 N = 400_000
 
@@ -193,15 +193,26 @@ def test_weight_models_combine_and_round_trip_through_the_config_file():
     kinds = [m.kind for m in hm.get_submodule("0").weight_noise]
     assert kinds == [NoiseKind.LOGNORMAL, NoiseKind.STUCK]
     old = config_to_dict(HardenConfig())
-    for key in ("adc", "dac", "weight_faults", "weight_drift"):
+    for key in ("adc", "dac"):
         del old[key]
     del old["noise"]["model"]
+    del old["weight_noise"]
     assert config_from_dict(old) == HardenConfig()  # configs saved before these models existed
+    # a file of fxharden 0.1: one weight-noise dict with a kind, drift and faults keys of their own
+    old = {**config_to_dict(HardenConfig(quant=None)), "weight_drift": {"sigma_decade": 0.1, "t": 10.0, "t0": 1.0},
+           "weight_faults": {"p": 0.01, "zero_fraction": 0.25},
+           "weight_noise": {"kind": "additive", "sigma": 0.05, "relative": True}}
+    old["noise"]["model"] = "multiplicative"
+    loaded = config_from_dict(old)
+    assert [(x.name, x.model, x.sigma) for x in loaded.weight_noise] == [
+        ("drift", LogNormal(), pytest.approx(0.1 * math.log10(11.0))), ("", Additive(of_max=True), 0.05),
+        ("faults", StuckAt(zero_fraction=0.25), 0.01)]
+    assert loaded.noise.model == Multiplicative()
 
 
 @pytest.mark.parametrize("make,match", [
     (lambda: NoiseConfig(model="thermal"), "unknown noise model 'thermal'.*additive, multiplicative, relative"),
-    (lambda: NoiseConfig(model="stuck"), "unknown noise model 'stuck'"),
+    (lambda: NoiseConfig(model="stuck"), "the stuck noise model does not act on activations; choose one of: additive"),
     (lambda: WeightFaultConfig(p=-0.1), r"p must be a finite number in \[0, 1\]"),
     (lambda: WeightFaultConfig(p=float("nan")), "finite"),
     (lambda: WeightFaultConfig(p=1.5), r"\[0, 1\]"),

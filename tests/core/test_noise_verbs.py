@@ -1,5 +1,7 @@
 """The noise verbs: noise modules by role, and refusals of what would change nothing."""
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -29,8 +31,15 @@ def test_set_weight_noise_with_only_drift_and_faults_is_refused():
     cfg = HardenConfig(quant=None, weight_drift=WeightDriftConfig(sigma_decade=0.1, t=10.0),
                        weight_faults=WeightFaultConfig(p=0.01))
     hm = fxharden.harden(mlp(), config=cfg)
-    with pytest.raises(ValueError, match="no weight noise to set"):
+    with pytest.raises(ValueError, match="no weight-noise link named ''; its links are 'drift', 'faults'"):
         fxharden.set_weight_noise(hm, 0.5)  # drift and faults keep their own settings
+    fxharden.set_weight_noise(hm, 0.5, link="faults")  # named: that link changes, the other stays
+    mods = noise_modules(hm, Role.WEIGHTS)
+    assert {s: float(m.sigma) for s, m in mods.items() if s.startswith("0.")} == {
+        "0.weight.drift": pytest.approx(0.1 * math.log10(11.0)), "0.weight.faults": 0.5}
+    plain = fxharden.harden(mlp(), config=HardenConfig(quant=None))
+    with pytest.raises(ValueError, match="no weight noise to set"):
+        fxharden.set_weight_noise(plain, 0.5)
 
 
 def test_weight_noise_config_without_a_kind_is_refused_and_old_files_load_as_they_ran():
@@ -41,7 +50,7 @@ def test_weight_noise_config_without_a_kind_is_refused_and_old_files_load_as_the
     assert WeightNoiseConfig().sigma == 0.0  # no weight noise: fine
     data = config_to_dict(HardenConfig(quant=None))
     data["weight_noise"] = {"kind": "none", "sigma": 0.1, "relative": False}  # a file that kept a sigma that never ran
-    assert config_from_dict(data).weight_noise == WeightNoiseConfig()
+    assert config_from_dict(data).weight_noise == ()  # no link: no weight noise, as it ran
 
 
 def test_noise_modules_by_role():

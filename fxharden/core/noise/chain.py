@@ -9,8 +9,8 @@ from typing import Iterator, List, Optional, Tuple
 
 from torch import Tensor, nn
 
-from ..config import HardenConfig, WeightNoiseKind
-from .models import LogNormal, NoiseModel, Role, StuckAt, noise_model
+from ..config import HardenConfig
+from .models import NoiseModel
 from .module import Noise
 
 __all__ = ["NoiseChain", "noise_off", "weight_models", "weight_noise_for", "DRIFT_SUFFIX", "FAULTS_SUFFIX"]
@@ -70,18 +70,10 @@ class NoiseChain(nn.Sequential):
 
 
 def weight_models(config: HardenConfig) -> List[Tuple[str, NoiseModel, float]]:
-    """``(site suffix, model, sigma)`` of each weight noise model ``config`` asks for, applied
-    in this order: drift, then the configured weight noise, then stuck-at faults (a stuck weight
-    stays put)."""
-    out: List[Tuple[str, NoiseModel, float]] = []
-    if config.weight_drift is not None:
-        out.append((DRIFT_SUFFIX, LogNormal(), config.weight_drift.sigma))
-    wn = config.weight_noise
-    if wn.kind is not WeightNoiseKind.NONE:
-        out.append(("", noise_model(wn.kind, Role.WEIGHTS, **({"of_max": True} if wn.relative else {})), wn.sigma))
-    if config.weight_faults is not None:
-        out.append((FAULTS_SUFFIX, StuckAt(zero_fraction=config.weight_faults.zero_fraction), config.weight_faults.p))
-    return out
+    """``(site suffix, model, sigma)`` of each link of the weight-noise chain
+    (``HardenConfig.weight_noise``), in the chain's order (the shorthands put drift first and
+    stuck-at faults last: a stuck weight stays put)."""
+    return [(link.suffix, link.model, link.sigma) for link in config.weight_noise]
 
 
 def weight_noise_for(layer: str, config: HardenConfig, channel_dim: int = 0) -> Optional[nn.Module]:

@@ -322,7 +322,7 @@ def noise_model(spec: Any, role: Optional[Role] = None, **params: Any) -> NoiseM
         name = getattr(spec, "value", spec)
         cls = MODELS.get(name) if isinstance(name, str) else None
         if cls is None:
-            names = ", ".join(m for m in MODELS if role is None or role in MODELS[m].acts_on)
+            names = ", ".join(sorted(m for m in MODELS if role is None or role in MODELS[m].acts_on))
             raise ValueError(f"unknown noise model {spec!r}; choose one of: {names}")
         fields = {f.name for f in dataclasses.fields(cls)}
         wrong = sorted(k for k in params if k not in fields)
@@ -331,6 +331,6 @@ def noise_model(spec: Any, role: Optional[Role] = None, **params: Any) -> NoiseM
             raise ValueError(f"{cls.__name__} noise model takes {takes}, not {', '.join(wrong)}")
         model = cls(**params)
     if role is not None and role not in model.acts_on:
-        names = ", ".join(m for m in MODELS if role in MODELS[m].acts_on)
+        names = ", ".join(sorted(m for m in MODELS if role in MODELS[m].acts_on))
         raise ValueError(f"the {model.name} noise model does not act on {role.value}; choose one of: {names}")
     return model

@@ -132,24 +132,32 @@ def seed_noise(model: nn.Module, seed: int) -> None:
             mod.reseed(seed)
 
 
-def set_weight_noise(model: nn.Module, sigma: SigmaLike) -> None:
-    """Set the weight-noise strength of every layer that has weight noise (``harden`` set it
-    to ``HardenConfig.weight_noise.sigma``): a float, or one float per batch group (one
-    weight draw per group, see ``fxharden.layers``). 0 turns weight noise off. Drift and
-    stuck-at faults (``HardenConfig.weight_drift``/``weight_faults``) keep their settings.
+def set_weight_noise(model: nn.Module, sigma: SigmaLike, link: str = "") -> None:
+    """Set the strength of one link of the weight-noise chain (``HardenConfig.weight_noise``;
+    ``harden`` set it to the link's ``sigma``) in every layer that has it: a float, or one
+    float per batch group (one weight draw per group, see ``fxharden.layers``). 0 turns that
+    link off; the other links keep their settings.
+
+    Args:
+        link: the link's name (``WeightNoise.name``): ``""``, the default, is the first link
+            left unnamed (what ``WeightNoiseConfig`` configures); ``"drift"`` and ``"faults"``
+            those of ``weight_drift`` and ``weight_faults``.
 
     Raises:
-        ValueError: the model has no weight noise (it was hardened without
-            ``WeightNoiseConfig(kind=...)``): setting it would change nothing.
+        ValueError: the model has no weight noise, or no link of that name: setting it would
+            change nothing.
     """
-    mods = {site: m for site, m in noise_modules(check_hardened(model), Role.WEIGHTS).items()
-            if not site.endswith((DRIFT_SUFFIX, FAULTS_SUFFIX))}
-    if not mods:
+    mods = noise_modules(check_hardened(model), Role.WEIGHTS)
+    chosen = {site: m for site, m in mods.items() if site.endswith(f".weight.{link}" if link else ".weight")}
+    if not chosen:
+        names = sorted({site.rsplit(".weight", 1)[-1].lstrip(".") for site in mods})
+        if names:
+            raise ValueError(f"set_weight_noise: this model has no weight-noise link named {link!r}; its links are "
+                             f"{', '.join(repr(n) for n in names)} (pass link=<name>)")
         raise ValueError(
             "set_weight_noise: this model has no weight noise to set (it was hardened without "
-            "HardenConfig(weight_noise=WeightNoiseConfig(kind=...)), or no layer has weights it perturbs); "
-            "harden the original model with e.g. "
-            "weight_noise=WeightNoiseConfig(kind='additive', sigma=0.1), or use fxharden.set_noise for "
-            "activation noise")
-    for mod in mods.values():
+            "HardenConfig(weight_noise=...), or no layer has weights it perturbs); harden the original model "
+            "with e.g. weight_noise=WeightNoise('additive', 0.1) (or WeightNoiseConfig(kind='additive', "
+            "sigma=0.1)), or use fxharden.set_noise for activation noise")
+    for mod in chosen.values():
         mod.set_sigma(sigma)
