@@ -196,7 +196,7 @@ def test_a_batch_that_does_not_split_into_the_groups_raises_the_same_error_on_bo
 
 
 def test_unknown_names_and_parameters_list_the_valid_ones():
-    with pytest.raises(ValueError, match="unknown noise model 'gaussian'; choose one of: additive, lognormal, multiplicative, relative, stuck"):
+    with pytest.raises(ValueError, match="unknown noise model 'gaussian'; choose one of: additive, lognormal, multiplicative, out_noise, relative, stuck"):
         noise_model("gaussian")
     with pytest.raises(ValueError, match="Relative noise model takes no parameters, not of_max"):
         noise_model("relative", of_max=True)
