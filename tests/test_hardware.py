@@ -58,7 +58,7 @@ def test_every_preset_builds_or_names_what_it_misses():
         try:
             hw = hardware_preset(name)
         except ValueError as err:
-            assert "needs the noise model" in str(err)
+            assert f"hardware preset {name!r} needs" in str(err)
         else:
             assert hardware_from_dict(hardware_to_dict(hw)) == hw
 
