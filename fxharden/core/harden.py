@@ -23,7 +23,7 @@ from .module_route import LayerCandidate, LayerSite, attach_site, find_layers
 from .noise import Noise, weight_noise_for
 from .noise.verbs import (check_hardened, noise_sites, seed_noise, set_noise, set_weight_noise,  # noqa: F401
                           weight_noise_modules)  # the verbs, re-exported
-from .noise_models import ConverterConfig
+from .converters import add_bias, check_converter_config, converter, split_layer_bias, split_site_bias
 from .out_scale import bind_out_scale, site_weight
 from .passes import ensure_container, insert_site_modules, key_for
 from .placement import model_placement, place_modules
@@ -171,6 +171,7 @@ def harden(
     owners: set = set()  # noise modules whose input ownership is decided
     skipped: Dict[str, str] = {}
     infos: Dict[str, SiteInfo] = {}
+    converted: List[str] = []  # sites with an ADC or DAC
 
     def module_for(site: str, role: str, build) -> str:
         if (site, role) not in made:
@@ -195,7 +196,7 @@ def harden(
                 # its layers are its sites: no site on its output, which may not even be a tensor
                 if part not in routed:
                     routed.add(part)
-                    for info in _route_layers(root, inner[part], config, skipped):
+                    for info in _route_layers(root, inner[part], config, skipped, converted):
                         infos.setdefault(info.name, info)
                 continue
             if site.kind is SiteKind.RECURRENT and site.node.op == "call_module":
@@ -230,9 +231,11 @@ def harden(
                     noise.unbatched = "its tensors hold the tokens regrouped by expert, not by batch group"
             converts = _converts(site.kind, site.noise, site.quantize_weights)
             if converts and config.adc is not None:
-                targets.append(module_for(site.name, "adc", lambda: converter(config.adc)))
+                targets.append(module_for(site.name, "adc", lambda: converter(config.adc, site.name)))
             if converts and config.dac is not None:
-                before.append((site.node, module_for(site.name, "dac", lambda: converter(config.dac))))
+                before.append((site.node, module_for(site.name, "dac", lambda: converter(config.dac, site.name))))
+            if converts and (config.adc is not None or config.dac is not None):
+                converted.append(site.name)
             if targets:
                 insertions.append((site.node, targets))
             if (site.quantize_weights or site.weight_noise) and site.weight_calls:
@@ -244,6 +247,11 @@ def harden(
                     qname = f"weights {wq.extra_repr()}" if wq is not None else qname
             elif site.quantize_weights or site.weight_noise:
                 qname = _harden_weights(root, site, config, skipped) or qname
+            if converts and config.adc is not None and config.adc.before_bias:
+                # after the weights are hardened: the layer (swapped or not) leaves its bias out
+                split = split_site_bias(root, site.node, site.name, lambda path, layer: _set_submodule(root, path, layer))
+                if split is not None:
+                    targets.append((add_bias, split))
             if site.skip_weights:
                 skipped[site.name] = site.skip_weights
             infos.setdefault(site.name, SiteInfo(site.name, site.kind.value, node_description(site.node, site.module),
@@ -252,6 +260,7 @@ def harden(
         insert_site_modules(graph, insertions, before, calls)
         graphs[mode] = graph
     graphs.setdefault(False, graphs[True])
+    check_converter_config(config, dict.fromkeys(converted))
     insert_input_guards(root, graphs, container)
     place_modules([m for m in root.modules() if isinstance(m, (ActQuant, Noise))], device, dtype)
 
@@ -302,8 +311,9 @@ def _capture(model: nn.Module, config: HardenConfig, example_inputs: Any) -> Tup
 
 
 def _route_layers(root: nn.Module, layers: List[LayerCandidate], config: HardenConfig,
-                  skipped: Dict[str, str]) -> List[SiteInfo]:
-    """Harden the layers of one opaque part on the module route; their report rows."""
+                  skipped: Dict[str, str], converted: List[str]) -> List[SiteInfo]:
+    """Harden the layers of one opaque part on the module route; their report rows. The sites
+    that get an ADC or DAC are appended to ``converted``."""
     qc = config.quant
     infos = []
     for c in layers:
@@ -329,13 +339,20 @@ def _route_layers(root: nn.Module, layers: List[LayerCandidate], config: HardenC
             bind_out_scale(noise, config, c.name, c.kind, (w, output_axis(module)) if w is not None else None)
             noise.owns_input = qmod is not None  # the quantizer's output is a new tensor
         if _converts(c.kind, noisy, quantize_weights):
-            adc = converter(config.adc) if config.adc is not None else None
-            dac = converter(config.dac) if config.dac is not None else None
+            adc = converter(config.adc, c.name) if config.adc is not None else None
+            dac = converter(config.dac, c.name) if config.dac is not None else None
+            if adc is not None or dac is not None:
+                converted.append(c.name)
         if quantize_weights or weight_noise:
             qname = _harden_modules(root, [(c.path, module)], quantize_weights, weight_noise, False, config, skipped,
                                     label=lambda path, c=c: c.name + path[len(c.path):]) or qname
+        spatial = 0
+        if adc is not None and config.adc.before_bias:  # the layer leaves its bias out; its LayerSite adds it
+            layer, spatial = split_layer_bias(root.get_submodule(c.path), c.name)
+            if layer is not None:
+                _set_submodule(root, c.path, layer)
         if any(m is not None for m in (qmod, noise, adc, dac)):
-            attach_site(root.get_submodule(c.path), LayerSite(c.name, qmod, noise, adc, dac))
+            attach_site(root.get_submodule(c.path), LayerSite(c.name, qmod, noise, adc, dac, spatial))
         infos.append(SiteInfo(c.name, c.kind.value, type(module).__name__, qname, noisy,
                               f"inside {c.part!r}, which torch.fx cannot trace", route="module"))
     return infos
@@ -472,11 +489,6 @@ def _hardened_call(site: Site, call: fx.Node, label: str, config: HardenConfig) 
     hardened = HardenedCall(call.target, wq, noise, arg)
     hardened.site = label
     return hardened
-
-
-def converter(cfg: ConverterConfig) -> ActQuant:
-    """An ADC/DAC: the one quantizer with the converter's grid (fixed or calibrated bound)."""
-    return ActQuant(cfg.bits, cfg.signed, step=cfg.step, calibration_steps=cfg.calibration_steps, converter=True)
 
 
 def harden_report(model: nn.Module) -> HardenReport:

@@ -59,6 +59,14 @@ class _HardenedWeight:
     """The weights hold one matrix per expert along dim 0: each is perturbed by its own draw
     (and quantized with its own step: the quantizer's axis is 0)."""
 
+    bias_outside: bool = False
+    """A conv or linear layer leaves its bias out (``y = W x``): the graph adds it after the
+    ADC (``ConverterConfig.before_bias``, ``fxharden.core.converters``)."""
+
+    def _layer_bias(self) -> Optional[Tensor]:
+        """The bias a conv or linear layer adds itself (``None`` when it is added outside)."""
+        return None if self.bias_outside else self.bias  # type: ignore[attr-defined]
+
     def _raw_weights(self) -> Dict[str, Tensor]:
         """The weights before quantization and noise, by name."""
         return {n: self.get_parameter(n) for n in self._weight_names}  # type: ignore[attr-defined]
@@ -141,22 +149,22 @@ class _HardenedWeight:
 
 class HardenedConv1d(_HardenedWeight, nn.Conv1d):
     def forward(self, x: Tensor) -> Tensor:
-        return self._grouped(x, lambda x, w: self._conv_forward(x, w["weight"], self.bias))
+        return self._grouped(x, lambda x, w: self._conv_forward(x, w["weight"], self._layer_bias()))
 
 
 class HardenedConv2d(_HardenedWeight, nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
-        return self._grouped(x, lambda x, w: self._conv_forward(x, w["weight"], self.bias))
+        return self._grouped(x, lambda x, w: self._conv_forward(x, w["weight"], self._layer_bias()))
 
 
 class HardenedConv3d(_HardenedWeight, nn.Conv3d):
     def forward(self, x: Tensor) -> Tensor:
-        return self._grouped(x, lambda x, w: self._conv_forward(x, w["weight"], self.bias))
+        return self._grouped(x, lambda x, w: self._conv_forward(x, w["weight"], self._layer_bias()))
 
 
 class HardenedLinear(_HardenedWeight, nn.Linear):
     def forward(self, x: Tensor) -> Tensor:
-        return self._grouped(x, lambda x, w: F.linear(x, w["weight"], self.bias))
+        return self._grouped(x, lambda x, w: F.linear(x, w["weight"], self._layer_bias()))
 
 
 class HardenedEmbedding(_HardenedWeight, nn.Embedding):

@@ -24,6 +24,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 from torch import Tensor, nn
 
 from .config import SiteKind
+from .converters import add_bias
 from .sites import expert_weights, is_passthrough, module_kind, router_weight
 
 __all__ = ["LayerSite", "LayerCandidate", "SITE_ATTR", "find_layers", "attach_site", "layer_sites"]
@@ -38,28 +39,33 @@ class LayerSite(nn.Module):
     Each part is optional (``None``)."""
 
     def __init__(self, site: str, quant: Optional[nn.Module], noise: Optional[nn.Module],
-                 adc: Optional[nn.Module] = None, dac: Optional[nn.Module] = None) -> None:
+                 adc: Optional[nn.Module] = None, dac: Optional[nn.Module] = None, bias_spatial: int = 0) -> None:
         super().__init__()
         self.site = site
         self.quant, self.noise, self.adc, self.dac = quant, noise, adc, dac
+        self.bias_spatial = bias_spatial  # spatial dims of the layer output, for a bias added after the ADC
 
     def extra_repr(self) -> str:
         return f"site={self.site!r}"
 
-    def forward(self, y: Any) -> Any:
+    def forward(self, y: Any, bias: Optional[Tensor] = None) -> Any:
+        """``y`` through quantizer, noise and ADC, then ``bias`` added (a layer that leaves its
+        bias out for an ADC before the bias)."""
         if not isinstance(y, Tensor):
             return y  # known layers return tensors; anything else is passed on untouched
         for m in (self.quant, self.noise, self.adc):
             if m is not None:
                 y = m(y)
-        return y
+        return y if bias is None else add_bias(y, bias, self.bias_spatial)
 
 
 class _AfterLayer:
-    """Forward hook: the layer's output through its ``LayerSite``."""
+    """Forward hook: the layer's output through its ``LayerSite`` (and the layer's bias, when
+    the layer leaves it out: ``ConverterConfig.before_bias``)."""
 
     def __call__(self, module: nn.Module, args: Any, output: Any) -> Any:
-        return getattr(module, SITE_ATTR)(output)
+        bias = module.bias if getattr(module, "bias_outside", False) else None
+        return getattr(module, SITE_ATTR)(output, bias)
 
 
 class _BeforeLayer:

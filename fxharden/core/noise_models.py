@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass, replace
 from enum import Enum
 from typing import Any, Mapping, Optional, Sequence, Tuple
 
-__all__ = ["NoiseKind", "ConverterConfig", "WeightFaultConfig", "WeightDriftConfig", "WeightNoiseKind", "WeightNoiseConfig",
-           "WeightNoise", "check_param", "check_sigma", "model_to_dict", "model_from_dict"]
+__all__ = ["NoiseKind", "ConverterConfig", "RangeCalibration", "WeightFaultConfig", "WeightDriftConfig", "WeightNoiseKind",
+           "WeightNoiseConfig", "WeightNoise", "check_param", "check_sigma", "model_to_dict", "model_from_dict"]
 
 
 class NoiseKind(str, Enum):
@@ -53,18 +53,35 @@ def check_param(name: str, value: Any, low: float = 0.0, high: float = math.inf,
     return v
 
 
+class RangeCalibration(str, Enum):
+    """How a converter without a fixed bound sets its bound B from calibration data."""
+
+    MAX = "max"
+    """B = running maximum of ``|x|`` over the calibration batches."""
+    PERCENTILE = "percentile"
+    """B = the ``percentile``-th percentile of ``|x|`` over all calibration values (numpy's
+    default, linear interpolation); values above it clip."""
+
+
 @dataclass(frozen=True)
 class ConverterConfig:
     """An ideal data converter: ADC at conv/linear outputs (after their noise), DAC at
     conv/linear inputs.
 
-    ``y = clamp(round(x / Δ), qmin, qmax) · Δ`` with the project's one quantizer; signed:
-    ``[qmin, qmax] = [-2^(b-1), 2^(b-1) - 1]``, ``Δ = bound / 2^(b-1)``; unsigned:
-    ``[0, 2^b - 1]``, ``Δ = bound / (2^b - 1)``. At most ``2^b`` output levels, all inside
-    ``[-bound, bound]``. ``bound=None``: the bound is the running maximum of ``|x|`` (signed
-    and unsigned grids alike) over the first ``calibration_steps`` batches, then fixed, like a
-    statistics-based quantizer (training, or eval mode for a model that has seen no training
-    data; ``fxharden.calibrate_quantizers`` fixes it on real data).
+    ``y = clamp(round(x / Δ), qmin, qmax) · Δ`` with the project's one quantizer. The default
+    grid is two's complement: signed ``[qmin, qmax] = [-2^(b-1), 2^(b-1) - 1]``,
+    ``Δ = bound / 2^(b-1)``; unsigned ``[0, 2^b - 1]``, ``Δ = bound / (2^b - 1)``. At most
+    ``2^b`` output levels, all inside ``[-bound, bound]``. The symmetric grid (``symmetric`` or
+    ``levels``, as analog tiles have it) has an odd number ``L`` of levels
+    ``[qmin, qmax] = [-(L-1)/2, (L-1)/2]`` and ``Δ = bound / ((L-1)/2)``: the bound is its top
+    level (8 bits: ``L = 255``, ``Δ = bound/127``).
+
+    ``bound=None``: each converter calibrates its own bound on the first
+    ``calibration_steps`` batches (``calibration``: running max of ``|x|``, or a percentile of
+    ``|x|``), then keeps it, like a statistics-based quantizer (training, or eval mode for a
+    model that has seen no training data; ``fxharden.calibrate_quantizers`` fixes it on real
+    data). ``bounds`` gives single converters a fixed bound of their own; ``learn_range``
+    makes the bound a trained parameter.
     """
 
     bits: int = 8
@@ -74,7 +91,29 @@ class ConverterConfig:
     signed: bool = True
     """Signed grid (bipolar converter) or unsigned (unipolar, for non-negative signals)."""
     calibration_steps: int = 30
-    """Batches whose running maximum of ``|x|`` sets a calibrated bound."""
+    """Batches that set a calibrated bound."""
+    symmetric: bool = False
+    """The symmetric grid of ``2^b - 1`` levels (aihwkit's ``inp_res``/``out_res`` of
+    ``1/(2^b - 2)``), instead of two's complement. Signed grids only."""
+    levels: Optional[int] = None
+    """An odd number of levels of the symmetric grid (3..65535), e.g. 127 or 511; overrides
+    ``bits`` and ``symmetric``. Signed grids only."""
+    calibration: RangeCalibration = RangeCalibration.MAX
+    """How a calibrated bound (``bound=None``) is set from the data: ``max`` or ``percentile``."""
+    percentile: float = 99.99
+    """The percentile (in %, in (0, 100]) of ``|x|`` for ``calibration="percentile"``."""
+    learn_range: bool = False
+    """The bound is a trained parameter (initial value: ``bound``, or calibrated as above). Its
+    gradient is straight-through: a clipped value passes its output gradient on to the bound
+    (times its sign), a value inside the range passes none, and the input gets the gradient 1
+    inside the range and 0 where it clipped (aihwkit-lightning's learned input ranges)."""
+    bounds: Tuple[Tuple[str, float], ...] = ()
+    """Fixed bounds of single converters, by site name (``{"fc1": 2.5}`` or ``(("fc1", 2.5),)``;
+    the ADC and DAC of ``fc1``); the others follow ``bound``."""
+    before_bias: bool = False
+    """ADC only: quantize the layer's analog product before its digital bias,
+    ``y = ADC(W x) + b`` (the layer's output noise then acts on ``W x`` too, before the ADC);
+    ``False``: ``y = ADC(W x + b)``."""
 
     def __post_init__(self) -> None:
         if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not 2 <= self.bits <= 16:
@@ -83,13 +122,52 @@ class ConverterConfig:
             check_param("converter bound", self.bound, open_low=True)
         if not isinstance(self.calibration_steps, int) or self.calibration_steps < 1:
             raise ValueError(f"calibration_steps must be an integer >= 1, got {self.calibration_steps!r}")
+        if self.levels is not None and (isinstance(self.levels, bool) or not isinstance(self.levels, int)
+                                        or self.levels < 3 or self.levels > 65535 or self.levels % 2 == 0):
+            raise ValueError(f"converter levels must be an odd integer in 3..65535 (a symmetric grid around 0), "
+                             f"got {self.levels!r}; for 2^b - 1 levels give bits=b, symmetric=True")
+        if (self.symmetric or self.levels is not None) and not self.signed:
+            raise ValueError("a symmetric converter grid (symmetric=True or levels=...) is signed: "
+                             "drop signed=False, or use the unsigned grid of 2^b levels without them")
+        try:
+            object.__setattr__(self, "calibration", RangeCalibration(self.calibration))
+        except ValueError:
+            raise ValueError(f"converter calibration must be one of {[c.value for c in RangeCalibration]}, "
+                             f"got {self.calibration!r}") from None
+        check_param("converter percentile", self.percentile, high=100.0, open_low=True)
+        pairs = self.bounds.items() if isinstance(self.bounds, Mapping) else self.bounds
+        try:
+            bounds = tuple((str(name), check_param(f"converter bound of {name!r}", value, open_low=True))
+                           for name, value in pairs)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"converter bounds must map site names to bounds > 0, e.g. {{'fc1': 2.5}}: {err}") \
+                from None
+        object.__setattr__(self, "bounds", bounds)
+
+    @property
+    def grid_levels(self) -> Optional[int]:
+        """The number of levels of the symmetric grid, ``None`` for two's complement."""
+        if self.levels is not None:
+            return self.levels
+        return 2**self.bits - 1 if self.symmetric else None
+
+    def bound_for(self, site: str) -> Optional[float]:
+        """The fixed bound of the converter at ``site`` (``bounds``, else ``bound``)."""
+        return dict(self.bounds).get(site, self.bound)
+
+    def step_for(self, site: str) -> Optional[float]:
+        """Δ of the converter at ``site`` for a fixed bound (see class doc); ``None`` when calibrated."""
+        bound = self.bound_for(site)
+        if bound is None:
+            return None
+        if self.grid_levels is not None:
+            return bound / ((self.grid_levels - 1) // 2)
+        return bound / (2 ** (self.bits - 1) if self.signed else 2**self.bits - 1)
 
     @property
     def step(self) -> Optional[float]:
-        """Δ for a fixed bound (see class doc); ``None`` when calibrated."""
-        if self.bound is None:
-            return None
-        return self.bound / (2 ** (self.bits - 1) if self.signed else 2**self.bits - 1)
+        """Δ for the global fixed bound (see class doc); ``None`` when calibrated."""
+        return self.step_for("")
 
 
 @dataclass(frozen=True)

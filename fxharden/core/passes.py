@@ -4,22 +4,27 @@
 
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 from torch import fx, nn
 
-__all__ = ["insert_after", "insert_before_input", "replace_call", "insert_site_modules", "CONTAINER"]
+__all__ = ["insert_after", "insert_before_input", "replace_call", "insert_site_modules", "detach_bias", "bias_attr",
+           "CONTAINER"]
 
 CONTAINER = "fxharden"
 """Attribute of the hardened module that holds the inserted quantizers and noise modules."""
 
 
-def insert_after(node: fx.Node, target: str) -> fx.Node:
+def insert_after(node: fx.Node, target: Union[str, Tuple[Callable, tuple]]) -> fx.Node:
     """Insert ``call_module(target)(node)`` right after ``node`` and reroute ``node``'s users
-    to the new node (all users but the new node itself)."""
+    to the new node (all users but the new node itself). ``target`` may also be
+    ``(function, extra args)``: ``call_function(function)(node, *extra args)``."""
     graph = node.graph
     with graph.inserting_after(node):
-        new = graph.call_module(target, (node,))
+        if isinstance(target, str):
+            new = graph.call_module(target, (node,))
+        else:
+            new = graph.call_function(target[0], (node, *target[1]))
     node.replace_all_uses_with(new, delete_user_cb=lambda user: user is not new)
     return new
 
@@ -52,6 +57,25 @@ def replace_call(node: fx.Node, target: str) -> fx.Node:
     return new
 
 
+def detach_bias(node: fx.Node) -> Optional[fx.Node]:
+    """Set the bias argument of the call ``node`` (``fn(input, weight, bias, ...)``, or
+    ``bias=`` by keyword) to ``None``; return the bias value it had (``None``: it had none)."""
+    if len(node.args) > 2:
+        bias = node.args[2]
+        node.args = node.args[:2] + (None,) + node.args[3:]
+    else:
+        bias = node.kwargs.get("bias")
+        if "bias" in node.kwargs:
+            node.kwargs = {**node.kwargs, "bias": None}
+    return bias if isinstance(bias, fx.Node) else None
+
+
+def bias_attr(node: fx.Node, target: str) -> fx.Node:
+    """A ``get_attr(target)`` node (a layer's bias, ``"fc.bias"``) right before ``node``."""
+    with node.graph.inserting_before(node):
+        return node.graph.get_attr(target)
+
+
 def key_for(site: str, taken: Dict[str, object]) -> str:
     """A ``ModuleDict`` key for a dotted site name (dots are not allowed in keys)."""
     key = site.replace(".", "__") or "root"
@@ -64,7 +88,8 @@ def key_for(site: str, taken: Dict[str, object]) -> str:
 def insert_site_modules(graph: fx.Graph, insertions: List[tuple], before: List[tuple] = (),
                         calls: List[tuple] = ()) -> None:
     """Apply ``(node, [dotted module targets...])`` insertions: each target is called on the
-    node's output in order (e.g. quantizer then noise); ``before``: ``(node, target)`` pairs
+    node's output in order (e.g. quantizer then noise; a ``(function, extra args)`` target is
+    a function call, ``insert_after``); ``before``: ``(node, target)`` pairs
     called on the node's first input (e.g. a DAC); ``calls``: ``(node, target)`` pairs whose
     module replaces the functional call ``node`` (``replace_call``, after the insertions, which
     it keeps). One ``lint`` at the end."""

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .counter_rng import compiling, refuse
+from .grid_usage import CLIP_FRACTION, FEW_LEVELS, GridUsage, GridWarning  # noqa: F401 (re-exported)
 
 __all__ = ["qrange", "round_ste", "fake_quantize", "ActQuant", "WeightQuant", "GridUsage", "GridWarning", "MIN_STEP",
            "FEW_LEVELS", "CLIP_FRACTION", "frozen_weights", "quant_off"]
@@ -27,23 +28,11 @@ __all__ = ["qrange", "round_ste", "fake_quantize", "ActQuant", "WeightQuant", "G
 MIN_STEP = 1e-8
 """Smallest step a statistics-based scale may take (an all-zero tensor would give 0)."""
 
-FEW_LEVELS = 2
-"""An activation quantizer whose data use at most this many levels of its grid, while the
-data hold values between the levels, has erased the signal (a sigmoid output on the step 1.0
-becomes 0 or 1): calibration warns (``GridUsage.problem``). ``GridUsage`` tells 1, 2 and
-more levels apart, so this is 1 or 2."""
-
-CLIP_FRACTION = 0.05
-"""An activation quantizer that clips more than this fraction of its data (values beyond the
-grid's ends, ``round(x/s)`` outside ``[qmin, qmax]``) has a step too small for the signal:
-calibration warns (``GridUsage.problem``)."""
-
-_OFF_GRID = 1e-3
-"""``|x/s - round(x/s)|`` above this (in steps): a value the grid moves, not one it holds."""
-
-
-def qrange(bits: int, signed: bool) -> Tuple[int, int]:
-    """Integer grid ``[qmin, qmax]``: ``[-2^(b-1), 2^(b-1)-1]`` signed, ``[0, 2^b-1]`` unsigned."""
+def qrange(bits: int, signed: bool, levels: Optional[int] = None) -> Tuple[int, int]:
+    """Integer grid ``[qmin, qmax]``: ``[-2^(b-1), 2^(b-1)-1]`` signed, ``[0, 2^b-1]`` unsigned;
+    with an odd number of ``levels``, the symmetric grid ``[-(levels-1)/2, (levels-1)/2]``."""
+    if levels is not None:
+        return -((levels - 1) // 2), (levels - 1) // 2
     if signed:
         return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
     return 0, 2**bits - 1
@@ -61,6 +50,7 @@ def fake_quantize(
     qmax: int,
     zero_point: int = 0,
     axis: Optional[int] = None,
+    clip_grad_only: bool = False,
 ) -> Tensor:
     """Quantize ``x`` onto the grid ``s * (k - z)``, ``k in [qmin, qmax]``, and dequantize.
 
@@ -71,6 +61,10 @@ def fake_quantize(
         qmin, qmax: the integer grid (see ``qrange``).
         zero_point: the integer ``z`` that represents 0.0.
         axis: the channel axis for per-channel steps.
+        clip_grad_only: with a learned step, only clipped values pass gradient to the step
+            (``qmin`` or ``qmax`` times theirs); values inside the grid pass none (the range
+            learning of analog converters). Default: the straight-through gradient of every
+            value, ``round(x/s) - x/s`` inside the grid.
 
     Returns:
         A tensor like ``x``. The gradient with respect to ``x`` is 1 where
@@ -86,7 +80,13 @@ def fake_quantize(
         shape = [1] * x.dim()
         shape[axis] = -1
         scale, inv = scale.view(shape), inv.view(shape)
-    if scale.requires_grad and torch.is_grad_enabled():
+    if scale.requires_grad and torch.is_grad_enabled() and clip_grad_only:
+        q = torch.round(x.detach() * inv.detach()) + zero_point
+        inside = (q >= qmin) & (q <= qmax)
+        level = torch.clamp(q, qmin, qmax) - zero_point
+        # inside: the grid value, gradient 1 for x and none for the step; clipped: the end level times the step
+        y = torch.where(inside, (level * scale).detach() + (x - x.detach()), level * scale)
+    elif scale.requires_grad and torch.is_grad_enabled():
         q = round_ste(x * inv) + zero_point
         inside = (q >= qmin) & (q <= qmax)  # inclusive, like the fused kernels' gradient mask
         q = torch.where(inside, q, torch.clamp(q.detach(), qmin, qmax))
@@ -127,78 +127,6 @@ class _FixedStep(torch.autograd.Function):
         return grad * mask, None, None, None, None, None
 
 
-class GridWarning(UserWarning):
-    """Calibration data show an activation quantizer whose step erases or clips the signal
-    (``GridUsage.problem``); filter this category to silence it."""
-
-
-class GridUsage:
-    """How an activation quantizer used its grid on the data it saw while recording (set by
-    ``fxharden.calibrate_quantizers``): whether the values landed on 1, 2 or more levels, how
-    many were clipped, the data's range, and whether any value lay between levels. NaNs are
-    not counted. A batch costs two passes over the data (scaled, then its min and max) once
-    more than two levels are seen and nothing is clipped."""
-
-    def __init__(self, quant: "ActQuant") -> None:
-        self.qmin, self.qmax = quant.qmin, quant.qmax
-        self.values = self.clipped = 0
-        self.levels: Optional[set] = set()  # the levels used, None once there are more than 2
-        self.off_grid = False  # some value lay between levels
-        self.lo, self.hi = math.inf, -math.inf
-        self.step = float(quant.scale.detach())
-
-    @torch.no_grad()
-    def record(self, x: Tensor, scale: Tensor) -> None:
-        """Count one batch ``x`` on the grid of step ``scale`` (the arithmetic of ``_quantize``)."""
-        r = x.detach().float() * (1.0 / scale.detach().float())
-        rmin, rmax = (float(v) for v in torch.aminmax(r)) if r.numel() else (math.nan, math.nan)
-        if math.isnan(rmin) or math.isnan(rmax):
-            r = r[~r.isnan()]
-            if not r.numel():
-                return
-            rmin, rmax = (float(v) for v in torch.aminmax(r))
-        self.step = float(scale)
-        self.values += r.numel()
-        self.lo, self.hi = min(self.lo, rmin * self.step), max(self.hi, rmax * self.step)
-        q = None
-        if round(rmin) < self.qmin or round(rmax) > self.qmax:  # round half to even, as torch.round
-            q = r.round()
-            self.clipped += int(((q < self.qmin) | (q > self.qmax)).sum())
-        if self.levels is None:
-            return
-        q = r.round() if q is None else q
-        lo, hi = (min(max(round(v), self.qmin), self.qmax) for v in (rmin, rmax))
-        if hi - lo >= 2 and bool(((q > lo) & (q < hi)).any()):
-            self.levels = None  # a third level between the extremes
-            return
-        self.levels |= {lo, hi}
-        if len(self.levels) > 2:
-            self.levels = None
-        elif not self.off_grid:
-            self.off_grid = bool(((r - q).abs() > _OFF_GRID).any())
-
-    @property
-    def seen(self) -> bool:
-        """Whether any value was recorded."""
-        return self.values > 0
-
-    def problem(self) -> str:
-        """What is wrong with the grid for these data, in words, or ``""``: at most
-        ``FEW_LEVELS`` levels used while values lay between levels (the signal is erased), or
-        more than ``CLIP_FRACTION`` of the values clipped (the step is too small)."""
-        if not self.values:
-            return ""
-        s, found = self.step, []
-        if self.levels is not None and len(self.levels) <= FEW_LEVELS and self.off_grid:
-            found.append(f"uses {len(self.levels)} of its {self.qmax - self.qmin + 1} levels (step {s:.3g}; values "
-                         f"in [{self.lo:.3g}, {self.hi:.3g}])")
-        clipped = self.clipped / self.values
-        if clipped > CLIP_FRACTION:
-            found.append(f"clips {clipped:.1%} of its values (grid [{self.qmin * s:.3g}, {self.qmax * s:.3g}]; values "
-                         f"in [{self.lo:.3g}, {self.hi:.3g}])")
-        return " and ".join(found)
-
-
 class ActQuant(nn.Module):
     """Per-tensor activation quantizer.
 
@@ -213,7 +141,17 @@ class ActQuant(nn.Module):
     ``peak`` is ``max|x|`` (signed grid) or ``max(x, 0)`` (unsigned), and ``levels = qmax``:
     the peak is the top level. A converter (``converter=True``, an ADC/DAC with a calibrated
     bound) follows the converter grid instead: the bound ``B = max|x|`` is the full scale, not
-    a level, ``Δ = B / 2^(b-1)`` signed, ``Δ = B / (2^b - 1)`` unsigned.
+    a level, ``Δ = B / 2^(b-1)`` signed, ``Δ = B / (2^b - 1)`` unsigned. With ``grid_levels``
+    (an odd count L, converters) the grid is symmetric, ``[-(L-1)/2, (L-1)/2]``, and the
+    bound is its top level: ``Δ = B / ((L-1)/2)``, so the calibrated peak is not clipped.
+    With ``percentile`` (converters) ``B`` is that percentile of ``|x|`` over all calibration
+    values so far (numpy's linear interpolation), not the maximum. A converter may learn its
+    step from a given one (``learn`` with ``step``); its step then gets gradient from clipped
+    values only (``fake_quantize``'s ``clip_grad_only``).
+
+    Percentile calibration keeps only the largest ``|x|`` values it can still need (a share
+    ``1 - percentile/100`` of ``calibration_steps`` times the largest batch seen), so its bound
+    is numpy's percentile exactly when no batch is larger than an earlier one.
 
     Calibration happens in training mode, and in eval mode for a quantizer that has not seen
     data in training (so a fresh model can be evaluated without training first): it observes
@@ -252,16 +190,23 @@ class ActQuant(nn.Module):
         calibration_steps: int = 30,
         converter: bool = False,
         sign_from_data: bool = False,
+        grid_levels: Optional[int] = None,
+        percentile: Optional[float] = None,
     ) -> None:
         super().__init__()
         self.bits, self.signed, self.converter = bits, signed, bool(converter)
-        self.qmin, self.qmax = qrange(bits, signed)
-        self.levels = -self.qmin if converter and signed else self.qmax  # peak / levels = step
+        self.grid_levels = grid_levels if converter else None
+        self.percentile = percentile if converter else None
+        self.qmin, self.qmax = qrange(bits, signed, self.grid_levels)
+        # peak / levels = step
+        self.levels = -self.qmin if converter and signed and grid_levels is None else self.qmax
         self.calibration_steps = 0 if step is not None else calibration_steps
         self.sign_from_data = sign_from_data and step is None and not converter
         if self.sign_from_data:  # the grid chosen by calibration travels with the step
             self.register_buffer("signed_grid", torch.tensor(bool(signed)))
-        self.learn = learn and step is None
+        self.learn = learn and (step is None or self.converter)
+        self._top: Optional[Tensor] = None  # percentile calibration: the largest |x| seen, descending
+        self._count = self._batch_max = 0  # percentile calibration: values seen, largest batch
         init = torch.tensor(float(step) if step is not None else 1.0)
         if self.learn:
             self.scale = nn.Parameter(init)
@@ -282,15 +227,23 @@ class ActQuant(nn.Module):
         state.setdefault("_usage", None)
         state.setdefault("_grid_checked", False)
         state.setdefault("sign_from_data", False)
+        state.setdefault("grid_levels", None)
+        state.setdefault("percentile", None)
+        state.setdefault("_top", None)
+        state.setdefault("_count", 0)
+        state.setdefault("_batch_max", 0)
         super().__setstate__(state)
 
     def extra_repr(self) -> str:
-        kind = "constant" if self.calibration_steps == 0 else ("learned" if self.learn else "statistics")
+        kind = "learned" if self.learn else "constant" if self.calibration_steps == 0 else "statistics"
         grid = "signed" if self.signed else "unsigned"
         if self.sign_from_data:
             grid = ("unsigned (calibration data >= 0)" if not self.signed else "signed") if self._observed else \
                 "signed, unsigned if the calibration data are >= 0"
-        return f"bits={self.bits}, {grid}, step={kind}{', converter' if self.converter else ''}"
+        if self.grid_levels is not None:
+            grid = f"symmetric {self.grid_levels} levels"
+        bound = f", bound=p{self.percentile:g}" if self.percentile is not None and self.calibration_steps else ""
+        return f"bits={self.bits}, {grid}, step={kind}{bound}{', converter' if self.converter else ''}"
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, *args, **kwargs):
         key = prefix + "signed_grid"
@@ -334,7 +287,10 @@ class ActQuant(nn.Module):
         if self.sign_from_data and (self._observed == 0 or not self.signed):
             # unsigned while every calibration value is >= 0 (one host sync per calibration batch)
             self._set_grid(bool(x.amin() < 0))
-        peak = x.abs().amax() if self.signed or self.converter else x.amax().clamp_min(0)
+        if self.percentile is not None:
+            peak = self._percentile_peak(x)
+        else:
+            peak = x.abs().amax() if self.signed or self.converter else x.amax().clamp_min(0)
         step = (peak.float() / self.levels).clamp_min(MIN_STEP).to(self.scale.dtype)
         if self._observed == 0:
             self.scale.copy_(step)
@@ -342,12 +298,34 @@ class ActQuant(nn.Module):
             # per batch, only until the first real batch)
             if bool((peak == 0) | (x.amin() == x.amax())):
                 self._degenerate = True
+                self._top, self._count = None, 0
                 return
             self._degenerate, self._eval_calibration = False, not self.training
+        elif self.percentile is not None:
+            self.scale.copy_(step)  # the percentile of all values so far
         else:
             torch.maximum(self.scale, step, out=self.scale.data)
         self._observed += 1
         self.observed.fill_(self._observed)
+        if self._observed >= self.calibration_steps:
+            self._top = None
+
+    def _percentile_peak(self, x: Tensor) -> Tensor:
+        """The ``percentile`` of ``|x|`` over this batch and the values kept from earlier ones
+        (numpy's default: linear interpolation between the two nearest ranks), in float64."""
+        a = x.detach().abs().flatten().double()
+        self._count += a.numel()
+        self._batch_max = max(self._batch_max, a.numel())
+        q = self.percentile / 100.0
+        most = max(self._count, self.calibration_steps * self._batch_max)  # values calibration may still see
+        keep = math.ceil((1.0 - q) * (most - 1)) + 2  # ranks above the percentile, and the two it lies between
+        pool = a if self._top is None else torch.cat([self._top, a])
+        self._top = pool.topk(min(keep, pool.numel())).values  # descending
+        h = (self._count - 1) * q
+        lo = math.floor(h)
+        below = self._top[self._count - 1 - lo]  # ascending rank lo
+        above = self._top[max(self._count - 2 - lo, 0)]  # ascending rank lo + 1 (the last rank: itself)
+        return below + (h - lo) * (above - below)
 
     def finish_calibration(self, name: str = "") -> None:
         """Fix the step as it is now: no later batch changes it (``observed`` is set to
@@ -365,6 +343,7 @@ class ActQuant(nn.Module):
                 "or give the quantizer a constant step", stacklevel=3)
         self._observed, self._eval_calibration, self._degenerate = self.calibration_steps, False, False
         self.observed.fill_(self._observed)
+        self._top = None
 
     _off = 0
     """Depth of enclosing ``quant_off`` blocks: the input passes unchanged and is not observed."""
@@ -386,7 +365,7 @@ class ActQuant(nn.Module):
             scale = scale.abs().clamp_min(MIN_STEP)
         if self._usage is not None:
             self._usage.record(x, scale)
-        return fake_quantize(x, scale, self.qmin, self.qmax)
+        return fake_quantize(x, scale, self.qmin, self.qmax, clip_grad_only=self.converter)
 
 
 class WeightQuant(nn.Module):
