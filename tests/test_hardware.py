@@ -30,6 +30,19 @@ def test_pcm_preset_is_pcm_weights_at_one_day_and_nothing_else():
     assert cfg.quant == base.quant and cfg.noise == base.noise and cfg.adc is None and cfg.dac is None
 
 
+def test_aihwkit_inference_preset():
+    from fxharden.core.noise import OutNoise
+
+    cfg = hardware_preset("aihwkit-inference").harden_config()
+    assert cfg.weight_noise == (WeightNoise(PCM(t=86400.0), 1.0, "pcm"),)
+    assert cfg.noise.model == OutNoise(per_channel=True) and cfg.noise.sigma == 0.04
+    assert cfg.noise.kinds == {SiteKind.CONV, SiteKind.LINEAR}
+    assert (cfg.dac.grid_levels, cfg.dac.bound, cfg.adc.grid_levels, cfg.adc.before_bias) == (255, 3.0, 255, True)
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 3))
+    hm = fxharden.harden(net, config=cfg)
+    assert len(weight_noise_modules(hm)) == 2 and len(fxharden.noise_sites(hm)) == 2
+
+
 def test_analog_tile_puts_noise_only_at_conv_and_linear_outputs():
     cfg = hardware_preset("analog-tile").harden_config()
     assert cfg.noise.kinds == {SiteKind.CONV, SiteKind.LINEAR}

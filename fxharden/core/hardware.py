@@ -232,8 +232,9 @@ def _analog_tile() -> HardwareConfig:
 
 
 PRESETS: Dict[str, Tuple[Callable[[], HardwareConfig], str]] = {
-    "aihwkit-inference": (_aihwkit_inference, "aihwkit's inference setting: PCM weights at t = 1 day, output "
-                                              "noise 0.04 per channel at conv/linear outputs, 8-bit DAC and ADC"),
+    "aihwkit-inference": (_aihwkit_inference, "aihwkit's inference setting: PCM weights at t = 1 day (each "
+                                              "layer mapped by its max|w|), output noise 0.04 per channel at "
+                                              "conv/linear outputs, 8-bit DAC (input range 3) and ADC"),
     "pcm": (_pcm, "PCM device noise on the weights at t = 1 day (sigma 1: the published device), nothing else"),
     "analog-tile": (_analog_tile, "activation noise only where an analog tile computes: conv/linear outputs"),
 }
