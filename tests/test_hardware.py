@@ -53,6 +53,17 @@ def test_analog_tile_puts_noise_only_at_conv_and_linear_outputs():
     assert Placement.PAPER.kinds == DEFAULT_NOISE_KINDS
 
 
+def test_converter_config_saves_as_plain_values():
+    """A converter's options are stored as plain values, so a checkpoint (``torch.load`` with
+    ``weights_only``) and JSON read them back; the enum of its calibration was stored as is."""
+    from fxharden.core.config import config_from_dict, config_to_dict
+    adc = ConverterConfig(bits=6, calibration="percentile", percentile=99.0, bounds={"fc": 2.0})
+    cfg = HardenConfig(quant=None, adc=adc)
+    data = config_to_dict(cfg)
+    assert data["adc"]["calibration"] == "percentile" and type(data["adc"]["calibration"]) is str
+    assert config_from_dict(json.loads(json.dumps(data))) == cfg
+
+
 def test_unknown_preset_lists_the_presets():
     with pytest.raises(ValueError, match="unknown hardware preset 'rram'.*aihwkit-inference.*pcm.*analog-tile"):
         hardware_preset("rram")
@@ -198,3 +209,16 @@ def test_cli_hardware_and_axis_errors(args, message):
     res = invoke("sweep", "lenet5", *FAST, *args)
     assert res.exit_code == 2, res.output
     assert message in " ".join(res.output.split())
+
+
+def test_cli_train_with_hardware_keeps_it_in_the_checkpoint(tmp_path):
+    from fxharden.zoo.checkpoint import load_checkpoint
+
+    out = tmp_path / "train"
+    res = invoke("train", "lenet5", "--hardware", "aihwkit-inference", "--synthetic", "--train-images", "64",
+                 "--test-images", "32", "--batch-size", "32", "--epochs", "1", "--max-steps", "2", "--device", "cpu",
+                 "--no-progress", "--out", out)
+    assert res.exit_code == 0, res.output
+    assert "training noise σ │ 0.04" in res.stdout.replace("  ", " ") or "0.04" in res.stdout
+    cfg = load_checkpoint(out / "checkpoint.pt").model.harden_config
+    assert cfg == hardware_preset("aihwkit-inference").harden_config()

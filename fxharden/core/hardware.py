@@ -13,7 +13,7 @@ models load when a preset is built.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
@@ -119,7 +119,7 @@ class HardwareConfig:
 
 
 def _converter_to_dict(c: ConverterConfig) -> Dict[str, Any]:
-    return {k: v for k, v in asdict(c).items() if v is not None}
+    return {k: v for k, v in c.to_dict().items() if v is not None}
 
 
 def hardware_to_dict(hw: HardwareConfig) -> Dict[str, Any]:

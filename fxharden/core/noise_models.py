@@ -169,6 +169,12 @@ class ConverterConfig:
         """Δ for the global fixed bound (see class doc); ``None`` when calibrated."""
         return self.step_for("")
 
+    def to_dict(self) -> dict:
+        """Its fields as plain values (enums by value, bounds as pairs): for JSON, TOML and
+        checkpoints, whose loader takes no fxharden types (``ConverterConfig(**d)`` is the inverse)."""
+        return {k: v.value if isinstance(v, Enum) else [list(b) for b in v] if k == "bounds" else v
+                for k, v in asdict(self).items()}
+
 
 @dataclass(frozen=True)
 class WeightFaultConfig:
