@@ -222,3 +222,18 @@ def test_cli_train_with_hardware_keeps_it_in_the_checkpoint(tmp_path):
     assert "training noise σ │ 0.04" in res.stdout.replace("  ", " ") or "0.04" in res.stdout
     cfg = load_checkpoint(out / "checkpoint.pt").model.harden_config
     assert cfg == hardware_preset("aihwkit-inference").harden_config()
+
+
+def test_cli_hardware_file_and_weight_sigma_axis(tmp_path):
+    chip = tmp_path / "chip.toml"
+    chip.write_text('[hardware]\nweight_noise = [{model = {name = "additive", of_max = true}, sigma = 0.01, '
+                    'name = "prog"}]\nplacement = "analog-tile"\n')
+    out = tmp_path / "w"
+    res = invoke("sweep", "lenet5", *FAST, "--hardware", chip, "--axis", "weight-sigma", "--link", "prog",
+                 "--values", "0.1,1", "--out", out)
+    assert res.exit_code == 0, res.output
+    result = load_axis_result(out)
+    assert result.link == "prog" and result.values == [0.0, 0.1, 1.0]
+    cfg = result.harden_configs[0]
+    assert cfg["weight_noise"] == [{"model": {"name": "additive", "of_max": True}, "sigma": 0.01, "name": "prog"}]
+    assert cfg["noise"]["kinds"] == ["conv", "linear"]
