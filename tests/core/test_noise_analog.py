@@ -127,7 +127,8 @@ def conv_linear(seed=0):
 
 
 def weight_config(per_channel, sigma=0.0):
-    return HardenConfig(quant=None, weight_noise=(WeightNoise(Additive(of_max=True, per_channel=per_channel), sigma=sigma),))
+    return HardenConfig(quant=None,
+                        weight_noise=(WeightNoise(Additive(of_max=True, per_channel=per_channel), sigma=sigma),))
 
 
 def out_config(per_channel, sigma=0.0, **params):
@@ -211,7 +212,7 @@ def test_output_noise_at_conv_and_linear_outputs(frontend, per_channel):
 
 
 def test_output_noise_takes_the_dac_bound_as_input_range_and_refuses_what_it_cannot_scale():
-    model, x = conv_linear(), torch.randn(2, 2, 4, 4)
+    model = conv_linear()
     config = out_config(True).replace(dac=ConverterConfig(bits=16, bound=3.0))
     hm = fxharden.harden(model, config=config)
     torch.testing.assert_close(noise_modules(hm)["3"].out_scale, 3.0 * model[3].weight.detach().abs().amax(1))

@@ -22,7 +22,6 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar, FrozenSet, Optional
 
-import torch
 from torch import Tensor
 
 from .models import NoiseModel, Role, SigmaUnits, register
