@@ -44,7 +44,7 @@ from ..core.noise import Noise
 from ..core.noise.verbs import noise_modules
 from ..core.quant import frozen_weights
 from ..zoo.models import ModelLike, resolve_networks
-from .axis_result import STANDARD_TIMES, Axis, AxisResult, plot_axis
+from .axis_result import AXIS_PNG, STANDARD_TIMES, Axis, AxisResult, plot_axis
 from .engine import CALIBRATION_BATCHES, EvalData, chunk_seed, replicate, weights_sha256
 from .results import FitOptions, PointStore
 from .sweep_points import SweepPoint
@@ -261,7 +261,7 @@ def sweep_axis(
     labelled = resolve_networks(model, harden_config, example_inputs=data.example())
     nets = [hm for _, hm in labelled]
     saved = [(hm.training, next(iter(hm.parameters()), torch.empty(0)).device,
-              {m: m.setting() for m in hm.modules() if isinstance(m, Noise)}) for hm in nets]
+              {m: (m.setting(), m.seed) for m in hm.modules() if isinstance(m, Noise)}) for hm in nets]
     axes: List[_Axis] = []
     stack = contextlib.ExitStack()
     measured = reused = 0
@@ -270,12 +270,11 @@ def sweep_axis(
             stack.enter_context(frozen_weights(hm))
             hm.eval().to(dev)
         axes = [_Axis(hm, cfg) for hm in nets]
-        classes = 0
-        with torch.inference_mode():
-            first = next(iter(data))[0]
-            for hm in nets:
-                calibrate_quantizers(hm, data)
-                calibrate_noise(hm, data, max_batches=CALIBRATION_BATCHES, force=False)
+        classes, first = 0, data.example()
+        for hm in nets:  # the steps and RMS never calibrated, on the first batches (as fxharden.sweep does)
+            calibrate_quantizers(hm, data)
+            calibrate_noise(hm, data, max_batches=CALIBRATION_BATCHES, force=False)
+            with torch.inference_mode():
                 classes = call_model(hm, first).shape[-1]
         chance = cfg.chance if cfg.chance is not None else 1.0 / classes
         identity = {"format": "fxharden-axis-sweep-v1", "settings": {**cfg.to_dict(), "device": dev.type},
@@ -318,8 +317,9 @@ def sweep_axis(
             ax.restore()
         for hm, (training, device, noise) in zip(nets, saved):
             hm.train(training).to(device)
-            for m, setting in noise.items():
+            for m, (setting, seed) in noise.items():
                 m.restore(setting)
+                m.reseed(seed)
     points = [SweepPoint(None, v, tuple(tuple(c) for c in counts[v]), data.num_images) for v in cfg.values]
     result = AxisResult(
         axis=cfg.axis, points=points, chance=chance, num_images=data.num_images, networks=[lb for lb, _ in labelled],
@@ -334,5 +334,5 @@ def sweep_axis(
     ).refit(fit_options)
     if out is not None:
         result.save(out)
-        plot_axis(result, os.path.join(out, "accuracy_vs_axis.png"))
+        plot_axis(result, os.path.join(out, AXIS_PNG))
     return result

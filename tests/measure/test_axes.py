@@ -142,7 +142,7 @@ def test_output_sigma_sets_only_conv_linear_outputs():
         layer = kinds[site] in (SiteKind.CONV.value, SiteKind.LINEAR.value)
         assert sigmas == ({0.0, 0.5, 100.0} if layer else {0.0}), site
     assert result.reference.mean == 1.0 and result.points[-1].mean < 0.9
-    assert all(float(m.sigma) == 0.0 for m in hm.modules() if isinstance(m, Noise))
+    assert all(float(m.sigma) == 0.0 and m.seed == 0 for m in hm.modules() if isinstance(m, Noise))
 
 
 def _logistic_points(times, mu, chance=0.1, top=0.9, k=2.0, total=100000):
