@@ -13,12 +13,12 @@ models load when a preset is built.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
-from .config import DEFAULT_NOISE_KINDS, HardenConfig, NoiseConfig, SiteKind
+from .config import DEFAULT_NOISE_KINDS, HardenConfig, SiteKind
 from .noise_models import (ConverterConfig, WeightNoise, _model_value, _weight_chain, _weight_noise_from_dict,
                            check_sigma, model_from_dict, model_to_dict)
 
@@ -68,8 +68,9 @@ class HardwareConfig:
     """The ADC at conv/linear outputs; ``None``: the base config's."""
     dac: Optional[ConverterConfig] = None
     """The DAC at conv/linear inputs; ``None``: the base config's."""
-    name: str = ""
-    """The preset it came from (shown in results), ``""`` for a custom one."""
+    name: str = field(default="", compare=False)
+    """The preset it came from, ``""`` for a custom one (a label: it changes nothing, and
+    equality ignores it)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "weight_noise", _weight_chain(self.weight_noise))
@@ -107,15 +108,10 @@ class HardwareConfig:
         if self.placement is not None:
             changes["kinds"] = self.placement.kinds
         if changes:
-            noise = replace(noise, **changes) if isinstance(noise, NoiseConfig) else noise
+            noise = replace(noise, **changes)
         return replace(base, noise=noise, weight_noise=self.weight_noise or base.weight_noise,
                        adc=self.adc if self.adc is not None else base.adc,
                        dac=self.dac if self.dac is not None else base.dac)
-
-    @property
-    def time_links(self) -> Tuple[str, ...]:
-        """The names of the weight-noise links whose model has a time field ``t``."""
-        return tuple(x.name for x in self.weight_noise if "t" in type(x.model).__dataclass_fields__)
 
 
 def _converter_to_dict(c: ConverterConfig) -> Dict[str, Any]:
