@@ -11,7 +11,8 @@ from torch import Tensor, fx, nn
 from .config import HardenConfig, SiteKind
 from .layers import output_axis
 from .noise import Noise
-from .sites import Site, weight_arg
+from .sites import Site
+from .weight_calls import weight_arg
 
 __all__ = ["site_weight", "bind_out_scale"]
 
