@@ -33,7 +33,7 @@ import torch
 
 import fxharden
 from fxharden.zoo.data import DataNotFoundError, load_cifar10, synthetic_dataset
-from fxharden.measure.metrics import fit_midpoint
+from fxharden.measure.midpoint import fit_midpoint
 from fxharden.zoo.models import build_model
 from fxharden.measure.sweep import CHUNK_LEVELS, SweepConfig, sweep
 from fxharden.training.train import TrainConfig, train

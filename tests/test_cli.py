@@ -80,7 +80,7 @@ def test_sweep_several_checkpoints(tmp_path):
 
 
 def test_sweep_reads_a_sigma_map_back(tmp_path):
-    from fxharden.measure.results import Units
+    from fxharden.measure.options import Units
     from fxharden.measure.sigma_map import write_sigma_map
 
     write_sigma_map(tmp_path / "map.json", {"conv1": 0.2, "fc3": 0.0, "relu1": 0.05}, Units.RELATIVE)

@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from ..zoo.options import OnCorrupt
-from ..measure.options import MetricName
+from ..measure.scores import MetricName
 from ._app import (_D, _M, _Q, Device, Split, app, check_data, console, data_options, err_console, harden_options,
                    inputs_rows, model_options, resolve_device, resolve_models, text_inputs, user_errors)
 

@@ -11,9 +11,9 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from ..measure.midpoint_models import MidpointModel
+from ..measure.midpoint import MidpointModel
 from ..measure.axis_options import Axis
-from ..measure.options import MetricName
+from ..measure.scores import MetricName
 from ..zoo.options import OnCorrupt
 from ._app import (_D, _M, _Q, HARDWARE_HELP, Device, Split, app, check_data, data_options, err_console, harden_options,
                    hardware_options, inputs_rows, model_options, parse_sigmas, resolve_device, resolve_models, show,
@@ -195,7 +195,8 @@ def sweep_command(
 ) -> None:
     """Measure accuracy (or another metric) versus noise strength and the midpoint noise level μ."""
     from ..measure.plots import save_plots
-    from ..measure.results import RESULTS_CSV, RESULTS_JSON, FitOptions
+    from ..measure.options import FitOptions
+    from ..measure.results import RESULTS_CSV, RESULTS_JSON
     from ..measure.sweep import SweepConfig, SweepMode, sweep
 
     with user_errors():

@@ -22,10 +22,10 @@ from torch import Tensor, nn
 
 from .hardened import HardenedModule
 from .module_route import LayerSite
-from .noise import Noise, Role, noise_off
-from .noise.verbs import noise_modules
+from .noise import Noise, Role
+from .noise.verbs import noise_modules, noise_off
 from .passes import CONTAINER, key_for
-from .quant import CLIP_FRACTION, FEW_LEVELS, ActQuant, GridUsage, GridWarning
+from .quant import CLIP_FRACTION, FEW_LEVELS, ActQuant, GridWarning
 
 GRID_CHECK_BATCHES = 8
 """Batches ``calibrate_quantizers`` checks the grid use on when no step waits for data
@@ -124,22 +124,19 @@ def calibrate_quantizers(model: nn.Module, data: Iterable[Any], max_batches: Opt
     """
     acts = {name: m for name, m in model.named_modules() if isinstance(m, ActQuant)}
     quants = {name: m for name, m in acts.items() if m.needs_data}
-    unchecked = {name: m for name, m in acts.items() if not m._grid_checked}
+    unchecked = {name: m for name, m in acts.items() if not m.grid_checked}
     if not quants and not unchecked:
         return {}
     if max_batches is None:
-        max_batches = max((m.calibration_steps - m._observed for m in quants.values()), default=GRID_CHECK_BATCHES)
+        max_batches = max((m.calibration_left for m in quants.values()), default=GRID_CHECK_BATCHES)
+    finished = False
     try:
         for m in unchecked.values():
-            m._usage = GridUsage(m)
+            m.begin_grid_check()
         _run_clean(model, data, max_batches, "calibrate_quantizers")
-        problems = {}
-        for name, m in unchecked.items():
-            m._grid_checked = m._usage.seen
-            problems[name] = m._usage.problem()
+        finished = True
     finally:
-        for m in unchecked.values():
-            m._usage = None
+        problems = {name: m.end_grid_check(keep=finished) for name, m in unchecked.items()}
     for name, m in quants.items():
         m.finish_calibration(name)
     _report_grids(model, [m for m in acts.values() if m.sign_from_data])
@@ -241,7 +238,7 @@ def calibrate_noise(model: nn.Module, data: Iterable[Any], max_batches: Optional
             and (force or not m.calibrated)]  # every mode's sites, also those of the other mode's graph
     if not mods:
         return {}
-    checked = any(isinstance(m, ActQuant) and (m.needs_data or not m._grid_checked) for m in model.modules())
+    checked = any(isinstance(m, ActQuant) and (m.needs_data or not m.grid_checked) for m in model.modules())
     if checked:
         if iter(data) is data:  # a one-shot iterator: keep the batches for the second pass
             data = list(itertools.islice(data, max_batches))

@@ -13,9 +13,10 @@ from dataclasses import InitVar, dataclass, field, replace
 from enum import Enum
 from typing import Any, Callable, Mapping, Optional, Union
 
+from .checks import _check_finite_nonneg, check_sigma
 from .noise_models import (ConverterConfig, WeightDriftConfig, WeightFaultConfig, WeightNoise, WeightNoiseConfig,
-                           WeightNoiseKind, _check_finite_nonneg, _model_value, _weight_chain, _weight_noise_from_dict,
-                           _with_link, check_sigma, dataclass_from_dict, model_from_dict, model_to_dict)
+                           WeightNoiseKind, _model_value, _weight_chain, _weight_noise_from_dict,
+                           _with_link, dataclass_from_dict, model_from_dict, model_to_dict)
 
 __all__ = [
     "Scaling",

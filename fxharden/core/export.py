@@ -37,7 +37,7 @@ import torch.utils._pytree as pytree
 from torch import Tensor, fx, nn
 
 from .input_guard import GUARDS_META, InputGuard, guard_from_export
-from .sites import module_kind
+from .layer_kinds import module_kind
 from .trace import Capture, leaf_predicate
 
 __all__ = ["ExportError", "capture_export", "example_args", "example_spec", "example_from_spec"]
@@ -265,7 +265,7 @@ def _annotate(graph: fx.Graph, model: nn.Module, is_layer: Any) -> None:
 
 def _layer_rule(leaf_modules: Sequence[Any]) -> Any:
     """A layer of the export route: what torch.fx would not enter, and every module of known
-    kind (``sites.module_kind``) that holds no layer of known kind itself: transformers'
+    kind (``layer_kinds.module_kind``) that holds no layer of known kind itself: transformers'
     ``Conv1D`` computes ``addmm`` + ``view``, one linear site; its ``NewGELUActivation`` a tanh
     formula, one activation site; timm's ``BatchNormAct2d`` (a batch norm holding its
     activation) is entered, so its activation stays a site."""

@@ -31,9 +31,10 @@ from .quant import ActQuant, WeightQuant
 from .recurrent import harden_recurrent, product_sites
 from .recurrent_export import call_hardened_recurrent, recurrent_call
 from .signature import call_spec
-from .sites import _RECURRENT_EXPORT, _WEIGHT_KINDS, expert_weights, weight_arg, Site, check_rules, find_sites, \
-    module_unsigned, node_description, resolve_rule
+from .layer_kinds import module_unsigned
+from .sites import _RECURRENT_EXPORT, _WEIGHT_KINDS, Site, check_rules, find_sites, node_description, resolve_rule
 from .trace import OPAQUE_ROOT, Capture, capture, route_note
+from .weight_calls import expert_weights, weight_arg
 
 __all__ = ["harden", "HardenedModule", "SiteInfo", "HardenReport", "noise_sites", "set_noise",
            "set_weight_noise", "seed_noise", "harden_report"]

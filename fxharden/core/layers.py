@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from .counter_rng import compiling
 from .noise import Noise
 from .quant import WeightQuant
-from .sites import expert_weights, router_weight
+from .weight_calls import expert_weights, router_weight
 
 Run = Tuple[int, int, Dict[str, Tensor]]  # (first batch group, number of groups, their weights)
 
@@ -323,8 +323,8 @@ class HardenedMultiheadAttention(_HardenedWeight, nn.MultiheadAttention):
 
 class HardenedParameters(_HardenedWeight):
     """Mixin for a layer that multiplies its own weight parameters inside its forward: a
-    mixture-of-experts layer's 3-D expert matrices (``sites.expert_weights``, one draw and one
-    quantizer step per expert) or a router's ``weight`` (``sites.router_weight``). Its forward
+    mixture-of-experts layer's 3-D expert matrices (``weight_calls.expert_weights``, one draw and one
+    quantizer step per expert) or a router's ``weight`` (``weight_calls.router_weight``). Its forward
     runs with those parameters replaced by their hardened values; with one weight draw per
     batch group, every tensor argument is split along dim 0 (the tokens) by group. The class
     is made per layer class (``parameters_class``), so ``isinstance`` checks still hold."""

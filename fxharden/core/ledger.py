@@ -17,8 +17,9 @@ from torch import fx, nn
 
 from .config import SiteKind
 from .layers import HARDENED_LAYERS, HardenedCall, can_harden_weights
-from .sites import _ATEN_KINDS, _ATEN_NOT_SITES, _FUNC_KINDS, _NOT_SITES, _from_parameters, _packet, module_kind, \
-    param_targets, weight_arg
+from .layer_kinds import module_kind
+from .sites import _ATEN_KINDS, _ATEN_NOT_SITES, _FUNC_KINDS, _NOT_SITES
+from .weight_calls import aten_name, from_parameters, param_targets, weight_arg
 
 __all__ = ["HARDENED", "NORM", "VECTOR", "ADDED", "UNUSED", "LEFT_ALONE", "NO_WEIGHTS", "build_ledger"]
 
@@ -39,8 +40,8 @@ _ADDITIVE = {"add", "add_", "cat", "concat", "expand", "expand_as", "repeat", "s
 
 def _op(node: fx.Node) -> str:
     """The name of a node's operation (``aten.add``, ``cat``, ``matmul``)."""
-    if _packet(node) is not None:
-        return _packet(node)
+    if aten_name(node) is not None:
+        return aten_name(node)
     target = node.target
     return target if isinstance(target, str) else getattr(target, "__name__", str(target))
 
@@ -49,8 +50,8 @@ def _passes_through(node: fx.Node) -> bool:
     """Whether a node only moves, reshapes or copies its input (follow it to the real users)."""
     if node.op not in ("call_function", "call_method"):
         return False
-    if _packet(node) is not None:
-        return _packet(node) in _ATEN_NOT_SITES and _packet(node) not in _ADDITIVE
+    if aten_name(node) is not None:
+        return aten_name(node) in _ATEN_NOT_SITES and aten_name(node) not in _ADDITIVE
     return (node.target in _NOT_SITES or _op(node) in _ATEN_NOT_SITES) and _op(node) not in _ADDITIVE
 
 
@@ -70,7 +71,7 @@ def _consumers(node: fx.Node) -> List[fx.Node]:
 
 
 def _norm(node: fx.Node) -> bool:
-    kind = _ATEN_KINDS.get(_packet(node)) if _packet(node) is not None else _FUNC_KINDS.get(node.target)
+    kind = _ATEN_KINDS.get(aten_name(node)) if aten_name(node) is not None else _FUNC_KINDS.get(node.target)
     return kind is SiteKind.NORM
 
 
@@ -134,7 +135,7 @@ def build_ledger(params: List[Tuple[str, nn.Parameter]], buffers: Dict[int, str]
         for p in targets(weight):
             mark(p, f"{HARDENED}{site}")
         for a in node.all_input_nodes:  # the bias: an argument computed from parameters alone
-            for p in targets(a) if _from_parameters(a, modules) else ():
+            for p in targets(a) if from_parameters(a, modules) else ():
                 mark(p, f"{HARDENED}{site} (with its layer)")
     # what reads the others, in the graphs
     readers: Dict[str, List[fx.Node]] = {}
@@ -200,7 +201,8 @@ def _prefixes(path: str) -> List[str]:
 
 
 def _weight_of(user: fx.Node, name: str, root: nn.Module, names: Dict[int, str]) -> bool:
-    """Whether ``user`` is a weighted call (``sites.weight_arg``) whose weight is computed from parameter ``name``."""
+    """Whether ``user`` is a weighted call (``weight_calls.weight_arg``) whose weight is computed from
+    parameter ``name``."""
     spec = weight_arg(user.target) if user.op == "call_function" else None
     if spec is None or len(user.args) <= spec.weight:
         return False

@@ -25,7 +25,8 @@ from torch import Tensor, nn
 
 from .config import SiteKind
 from .converters import add_bias
-from .sites import expert_weights, is_passthrough, module_kind, router_weight
+from .layer_kinds import is_passthrough, module_kind
+from .weight_calls import expert_weights, router_weight
 
 __all__ = ["LayerSite", "LayerCandidate", "SITE_ATTR", "find_layers", "attach_site", "layer_sites"]
 
@@ -97,7 +98,7 @@ def find_layers(root: nn.Module, parts: Sequence[str], taken: set, strip: str = 
     A known layer (conv, linear, embedding, activation, pooling, norm; ``nn.MultiheadAttention``
     and a mixture-of-experts router as a whole, of kind ``OTHER``: its output is the routing,
     no noise site by default) is not entered; identity, dropout and drop-path are skipped; a
-    mixture-of-experts layer holding 3-D expert matrices (``sites.expert_weights``) is a linear
+    mixture-of-experts layer holding 3-D expert matrices (``weight_calls.expert_weights``) is a linear
     site and is entered too (its activation is a site); every other module is entered. A module object is found once (shared modules, nested parts), and
     modules in ``taken`` (ids of layers the graph calls itself) are left to the graph.
 

@@ -11,7 +11,8 @@ from torch import Tensor, fx, nn
 from .config import HardenConfig, SiteKind
 from .layers import output_axis
 from .noise import Noise
-from .sites import Site, weight_arg
+from .sites import Site
+from .weight_calls import weight_arg
 
 __all__ = ["site_weight", "bind_out_scale"]
 
@@ -53,7 +54,7 @@ def bind_out_scale(noise: Noise, config: HardenConfig, site: str, kind: SiteKind
             "SiteKind.LINEAR}), or leave this site out with SiteRules")
     input_range = getattr(model, "input_range", None)
     if input_range is None and config.dac is not None:
-        input_range = config.dac.bound
+        input_range = config.dac.bound_for(site)  # the fixed bound of this layer's DAC (its own, or the common one)
     if input_range is None:
         raise ValueError(
             f"the {model.name} noise at site {site!r} scales with the layer's input range (as aihwkit's out_noise, "

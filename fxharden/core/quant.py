@@ -217,7 +217,7 @@ class ActQuant(nn.Module):
         self._eval_calibration = False  # calibrating in eval mode (began there, with no data seen in training)
         self._degenerate = False  # the step was set by degenerate batches only (not counted in observed)
         self._usage: Optional[GridUsage] = None  # while calibrate_quantizers records how the grid is used
-        self._grid_checked = False  # calibrate_quantizers has recorded it on real data
+        self.grid_checked = False  # calibrate_quantizers has recorded how real data use the grid (GridUsage)
 
     def __setstate__(self, state):
         state.setdefault("converter", False)  # pickled before these attributes existed
@@ -225,7 +225,7 @@ class ActQuant(nn.Module):
         state.setdefault("_eval_calibration", False)
         state.setdefault("_degenerate", False)
         state.setdefault("_usage", None)
-        state.setdefault("_grid_checked", False)
+        state.setdefault("grid_checked", state.pop("_grid_checked", False))
         state.setdefault("sign_from_data", False)
         state.setdefault("grid_levels", None)
         state.setdefault("percentile", None)
@@ -262,6 +262,24 @@ class ActQuant(nn.Module):
         """Whether the step still waits for data that ``calibrate_quantizers`` would give it:
         statistics-based or dynamic, no batch seen in training, calibration not finished."""
         return self._observed < self.calibration_steps and (self._observed == 0 or self._eval_calibration)
+
+    @property
+    def calibration_left(self) -> int:
+        """Batches the step still counts before it is fixed (0: a constant or fixed step)."""
+        return max(self.calibration_steps - self._observed, 0)
+
+    def begin_grid_check(self) -> None:
+        """Record how the next forwards' data use the grid (``GridUsage``)."""
+        self._usage = GridUsage(self)
+
+    def end_grid_check(self, keep: bool = True) -> str:
+        """Stop recording; with ``keep``, set ``grid_checked`` (once data came) and return what
+        is wrong with the grid (``GridUsage.problem``; ``""``: nothing, or not kept)."""
+        usage, self._usage = self._usage, None
+        if not keep or usage is None:
+            return ""
+        self.grid_checked = usage.seen
+        return usage.problem()
 
     def _calibrating(self) -> bool:
         if self._observed >= self.calibration_steps:

@@ -7,10 +7,8 @@ Analysis only: nothing here changes a graph. Nodes are matched by module type or
 from __future__ import annotations
 
 import difflib
-import functools
 import operator
 import re
-import sys
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
@@ -19,87 +17,17 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from .config import HardenConfig, LayerConfig, SiteKind
+from .layer_kinds import is_passthrough, module_kind, module_unsigned
+from .weight_calls import aten_name, call_arg, call_weights
 
-__all__ = ["Site", "find_sites", "check_rules", "node_description", "input_nodes", "WEIGHT_FUNCS", "WeightArg",
-           "weight_arg", "expert_weights", "router_weight", "param_targets", "module_kind", "module_unsigned", "resolve_rule", "is_passthrough"]
+__all__ = ["Site", "find_sites", "check_rules", "node_description", "input_nodes", "resolve_rule"]
 
-_ACT_TYPES: tuple = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU,
-    nn.SiLU, nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Hardtanh,
-    nn.Softplus, nn.Softsign, nn.Tanhshrink, nn.LogSigmoid, nn.GLU, nn.Threshold,
-)
-_UNSIGNED_TYPES: tuple = (nn.ReLU, nn.ReLU6, nn.Sigmoid, nn.Hardsigmoid)
-_POOL_TYPES: tuple = (
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
-    nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.LPPool1d, nn.LPPool2d,
-)
-_NORM_TYPES: tuple = (
-    nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm,
-    nn.LocalResponseNorm,
-)
-_CONV_TYPES: tuple = (nn.modules.conv._ConvNd,)
-_LINEAR_TYPES: tuple = (nn.Linear, nn.Bilinear, nn.Embedding)
-"""Layers whose output is a weighted sum (an embedding lookup is one-hot times its table)."""
-_RECURRENT_TYPES: tuple = (nn.RNNBase, nn.RNNCellBase)
 _RECURRENT_EXPORT = ("a recurrent layer on the export route whose ATen call was not found: its weights and "
                      "matrix-vector products are used as they are (only its output gets noise); harden with "
                      "frontend='fx' to harden them")
 _WEIGHT_KINDS = (SiteKind.CONV, SiteKind.LINEAR, SiteKind.RECURRENT, SiteKind.OPAQUE, SiteKind.OTHER)
 """Kinds of module sites whose layers may have weights to harden (e.g. attention is OTHER)."""
 
-@dataclass(frozen=True)
-class WeightArg:
-    """Where a weighted call takes its input and its weight (positional indices), and the
-    per-channel axis of its weight quantizer (as ``layers.weight_axis``: 0 for convolutions,
-    ``None``, one step per tensor, for linear maps)."""
-
-    input: int = 0
-    weight: int = 1
-    axis: Optional[int] = None
-    out_axis: int = 0
-    """The weight's axis that indexes the call's output channels (per-channel weight noise):
-    0 for ``(out, in, ...)`` weights, 1 for the ``(in, out)`` operand of a matrix product, the
-    columns of an embedding table and the expert matrices ``(in, out)`` of a grouped product."""
-    experts: bool = False
-    """The weight holds one matrix per expert along dim 0 (a grouped mixture-of-experts call):
-    each expert's matrix is quantized with its own step and perturbed by its own draw. The
-    input rows are regrouped by expert, so batch groups cannot be told apart there."""
-
-
-_aten = torch.ops.aten
-WEIGHT_FUNCS: Dict[Any, WeightArg] = {
-    F.conv1d: WeightArg(axis=0), F.conv2d: WeightArg(axis=0), F.conv3d: WeightArg(axis=0), F.linear: WeightArg(),
-    # the export route's ATen calls
-    **{op: WeightArg(axis=0) for op in (_aten.conv1d.default, _aten.conv2d.default, _aten.conv3d.default,
-                                        _aten.convolution.default)},
-    _aten.linear.default: WeightArg(),
-    **{op: WeightArg(out_axis=1) for op in (_aten.mm.default, _aten.matmul.default)},
-    _aten.addmm.default: WeightArg(input=1, weight=2, out_axis=1),
-    _aten.embedding.default: WeightArg(input=1, weight=0, out_axis=1),
-}
-"""Functions whose weight argument ``harden`` quantizes and perturbs when it is computed from
-parameters (``F.linear(x, self.fc.weight)``; on the export route every ``aten.linear``,
-``aten.conv2d``, ``aten.addmm``, ``aten.embedding``, ... that reads a parameter).
-``F.conv2d is torch.conv2d``: both spellings match."""
-_GROUPED_OPS = {"aten::_grouped_mm", "transformers::grouped_mm_fallback"}
-"""Grouped matrix products of mixture-of-experts layers, ``(input, weight[expert, in, out],
-offsets)``, by schema name (transformers registers its fallback op only once imported)."""
-_EXPERTS = WeightArg(axis=0, out_axis=1, experts=True)
-
-
-def weight_arg(target: Any) -> Optional[WeightArg]:
-    """Where the weighted call ``target`` takes its input and weight (``WEIGHT_FUNCS``, or a
-    grouped expert product of ``_GROUPED_OPS``), else ``None``."""
-    spec = WEIGHT_FUNCS.get(target) if not isinstance(target, str) else None
-    if spec is None and isinstance(target, torch._ops.OpOverload) and target._schema.name in _GROUPED_OPS:
-        return _EXPERTS
-    return spec
-
-_PARAM_OPERAND_FUNCS = {F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d, torch.matmul, operator.matmul,
-                        torch.mm, torch.bmm, torch.einsum, "matmul", "mm", "bmm"}
-"""Functions that may take a parameter as an operand but whose weights are not hardened: such a
-call is listed in the report's ``skipped``."""
 
 _UNSIGNED_FUNCS = {F.relu, F.relu_, torch.relu, torch.relu_, F.relu6, torch.sigmoid, F.sigmoid, F.hardsigmoid,
                    "relu", "relu_", "sigmoid", "sigmoid_"}
@@ -166,18 +94,7 @@ _ATEN_NOT_SITES = {
     "index", "histc", "bincount",
 }
 """ATen operations that only move, select, copy or make values: never sites."""
-_ATEN_PARAM_OPERANDS = {"conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "bmm", "baddbmm", "einsum",
-                        "matmul", "mm", "addmm", "embedding_bag"}
-"""ATen operations that may take a parameter as an operand that is not hardened (listed in the
-report's ``skipped``)."""
 
-
-def _packet(node: fx.Node) -> Optional[str]:
-    """The overload packet name of an ATen call (``"linear"`` for ``aten.linear.default``), else ``None``."""
-    target = node.target
-    if node.op == "call_function" and isinstance(target, torch._ops.OpOverload):
-        return target.overloadpacket.__name__
-    return None
 
 
 def _float_value(node: fx.Node) -> bool:
@@ -186,74 +103,6 @@ def _float_value(node: fx.Node) -> bool:
     return isinstance(val, torch.Tensor) and val.is_floating_point()
 
 
-_TIMM_ACTIVATION_MODULES = ("timm.layers.activations", "timm.layers.activations_me")
-_HF_ACTIVATIONS = "transformers.activations"
-_HF_NOT_ACTIVATIONS = ("LinearActivation",)  # the identity: a site there would repeat the layer before it
-_HF_CONV1D = ("transformers.pytorch_utils", "Conv1D")
-"""GPT-2's linear layer (``x @ W + b`` with ``W`` stored transposed)."""
-
-
-@functools.lru_cache(maxsize=None)
-def _module_types(name: str) -> tuple:
-    mod = sys.modules[name]
-    return tuple(v for v in vars(mod).values() if isinstance(v, type) and issubclass(v, nn.Module)
-                 and v.__module__ == mod.__name__ and v.__name__ not in _HF_NOT_ACTIVATIONS)
-
-
-def _activation_types() -> tuple:
-    """torch's activation modules plus timm's and transformers'. A model can only hold theirs
-    once the library is imported, so neither is imported here (they cost seconds and are
-    optional)."""
-    names = _TIMM_ACTIVATION_MODULES + (_HF_ACTIVATIONS,)
-    extra = tuple(t for name in names if name in sys.modules for t in _module_types(name))
-    return _ACT_TYPES + extra
-
-
-def _linear_types() -> tuple:
-    """torch's linear layers, plus transformers' ``Conv1D`` once transformers is imported."""
-    hf = sys.modules.get(_HF_CONV1D[0])
-    return _LINEAR_TYPES + ((getattr(hf, _HF_CONV1D[1]),) if hf is not None else ())
-
-
-def module_kind(m: nn.Module) -> Optional[SiteKind]:
-    """The kind of a layer known by its type (conv, linear, recurrent, activation, pooling, norm), else ``None``."""
-    for types, kind in ((_CONV_TYPES, SiteKind.CONV), (_linear_types(), SiteKind.LINEAR),
-                        (_RECURRENT_TYPES, SiteKind.RECURRENT),
-                        (_activation_types(), SiteKind.ACTIVATION), (_POOL_TYPES, SiteKind.POOL),
-                        (_NORM_TYPES, SiteKind.NORM)):
-        if isinstance(m, types):
-            return kind
-    return None
-
-
-def expert_weights(m: nn.Module) -> tuple:
-    """Names of the expert matrices of a mixture-of-experts layer that reads them in its own
-    forward: the 3-D float parameters (one matrix per expert along dim 0, e.g. transformers'
-    ``gate_up_proj`` and ``down_proj``) held directly by a module of no known kind; ``()`` else."""
-    if module_kind(m) is not None:
-        return ()
-    return tuple(n for n, p in m.named_parameters(recurse=False) if p.dim() == 3 and p.is_floating_point())
-
-
-def router_weight(m: nn.Module) -> bool:
-    """Whether ``m`` is a router of a mixture of experts: a module of no known kind and no
-    children whose matrix parameter ``weight`` it multiplies itself (``F.linear(x, self.weight)``),
-    its other parameters vectors (a bias)."""
-    params = dict(m.named_parameters(recurse=False))
-    weight = params.get("weight")
-    return (module_kind(m) is None and not any(True for _ in m.children()) and weight is not None
-            and weight.dim() == 2 and min(weight.shape) > 1
-            and all(p.dim() <= 1 for n, p in params.items() if n != "weight"))
-
-
-def module_unsigned(m: nn.Module) -> bool:
-    """Whether the layer's output is never negative (its quantizer takes the unsigned grid)."""
-    return isinstance(m, _UNSIGNED_TYPES)
-
-
-def is_passthrough(m: nn.Module) -> bool:
-    """Layers that are never sites: identity, dropout, drop-path, reshapes."""
-    return isinstance(m, (nn.Identity, nn.Dropout, nn.Flatten, nn.Unflatten)) or type(m).__name__ == "DropPath"
 
 
 @dataclass
@@ -271,7 +120,7 @@ class Site:
     """Insert an activation quantizer after this node (activations and the input)."""
     quantize_weights: bool
     """Quantize the weights of this site's layer: swap the conv/linear/attention module for one
-    with quantized weights, or for a functional conv/linear call (``WEIGHT_FUNCS``) whose weight is
+    with quantized weights, or for a functional conv/linear call (``weight_calls.WEIGHT_FUNCS``) whose weight is
     computed from parameters, put a ``HardenedCall`` in its place."""
     weight_noise: bool
     """Perturb the weights of this site's layer (the config has weight noise, drift or faults and no rule of
@@ -281,9 +130,9 @@ class Site:
     module: Optional[nn.Module] = None
     skip_weights: str = ""
     """Why the parameters this call takes as an operand are used as they are (a transposed
-    convolution or matmul with a parameter operand, ``_PARAM_OPERAND_FUNCS``); '' otherwise."""
+    convolution or matmul with a parameter operand, ``weight_calls.call_weights``); '' otherwise."""
     weight_calls: tuple = ()
-    """The calls whose weight argument this site hardens (``WEIGHT_FUNCS``, weight computed from
+    """The calls whose weight argument this site hardens (``weight_calls.WEIGHT_FUNCS``, weight computed from
     parameters, a ``HardenedCall`` in each one's place): the node itself for a functional
     conv/linear call, the layer's weighted ATen calls on the export route; empty for a module
     whose class is swapped."""
@@ -297,9 +146,6 @@ _MEANS = {torch.mean, "mean"}
 _FLATTENS = {torch.flatten, "flatten"}
 
 
-def _arg(node: fx.Node, index: int, name: str, default: Any = None) -> Any:
-    return node.args[index] if len(node.args) > index else node.kwargs.get(name, default)
-
 
 def _global_mean(node: fx.Node) -> bool:
     """Whether a ``mean`` node is a global average pool over the spatial dims of an NC... tensor.
@@ -311,7 +157,7 @@ def _global_mean(node: fx.Node) -> bool:
     the token mean of a transformer or ``x.pow(2).mean(-1)`` of an RMS norm), a mean over
     everything, or ``x.sum((2, 3)) / n``; select those with ``SiteRules.by_name``.
     """
-    dim = _arg(node, 1, "dim")
+    dim = call_arg(node, 1, "dim")
     dims = tuple(dim) if isinstance(dim, (tuple, list)) else (dim,)
     if not dims or not all(isinstance(d, int) and not isinstance(d, bool) for d in dims):
         return False
@@ -319,7 +165,7 @@ def _global_mean(node: fx.Node) -> bool:
         return all(d >= 2 for d in dims) or sorted(dims) == list(range(-len(dims), 0))
     src = node.args[0] if node.args else node.kwargs.get("input")
     return (isinstance(src, fx.Node) and src.op in ("call_function", "call_method") and src.target in _FLATTENS
-            and _arg(src, 1, "start_dim") == 2 and _arg(src, 2, "end_dim", -1) == -1 and dims[0] in (2, -1))
+            and call_arg(src, 1, "start_dim") == 2 and call_arg(src, 2, "end_dim", -1) == -1 and dims[0] in (2, -1))
 
 
 def _layer_kind(m: nn.Module, path: str, opaque: set) -> Optional[SiteKind]:
@@ -339,7 +185,7 @@ def _export_kind(node: fx.Node, modules: Dict[str, nn.Module], opaque: set) -> O
     layer = node.meta.get("fxharden_layer")
     if layer is not None:
         return _layer_kind(modules[layer], layer, opaque) if node.meta.get("fxharden_output") else None
-    name = _packet(node)
+    name = aten_name(node)
     if name is None or name in _ATEN_NOT_SITES or not _float_value(node):
         return None
     if name == "mean" and _global_mean(node):
@@ -353,7 +199,7 @@ def _export_kind(node: fx.Node, modules: Dict[str, nn.Module], opaque: set) -> O
 def _kind(node: fx.Node, modules: Dict[str, nn.Module], opaque: set) -> Optional[SiteKind]:
     if node.op == "placeholder":
         return SiteKind.INPUT
-    if "fxharden_layer" in node.meta or _packet(node) is not None:
+    if "fxharden_layer" in node.meta or aten_name(node) is not None:
         return _export_kind(node, modules, opaque)
     if node.op == "call_module":
         return _layer_kind(modules[node.target], str(node.target), opaque)
@@ -400,7 +246,7 @@ def _unsigned(node: fx.Node, modules: Dict[str, nn.Module]) -> bool:
         return module_unsigned(modules[node.meta["fxharden_layer"]])
     if node.op == "call_module":
         return module_unsigned(modules.get(node.target))
-    return node.target in _UNSIGNED_FUNCS or _packet(node) in _ATEN_UNSIGNED
+    return node.target in _UNSIGNED_FUNCS or aten_name(node) in _ATEN_UNSIGNED
 
 
 def _matches_type(key: Any, node: Optional[fx.Node], module: Optional[nn.Module]) -> bool:
@@ -411,7 +257,7 @@ def _matches_type(key: Any, node: Optional[fx.Node], module: Optional[nn.Module]
     if node.target == key:
         return True
     # an ATen call (export route) matches the function or method of its name: torch.add, "relu"
-    name = _packet(node)
+    name = aten_name(node)
     return name is not None and module is None and name.rstrip("_") == (key if isinstance(key, str) else getattr(
         key, "__name__", None) or "").rstrip("_")
 
@@ -470,8 +316,8 @@ def node_description(node: fx.Node, module: Optional[nn.Module]) -> str:
         return f"input {node.target}"
     if module is not None:
         return type(module).__name__
-    if _packet(node) is not None:
-        return f"aten.{_packet(node)}"
+    if aten_name(node) is not None:
+        return f"aten.{aten_name(node)}"
     target = node.target
     return target if isinstance(target, str) else getattr(target, "__name__", repr(target))
 
@@ -484,77 +330,6 @@ def input_nodes(graph: fx.Graph) -> List[fx.Node]:
             and ("val" not in n.meta or _float_value(n))]  # the export route knows: token ids are no input site
 
 
-def _parameter(target: str, modules: Dict[str, nn.Module]) -> bool:
-    owner, _, attr = target.rpartition(".")
-    module = modules.get(owner)
-    return module is not None and isinstance(getattr(module, attr, None), nn.Parameter)
-
-
-def _from_parameters(value: Any, modules: Dict[str, nn.Module]) -> bool:
-    """Whether the graph value ``value`` is computed from parameters (``get_attr`` of an
-    ``nn.Parameter``) and from no model input: a weight, not an activation."""
-    if not isinstance(value, fx.Node):
-        return False
-    stack, seen, found = [value], set(), False
-    while stack:
-        node = stack.pop()
-        if node in seen:
-            continue
-        seen.add(node)
-        if node.op == "placeholder":
-            return False
-        if node.op == "get_attr":
-            found = found or _parameter(str(node.target), modules)
-        stack.extend(node.all_input_nodes)
-    return found
-
-
-def _operand_call_name(node: fx.Node) -> Optional[str]:
-    """The name of a call that may take a parameter operand it does not harden
-    (``_PARAM_OPERAND_FUNCS``, ``_ATEN_PARAM_OPERANDS``), else ``None``."""
-    if _packet(node) in _ATEN_PARAM_OPERANDS:
-        return f"aten.{_packet(node)}"
-    if node.target in _PARAM_OPERAND_FUNCS:
-        return node.target if isinstance(node.target, str) else getattr(node.target, "__name__", repr(node.target))
-    return None
-
-
-def param_targets(value: Any, modules: Dict[str, nn.Module]) -> List[str]:
-    """The ``get_attr`` targets of the parameters that the graph value ``value`` is computed from."""
-    if not isinstance(value, fx.Node):
-        return []
-    stack, seen, found = [value], set(), []
-    while stack:
-        node = stack.pop()
-        if node in seen:
-            continue
-        seen.add(node)
-        if node.op == "get_attr" and _parameter(str(node.target), modules):
-            found.append(str(node.target))
-        stack.extend(node.all_input_nodes)
-    return found
-
-
-def _call_weights(node: fx.Node, modules: Dict[str, nn.Module]) -> tuple:
-    """``(hardened, skip reason)`` for a function call: whether it is a ``WEIGHT_FUNCS`` call
-    whose weight is computed from parameters, and why parameters it takes as an operand are
-    not hardened ('' when it takes none or they are)."""
-    if node.op not in ("call_function", "call_method"):
-        return False, ""
-    spec = weight_arg(node.target) if node.op == "call_function" else None
-    if spec is not None:
-        if _from_parameters(_arg(node, spec.weight, "weight"), modules):
-            return True, ""
-        if _packet(node) is None or not any(_from_parameters(a, modules) for a in node.all_input_nodes):
-            return False, ""
-    operand = _operand_call_name(node)
-    if operand is not None and any(_from_parameters(a, modules) for a in node.all_input_nodes):
-        return False, (f"{operand} with a parameter operand that is not a weight argument: only the weights of "
-                       "conv and linear calls (on the export route also mm, matmul, addmm, embedding and grouped "
-                       "expert products) and of conv, linear, embedding, attention and expert modules are "
-                       "quantized and perturbed; used as it is")
-    return False, ""
-
 
 def _base_name(node: fx.Node, inputs: List[fx.Node]) -> str:
     if node.op == "placeholder":
@@ -563,8 +338,8 @@ def _base_name(node: fx.Node, inputs: List[fx.Node]) -> str:
         return str(node.target)
     if "fxharden_layer" in node.meta:
         return node.meta["fxharden_layer"]
-    if _packet(node) is not None:
-        base = _packet(node).rstrip("_") or _packet(node)
+    if aten_name(node) is not None:
+        base = aten_name(node).rstrip("_") or aten_name(node)
     else:
         base = re.sub(r"_\d+$", "", node.name)
     scope = node.meta.get("scope", "")
@@ -602,7 +377,7 @@ def find_sites(graph: fx.Graph, modules: Dict[str, nn.Module], cfg: HardenConfig
         quant = cfg.quant is not None and rule is not None and rule.quantize
         calls, skip = [], ""
         for call in node.meta.get("fxharden_calls", [node]):  # a layer's calls on the export route
-            hardened, why = _call_weights(call, modules)
+            hardened, why = call_weights(call, modules)
             calls += [call] if hardened else []
             skip = skip or why
         has_weights = (kind in _WEIGHT_KINDS and node.op == "call_module") or bool(calls) or (

@@ -24,9 +24,9 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from ..measure.midpoint_errors import crossing, percentile_interval
-from ..measure.midpoint_result import FitStatus, Quote, QuoteKind
-from ..measure.results import SweepMode, SweepPoint, SweepResult, bootstrap_curves
+from ..measure.midpoint import FitStatus, Quote, QuoteKind, crossing, percentile_interval
+from ..measure.options import SweepMode
+from ..measure.results import SweepPoint, SweepResult, bootstrap_curves
 from .experiment import Cell, PaperValue, Variant
 
 __all__ = ["AMax", "MatchedCrossing", "Curve", "merge_curve", "matched_crossings"]

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 from .._files import atomic_write_text
-from ..measure.midpoint_result import QuoteKind
+from ..measure.midpoint import QuoteKind
 from ..measure.plots import new_figure, save_figure, save_plots
 from .curves import AMax, Curve
 from .experiment import Budget, Experiment, PaperValue

@@ -42,7 +42,8 @@ from ..zoo.models import ModelLike, resolve_networks
 from ..zoo.data import map_tensors
 from .engine import EvalData
 from .noise_cost import CostModel, allocation_cost, site_ops
-from .results import SweepMode, SweepResult, Units
+from .options import SweepMode, Units
+from .results import SweepResult
 from .sigma_map import SIGMA_MAP_FILE, write_sigma_map
 from .sensitivity import Estimate, estimate_text, sensitivity
 from .sweep import sweep

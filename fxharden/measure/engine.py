@@ -30,7 +30,8 @@ from ..core.harden import HardenedModule, noise_sites, seed_noise, weight_noise_
 from ..core.groups import ensure_batch_dims
 from ..core.layers import weight_draws_held
 from ..core.noise import Noise, SigmaUnits
-from .results import PointStore, Units
+from .options import Units
+from .resume import PointStore
 from ..zoo.data import is_batch_list as _is_batch_list, map_tensors as _map
 from .scores import Metric, output_logits, resolve_metric
 from .sweep_config import SweepConfig, WeightDraws

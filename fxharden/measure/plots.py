@@ -14,8 +14,9 @@ from typing import Dict, Optional, Union
 import numpy as np
 
 from .._files import atomic_write_bytes
-from .midpoint_result import QuoteKind
-from .results import SweepMode, SweepResult
+from .midpoint import QuoteKind
+from .options import SweepMode
+from .results import SweepResult
 
 __all__ = ["plot_accuracy", "plot_per_layer", "plot_budget", "save_plots", "new_figure", "save_figure", "ACCURACY_PNG", "PER_LAYER_PNG"]
 

@@ -11,9 +11,10 @@ A sweep directory holds:
 * ``results.json`` everything needed to redo the fits and plots, ``results.csv`` one row per
   point (both written atomically at the end).
 
-The fits use ``fxharden.measure.metrics.fit_midpoint`` and can be redone from ``results.json`` alone
+The fits use ``fxharden.measure.midpoint.fit_midpoint`` and can be redone from ``results.json`` alone
 (``load_result(path).refit()``). The points and μ's bootstrap (networks, repeats and images
-redrawn) live in ``fxharden.measure.sweep_points``; both are re-exported here.
+redrawn) live in ``fxharden.measure.sweep_points``; both are re-exported here. The sweep's
+mode, units and fit options are ``fxharden.measure.options``.
 """
 
 from __future__ import annotations
@@ -25,41 +26,23 @@ import math
 import os
 import platform
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from .._files import atomic_write_bytes
-from .metrics import BOOTSTRAP_SIZE, MidpointFit, MidpointModel, fit_midpoint
+from .midpoint import MidpointFit, MidpointModel, fit_midpoint
+from .options import FitOptions, SweepMode, Units
 from .resume import FORMAT, HEADER_FILE, POINTS_FILE, PointStore, SweepMismatchError, fingerprint
 from .sweep_points import SweepPoint, bootstrap_curves, draw_replicas, image_share
 
-__all__ = ["SweepMode", "Units", "bootstrap_curves", "image_share", "FitOptions", "FORMAT", "RESULTS_JSON", "RESULTS_CSV", "POINTS_FILE", "HEADER_FILE",
+__all__ = ["bootstrap_curves", "image_share", "FORMAT", "RESULTS_JSON", "RESULTS_CSV", "POINTS_FILE", "HEADER_FILE",
            "SweepPoint", "SweepResult", "SweepMismatchError", "PointStore", "fingerprint", "load_result", "versions"]
 
 RESULTS_JSON, RESULTS_CSV = "results.json", "results.csv"
 
 PathLike = Union[str, os.PathLike]
-
-
-class SweepMode(str, Enum):
-    """Where the noise goes."""
-
-    GLOBAL = "global"
-    """The same sigma at every (selected) noise site at once; one μ for the network."""
-    PER_LAYER = "per_layer"
-    """Sigma at one site, 0 elsewhere ("walking noise"); one μ per site."""
-
-
-class Units(str, Enum):
-    """The unit of a sweep's σ (and so of its μ)."""
-
-    ABSOLUTE = "absolute"
-    """σ in the units of the signal at each site (the paper): noise std = σ."""
-    RELATIVE = "relative"
-    """σ relative to each site's clean RMS (``calibrate_noise``): noise std = σ · rms_site."""
 
 
 def versions() -> Dict[str, str]:
@@ -70,48 +53,6 @@ def versions() -> Dict[str, str]:
 
     return {"fxharden": __version__, "torch": torch.__version__, "numpy": np.__version__,
             "python": platform.python_version()}
-
-
-@dataclass(frozen=True)
-class FitOptions:
-    """How the midpoint fits of a result are made (stored with it; ``refit`` uses them)."""
-
-    model: MidpointModel = MidpointModel.LOG
-    """The quoted model; the other one is fitted too, for comparison."""
-    tie_a_max: bool = True
-    """Tie a_max to the clean accuracy ± its error (False: a_max free, ≤ 1)."""
-    systematic: float = 0.0
-    """Relative systematic error of μ added in quadrature (0.02 = 2 %)."""
-    n_boot: int = BOOTSTRAP_SIZE
-    """Bootstrap replicas (networks, repeats and images resampled) for μ's percentile interval."""
-    seed: int = 0
-    """Seeds the bootstrap."""
-    images: bool = True
-    """Redraw the images in the bootstrap too (they are a sample of the data); False: only
-    networks and repeats, as results written before this option were fitted."""
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "model", MidpointModel.parse(self.model))
-        if not self.systematic >= 0:
-            raise ValueError(f"systematic must be >= 0 (a fraction of mu), got {self.systematic}")
-        if self.n_boot < 0:
-            raise ValueError(f"n_boot must be >= 0, got {self.n_boot}")
-
-    def to_dict(self) -> Dict[str, Any]:
-        """JSON-ready dict."""
-        return {"model": self.model.value, "tie_a_max": self.tie_a_max, "systematic": self.systematic,
-                "n_boot": self.n_boot, "seed": self.seed, "images": self.images}
-
-    @classmethod
-    def from_dict(cls, data: Optional[Mapping[str, Any]]) -> "FitOptions":
-        """Inverse of ``to_dict``; missing keys take the defaults, except ``images``: files
-        without it were fitted without the image term, and keep saying so (their stored
-        fits are shown as they were; ``refit(FitOptions())`` adds it)."""
-        data = dict(data or {})
-        kw = {k: data[k] for k in ("model", "tie_a_max", "systematic", "n_boot", "seed", "images") if k in data}
-        if data and "images" not in data:
-            kw["images"] = False
-        return cls(**kw)
 
 
 def _fit_points(points: Sequence[SweepPoint], chance: float, plateau: Optional[Tuple[float, float]],

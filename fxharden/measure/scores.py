@@ -12,19 +12,20 @@ Accuracy metrics keep their own scale (ideal 1, floor chance: ``1/V``, ``min(5, 
 μ is the paper's. Lower-is-better metrics flip: loss (mean negative log-likelihood, ideal 0,
 floor ``ln V``, the loss of a uniform guess) and perplexity, fitted on the log scale (its
 log is the loss). A callable's floor, unless given, is measured at a large σ.
+
+:class:`MetricName` lists the built-ins. torch loads when a metric first scores a batch, so
+the command line builds its choices from this module without it.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Tuple, Union
+from enum import Enum
+from typing import TYPE_CHECKING, Any, Callable, Optional, Tuple, Union
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor
-
-from .options import MetricName
+if TYPE_CHECKING:
+    from torch import Tensor
 
 __all__ = ["MetricName", "Metric", "resolve_metric", "output_logits", "align_targets", "IGNORE_INDEX"]
 
@@ -32,9 +33,21 @@ IGNORE_INDEX = -100
 """Targets with this value are not scored (Hugging Face's convention for labels)."""
 
 
+class MetricName(str, Enum):
+    """The built-in sweep metrics."""
+
+    TOP1 = "top1"
+    TOP5 = "top5"
+    LOSS = "loss"
+    PERPLEXITY = "perplexity"
+    TOKEN_ACCURACY = "token_accuracy"
+
+
 def output_logits(out: Any) -> Tensor:
     """The logits of a model output: the tensor itself, ``.logits`` of a Hugging Face
     ``ModelOutput``, ``["logits"]`` of a dict, or the first element of a tuple."""
+    from torch import Tensor
+
     if isinstance(out, Tensor):
         return out
     if isinstance(out, dict) or hasattr(out, "keys"):
@@ -78,6 +91,8 @@ def _topk(k: int) -> Callable[[Tensor, Tensor], Tuple[Tensor, Tensor]]:
 
 
 def _nll(logits: Tensor, targets: Tensor) -> Tuple[Tensor, Tensor]:
+    import torch.nn.functional as F
+
     logits, targets = align_targets(logits, targets)
     valid = targets != IGNORE_INDEX
     nll = F.cross_entropy(logits.float().transpose(1, -1) if logits.dim() == 3 else logits.float(),
@@ -122,13 +137,15 @@ class Metric:
 
     def sums(self, out: Any, targets: Tensor) -> Tuple[Tensor, Tensor]:
         """Per-sample ``(sums, counts)`` of a batch, checked."""
+        import torch
+
         got = self.totals(output_logits(out) if self.logits else out, targets)
         n = len(targets)
         if not (isinstance(got, tuple) and len(got) == 2):
             got = (got, None)
         s, c = got
-        if not isinstance(s, Tensor) or s.dim() != 1 or len(s) != n:
-            shape = tuple(s.shape) if isinstance(s, Tensor) else type(s).__name__
+        if not isinstance(s, torch.Tensor) or s.dim() != 1 or len(s) != n:
+            shape = tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__
             raise ValueError(f"metric {self.name!r} must return one score per sample, a tensor of shape ({n},) for "
                              f"{n} targets; got {shape}")
         return s.double(), (torch.ones_like(s, dtype=torch.float64) if c is None else c.double())
@@ -182,6 +199,8 @@ def resolve_metric(metric: Union[str, MetricName, Metric, Callable[..., Any], An
         tm = metric
 
         def batch_score(out: Tensor, targets: Tensor) -> Tensor:
+            import torch
+
             tm.reset()
             value = tm.to(out.device)(out, targets)
             return torch.as_tensor(value, dtype=torch.float64, device=out.device).reshape(()).expand(len(targets))

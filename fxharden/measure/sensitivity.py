@@ -12,9 +12,9 @@ import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
-from .metrics import MidpointFit, QuoteKind
-from .midpoint_result import format_quote
-from .results import SweepMode, SweepResult
+from .midpoint import MidpointFit, QuoteKind, format_quote
+from .options import SweepMode
+from .results import SweepResult
 
 __all__ = ["Estimate", "SiteSensitivity", "estimate_text", "quoted_mu", "sensitivity", "sensitivity_by_site", "sensitivity_markdown",
            "PER_LAYER_MD"]

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Tuple, Union
 
 from .._files import atomic_write_json
-from .results import Units
+from .options import Units
 
 __all__ = ["SIGMA_MAP_FORMAT", "SIGMA_MAP_FILE", "write_sigma_map", "read_sigma_map"]
 

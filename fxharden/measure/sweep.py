@@ -2,7 +2,7 @@
 
 ``sweep`` measures the accuracy of one or several hardened networks at many noise levels,
 globally (the same sigma at every noise site) or per layer ("walking noise": sigma at one
-site, 0 elsewhere), and fits the midpoint noise level μ (``fxharden.measure.metrics``).
+site, 0 elsewhere), and fits the midpoint noise level μ (``fxharden.measure.midpoint``).
 
 How it is fast:
 
@@ -54,7 +54,8 @@ from ..core.quant import frozen_weights
 from ..zoo.models import ModelLike, resolve_networks
 from .engine import Engine, EvalData, weights_sha256
 from .grid import run_grid
-from .results import FORMAT, FitOptions, PointStore, SweepMode, SweepPoint, SweepResult
+from .options import FitOptions, SweepMode
+from .results import FORMAT, PointStore, SweepPoint, SweepResult
 from .scores import Metric, resolve_metric
 from .sweep_config import CHUNK_LEVELS, FORWARD_IMAGES, SweepConfig, WeightDraws
 

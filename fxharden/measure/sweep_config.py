@@ -11,7 +11,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import numpy as np
 
 from ..core.config import check_sigma
-from .results import SweepMode, Units
+from .options import SweepMode, Units
 
 __all__ = ["SweepConfig", "WeightDraws", "CHUNK_LEVELS", "FORWARD_IMAGES", "round_sigma"]
 

@@ -5,7 +5,7 @@ errors derived from them. :func:`draw_replicas` (and its public form
 :func:`bootstrap_curves`) redraws the three samples behind a curve: the networks, the noise
 draws (repeats) and the images. The points keep only correct counts, so the image term is
 modelled rather than resampled: a threshold model of per-image difficulty (an image wrong at
-one σ stays wrong at larger σ; ``midpoint_errors.image_sampling_shifts``) moves every point
+one σ stays wrong at larger σ; ``midpoint.errors.image_sampling_shifts``) moves every point
 and the clean accuracy together, each point by the share of its Bernoulli variance that its
 repeats show to lie between images (:func:`image_share`). Storing per-image correctness per
 point would allow a plain resampling, at one bit per image, point and repeat; the model needs
@@ -20,7 +20,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .midpoint_errors import image_sampling_shifts
+from .midpoint import image_sampling_shifts
 
 __all__ = ["SweepPoint", "bootstrap_curves", "draw_replicas", "image_share"]
 
@@ -130,7 +130,7 @@ def bootstrap_curves(pts: Sequence[SweepPoint], n: int, seed: int = 0, images: b
     """``n`` bootstrap curves of ``pts``, shape ``(n, points)``; ``None`` if ``n <= 0`` or there
     are no points. Networks are resampled (the same draw at every σ), then each drawn
     network's repeats per point; with ``images`` the images too (:func:`image_share`,
-    ``fxharden.measure.midpoint_errors.image_sampling_shifts``)."""
+    ``fxharden.measure.midpoint.image_sampling_shifts``)."""
     out = draw_replicas(pts, n, seed, images=images)
     return None if out is None else out[0]
 

@@ -2,7 +2,7 @@
 
 A checkpoint is a ``torch.save`` dict: the model name and builder arguments, the harden
 config (as ``config_to_dict``), the hardened model's ``state_dict`` and free-form training
-state. ``load_checkpoint`` rebuilds the model with ``models.build_model``, hardens it with
+state. ``load_checkpoint`` rebuilds the model with ``sources.build_model``, hardens it with
 the stored config and loads the weights, so ``fxharden sweep ckpt.pt`` sees the same graph
 that was trained. Writes are atomic: a crash never leaves a truncated checkpoint behind.
 """
@@ -19,6 +19,7 @@ from ..core.config import HardenConfig, config_from_dict, config_to_dict
 from .._files import atomic_write_bytes
 from ..core.export import example_from_spec
 from ..core.harden import HardenedModule, harden
+from .sources import build_model
 
 if TYPE_CHECKING:
     from .preprocess import Preprocess
@@ -113,7 +114,6 @@ def load_checkpoint(path: Union[str, Path], map_location: Any = "cpu") -> Checkp
         FileNotFoundError: no file at ``path``.
         ValueError: the file is not an fxharden checkpoint (corrupt or another format).
     """
-    from .models import build_model
     from .text import input_vocab
 
     payload = read_payload(path, map_location)

@@ -19,8 +19,9 @@ from torch import nn
 from ..core.config import HardenConfig, config_to_dict
 from ..core.harden import HardenedModule, harden, noise_sites
 
+from .checkpoint import is_checkpoint, load_checkpoint
 from .preprocess import NAMED_NONE, Preprocess
-from .sources import ModelSource, ModelSourceError, SourceKind, build_source, parse_source, source_names
+from .sources import ModelSource, ModelSourceError, SourceKind, build_model, build_source, parse_source, source_names
 
 __all__ = ["build_model", "check_model_name", "load_model", "LoadedModel", "model_names", "resolve_networks",
            "ModelLike", "ModelSourceError"]
@@ -35,27 +36,6 @@ CIFAR_PREPROCESS = Preprocess((3, 32, 32), (0.4914, 0.4822, 0.4465), (0.2470, 0.
 def model_names() -> List[str]:
     """Every bare name ``build_model`` accepts: recipes, then timm, then torchvision models."""
     return source_names()
-
-
-_IMAGE_CLASSES: Any = object()
-"""``build_model``'s default head: 10 classes (CIFAR-10) for image models, the saved one for ``hf:``."""
-
-
-def build_model(name: str, num_classes: Optional[int] = _IMAGE_CLASSES, **kwargs: Any) -> nn.Module:
-    """A randomly initialised model from a source string (``fxharden.zoo.sources``):
-    ``lenet5``/``vgg11``/``resnet18`` (the paper's networks; case, ``-`` and ``_`` ignored),
-    ``timm:NAME`` or a bare timm name, ``torchvision:NAME`` or a bare torchvision name,
-    ``package.module:factory``; ``hf:FOLDER`` loads its saved weights. ``num_classes`` ``None``
-    keeps the source's own head (default: 10, and the saved head of ``hf:`` models).
-
-    Raises:
-        ModelSourceError (a ValueError): unknown name (close matches listed), a factory that
-            raises or returns no ``nn.Module``.
-    """
-    src = parse_source(name)
-    if num_classes is _IMAGE_CLASSES:
-        num_classes = None if src.kind is SourceKind.HF else 10
-    return build_source(src, num_classes, **kwargs)
 
 
 @dataclass
@@ -198,8 +178,6 @@ def resolve_networks(model: Union[ModelLike, Sequence[ModelLike], Mapping[str, M
         ValueError: ``harden_config`` given for a hardened model or a checkpoint, or
             networks that do not share their noise sites.
     """
-    from .checkpoint import is_checkpoint, load_checkpoint
-
     if isinstance(model, Mapping):
         entries = [(str(k), v) for k, v in model.items()]
     else:

@@ -13,7 +13,8 @@ Source strings (the same in the CLI's MODEL argument and the Python API):
   folder) or in the local Hugging Face cache, with its saved weights, loaded offline; a causal
   LM, or a sequence classifier when its config says so or ``--num-classes`` is given.
 
-``parse_source`` turns the string into a typed ``ModelSource``; ``build_source`` builds it.
+``parse_source`` turns the string into a typed ``ModelSource``; ``build_source`` builds it;
+``build_model`` does both from the string, with the default head.
 Weights (``--pretrained``, ``--weights``) are loaded on top by ``fxharden.zoo.weights``.
 """
 
@@ -33,8 +34,8 @@ from torch import nn
 from .._files import missing_path
 from .recipes import RECIPES, find_recipe
 
-__all__ = ["SourceKind", "ModelSource", "ModelSourceError", "parse_source", "build_source", "source_names",
-           "parse_model_args", "hf_example_inputs"]
+__all__ = ["SourceKind", "ModelSource", "ModelSourceError", "parse_source", "build_source", "build_model",
+           "source_names", "parse_model_args", "hf_example_inputs"]
 
 _FACTORY = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
 
@@ -251,6 +252,27 @@ def build_source(source: ModelSource, num_classes: Optional[int] = None, *, pret
         raise ModelSourceError(f"{source.text}: the factory returned a {type(model).__name__}, not an "
                                "nn.Module; it must return the model itself")
     return model
+
+
+_IMAGE_CLASSES: Any = object()
+"""``build_model``'s default head: 10 classes (CIFAR-10) for image models, the saved one for ``hf:``."""
+
+
+def build_model(name: str, num_classes: Optional[int] = _IMAGE_CLASSES, **kwargs: Any) -> nn.Module:
+    """A randomly initialised model from a source string (``parse_source``, then ``build_source``):
+    ``lenet5``/``vgg11``/``resnet18`` (the paper's networks; case, ``-`` and ``_`` ignored),
+    ``timm:NAME`` or a bare timm name, ``torchvision:NAME`` or a bare torchvision name,
+    ``package.module:factory``; ``hf:FOLDER`` loads its saved weights. ``num_classes`` ``None``
+    keeps the source's own head (default: 10, and the saved head of ``hf:`` models).
+
+    Raises:
+        ModelSourceError (a ValueError): unknown name (close matches listed), a factory that
+            raises or returns no ``nn.Module``.
+    """
+    src = parse_source(name)
+    if num_classes is _IMAGE_CLASSES:
+        num_classes = None if src.kind is SourceKind.HF else 10
+    return build_source(src, num_classes, **kwargs)
 
 
 _HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")

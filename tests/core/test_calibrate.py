@@ -156,7 +156,7 @@ def test_calibrate_quantizers_warns_when_only_degenerate_data_fix_a_step():
     hm = fxharden.harden(mlp(), bits=8, scale=None).eval()
     with pytest.warns(UserWarning, match=r"'fxharden.input__quant' saw only degenerate batches.*calibrate_quantizers"):
         fxharden.calibrate_quantizers(hm, [torch.zeros(4, 16)])
-    assert all(m._observed == m.calibration_steps for m in hm.modules() if isinstance(m, ActQuant))
+    assert all(m.calibration_left == 0 for m in hm.modules() if isinstance(m, ActQuant))
 
 
 def test_real_data_fix_steps_without_a_warning():
@@ -175,7 +175,7 @@ def test_calibrate_noise_of_a_fresh_model_calibrates_its_steps_first():
     s = max(float(x.abs().max()) for x in data) / 127
     q = torch.cat([torch.clamp(torch.round(x / s), -128, 127) * s for x in data]).double()
     assert rms["input"] == pytest.approx(float(q.pow(2).mean().sqrt()), rel=1e-5)
-    assert all(m._observed == m.calibration_steps for m in hm.modules() if isinstance(m, ActQuant))
+    assert all(m.calibration_left == 0 for m in hm.modules() if isinstance(m, ActQuant))
 
 
 def test_quantizers_that_saw_training_data_are_left_alone():

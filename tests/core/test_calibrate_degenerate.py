@@ -104,7 +104,7 @@ def test_a_step_that_fits_the_data_is_not_reported(scale):
         warnings.simplefilter("error")
         fxharden.calibrate_noise(hm, batches(3))
     assert fxharden.harden_report(hm).quant_warnings == {}
-    assert all(m._grid_checked for m in hm.modules() if isinstance(m, ActQuant))
+    assert all(m.grid_checked for m in hm.modules() if isinstance(m, ActQuant))
 
 
 def test_values_on_the_grid_are_not_erased():

@@ -216,6 +216,9 @@ def test_output_noise_takes_the_dac_bound_as_input_range_and_refuses_what_it_can
     config = out_config(True).replace(dac=ConverterConfig(bits=16, bound=3.0))
     hm = fxharden.harden(model, config=config)
     torch.testing.assert_close(noise_modules(hm)["3"].out_scale, 3.0 * model[3].weight.detach().abs().amax(1))
+    own = fxharden.harden(model, config=out_config(True).replace(dac=ConverterConfig(bits=16, bound=3.0,
+                                                                                      bounds={"3": 1.5})))
+    torch.testing.assert_close(noise_modules(own)["3"].out_scale, 1.5 * model[3].weight.detach().abs().amax(1))
     with pytest.raises(ValueError, match=r"scales with the layer's input range .* OutNoise\(input_range=\.\.\.\)"):
         fxharden.harden(model, config=out_config(True))
     wide = HardenConfig(quant=None, noise=NoiseConfig(model=OutNoise(input_range=1.0)))  # every default site kind

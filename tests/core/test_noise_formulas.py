@@ -14,8 +14,8 @@ import torch
 
 import fxharden.core.noise.module as noise_module
 from device_reference import cmo_reference, pcm_reference
-from fxharden.core.noise import (MODELS, PCM, Additive, Draw, GroupDimError, LogNormal, Multiplicative, Noise, OutNoise,
-                                 ReRamCMO, Relative, StuckAt, noise_model)
+from fxharden.core.noise import (MODELS, PCM, Additive, Draw, GroupDimError, LogNormal, Multiplicative, Noise, OutNoise, ReRamCMO,
+                                 Relative, StuckAt, noise_model)
 from fxharden.core.noise_models import NoiseKind
 
 RMS = 0.75

@@ -68,3 +68,21 @@ def test_set_weight_noise_sets_one_link():
     assert (float(mods["0.weight"].sigma), float(mods["0.weight.drift"].sigma)) == (pytest.approx(0.3), 0.0)
     with pytest.raises(ValueError, match="no weight-noise link named 'faults'; its links are '', 'drift'"):
         fxharden.set_weight_noise(hm, 0.1, link="faults")
+
+
+def test_a_checkpoint_written_before_the_chain_loads_and_draws_the_same_noise():
+    """``tests/fixtures/lenet5_checkpoint_0_1.pt``: ``save_checkpoint`` by fxharden before the
+    chain existed (LeNet-5, 6-bit dynamic QAT, multiplicative activation noise, relative weight
+    noise, drift and faults in the 0.1 format), with an input and the output it gave after
+    ``seed_noise(hm, 11)``. Loaded now, the chain has the same sites and streams, so the same
+    seed gives the same output, bit for bit."""
+    from pathlib import Path
+
+    from fxharden.zoo.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(Path(__file__).parents[1] / "fixtures" / "lenet5_checkpoint_0_1.pt")
+    assert [link.name for link in ck.config.weight_noise] == ["drift", "", "faults"]
+    hm = ck.model.eval()
+    fxharden.seed_noise(hm, 11)
+    with torch.no_grad():
+        assert torch.equal(hm(ck.inputs["x"]), ck.inputs["y"])

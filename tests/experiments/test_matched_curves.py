@@ -190,7 +190,7 @@ def test_a_matched_curve_that_ends_above_chance_quotes_its_matched_crossing():
     never near chance (10 %). The fit's generic crossing (half way between the best and the
     lowest point, 35 %) is no midpoint; the table quotes the matched crossing instead."""
     from fxharden.experiments.curves import Curve
-    from fxharden.measure.midpoint_result import QuoteKind
+    from fxharden.measure.midpoint import QuoteKind
 
     acc = {0.5: 45, 1.0: 42, 2.0: 35, 3.0: 31, 5.0: 25}
     result = _matched({s: [a, a] for s, a in acc.items()})

@@ -11,7 +11,7 @@ from fxharden.experiments import report
 from fxharden.experiments.curves import matched_crossings, merge_curve
 from fxharden.experiments.recipe_file import parse_experiment
 from fxharden.experiments.reproduce import _done_text
-from fxharden.measure.midpoint_result import QuoteKind
+from fxharden.measure.midpoint import QuoteKind
 
 # a matched curve like the measured warm-started LeNet-5 one: 45 % at σ = 0.5 falling to 25 %
 # at σ = 5, never near chance (10 %); its lowest-σ networks score 70 % at σ = 0 (not a point)

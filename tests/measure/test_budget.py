@@ -13,7 +13,7 @@ from fxharden.core.noise import Noise
 from fxharden.measure.budget import BudgetError, budget
 from fxharden.measure.noise_cost import site_ops
 from fxharden.measure.sigma_map import read_sigma_map, write_sigma_map
-from fxharden.measure.results import Units
+from fxharden.measure.options import Units
 from fxharden.measure.sweep import SweepConfig, sweep
 
 from torch import nn

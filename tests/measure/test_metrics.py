@@ -1,4 +1,4 @@
-"""Midpoint noise level fit (fxharden.measure.metrics): recovery, error calibration, degenerate cases.
+"""Midpoint noise level fit (fxharden.measure.midpoint): recovery, error calibration, degenerate cases.
 
 References are independent of the module: synthetic data come from Eq. 1 written out here,
 the global optimum is checked by a profile grid search (δa and a_min are linear given μ, s),
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fxharden.measure.metrics import FitStatus, MidpointFit, fit_midpoint, midpoint_model
+from fxharden.measure.midpoint import FitStatus, MidpointFit, fit_midpoint, midpoint_model
 
 fit_paper = partial(fit_midpoint, model="paper")
 

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from scipy.special import ndtr
 
-from fxharden.measure.midpoint_errors import image_sampling_shifts
-from fxharden.measure.results import FitOptions, SweepMode, SweepPoint, SweepResult, image_share
+from fxharden.measure.midpoint import image_sampling_shifts
+from fxharden.measure.options import FitOptions, SweepMode
+from fxharden.measure.results import SweepPoint, SweepResult, image_share
 
 SIG = np.geomspace(0.03, 3.0, 13)
 

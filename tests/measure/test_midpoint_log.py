@@ -10,8 +10,9 @@ import math
 import numpy as np
 import pytest
 
-from fxharden.measure.metrics import FitStatus, MidpointModel, QuoteKind, fit_midpoint
-from fxharden.measure.results import FitOptions, SweepMode, SweepPoint, SweepResult
+from fxharden.measure.midpoint import FitStatus, MidpointModel, QuoteKind, fit_midpoint
+from fxharden.measure.options import FitOptions, SweepMode
+from fxharden.measure.results import SweepPoint, SweepResult
 
 GRID = np.geomspace(1e-2, 10.0, 16)
 MU, W, A_MAX, A_MIN = 0.3, 0.5, 0.65, 0.1

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from fxharden.measure.metrics import MidpointModel
-from fxharden.measure.results import FitOptions, SweepMode, SweepPoint, SweepResult
+from fxharden.measure.midpoint import MidpointModel
+from fxharden.measure.options import FitOptions, SweepMode
+from fxharden.measure.results import SweepPoint, SweepResult
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 CURVES = ["lenet5_fp32_25ep.json", "lenet5_b8_s8_25ep.json"]

@@ -9,8 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from fxharden.measure.metrics import FitStatus, QuoteKind, fit_midpoint
-from fxharden.measure.midpoint_errors import crossing
+from fxharden.measure.midpoint import FitStatus, QuoteKind, crossing, fit_midpoint
 
 
 def ll(sig, mu=0.5, w=0.4, a_max=0.9, a_min=0.1):

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import fxharden
-from fxharden.measure.results import FitOptions
+from fxharden.measure.options import FitOptions
 from fxharden.measure.sweep import SweepMode, sweep
 from fxharden.zoo.networks import lenet5
 

@@ -4,8 +4,7 @@ noisy points happen to cross their own half level; a curve beyond the grid shows
 import numpy as np
 
 from fxharden.cli.sweep import _crossing_text, _mu_text
-from fxharden.measure.metrics import fit_midpoint
-from fxharden.measure.midpoint_result import FitStatus
+from fxharden.measure.midpoint import FitStatus, fit_midpoint
 
 SIGMAS = np.array([0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0])
 ERR = np.full(len(SIGMAS), 0.01)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from fxharden.measure.plots import save_plots
-from fxharden.measure.results import SweepMode, SweepPoint, SweepResult
+from fxharden.measure.options import SweepMode
+from fxharden.measure.results import SweepPoint, SweepResult
 from fxharden.measure.sensitivity import Estimate, sensitivity, sensitivity_markdown
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -17,7 +17,7 @@ from torch import nn
 
 import fxharden
 from fxharden.zoo.data import load_cifar10, synthetic_dataset
-from fxharden.measure.metrics import FitStatus
+from fxharden.measure.midpoint import FitStatus
 from fxharden.zoo.networks import LeNet5
 from fxharden.core.noise import Noise
 from fxharden.measure.results import POINTS_FILE, SweepMismatchError, load_result

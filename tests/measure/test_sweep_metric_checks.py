@@ -9,7 +9,7 @@ from torch import nn
 
 import fxharden
 from fxharden.cli.sweep import _print_result
-from fxharden.measure.metrics import FitStatus
+from fxharden.measure.midpoint import FitStatus
 
 
 class Logits(nn.Module):

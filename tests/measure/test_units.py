@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from fxharden.measure.results import SweepMode, SweepPoint, SweepResult, Units, load_result
+from fxharden.measure.options import SweepMode, Units
+from fxharden.measure.results import SweepPoint, SweepResult, load_result
 from fxharden.measure.sweep import sweep
 
 from torch import nn

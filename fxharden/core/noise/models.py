@@ -30,7 +30,7 @@ from typing import Any, ClassVar, Dict, FrozenSet, Optional, Sequence, Tuple, Ty
 import torch
 from torch import Tensor
 
-from ..noise_models import check_param
+from ..checks import check_param
 
 __all__ = ["Role", "SigmaUnits", "Draw", "NoiseModel", "Additive", "Relative", "Multiplicative", "LogNormal",
            "StuckAt", "MODELS", "register", "noise_model", "IN_PLACE", "FUNCTIONAL"]

@@ -399,8 +399,7 @@ class Noise(BatchGroups, nn.Module):
             if self.model.draw is not Draw.NORMAL or self.model.channelwise or not self.batch_dim_known:
                 refuse(NotImplementedError(
                     f"noise site {self.site!r} has one sigma per batch group, which runs compiled only for "
-                    "noise models of one normal per element (not per channel) at a site whose batch dimension is "
-                    "located: call "
+                    "noise models of one normal per element (not per channel) at a site whose batch dimension is located: call "
                     "fxharden.core.groups.ensure_batch_dims(model, (x,), {}) eagerly on an input first (a sweep "
                     "with compile_backend does); or use a single sigma under torch.compile, or run the "
                     "uncompiled model"))

@@ -1,7 +1,7 @@
 """What a midpoint fit returns: :class:`MidpointFit`, its :class:`FitStatus`, and the one
 value every table, plot and summary shows for it, :meth:`MidpointFit.quote`.
 
-The thresholds used by ``fxharden.measure.metrics.fit_midpoint`` live here too.
+The thresholds used by :func:`~.fit.fit_midpoint` live here too.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from .midpoint_models import MidpointModel, evaluate
+from .models import MidpointModel, evaluate
 
 __all__ = [
     "AT_CHANCE_TOL", "A_MIN_TOL", "CONST_P_VALUE", "ERR_FLOOR", "MIN_PLATEAU_POINTS", "MIN_POINTS",

@@ -12,7 +12,7 @@
 * :func:`image_sampling_shifts`: how a curve moves when its images are redrawn (the images
   are a sample of the data too), under a threshold model of per-image difficulty.
 * :func:`percentile_interval`: the central 68 % interval of replica values (μ refitted on
-  each replica by ``fxharden.measure.metrics``, or the crossing).
+  each replica by :func:`~.fit.fit_midpoint`, or the crossing).
 
 Replica curves from resampling networks, repeats and images are built by
 ``fxharden.measure.results``; they enter here as an array ``(replicas, points)``.

@@ -2,11 +2,11 @@
 
 Wang, Borras, Klein, Fröning, *On Hardening DNNs against Noisy Computations*, Sec. III-A fit
 Eq. 1, a logistic in linear σ. :func:`fit_midpoint` fits, by default, a logistic in ln σ
-(``MidpointModel.LOG``, see ``fxharden.measure.midpoint_models``), which real accuracy curves follow
-within their errors; Eq. 1 is ``model="paper"``. μ means the same in both.
+(``MidpointModel.LOG``, see :mod:`.models`), which real accuracy curves follow within their
+errors; Eq. 1 is ``model="paper"``. μ means the same in both.
 
 Beside the fit it computes a model-free estimate (``mu_crossing``), bootstrap errors of μ and
-of the crossing (``fxharden.measure.midpoint_errors``), and sorts the outcome into a
+of the crossing (:mod:`.errors`), and sorts the outcome into a
 :class:`FitStatus`; anything but ``OK`` means "do not quote ``mu``": :meth:`MidpointFit.quote`
 says what to show instead. Accuracies are **fractions in [0, 1]**. numpy/scipy only.
 Data problems never raise: only malformed input (shapes, NaN, negative sigma) does.
@@ -20,19 +20,14 @@ from typing import Optional, Tuple, Union
 
 import numpy as np
 
-from .midpoint_errors import BOOTSTRAP_SIZE, crossing, crossing_many, distinct_means, interpolation_error, \
+from .errors import BOOTSTRAP_SIZE, crossing, crossing_many, distinct_means, interpolation_error, \
     parametric_replicas, percentile_interval
-from .midpoint_result import AT_CHANCE_TOL, A_MIN_TOL, CONST_P_VALUE, ERR_FLOOR, MIN_PLATEAU_POINTS, MIN_POINTS, \
-    MIN_UNWEIGHTED_DOF, POOR_FIT_CHI2_RED, SIGNIFICANCE, FitStatus, MidpointFit, Quote, QuoteKind, \
-    midpoint_model
-from .midpoint_models import Constraints, CurveFit, MidpointModel, evaluate, fit_curve
-from .midpoint_screen import Points, f_test_drop, prepare, screen
+from .models import Constraints, CurveFit, MidpointModel, evaluate, fit_curve
+from .result import A_MIN_TOL, CONST_P_VALUE, ERR_FLOOR, MIN_PLATEAU_POINTS, MIN_POINTS, MIN_UNWEIGHTED_DOF, \
+    POOR_FIT_CHI2_RED, SIGNIFICANCE, FitStatus, MidpointFit
+from .screen import Points, f_test_drop, prepare, screen
 
-__all__ = [
-    "AT_CHANCE_TOL", "A_MIN_TOL", "CONST_P_VALUE", "ERR_FLOOR", "MIN_PLATEAU_POINTS", "MIN_POINTS",
-    "MIN_UNWEIGHTED_DOF", "POOR_FIT_CHI2_RED", "SIGNIFICANCE", "BOOTSTRAP_SIZE",
-    "FitStatus", "MidpointFit", "MidpointModel", "Quote", "QuoteKind", "fit_midpoint", "midpoint_model",
-]
+__all__ = ["fit_midpoint"]
 
 ArrayLike = Union[list, tuple, np.ndarray]
 
@@ -59,15 +54,16 @@ def fit_midpoint(
     without chance), ``a_max = a_min + 2 δa ≤ 1`` and, with ``plateau``, ``a_max`` tied to the
     measured low-σ plateau by a Gaussian penalty; multi-start from the crossing estimate.
 
-    Errors of μ: ``mu_err_cov`` from the covariance; with ``replicas`` (resampled curves,
-    e.g. over networks, repeats and images: ``fxharden.measure.results`` draws them) ``[mu_boot_lo, mu_boot_hi]``, the central 68 % percentile
-    interval of μ refitted on each; the quoted ``mu_err`` is ``max(mu_err_cov, half that
-    interval)`` with ``systematic·μ`` added in quadrature. ``mu_crossing_err`` is half the 68 %
-    interval of the crossing over the same replicas (without them: over ``n_boot`` curves
-    drawn from ``N(acc, acc_err)``), with the interpolation ambiguity (linear vs monotone
-    cubic) added in quadrature. Without ``acc_err`` every point's error is the rms scatter
-    about the best falling *or rising* curve with a free lower plateau, so neither a rising
-    curve nor a drop that levels off above chance inflates it.
+    Errors of μ: ``mu_err_cov`` from the covariance; with ``replicas`` (resampled curves, e.g.
+    over networks, repeats and images, as ``fxharden.measure.results`` draws them)
+    ``[mu_boot_lo, mu_boot_hi]``, the central 68 % percentile interval of μ refitted on each;
+    the quoted ``mu_err`` is ``max(mu_err_cov, half that interval)`` with ``systematic·μ`` added
+    in quadrature. ``mu_crossing_err`` is half the 68 % interval of the crossing over the same
+    replicas (without them: over ``n_boot`` curves drawn from ``N(acc, acc_err)``), with the
+    interpolation ambiguity (linear vs monotone cubic) added in quadrature. Without ``acc_err``
+    every point's error is the rms scatter about the best falling *or rising* curve with a free
+    lower plateau, so neither a rising curve nor a drop that levels off above chance inflates
+    it.
 
     Status, by the first rule that applies ("significant" = > SIGNIFICANCE errors):
       1. FIT_FAILED: fewer than 2 distinct sigmas.

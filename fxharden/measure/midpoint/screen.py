@@ -15,7 +15,7 @@ import numpy as np
 from scipy.stats import chi2 as chi2_dist
 from scipy.stats import f as f_dist
 
-from .midpoint_result import AT_CHANCE_TOL, CONST_P_VALUE, ERR_FLOOR, SIGNIFICANCE, FitStatus
+from .result import AT_CHANCE_TOL, CONST_P_VALUE, ERR_FLOOR, SIGNIFICANCE, FitStatus
 
 __all__ = ["Points", "prepare", "screen", "f_test_drop"]
 
