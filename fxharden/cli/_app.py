@@ -183,6 +183,21 @@ def harden_options(bits: Optional[int], scale: Optional[float], dynamic: bool):
     return HardenConfig.from_shorthand(bits=bits, scale=None if dynamic else (1.0 if scale is None else scale))
 
 
+HARDWARE_HELP = ("The hardware the model names are hardened for: a preset (aihwkit-inference, pcm, analog-tile) or a "
+                 "TOML file with a [hardware] table (weight_noise, noise_model, noise_sigma, placement, adc, dac; "
+                 "docs/noise_models.md), applied on top of --bits/--scale/--dynamic.")
+
+
+def hardware_options(hardware: Optional[str], harden_config):
+    """``harden_config`` (``None``: noise sites only) with the hardware of ``--hardware``
+    applied, or ``harden_config`` itself without it."""
+    if hardware is None:
+        return harden_config
+    from ..core.hardware import resolve_hardware
+
+    return resolve_hardware(hardware).harden_config(harden_config)
+
+
 def resolve_device(device: Device) -> str:
     """``"cpu"`` or ``"cuda"``; ``auto`` picks CUDA when available."""
     from ..devices import resolve_device as pick
@@ -271,7 +286,7 @@ def resolve_models(names: List[str], harden_config, seed: int = 0, options=None,
         if is_checkpoint(name):
             if harden_config is not None:
                 raise typer.BadParameter(f"{name} is a checkpoint: it carries its own harden config, so "
-                                         "--bits/--scale/--dynamic do not apply")
+                                         "--bits/--scale/--dynamic/--hardware do not apply")
             ck = load_checkpoint(name)
             if ck.inputs.get("data", {}).get("kind") == "text" or ck.arch.startswith("hf:"):
                 raise typer.BadParameter(f"{name} is a language model checkpoint: {TEXT_NEEDS_TOKENIZER}")

@@ -12,11 +12,12 @@ import typer
 from rich.table import Table
 
 from ..measure.midpoint import MidpointModel
+from ..measure.axis_options import Axis
 from ..measure.scores import MetricName
 from ..zoo.options import OnCorrupt
-from ._app import (_D, _M, _Q, Device, Split, app, check_data, data_options, err_console, harden_options, inputs_rows,
-                   model_options, parse_sigmas, resolve_device, resolve_models, show, styled, text_inputs,
-                   user_errors)
+from ._app import (_D, _M, _Q, HARDWARE_HELP, Device, Split, app, check_data, data_options, err_console, harden_options,
+                   hardware_options, inputs_rows, model_options, parse_sigmas, resolve_device, resolve_models, show,
+                   styled, text_inputs, user_errors)
 
 
 def _progress_bar():
@@ -181,6 +182,16 @@ def sweep_command(
                                                   "activation noise only). Default: eager."),
     tokenizer: Optional[str] = _D["tokenizer"],
     seq_len: int = _D["seq_len"],
+    hardware: Optional[str] = typer.Option(None, "--hardware", help=HARDWARE_HELP),
+    axis: Axis = typer.Option(Axis.SIGMA, help="What to sweep: sigma (activation noise at every site, the paper), "
+                              "time (after programming: every weight model with a time t, e.g. --hardware pcm), "
+                              "weight-sigma (one weight-noise link, --link) or output-sigma (activation noise at "
+                              "conv/linear outputs only). Repeats are chips: one weight draw each."),
+    values: Optional[str] = typer.Option(None, help="Comma-separated axis values for --axis time (seconds; default "
+                                         "1 s, 1 h, 1 day, 1 month, 1 yr) or weight-sigma/output-sigma (σ; 0 is "
+                                         "always measured)."),
+    link: str = typer.Option("", help="--axis weight-sigma: the name of the weight-noise link to sweep (default: "
+                             "the unnamed first link)."),
 ) -> None:
     """Measure accuracy (or another metric) versus noise strength and the midpoint noise level μ."""
     from ..measure.plots import save_plots
@@ -189,7 +200,12 @@ def sweep_command(
     from ..measure.sweep import SweepConfig, SweepMode, sweep
 
     with user_errors():
-        harden_config = harden_options(bits, scale, dynamic)
+        harden_config = hardware_options(hardware, harden_options(bits, scale, dynamic))
+        if axis is not Axis.SIGMA:
+            _check_axis_options(axis, per_layer, metric, tokenizer, sigmas, sigma_map, compile_backend)
+        elif values is not None or link:
+            raise typer.BadParameter("--values and --link go with --axis time, weight-sigma or output-sigma; the "
+                                     "sigma axis takes --sigmas")
         allocation, units = _read_allocation(sigma_map, units)
         config = SweepConfig(
             sigmas=parse_sigmas(sigmas), sigma_min=sigma_min, sigma_max=sigma_max, points=points, repeats=repeats,
@@ -216,6 +232,12 @@ def sweep_command(
         else:
             nets, dataset, provenance = resolve_models(model, harden_config, seed, options, data_options(
                 data, split, download, max_images, input_size, mean, std, crop_pct, on_corrupt, workers))
+        if axis is not Axis.SIGMA:
+            fit = FitOptions(model=fit_model, tie_a_max=not free_a_max, systematic=systematic)
+            result, files = _sweep_axis(dict(nets), dataset, axis, values, link, repeats, batch_size, max_images, seed,
+                                        resolve_device(device), chance, out, fit, progress)
+            _print_axis_result(result, files)
+            return
         bar = _progress_bar() if progress else None
         with bar or contextlib.nullcontext():
             task = bar.add_task("sweep", total=None, rate="") if bar else None
@@ -235,6 +257,62 @@ def sweep_command(
         show(styled("Note:", "yellow", "model names have random weights; sweep a trained checkpoint "
                                        "(fxharden train) for a meaningful μ."), stderr=True)
     _print_result(result, files)
+
+
+def _check_axis_options(axis: Axis, per_layer: bool, metric: MetricName, tokenizer: Optional[str],
+                        sigmas: Optional[str], sigma_map: Optional[Path], compile_backend: Optional[str]) -> None:
+    """Refuse the options of the activation-σ sweep that an axis sweep does not take."""
+    given = [name for name, on in (("--per-layer", per_layer), ("--metric", metric is not MetricName.TOP1),
+                                   ("--tokenizer", tokenizer is not None), ("--sigmas", sigmas is not None),
+                                   ("--sigma-map", sigma_map is not None), ("--compile", compile_backend is not None))
+             if on]
+    if given:
+        raise typer.BadParameter(f"--axis {axis.value} measures top-1 accuracy at --values on image data; "
+                                 f"{', '.join(given)} belong to the sigma axis (leave them out, or use --axis sigma)")
+
+
+def _sweep_axis(nets, dataset, axis: Axis, values: Optional[str], link: str, repeats: int, batch_size: int,
+                max_images: Optional[int], seed: int, device: str, chance: Optional[float], out: Path, fit,
+                progress: bool):
+    """Run ``sweep_axis`` with a progress bar; returns the result and the files written."""
+    from ..measure.axes import AxisConfig, sweep_axis
+    from ..measure.axis_result import AXIS_PNG, AXIS_RESULTS_CSV, AXIS_RESULTS_JSON
+
+    parsed = None
+    if values is not None:
+        try:
+            parsed = tuple(float(v) for v in values.split(",") if v.strip())
+        except ValueError:
+            raise typer.BadParameter(f"--values must be comma-separated numbers, got {values!r}") from None
+    config = AxisConfig(axis=axis, values=parsed, repeats=repeats, link=link, batch_size=batch_size,
+                        max_images=max_images, seed=seed, device=device, chance=chance)
+    bar = _progress_bar() if progress else None
+    with bar or contextlib.nullcontext():
+        task = bar.add_task("sweep", total=None, rate="") if bar else None
+
+        def report(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total, rate=f"{done}/{total} chunks")
+
+        result = sweep_axis(nets, dataset, config=config, out=out, progress=report if bar else None, fit_options=fit)
+    return result, {"json": out / AXIS_RESULTS_JSON, "csv": out / AXIS_RESULTS_CSV, "plot": out / AXIS_PNG}
+
+
+def _print_axis_result(result, files: dict) -> None:
+    from ..measure.axis_result import value_label
+
+    table = Table(title=f"Sweep along {result.axis.label}")
+    for col in (result.axis.value, "accuracy", "± (over chips)"):
+        table.add_column(col)
+    for p in result.points:
+        table.add_row(value_label(result.axis, p.sigma), f"{p.mean:.4f}", f"{p.dy:.2g}")
+    show(table)
+    if result.fit is not None:
+        q = result.fit.quote()
+        unit = " in seconds" if result.axis is Axis.TIME else ""
+        show(f"μ along {result.axis.value}{unit} ({'fitted' if q.is_mu else 'not quotable; shown instead'}): "
+             f"{q.text()}; chance {result.chance:.3g}")
+    for path in files.values():
+        show(f"wrote {path}")
 
 
 def _read_allocation(path: Optional[Path], units: Optional[str]):

@@ -10,8 +10,8 @@ from rich.table import Table
 
 from ..training.options import Augment, Precision
 from ..zoo.options import OnCorrupt, Optimizer
-from ._app import (_D, _M, _Q, Device, Split, app, check_data, data_options, describe_preprocess, harden_options,
-                   model_options, resolve_device, show, styled, user_errors)
+from ._app import (_D, _M, _Q, HARDWARE_HELP, Device, Split, app, check_data, data_options, describe_preprocess,
+                   harden_options, hardware_options, model_options, resolve_device, show, styled, user_errors)
 
 
 @app.command("train")
@@ -26,8 +26,9 @@ def train_command(
                                        "many bits. Default: fp32."),
     scale: Optional[float] = _Q["scale"],
     dynamic: bool = _Q["dynamic"],
-    train_sigma: float = typer.Option(0.0, min=0.0, help="Noisy training: noise strength at every noise site "
-                                      "while training (0: off)."),
+    train_sigma: Optional[float] = typer.Option(None, min=0.0, help="Noisy training: noise strength at every noise "
+                                                "site while training (0: off). Default: the --hardware's activation "
+                                                "noise σ where it sets one (aihwkit-inference: 0.04), else 0."),
     ramp_epochs: int = typer.Option(0, min=0, help="Grow the training noise linearly from 0 over this many epochs."),
     epochs: Optional[int] = typer.Option(None, min=1, help="Default: the model recipe's CPU budget (lenet5: 10)."),
     lr: Optional[float] = typer.Option(None, help="Learning rate. Default: the paper's for the model and precision."),
@@ -58,6 +59,9 @@ def train_command(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     tokenizer: Optional[str] = _D["tokenizer"],
     seq_len: int = _D["seq_len"],
+    hardware: Optional[str] = typer.Option(None, "--hardware", help=HARDWARE_HELP + " Its weight noise is drawn "
+                                           "afresh in every training step; its activation noise σ is the default "
+                                           "--train-sigma."),
 ) -> None:
     """Train a model with QAT and/or noisy training; checkpoints carry the harden config."""
     import torch
@@ -70,7 +74,9 @@ def train_command(
     from ..training.train import NoiseSchedule, TrainConfig, train
 
     with user_errors():
-        harden_config = harden_options(bits, scale, dynamic) or HardenConfig(quant=None)
+        harden_config = hardware_options(hardware, harden_options(bits, scale, dynamic) or HardenConfig(quant=None))
+        if train_sigma is None:  # training with the hardware: its activation noise, as it will run
+            train_sigma = harden_config.noise.sigma if hardware is not None else 0.0
         d = training_defaults(model, bits is not None)
         config = TrainConfig(
             epochs=epochs or d.epochs, batch_size=batch_size, lr=d.lr if lr is None else lr, optimizer=optimizer or d.optimizer,

@@ -9,13 +9,14 @@ No torch.fx in this module.
 from __future__ import annotations
 
 import re
-from dataclasses import InitVar, asdict, dataclass, field, replace
+from dataclasses import InitVar, dataclass, field, replace
 from enum import Enum
 from typing import Any, Callable, Mapping, Optional, Union
 
+from .checks import _check_finite_nonneg, check_sigma
 from .noise_models import (ConverterConfig, WeightDriftConfig, WeightFaultConfig, WeightNoise, WeightNoiseConfig,
-                           WeightNoiseKind, _check_finite_nonneg, _model_value, _weight_chain, _weight_noise_from_dict,
-                           _with_link, check_sigma, dataclass_from_dict, model_from_dict, model_to_dict)
+                           WeightNoiseKind, _model_value, _weight_chain, _weight_noise_from_dict,
+                           _with_link, dataclass_from_dict, model_from_dict, model_to_dict)
 
 __all__ = [
     "Scaling",
@@ -410,7 +411,7 @@ def config_to_dict(cfg: HardenConfig) -> dict:
         "noise": {"sigma": cfg.noise.sigma, "kinds": sorted(k.value for k in cfg.noise.kinds),
                   "seed": cfg.noise.seed, "model": model_to_dict(cfg.noise.model),
                   "autocast_output": cfg.noise.autocast_output.value},
-        **{name: None if getattr(cfg, name) is None else asdict(getattr(cfg, name)) for name in ("adc", "dac")},
+        **{name: None if getattr(cfg, name) is None else getattr(cfg, name).to_dict() for name in ("adc", "dac")},
         "weight_noise": [{"model": model_to_dict(x.model), "sigma": x.sigma, "name": x.name}
                          for x in cfg.weight_noise],
         "rules": {

@@ -18,12 +18,13 @@ from .export import ExportError, capture_export
 from .hardened import HardenedModule, HardenReport, SiteInfo, build_hardened
 from .input_guard import insert_input_guards
 from .ledger import build_ledger
-from .layers import HARDENED_LAYERS, HardenedCall, can_harden_weights, harden_layer, weight_axis
+from .layers import HARDENED_LAYERS, HardenedCall, can_harden_weights, harden_layer, output_axis, weight_axis
 from .module_route import LayerCandidate, LayerSite, attach_site, find_layers
 from .noise import Noise, weight_noise_for
 from .noise.verbs import (check_hardened, noise_sites, seed_noise, set_noise, set_weight_noise,  # noqa: F401
                           weight_noise_modules)  # the verbs, re-exported
 from .converters import add_bias, check_converter_config, converter, split_layer_bias, split_site_bias
+from .out_scale import bind_out_scale, site_weight
 from .passes import ensure_container, insert_site_modules, key_for
 from .placement import model_placement, place_modules
 from .quant import ActQuant, WeightQuant
@@ -218,6 +219,8 @@ def harden(
             if site.noise:
                 targets.append(module_for(site.name, "noise", lambda: _output_noise(config, site.name)))
                 noise = container[made[(site.name, "noise")]]
+                if noise.model.needs_out_scale and not noise.has_out_scale:
+                    bind_out_scale(noise, config, site.name, site.kind, site_weight(site, root))
                 # its input: the quantizer's new tensor, or the node's own result when that is new
                 # (in every graph that uses the module)
                 owned = site.quantize_output or site.fresh
@@ -333,6 +336,8 @@ def _route_layers(root: nn.Module, layers: List[LayerCandidate], config: HardenC
             qname = str(qmod.extra_repr())
         if noisy:
             noise = _output_noise(config, c.name)
+            w = getattr(module, "weight", None)
+            bind_out_scale(noise, config, c.name, c.kind, (w, output_axis(module)) if w is not None else None)
             noise.owns_input = qmod is not None  # the quantizer's output is a new tensor
         if _converts(c.kind, noisy, quantize_weights):
             adc = converter(config.adc, c.name) if config.adc is not None else None
@@ -381,10 +386,12 @@ def _harden_recurrent(root: nn.Module, path: str, name: str, kind: SiteKind, qua
             skipped[name] = f"{type(module).__name__} has its own forward; its weights are used as they are"
             return [SiteInfo(name, kind.value, op, "", False, note, route)]
         wq = WeightQuant(config.quant.w_bits, weight_axis(module)) if quantize else None
-        noise = weight_noise_for(name, config) if perturb else None
-        _set_submodule(root, path, harden_recurrent(
-            module, name, wq, noise, {s: _output_noise(config, products[s]) for s in noisy_products},
-            _output_noise(config, name) if noisy else None))
+        noise = weight_noise_for(name, config, output_axis(module)) if perturb else None
+        outputs = {s: _output_noise(config, products[s]) for s in noisy_products}
+        output = _output_noise(config, name) if noisy else None
+        for p, n in [(products[s], m) for s, m in outputs.items()] + ([(name, output)] if noisy else []):
+            bind_out_scale(n, config, p, kind, None)  # refuses a model that needs a conv/linear weight
+        _set_submodule(root, path, harden_recurrent(module, name, wq, noise, outputs, output))
     layer = root.get_submodule(path)
     qname = f"weights {layer.weight_quant.extra_repr()}" if layer.weight_quant is not None else ""
     rows = [SiteInfo(p, kind.value, f"{op} product", qname, s in noisy_products, note, route)
@@ -467,7 +474,7 @@ def _harden_modules(root: nn.Module, named: List[tuple], quantize: bool, perturb
         if isinstance(module, nn.MultiheadAttention):
             inside_attention.append(name)
         wq = WeightQuant(qc.w_bits, weight_axis(module)) if quantize else None
-        noise = weight_noise_for(label(name), config) if perturb else None
+        noise = weight_noise_for(label(name), config, output_axis(module)) if perturb else None
         _set_submodule(root, name, harden_layer(module, wq, noise))
         desc = f"weights {wq.extra_repr()}" if wq is not None else desc
     return desc
@@ -479,7 +486,8 @@ def _hardened_call(site: Site, call: fx.Node, label: str, config: HardenConfig) 
     the export route); its weight noise is the site ``<label>.weight``."""
     arg = weight_arg(call.target)
     wq = WeightQuant(config.quant.w_bits, arg.axis) if site.quantize_weights else None
-    hardened = HardenedCall(call.target, wq, weight_noise_for(label, config) if site.weight_noise else None, arg)
+    noise = weight_noise_for(label, config, arg.out_axis) if site.weight_noise else None
+    hardened = HardenedCall(call.target, wq, noise, arg)
     hardened.site = label
     return hardened
 

@@ -42,7 +42,7 @@ from .weight_calls import expert_weights, router_weight
 Run = Tuple[int, int, Dict[str, Tensor]]  # (first batch group, number of groups, their weights)
 
 __all__ = ["HARDENED_LAYERS", "HardenedCall", "HardenedParameters", "parameters_class", "harden_layer",
-           "can_harden_weights", "weight_axis", "weight_draws_held"]
+           "can_harden_weights", "weight_axis", "output_axis", "weight_draws_held"]
 
 
 class _HardenedWeight:
@@ -432,6 +432,17 @@ def weight_axis(module: nn.Module) -> Optional[int]:
     if isinstance(module, (nn.modules.conv._ConvNd, nn.RNNBase, nn.RNNCellBase)) or expert_weights(module):
         return 0
     return None
+
+
+def output_axis(module: nn.Module) -> int:
+    """The axis of the layer's weights (of each expert matrix, for a mixture of experts) that
+    indexes its output channels, as per-channel weight noise reads it: 0 for torch's conv,
+    linear, attention and recurrent weights (``(out, in, ...)``), 1 for transformers' ``Conv1D``
+    (``(in, out)``), an embedding table (its columns are the outputs) and expert matrices
+    stored transposed (``is_transposed``)."""
+    if isinstance(module, nn.Embedding) or type(module).__name__ == "Conv1D" or getattr(module, "is_transposed", False):
+        return 1
+    return 0
 
 
 @contextlib.contextmanager

@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, replace
 from enum import Enum
 from typing import Any, Mapping, Optional, Sequence, Tuple
 
+from .checks import check_param, check_sigma
+
 __all__ = ["NoiseKind", "ConverterConfig", "RangeCalibration", "WeightFaultConfig", "WeightDriftConfig", "WeightNoiseKind",
            "WeightNoiseConfig", "WeightNoise", "check_param", "check_sigma", "model_to_dict", "model_from_dict"]
 
@@ -40,17 +42,6 @@ class NoiseKind(str, Enum):
     replaced by 0 (with probability ``zero_fraction``) or by ``±max|x|`` (random sign),
     ``max|x|`` over the tensor (after quantization: the grid's end). A new fault map per
     forward pass. σ is a probability in [0, 1]."""
-
-
-def check_param(name: str, value: Any, low: float = 0.0, high: float = math.inf, open_low: bool = False) -> float:
-    """A finite number in ``[low, high]`` (``(low, high]`` with ``open_low``), else a message."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
-    v = float(value)
-    if not math.isfinite(v) or v < low or v > high or (open_low and v == low):
-        interval = f"{'(' if open_low else '['}{low:g}, {high:g}]"
-        raise ValueError(f"{name} must be a finite number in {interval}, got {value!r}")
-    return v
 
 
 class RangeCalibration(str, Enum):
@@ -169,6 +160,12 @@ class ConverterConfig:
         """Δ for the global fixed bound (see class doc); ``None`` when calibrated."""
         return self.step_for("")
 
+    def to_dict(self) -> dict:
+        """Its fields as plain values (enums by value, bounds as pairs): for JSON, TOML and
+        checkpoints, whose loader takes no fxharden types (``ConverterConfig(**d)`` is the inverse)."""
+        return {k: v.value if isinstance(v, Enum) else [list(b) for b in v] if k == "bounds" else v
+                for k, v in asdict(self).items()}
+
 
 @dataclass(frozen=True)
 class WeightFaultConfig:
@@ -224,19 +221,6 @@ class WeightNoiseKind(str, Enum):
     """Noisy Machines: ``w + N(0, sigma^2)``."""
     LOGNORMAL = "lognormal"
     """BayesFT memristor drift: ``w * exp(lambda)``, ``lambda ~ N(0, sigma^2)``."""
-
-
-def _check_finite_nonneg(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
-    if math.isnan(value) or math.isinf(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
-
-
-def check_sigma(sigma: float) -> float:
-    """Validate a noise strength: a finite float >= 0."""
-    return _check_finite_nonneg("sigma", sigma)
 
 
 @dataclass(frozen=True)

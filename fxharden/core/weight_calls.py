@@ -43,6 +43,10 @@ class WeightArg:
     input: int = 0
     weight: int = 1
     axis: Optional[int] = None
+    out_axis: int = 0
+    """The weight's axis that indexes the call's output channels (per-channel weight noise):
+    0 for ``(out, in, ...)`` weights, 1 for the ``(in, out)`` operand of a matrix product, the
+    columns of an embedding table and the expert matrices ``(in, out)`` of a grouped product."""
     experts: bool = False
     """The weight holds one matrix per expert along dim 0 (a grouped mixture-of-experts call):
     each expert's matrix is quantized with its own step and perturbed by its own draw. The
@@ -55,9 +59,10 @@ WEIGHT_FUNCS: Dict[Any, WeightArg] = {
     # the export route's ATen calls
     **{op: WeightArg(axis=0) for op in (_aten.conv1d.default, _aten.conv2d.default, _aten.conv3d.default,
                                         _aten.convolution.default)},
-    **{op: WeightArg() for op in (_aten.linear.default, _aten.mm.default, _aten.matmul.default)},
-    _aten.addmm.default: WeightArg(input=1, weight=2),
-    _aten.embedding.default: WeightArg(input=1, weight=0),
+    _aten.linear.default: WeightArg(),
+    **{op: WeightArg(out_axis=1) for op in (_aten.mm.default, _aten.matmul.default)},
+    _aten.addmm.default: WeightArg(input=1, weight=2, out_axis=1),
+    _aten.embedding.default: WeightArg(input=1, weight=0, out_axis=1),
 }
 """Functions whose weight argument ``harden`` quantizes and perturbs when it is computed from
 parameters (``F.linear(x, self.fc.weight)``; on the export route every ``aten.linear``,
@@ -66,7 +71,7 @@ parameters (``F.linear(x, self.fc.weight)``; on the export route every ``aten.li
 _GROUPED_OPS = {"aten::_grouped_mm", "transformers::grouped_mm_fallback"}
 """Grouped matrix products of mixture-of-experts layers, ``(input, weight[expert, in, out],
 offsets)``, by schema name (transformers registers its fallback op only once imported)."""
-_EXPERTS = WeightArg(axis=0, experts=True)
+_EXPERTS = WeightArg(axis=0, out_axis=1, experts=True)
 
 
 def weight_arg(target: Any) -> Optional[WeightArg]:

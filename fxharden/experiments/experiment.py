@@ -30,6 +30,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 from ..core.config import HardenConfig, check_bits, check_scale, check_sigma, config_to_dict
+from ..core.hardware import HardwareConfig
 from ..training.train import TrainConfig
 from ..zoo.data import DatasetKind, load_splits
 from .options import Budget
@@ -229,6 +230,9 @@ class Experiment:
     architectures: bool = False
     """Also write the Table II columns (FLOPs, parameters, noise sites) of every model."""
     source: str = ""
+    hardware: Optional[HardwareConfig] = None
+    """The ``[hardware]`` table: every cell's harden config gets this hardware
+    (``HardwareConfig.harden_config``); ``None``: none."""
 
     def budget(self, budget: Optional[Budget] = None) -> BudgetSpec:
         budget = Budget(budget or self.default_budget)
@@ -259,6 +263,11 @@ class Experiment:
         except (RuntimeError, ValueError) as err:
             raise ExperimentError(f"{self.source or self.name}: {err}") from None
 
+    def harden_config(self, variant: Variant) -> HardenConfig:
+        """The harden config of ``variant``'s networks: its quantization, with the experiment's hardware."""
+        base = variant.harden_config()
+        return base if self.hardware is None else self.hardware.harden_config(base)
+
     def paper_value(self, variant: Variant) -> Optional[PaperValue]:
         return dict(self.paper).get(variant.key)
 
@@ -287,7 +296,7 @@ class Experiment:
             for sigma in (sorted(matched) if v.matched else (v.train_sigma,)):
                 for seed in range(spec.seeds):
                     cell = Cell(v, seed, sigma, (sigma,) if v.matched else tuple(grid),
-                                replace(train, seed=seed, train_sigma=sigma), v.harden_config(), data,
+                                replace(train, seed=seed, train_sigma=sigma), self.harden_config(v), data,
                                 repeats, self.sweep.batch_size, init_from=previous.get(seed) if v.warm_start else None)
                     previous[seed] = cell.key
                     cells.append(cell)

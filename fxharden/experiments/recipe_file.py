@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
+from ..core.hardware import hardware_from_dict
 from ..training.options import Augment
 from .experiment import (Budget, BudgetSpec, DatasetKind, Experiment, ExperimentError, PaperValue, SweepSpec,
                          Variant)
@@ -156,8 +157,8 @@ def parse_experiment(data: Mapping[str, Any], source: str = "<experiment>") -> E
     Raises:
         ExperimentError: a missing or unknown key or a bad value; the message names it.
     """
-    _check_keys(data, ("name", "description", "dataset", "budget", "architectures", "sweep", "grid", "paper"),
-                source)
+    _check_keys(data, ("name", "description", "dataset", "budget", "architectures", "sweep", "grid", "paper",
+                       "hardware"), source)
     for key in ("name", "sweep", "grid", "budget"):
         if key not in data:
             raise ExperimentError(f"{source}: missing [{key}]" if key != "name" else f"{source}: missing name = \"...\"")
@@ -216,7 +217,13 @@ def parse_experiment(data: Mapping[str, Any], source: str = "<experiment>") -> E
         if not isinstance(row.get("source", ""), str):
             raise ExperimentError(f"{where}.source must be a string, got {row['source']!r}")
         paper.append((key, PaperValue(*numbers, row.get("source", ""))))
-    return Experiment(name=data["name"], variants=tuple(variants.values()),
+    hardware = None
+    if "hardware" in data:
+        try:
+            hardware = hardware_from_dict(data["hardware"], f"{source} [hardware]")
+        except (TypeError, ValueError) as err:
+            raise ExperimentError(str(err)) from None
+    return Experiment(name=data["name"], variants=tuple(variants.values()), hardware=hardware,
                       sweep=SweepSpec(grid, matched, repeats, batch_size),
                       budgets=tuple(named.items()), paper=tuple(paper), dataset=dataset, default_budget=default,
                       description=data.get("description", ""), architectures=data.get("architectures", False),

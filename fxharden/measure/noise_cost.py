@@ -23,7 +23,7 @@ from torch import Tensor, fx, nn
 
 from ..core.harden import HardenedModule, noise_sites
 from ..core.noise import Noise, noise_off
-from ..core.noise_models import check_param
+from ..core.checks import check_param
 from ..core.passes import CONTAINER
 from ..core.quant import ActQuant
 

@@ -14,16 +14,27 @@ import torch
 
 import fxharden.core.noise.module as noise_module
 from device_reference import cmo_reference, pcm_reference
-from fxharden.core.noise import (MODELS, PCM, Additive, Draw, GroupDimError, LogNormal, Multiplicative, Noise, ReRamCMO,
+from fxharden.core.noise import (MODELS, PCM, Additive, Draw, GroupDimError, LogNormal, Multiplicative, Noise, OutNoise, ReRamCMO,
                                  Relative, StuckAt, noise_model)
 from fxharden.core.noise_models import NoiseKind
 
 RMS = 0.75
 
-MODELS_UNDER_TEST = [Additive(), Additive(of_max=True), Relative(), Multiplicative(), LogNormal(),
-                     StuckAt(zero_fraction=0.3), PCM(), PCM(t=86400.0), PCM(t=3.15e7, compensation=False, g_max=10.0),
+MODELS_UNDER_TEST = [Additive(), Additive(of_max=True), Additive(of_max=True, per_channel=True), Relative(),
+                     Multiplicative(), LogNormal(), StuckAt(zero_fraction=0.3), OutNoise(), OutNoise(per_channel=True),
+                     PCM(), PCM(t=86400.0), PCM(t=3.15e7, compensation=False, g_max=10.0),
                      ReRamCMO(), ReRamCMO(t=86400.0, acceptance_range=2.0), ReRamCMO(t=3600.0, compensation=False)]
 """One row per model (and per parameter that changes the formula): a new model needs a row."""
+ON_ACTIVATIONS = [m for m in MODELS_UNDER_TEST if m.draw is Draw.NORMAL and not m.channelwise]
+"""The models that take batch groups along an activation's batch dimension (per-channel weight
+noise acts on weights only: a weight's groups are separate copies, ``draw_weights``)."""
+CHANNEL_DIM = 0
+"""The output-channel axis given to per-channel models (``Noise.set_channel_dim``)."""
+
+
+def out_scale(last):
+    """The output scale given to output noise: per channel along the last dim, or one value."""
+    return torch.linspace(0.5, 1.5, last, dtype=torch.float64)
 
 
 def closed_form(model, x, eps, sigma):
@@ -39,8 +50,13 @@ def closed_form(model, x, eps, sigma):
     if isinstance(model, ReRamCMO):
         return cmo_reference(model, x, eps, s)
     e = eps.double()
+    if isinstance(model, Additive) and model.per_channel:  # max over each slice along CHANNEL_DIM
+        rows = x.abs().movedim(CHANNEL_DIM, 0).flatten(1).max(1).values
+        return x + s * e * rows.view(-1, *[1] * (x.dim() - 1)).movedim(0, CHANNEL_DIM)
     if isinstance(model, Additive):
         return x + s * e * (x.abs().max() if model.of_max else 1.0)
+    if isinstance(model, OutNoise):
+        return x + s * e * (out_scale(x.shape[-1]) if model.per_channel else RMS)
     if isinstance(model, Relative):
         return x + s * RMS * e
     if isinstance(model, Multiplicative):
@@ -78,11 +94,15 @@ class FixedCounter:
         return COMPILED_DRAW
 
 
-def make(model, sigma, draws=None):
+def make(model, sigma, draws=None, last=5):
     n = Noise("site", kind=model)
     n.set_sigma(sigma, draws=draws)
     if model.needs_rms:
         n.set_rms(RMS)
+    if model.channelwise:
+        n.set_channel_dim(CHANNEL_DIM)
+    if model.needs_out_scale:
+        n.set_out_scale(out_scale(last) if model.per_channel else RMS)
     return n
 
 
@@ -133,7 +153,7 @@ def test_one_sigma_same_draw_same_output_on_both_paths(model, sigma, monkeypatch
         assert torch.equal(eager, x) and torch.equal(compiled, x)
 
 
-@pytest.mark.parametrize("model", [m for m in MODELS_UNDER_TEST if m.draw is Draw.NORMAL], ids=repr)
+@pytest.mark.parametrize("model", ON_ACTIVATIONS, ids=repr)
 def test_groups_with_shared_draws_same_draw_same_output_on_both_paths(model, monkeypatch):
     """Four groups along dim 1, draws [0, 1, 0, 2]: group r takes draw d[r] scaled by sigma[r]."""
     sigma, draws = [0.1, 0.2, 0.3, 0.4], [0, 1, 0, 2]
@@ -154,7 +174,7 @@ def test_zero_input_gives_the_same_output_on_both_paths(model, monkeypatch):
     """A degenerate tensor (all zeros: max|x| 0, nothing to scale) is left as it is."""
     x = torch.zeros(4, 6)
     eps = draw_for(model, x.shape)
-    eager, compiled = run_both(make(model, 0.5), x, [eps], eps, monkeypatch)
+    eager, compiled = run_both(make(model, 0.5, last=6), x, [eps], eps, monkeypatch)
     want = closed_form(model, x, eps, 0.5)
     torch.testing.assert_close(eager.double(), want)
     torch.testing.assert_close(compiled.double(), want)
@@ -173,9 +193,9 @@ def test_uncalibrated_relative_site_raises_the_same_error_on_both_paths():
     assert torch.isfinite(torch.compile(n, backend="eager")(x)).all()
 
 
-@pytest.mark.parametrize("model", [m for m in MODELS_UNDER_TEST if m.draw is Draw.NORMAL], ids=repr)
+@pytest.mark.parametrize("model", ON_ACTIVATIONS, ids=repr)
 def test_a_batch_that_does_not_split_into_the_groups_raises_the_same_error_on_both_paths(model):
-    n = make(model, [0.1, 0.2, 0.3])
+    n = make(model, [0.1, 0.2, 0.3], last=6)
     x = torch.randn(4, 6)
     with pytest.raises(GroupDimError, match="does not split into 3 equal groups") as eager:
         n(x)
@@ -186,10 +206,38 @@ def test_a_batch_that_does_not_split_into_the_groups_raises_the_same_error_on_bo
 
 def test_unknown_names_and_parameters_list_the_valid_ones():
     with pytest.raises(ValueError, match="unknown noise model 'gaussian'; choose one of: additive, lognormal, "
-                                         "multiplicative, pcm, relative, reram_cmo, stuck"):
+                                         "multiplicative, out_noise, pcm, relative, reram_cmo, stuck"):
         noise_model("gaussian")
     with pytest.raises(ValueError, match="Relative noise model takes no parameters, not of_max"):
         noise_model("relative", of_max=True)
     with pytest.raises(ValueError, match="zero_fraction must be a finite number in \\[0, 1\\]"):
         StuckAt(zero_fraction=1.5)
     assert noise_model(NoiseKind.STUCK, zero_fraction=0.25) == StuckAt(0.25)
+
+
+def test_output_noise_without_its_scale_raises_the_same_error_on_both_paths():
+    n = Noise("site", kind=OutNoise())
+    n.set_sigma(0.1)
+    x = torch.randn(4, 6)
+    with pytest.raises(RuntimeError, match=r"out_noise noise at site 'site' needs the output scale") as eager:
+        n(x)
+    with pytest.raises(RuntimeError, match=r"out_noise noise at site 'site' needs the output scale") as compiled:
+        torch.compile(n, backend="eager")(x)
+    assert str(compiled.value) == str(eager.value)
+    n.set_out_scale(RMS)  # set: both run
+    assert torch.isfinite(torch.compile(n, backend="eager")(x)).all()
+
+
+def test_per_channel_weight_noise_without_a_channel_axis_raises_the_same_error_on_both_paths():
+    """On activations (no channel axis given) per-channel weight noise is refused, not applied
+    per tensor."""
+    n = Noise("site", kind=Additive(of_max=True, per_channel=True))
+    n.set_sigma(0.1)
+    x = torch.randn(4, 6)
+    with pytest.raises(ValueError, match=r"per-channel additive noise .* not on activations") as eager:
+        n(x)
+    with pytest.raises(ValueError, match=r"per-channel additive noise .* not on activations") as compiled:
+        torch.compile(n, backend="eager")(x)
+    assert str(compiled.value) == str(eager.value)
+    with pytest.raises(ValueError, match=r"needs of_max=True"):
+        Additive(per_channel=True)

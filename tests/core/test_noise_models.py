@@ -211,7 +211,7 @@ def test_weight_models_combine_and_round_trip_through_the_config_file():
 
 
 @pytest.mark.parametrize("make,match", [
-    (lambda: NoiseConfig(model="thermal"), "unknown noise model 'thermal'.*additive, multiplicative, relative"),
+    (lambda: NoiseConfig(model="thermal"), "unknown noise model 'thermal'.*additive, multiplicative, out_noise, relative"),
     (lambda: NoiseConfig(model="stuck"), "the stuck noise model does not act on activations; choose one of: additive"),
     (lambda: WeightFaultConfig(p=-0.1), r"p must be a finite number in \[0, 1\]"),
     (lambda: WeightFaultConfig(p=float("nan")), "finite"),

@@ -161,6 +161,8 @@ class BatchGroups:
             raise ValueError(f"noise site {self.site!r}: {len(host)} sigma values for {len(ws)} weight groups")
         if self.model.needs_rms and not self.calibrated:
             raise self._uncalibrated()
+        if self.model.needs_out_scale and not self.has_out_scale:
+            raise self._no_out_scale()
         eps: Dict[int, Tensor] = {}
         made: Dict[Tuple[float, int, int], Tensor] = {}
         out = []
@@ -172,7 +174,7 @@ class BatchGroups:
             if (s, d, id(wi)) not in made:
                 if d not in eps:
                     eps[d] = self.stream.draw(self.model.draw, wi.shape, wi.device, wi.dtype)
-                made[(s, d, id(wi))] = self.model.apply(wi, self._own(eps[d]), s, rms)
+                made[(s, d, id(wi))] = self.model.apply(wi, self._own(eps[d]), s, rms, **self._model_kw())
             out.append(made[(s, d, id(wi))])
         return out
 

@@ -76,12 +76,15 @@ def weight_models(config: HardenConfig) -> List[Tuple[str, NoiseModel, float]]:
     return [(link.suffix, link.model, link.sigma) for link in config.weight_noise]
 
 
-def weight_noise_for(layer: str, config: HardenConfig) -> Optional[nn.Module]:
+def weight_noise_for(layer: str, config: HardenConfig, channel_dim: int = 0) -> Optional[nn.Module]:
     """The weight noise of layer (or functional site) ``layer``: one ``Noise`` per configured
-    model (sites ``<layer>.weight``, ``.weight.drift``, ``.weight.faults``), chained."""
+    model (sites ``<layer>.weight``, ``.weight.drift``, ``.weight.faults``), chained;
+    ``channel_dim``: the axis of its weights that indexes the output channels
+    (``layers.output_axis``; per-channel models read it)."""
     noises = []
     for suffix, model, sigma in weight_models(config):
         noise = Noise(f"{layer}.weight{suffix}", config.noise.seed, kind=model)
         noise.set_sigma(sigma)
+        noise.set_channel_dim(channel_dim)
         noises.append(noise)
     return noises[0] if len(noises) == 1 else NoiseChain(*noises)

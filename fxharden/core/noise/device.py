@@ -28,7 +28,7 @@ from typing import Any, ClassVar, FrozenSet, Optional, Tuple
 import torch
 from torch import Tensor
 
-from ..noise_models import check_param
+from ..checks import check_param
 from .models import Draw, NoiseModel, Role, SigmaUnits, register
 
 __all__ = ["PCM", "ReRamCMO", "PCM_PROG_COEFF", "CMO_PROG_COEFF"]

@@ -30,7 +30,7 @@ from typing import Any, ClassVar, Dict, FrozenSet, Optional, Sequence, Tuple, Ty
 import torch
 from torch import Tensor
 
-from ..noise_models import check_param
+from ..checks import check_param
 
 __all__ = ["Role", "SigmaUnits", "Draw", "NoiseModel", "Additive", "Relative", "Multiplicative", "LogNormal",
            "StuckAt", "MODELS", "register", "noise_model", "IN_PLACE", "FUNCTIONAL"]
@@ -61,6 +61,9 @@ class SigmaUnits(str, Enum):
     DEVICE_SCALE = "device_scale"
     """A scale on a measured device's noise and drift (1: the published device, 0: ideal
     weights; device models over time, ``fxharden.core.noise.device``)."""
+    OUT_SCALE = "out_scale"
+    """Relative to the layer's input range times its ``max|W|`` (output noise of an analog
+    matrix-vector product, aihwkit's ``out_noise``)."""
 
 
 class Draw(str, Enum):
@@ -131,6 +134,12 @@ class NoiseModel:
     """The formula reads the site's clean RMS (``calibrate_noise`` must have run)."""
     consumes_draw: ClassVar[bool] = False
     """The eager formula changes the draw in place (a shared draw is copied first)."""
+    channelwise: ClassVar[bool] = False
+    """The formula reads the output-channel axis of the weight it perturbs: the noise module
+    passes its ``channel_dim`` as ``group_dim`` (weights only; their slices along that axis are
+    the output channels, one row of the crossbar each)."""
+    needs_out_scale: ClassVar[bool] = False
+    """The formula reads the site's output scale (``Noise.set_out_scale``) in place of ``rms``."""
 
     def term(self, x: Tensor, eps: Tensor, sigma: Any, rms: Any, ops, group_dim: Optional[int] = None
              ) -> Tuple[Tensor, Scale]:
@@ -138,14 +147,16 @@ class NoiseModel:
         ``rms`` are floats (eager) or tensors (compiled, ``sigma`` maybe one value per group
         along ``group_dim``, whose slices are separate tensors: ``peak``); ``ops`` is
         ``IN_PLACE`` (may change ``eps``) or ``FUNCTIONAL``. Forward only: terms are built
-        from ``x.detach()``, so the gradient passes through unchanged."""
+        from ``x.detach()``, so the gradient passes through unchanged. A ``channelwise``
+        model gets the weight's output-channel axis as ``group_dim``."""
         raise NotImplementedError
 
     def apply(self, x: Tensor, eps: Tensor, sigma: float, rms: float = -1.0,
-              out: Optional[Tensor] = None) -> Tensor:
+              out: Optional[Tensor] = None, group_dim: Optional[int] = None) -> Tensor:
         """Eager: ``x`` with noise of strength ``sigma`` from the draw ``eps`` (which may be
-        changed), written into ``out`` if given (no autograd then; ``out`` may be ``x``)."""
-        term, scale = self.term(x, eps, sigma, rms, IN_PLACE)
+        changed), written into ``out`` if given (no autograd then; ``out`` may be ``x``);
+        ``group_dim``: a ``channelwise`` model's channel axis."""
+        term, scale = self.term(x, eps, sigma, rms, IN_PLACE, group_dim)
         if scale is None:
             return torch.add(x, term, out=out) if out is not None else x + term
         return torch.add(x, term, alpha=scale, out=out) if out is not None else torch.add(x, term, alpha=scale)
@@ -190,11 +201,24 @@ def register(cls: Type[NoiseModel]) -> Type[NoiseModel]:
 @dataclass(frozen=True)
 class Additive(NoiseModel):
     """``y = x + σ ε``: absolute noise, σ in the units of ``x`` (the paper, Eq. 2); with
-    ``of_max``, ``y = x + σ · max|x| · ε`` (Noisy Machines' convention for weights)."""
+    ``of_max``, ``y = x + σ · max|x| · ε`` (Noisy Machines' convention for weights; aihwkit's
+    ``WeightNoiseInjectionType.ADD_NORMAL``); with ``per_channel`` as well, on a weight,
+    ``w_ij + σ · max_k |w_ik| · ε_ij``: the max of each output channel ``i`` (aihwkit's
+    ``ADD_NORMAL_PER_CHANNEL``, whose columnwise mapping gives each crossbar column, one
+    output channel, its own weight range; ``aihwkit_lightning`` ``TorchLinear.modify_weight``)."""
 
     name: ClassVar[str] = "additive"
     of_max: bool = False
     """σ relative to ``max|x|`` of the tensor (``WeightNoiseConfig.relative``)."""
+    per_channel: bool = False
+    """With ``of_max``: relative to the max of each output channel of the weight (a row of a
+    linear weight, a filter of a convolution; the axis is the layer's: ``Noise.channel_dim``),
+    not of the whole tensor. Weights only."""
+
+    def __post_init__(self) -> None:
+        if self.per_channel and not self.of_max:
+            raise ValueError("Additive(per_channel=True) scales the noise by the max|w| of each output channel: "
+                             "it needs of_max=True (Additive(of_max=True, per_channel=True))")
 
     @property
     def units(self) -> SigmaUnits:  # type: ignore[override]
@@ -204,7 +228,16 @@ class Additive(NoiseModel):
     def consumes_draw(self) -> bool:  # type: ignore[override]
         return self.of_max
 
+    @property
+    def channelwise(self) -> bool:  # type: ignore[override]
+        return self.per_channel
+
     def term(self, x, eps, sigma, rms, ops, group_dim=None):
+        if self.per_channel and group_dim is None:
+            raise ValueError("per-channel additive noise (Additive(of_max=True, per_channel=True)) scales each "
+                             "output channel of a weight by its own max|w|: it acts on conv/linear weights (as "
+                             "weight noise), whose channel axis the layer gives (Noise.set_channel_dim), not on "
+                             "activations; use Additive(of_max=True) for one max per tensor")
         if self.of_max:
             eps = ops.mul(eps, peak(x, group_dim))
         return eps, sigma
@@ -281,7 +314,7 @@ class StuckAt(NoiseModel):
         value = torch.where(u[2] < self.zero_fraction, torch.zeros_like(x), torch.where(u[1] < 0.5, top, -top))
         return torch.where(u[0] < p, value + (x - x.detach()), x)
 
-    def apply(self, x, eps, sigma, rms=-1.0, out=None):
+    def apply(self, x, eps, sigma, rms=-1.0, out=None, group_dim=None):
         res = self.faults(x, eps, sigma)
         return out.copy_(res) if out is not None else res
 

@@ -91,6 +91,9 @@ class Noise(BatchGroups, nn.Module):
     """
 
     keep_float32 = True  # the class default: modules pickled before the attribute existed keep it
+    channel_dim: Optional[int] = None
+    """On weights: the axis of the weight that indexes the layer's output channels, read by a
+    ``channelwise`` model (per-channel weight ranges); set by ``harden`` (``set_channel_dim``)."""
     batch_dim_known = True
     _rms_known = False
 
@@ -209,6 +212,40 @@ class Noise(BatchGroups, nn.Module):
         self.set_rms(math.sqrt(total / count))
         return float(self.rms)
 
+    def set_channel_dim(self, dim: Optional[int]) -> None:
+        """On weights: the axis of the weights this module perturbs that indexes the layer's
+        output channels (0 for torch conv/linear/recurrent weights, 1 for a ``(in, out)``
+        matrix); ``harden`` sets it for every layer."""
+        self.channel_dim = None if dim is None else int(dim)
+
+    def _model_kw(self) -> Dict[str, int]:
+        """What the model's formula takes besides the tensor: a ``channelwise`` model's axis."""
+        return {"group_dim": self.channel_dim} if self.model.channelwise and self.channel_dim is not None else {}
+
+    @property
+    def has_out_scale(self) -> bool:
+        """Whether the site's output scale is set (``set_out_scale``)."""
+        return "out_scale" in self._buffers
+
+    def set_out_scale(self, scale: Tensor) -> None:
+        """Set the site's output scale: what a model with ``needs_out_scale`` multiplies its
+        draw by (output noise: the layer's input range times its ``max|W|``, per output channel
+        shaped to broadcast against the site's output, or one value). ``harden`` sets it at the
+        conv/linear outputs (``OutNoise.out_scale``); it travels with ``state_dict``."""
+        scale = torch.as_tensor(scale, dtype=torch.float32).detach().to(self.sigma.device)
+        if not torch.isfinite(scale).all() or (scale < 0).any():
+            raise ValueError(f"noise site {self.site!r}: the output scale must be finite and >= 0, got {scale}")
+        if self.has_out_scale:
+            self._buffers["out_scale"] = scale.clone()
+        else:
+            self.register_buffer("out_scale", scale.clone())
+
+    def _no_out_scale(self) -> RuntimeError:
+        return RuntimeError(
+            f"{self.model.name} noise at site {self.site!r} needs the output scale of its layer (input range "
+            "times max|W|): harden sets it at conv/linear outputs; at any other site call "
+            "set_out_scale(scale) on this module, or keep this model off the site (NoiseConfig.kinds)")
+
     def _uncalibrated(self) -> RuntimeError:
         return RuntimeError(
             f"relative noise at site {self.site!r} needs the site's clean signal RMS: call "
@@ -219,6 +256,8 @@ class Noise(BatchGroups, nn.Module):
         key = prefix + "sigma"
         if key in state_dict and state_dict[key].shape != self.sigma.shape:
             self.sigma = torch.empty_like(state_dict[key], device=self.sigma.device)
+        if self.has_out_scale and prefix + "out_scale" in state_dict:
+            self._buffers["out_scale"] = torch.empty_like(state_dict[prefix + "out_scale"], device=self.sigma.device)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
         if prefix + "rms" not in state_dict and prefix + "rms" in missing_keys:
@@ -326,13 +365,18 @@ class Noise(BatchGroups, nn.Module):
             return x
         if self.model.needs_rms and not self.calibrated:
             raise self._uncalibrated()
+        if self.model.needs_out_scale and not self.has_out_scale:
+            raise self._no_out_scale()
         x32 = x if x.dtype in (torch.float32, torch.float64) else x.float()
         y = self._noisy(x32, fresh=x32 is not x)
         if x32 is x or (self.keep_float32 and torch.is_autocast_enabled(x.device.type)):
             return y  # under autocast the float32 result keeps noise that the low precision would round away
         return y.to(x.dtype)  # rounded once: a half/bfloat16 model, or bf16 activations under autocast
 
-    def _rms(self) -> float:
+    def _rms(self) -> Union[float, Tensor]:
+        """The formula's reference (eager): the clean RMS, the output scale, or -1 (none)."""
+        if self.model.needs_out_scale:
+            return self.out_scale
         return float(self.rms) if self.model.needs_rms else -1.0
 
     def _forward_compiled(self, x: Tensor) -> Tensor:
@@ -345,14 +389,17 @@ class Noise(BatchGroups, nn.Module):
             return x
         if self.model.needs_rms and not self._rms_known:
             refuse(self._uncalibrated())
+        if self.model.needs_out_scale and not self.has_out_scale:
+            refuse(self._no_out_scale())
         x32 = x if x.dtype in (torch.float32, torch.float64) else x.float()
-        stream, rms = CounterStream(self.stream_key, self.calls), self.rms.detach().to(x32.dtype)
+        ref = self.out_scale if self.model.needs_out_scale else self.rms
+        stream, rms = CounterStream(self.stream_key, self.calls), ref.detach().to(x32.dtype)
         groups = self.groups
         if groups > 1:
-            if self.model.draw is not Draw.NORMAL or not self.batch_dim_known:
+            if self.model.draw is not Draw.NORMAL or self.model.channelwise or not self.batch_dim_known:
                 refuse(NotImplementedError(
                     f"noise site {self.site!r} has one sigma per batch group, which runs compiled only for "
-                    "noise models of one normal per element at a site whose batch dimension is located: call "
+                    "noise models of one normal per element (not per channel) at a site whose batch dimension is located: call "
                     "fxharden.core.groups.ensure_batch_dims(model, (x,), {}) eagerly on an input first (a sweep "
                     "with compile_backend does); or use a single sigma under torch.compile, or run the "
                     "uncompiled model"))
@@ -373,7 +420,7 @@ class Noise(BatchGroups, nn.Module):
         else:
             sigma = self.sigma.detach().reshape(()).to(x32.dtype)
             y = self.model.apply_tensor(x32, stream.draw(self.model.draw, x32.shape, x32.device, x32.dtype),
-                                        sigma, rms)
+                                        sigma, rms, **self._model_kw())
         with torch.no_grad():
             self.calls.add_(1)
         if x32 is x or (self.keep_float32 and torch.is_autocast_enabled(x.device.type)):
@@ -389,7 +436,7 @@ class Noise(BatchGroups, nn.Module):
             return self._grouped(x32, self.group_dim(x32), fresh=mine)
         # a draw consumed at once (scratch slot 0): nothing keeps it for backward
         eps = self.stream.draw(self.model.draw, x32.shape, x32.device, x32.dtype, slot=0)
-        return self.model.apply(x32, eps, self._host[0], self._rms(), out=x32 if mine else None)
+        return self.model.apply(x32, eps, self._host[0], self._rms(), out=x32 if mine else None, **self._model_kw())
 
     def _may_overwrite(self) -> bool:
         """Whether, without autograd, the noise may be added to the input in place: the module
