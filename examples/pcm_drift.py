@@ -9,10 +9,10 @@ models over time"), trained twice from the same initial weights with ``fxharden.
 * hardware-aware: the PCM link at σ = 1 read at ``t = 1 day`` (``TRAIN_TIME``) while training,
   a new draw of every weight in every training forward pass.
 
-Both are then read as PCM chips at 1 s, 1 h, 1 day, 1 month and 1 year after programming. A chip
-is one draw of the weights held for the whole test set (``weight_draws_held``); chip ``k`` has
-the same random streams (``seed_noise(net, k)``) at every time and in both networks, so the
-same programmed chip is read at every time and both networks meet the same device randomness.
+Both are then read as PCM chips at 1 s, 1 h, 1 day, 1 month and 1 year after programming by
+``fxharden.sweep_axis`` along time: a chip is one draw of the weights held for the whole test
+set, with the same random streams at every time and in both networks, so the same programmed
+chip is read at every time and both networks meet the same device randomness.
 Accuracy falls with time as the conductances drift (README, "Accuracy over time under PCM drift",
 has the figures measured on CIFAR-10).
 
@@ -27,14 +27,16 @@ Run: ``python examples/pcm_drift.py [OUT_DIR] [--data DIR] [--epochs N] [--chips
 ``data: ...`` (which data, how many images), one line per network, ``plain: clean accuracy
 0.xxx (N epoch(s), S s)`` and ``hardware-aware (PCM at 1 day): clean accuracy 0.xxx (...)``
 (ideal weights, after training), then one line per time, ``1 day: plain 0.xxx ± 0.xxx,
-hardware-aware 0.xxx ± 0.xxx`` (mean ± std over chips), and ``wrote OUT_DIR/results.json
-OUT_DIR/accuracy_vs_time.png`` (dashed in the plot: the accuracy with the ideal weights).
+hardware-aware 0.xxx ± 0.xxx`` (mean ± std over chips), per network ``plain: half-way time
+...`` (``fit.quote()``: the time at which accuracy has fallen half way from its value at 1 s to
+chance when the fit is ok, else a lower bound such as ``> 3.16e+07 (beyond_grid)``), and ``wrote
+OUT_DIR/results.json OUT_DIR/accuracy_vs_time.png`` (dashed in the plot: the accuracy with the
+ideal weights). Each network's sweep is in ``OUT_DIR/<network>/`` (``axis_results.json``).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 from pathlib import Path
@@ -43,12 +45,9 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from fxharden import PCM, HardenConfig, HardenedModule, TrainConfig, WeightNoise, harden, seed_noise, \
-    set_weight_noise, train
-from fxharden.core.harden import weight_noise_modules
-from fxharden.core.layers import weight_draws_held
+from fxharden import PCM, AxisResult, HardenConfig, HardenedModule, TrainConfig, WeightNoise, harden, \
+    set_weight_noise, sweep_axis, train
 from fxharden.measure.plots import new_figure, save_figure
-from fxharden.training.train import evaluate
 from fxharden.zoo.data import DatasetKind, TensorImageDataset, load_splits
 from fxharden.zoo.networks import lenet5
 
@@ -82,23 +81,10 @@ def trained(aware: bool, train_set: TensorImageDataset, test_set: TensorImageDat
     return net, result.test_accuracy
 
 
-def chip_accuracies(net: HardenedModule, test_set: TensorImageDataset, t: float, chips: int) -> List[float]:
-    """Accuracy of ``chips`` PCM chips read ``t`` seconds after programming: chip ``k`` draws its
-    weights once from the streams ``seed_noise(net, k)`` and keeps them for the whole test set."""
-    mods = weight_noise_modules(net)
-    models = {site: m.model for site, m in mods.items()}
-    try:
-        for site, m in mods.items():
-            m.set_model(dataclasses.replace(models[site], t=t))
-        accs = []
-        for chip in range(chips):
-            seed_noise(net, chip)
-            with torch.inference_mode(), weight_draws_held(net):
-                accs.append(evaluate(net, test_set, batch_size=500))
-        return accs
-    finally:
-        for site, m in mods.items():
-            m.set_model(models[site])
+def chip_accuracies(net: HardenedModule, test_set: TensorImageDataset, chips: int, out: Path) -> AxisResult:
+    """Accuracy of ``chips`` PCM chips read at each of ``TIMES`` (``sweep_axis`` along time: a chip
+    is one weight draw held for the whole test set, the same chip at every time) into ``out``."""
+    return sweep_axis(net, test_set, axis="time", values=tuple(TIMES.values()), repeats=chips, out=out)
 
 
 def plot(table: Dict[str, Dict[str, List[float]]], clean: Dict[str, float], path: Path) -> Path:
@@ -137,13 +123,17 @@ def main(out: Path, data: Optional[Path], epochs: int, chips: int, train_images:
     nets, clean = {}, {}
     for name in NETWORKS:
         nets[name], clean[name] = trained(name != "plain", train_set, test_set, epochs)
-    table: Dict[str, Dict[str, List[float]]] = {name: {} for name in NETWORKS}
-    for label, t in TIMES.items():
-        for name, net in nets.items():
-            table[name][label] = chip_accuracies(net, test_set, t, chips)
+    sweeps = {name: chip_accuracies(net, test_set, chips, out / name) for name, net in nets.items()}
+    # one point per time: its accuracy per network (one here) and chip
+    table = {name: {label: [float(a) for a in point.accuracy[0]] for label, point in zip(TIMES, result.points)}
+             for name, result in sweeps.items()}
+    for label in TIMES:
         stats = ", ".join(f"{name} {np.mean(table[name][label]):.3f} ± {_std(np.array(table[name][label])):.3f}"
                           for name in NETWORKS)
         print(f"{label}: {stats}")
+    for name, result in sweeps.items():
+        # quote(): the time at which accuracy has fallen half way from 1 s to chance, when the fit says so
+        print(f"{name}: half-way time {result.fit.quote().text(3)}")
 
     out.mkdir(parents=True, exist_ok=True)
     chance = 1.0 / test_set.num_classes
