@@ -17,10 +17,10 @@ Accuracy falls with time as the conductances drift (README, "Accuracy over time 
 has the figures measured on CIFAR-10).
 
 Data: generated images (``load_splits(DatasetKind.SYNTHETIC)``, seconds), or CIFAR-10 with
-``--data DIR`` or ``$FXHARDEN_DATA`` (a folder with ``cifar10_{train,test}.npz``; all training
-images unless ``--train-images``, the first ``--test-images`` test images). The defaults are a
-quick run (1 epoch, 2 chips); the README's table comes from
-``python examples/pcm_drift.py out --data DIR --epochs 6 --chips 5 --test-images 2000``.
+``--data DIR`` or ``$FXHARDEN_DATA`` (a folder with ``cifar10_{train,test}.npz``; the first
+``--train-images`` training images, 0 for all, and the first ``--test-images`` test images). The
+defaults are a quick run (1 epoch on 10,000 images, 2 chips); the README's table comes from
+``python examples/pcm_drift.py out --data DIR --epochs 6 --chips 5 --train-images 0 --test-images 2000``.
 
 Run: ``python examples/pcm_drift.py [OUT_DIR] [--data DIR] [--epochs N] [--chips N]
 [--train-images N] [--test-images N]`` (default ``example_pcm_drift``). Expected output:
@@ -155,7 +155,8 @@ if __name__ == "__main__":
                         help="CIFAR-10 folder (default: $FXHARDEN_DATA; unset: generated images)")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--chips", type=int, default=2, help="chips (weight draws) per time and network")
-    parser.add_argument("--train-images", type=int, default=None, help="use the first N training images")
+    parser.add_argument("--train-images", type=int, default=10000,
+                        help="use the first N training images (0: all; a quick run by default)")
     parser.add_argument("--test-images", type=int, default=1000, help="use the first N test images")
     args = parser.parse_args()
-    main(args.out, args.data, args.epochs, args.chips, args.train_images, args.test_images)
+    main(args.out, args.data, args.epochs, args.chips, args.train_images or None, args.test_images)
