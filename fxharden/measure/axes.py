@@ -40,12 +40,10 @@ from ..core.hardware import HardwareConfig, resolve_hardware
 from ..core.harden import HardenedModule, seed_noise, weight_noise_modules
 from ..core.calibrate import calibrate_noise, calibrate_quantizers, call_model
 from ..core.layers import weight_draws_held
-from ..core.noise import Noise
 from ..core.noise.verbs import noise_modules
-from ..core.quant import frozen_weights
 from ..zoo.models import ModelLike, resolve_networks
 from .axis_result import AXIS_PNG, STANDARD_TIMES, Axis, AxisResult, plot_axis
-from .engine import CALIBRATION_BATCHES, EvalData, chunk_seed, replicate, weights_sha256
+from .engine import CALIBRATION_BATCHES, EvalData, chunk_seed, networks_held, replicate, weights_sha256
 from .results import FitOptions, PointStore
 from .sweep_points import SweepPoint
 
@@ -260,15 +258,10 @@ def sweep_axis(
     data = EvalData(data, cfg.batch_size, cfg.max_images, dev)
     labelled = resolve_networks(model, harden_config, example_inputs=data.example())
     nets = [hm for _, hm in labelled]
-    saved = [(hm.training, next(iter(hm.parameters()), torch.empty(0)).device,
-              {m: (m.setting(), m.seed) for m in hm.modules() if isinstance(m, Noise)}) for hm in nets]
     axes: List[_Axis] = []
-    stack = contextlib.ExitStack()
     measured = reused = 0
-    try:
-        for hm in nets:
-            stack.enter_context(frozen_weights(hm))
-            hm.eval().to(dev)
+    with networks_held(nets, dev), contextlib.ExitStack() as put_back:
+        put_back.callback(lambda: [ax.restore() for ax in axes])  # the models each axis replaced
         axes = [_Axis(hm, cfg) for hm in nets]
         classes, first = 0, data.example()
         for hm in nets:  # the steps and RMS never calibrated, on the first batches (as fxharden.sweep does)
@@ -311,15 +304,6 @@ def sweep_axis(
                     finished += 1
                     if progress is not None:
                         progress(finished, total)
-    finally:
-        stack.close()
-        for ax in axes:
-            ax.restore()
-        for hm, (training, device, noise) in zip(nets, saved):
-            hm.train(training).to(device)
-            for m, (setting, seed) in noise.items():
-                m.restore(setting)
-                m.reseed(seed)
     points = [SweepPoint(None, v, tuple(tuple(c) for c in counts[v]), data.num_images) for v in cfg.values]
     result = AxisResult(
         axis=cfg.axis, points=points, chance=chance, num_images=data.num_images, networks=[lb for lb, _ in labelled],

@@ -29,6 +29,7 @@ from ..core.exactness import input_signature
 from ..core.harden import HardenedModule, noise_sites, seed_noise, weight_noise_modules
 from ..core.groups import ensure_batch_dims
 from ..core.layers import weight_draws_held
+from ..core.quant import frozen_weights
 from ..core.noise import Noise, SigmaUnits
 from .options import Units
 from .resume import PointStore
@@ -145,6 +146,28 @@ def weights_sha256(hm: HardenedModule) -> str:
             h.update(key.encode())
             h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+@contextlib.contextmanager
+def networks_held(nets: Sequence[HardenedModule], device: torch.device) -> Iterator[None]:
+    """The networks of a sweep for its duration: weights frozen (a sweep never changes one),
+    eval mode, on ``device``; afterwards each network's mode, device, noise settings and noise
+    seeds are as they were, however the sweep ends."""
+    saved = [(hm.training, next(iter(hm.parameters()), torch.empty(0)).device,
+              {m: (m.setting(), m.seed) for m in hm.modules() if isinstance(m, Noise)}) for hm in nets]
+    frozen = contextlib.ExitStack()
+    try:
+        for hm in nets:
+            frozen.enter_context(frozen_weights(hm))
+            hm.eval().to(device)
+        yield
+    finally:
+        frozen.close()
+        for hm, (training, dev, noise) in zip(nets, saved):
+            hm.train(training).to(dev)
+            for m, (setting, seed) in noise.items():
+                m.restore(setting)
+                m.reseed(seed)
 
 
 def _configured(hm: HardenedModule, mod: Noise) -> float:

@@ -34,7 +34,6 @@ forward pass, unless ``weight_draws="forward"``.
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import os
 import re
@@ -48,11 +47,9 @@ import torch
 from ..core.config import HardenConfig, config_to_dict
 from ..core.exactness import ExactnessCheck
 from ..core.harden import HardenedModule, noise_sites
-from ..core.noise import Noise
 from .._files import check_writable
-from ..core.quant import frozen_weights
 from ..zoo.models import ModelLike, resolve_networks
-from .engine import Engine, EvalData, weights_sha256
+from .engine import Engine, EvalData, networks_held, weights_sha256
 from .grid import run_grid
 from .options import FitOptions, SweepMode
 from .results import FORMAT, PointStore, SweepPoint, SweepResult
@@ -204,16 +201,9 @@ def sweep(
     data = EvalData(data, cfg.batch_size, cfg.max_images, dev)
     labelled = resolve_networks(model, harden_config, example_inputs=data.example())
     nets = [hm for _, hm in labelled]
-    saved = [(hm.training, next(iter(hm.parameters()), torch.empty(0)).device,
-              {m: (m.setting(), m.seed) for m in hm.modules() if isinstance(m, Noise)}) for hm in nets]
-    frozen = contextlib.ExitStack()
-    try:
-        for hm in nets:
-            frozen.enter_context(frozen_weights(hm))  # the sweep never changes a weight
+    with networks_held(nets, dev):
         sites = _select_sites(noise_sites(nets[0]), cfg.sites)
         _check_map(cfg, noise_sites(nets[0]))
-        for hm in nets:
-            hm.eval().to(dev)
         for hm, plain in zip(nets, _plain_models(model)):
             check = ExactnessCheck(hm, plain, cfg.check_exact, where="sweep")
             for inputs in data.firsts.values():
@@ -239,13 +229,6 @@ def sweep(
             clean, chance, info = _metric_scale(engine, scorer, cfg, classes, clean)
         keys: List[Optional[str]] = [None] if cfg.mode is SweepMode.GLOBAL else list(sites)
         run_grid(engine, cfg, keys, float(np.mean(clean)), chance)
-    finally:
-        frozen.close()
-        for hm, (training, device, noise) in zip(nets, saved):
-            hm.train(training).to(device)
-            for m, (setting, seed) in noise.items():
-                m.restore(setting)
-                m.reseed(seed)
     stats, seconds = engine.stats, time.perf_counter() - t0
     ordered = sorted(engine.counts.items(), key=lambda kv: (kv[0][0] or "", kv[0][1]))
     if engine.classic:
