@@ -101,7 +101,7 @@ class _HardenedRecurrent(_HardenedWeight):
         located or its clean signal calibrated (the noise modules must see the products)."""
         products = self._modules.get("products")
         return self.always_step or (products is not None and any(
-            m.active or m._record is not None or m._calibration is not None for m in products.values()))
+            m.active or m.watching for m in products.values()))
 
     def _weight_runs(self, x: Tensor) -> Tuple[int, List[Run]]:
         """``(groups, runs)``: the hardened weights of each run of batch groups (one run of

@@ -197,6 +197,12 @@ class Noise(BatchGroups, nn.Module):
         self.rms.fill_(float(rms))
         self._rms_known = float(rms) >= 0
 
+    @property
+    def watching(self) -> bool:
+        """Whether the module must see every tensor that passes, whatever its sigma: while its
+        clean RMS is measured (``begin_rms``) or its batch dimension is located."""
+        return self._calibration is not None or self._record is not None
+
     def begin_rms(self) -> None:
         """Start measuring the clean RMS: the next forwards add up ``x²`` (and add no noise
         if sigma is 0, as ``calibrate_noise`` has it)."""
@@ -353,7 +359,7 @@ class Noise(BatchGroups, nn.Module):
     # ------------------------------------------------------------------ noise
 
     def forward(self, x: Tensor) -> Tensor:
-        if compiling() and self._calibration is None and self._record is None:
+        if compiling() and not self.watching:
             return self._forward_compiled(x)
         if self._calibration is not None and isinstance(x, Tensor) and x.is_floating_point():
             self._calibration[0] += float(x.detach().double().pow(2).sum())
