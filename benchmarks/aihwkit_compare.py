@@ -4,12 +4,13 @@ Same weights and inputs on both sides: a small MLP and a small CNN trained on sc
 digits (8x8 images). Three steps, because the peer lives in its own virtual environment:
 
     # 1. project venv: train the two nets, write their weights, test data and input range
-    python benchmarks/aihwkit_compare.py --prepare /tmp/aihw/model.npz
-    # 2. the peer's venv (aihwkit-lightning, torch only): measure the peer
-    /work/venv-aihwkit/bin/python benchmarks/aihwkit_compare.py --peer-dump /tmp/aihw/peer.npz \
-        --model /tmp/aihw/model.npz
+    python benchmarks/aihwkit_compare.py --prepare aihw/model.npz
+    # 2. the peer's venv PEER_VENV (python3.11 -m venv PEER_VENV &&
+    #    PEER_VENV/bin/pip install torch==2.13.0 aihwkit-lightning): measure the peer
+    PEER_VENV/bin/python benchmarks/aihwkit_compare.py --peer-dump aihw/peer.npz \
+        --model aihw/model.npz
     # 3. project venv: measure fxharden the same way, print the ratios and z-scores
-    python benchmarks/aihwkit_compare.py --compare /tmp/aihw/peer.npz --model /tmp/aihw/model.npz
+    python benchmarks/aihwkit_compare.py --compare aihw/peer.npz --model aihw/model.npz
 
 Measured on each side, through each library's own forward pass:
 - weight noise: the noisy weights of a layer read back through its forward (an identity input,
