@@ -40,10 +40,11 @@ from ..core.hardware import HardwareConfig, resolve_hardware
 from ..core.harden import HardenedModule, seed_noise, weight_noise_modules
 from ..core.calibrate import calibrate_noise, calibrate_quantizers, call_model
 from ..core.layers import weight_draws_held
-from ..core.noise.verbs import noise_modules
+from ..core.noise.verbs import link_modules, noise_modules
 from ..zoo.models import ModelLike, resolve_networks
 from .axis_result import AXIS_PNG, STANDARD_TIMES, Axis, AxisResult, plot_axis
-from .engine import CALIBRATION_BATCHES, EvalData, chunk_seed, networks_held, replicate, weights_sha256
+from .engine import (CALIBRATION_BATCHES, EvalData, chunk_seed, networks_held, replicate, weight_strength,
+                     weights_sha256)
 from .results import FitOptions, PointStore
 from .sweep_points import SweepPoint
 
@@ -130,8 +131,7 @@ class _Axis:
         self.weights = weight_noise_modules(hm)
         self.models = {site: m.model for site, m in self.weights.items()}
         # each weight link's own strength: its current setting (one value), or the configured one
-        self.strength = {site: (float(m.sigma) if m.groups == 1 else _configured(hm, site)) for site, m in
-                         self.weights.items()}
+        self.strength = {site: weight_strength(hm, m) for site, m in self.weights.items()}
         self.activations = noise_modules(hm)
         kinds = {s.name: s.kind for s in hm.report.sites}
         self.outputs = [s for s in self.activations if kinds.get(s) in (SiteKind.CONV.value, SiteKind.LINEAR.value)]
@@ -148,14 +148,7 @@ class _Axis:
                                  "HardenConfig(weight_noise=(WeightNoise(PCM(), 1.0),)) or hardware='pcm'")
             return self.timed
         if axis is Axis.WEIGHT_SIGMA:
-            link = self.cfg.link
-            chosen = [s for s in self.weights if s.endswith(f".weight.{link}" if link else ".weight")]
-            if not chosen:
-                names = sorted({s.rsplit(".weight", 1)[-1].lstrip(".") for s in self.weights})
-                raise ValueError(f"no weight-noise link named {link!r} to sweep; this network's links are "
-                                 f"{', '.join(map(repr, names)) or 'none (harden it with weight_noise=...)'}; "
-                                 "pass link=<name>")
-            return chosen
+            return list(link_modules(self.hm, self.cfg.link, "a weight-sigma sweep"))
         if not self.outputs:
             raise ValueError("an output-sigma sweep needs noise sites at conv/linear outputs; this network has none "
                              "(its noise kinds leave them out): harden it with NoiseConfig(kinds=...) holding "
@@ -177,11 +170,6 @@ class _Axis:
     def restore(self) -> None:
         for site, mod in self.weights.items():
             mod.set_model(self.models[site])
-
-
-def _configured(hm: HardenedModule, site: str) -> float:
-    link = hm.harden_config.weight_link(site)
-    return float(link.sigma) if link is not None else 0.0
 
 
 def _key(axis: Axis, value: float, start: int, chips: int) -> str:

@@ -170,8 +170,11 @@ def networks_held(nets: Sequence[HardenedModule], device: torch.device) -> Itera
                 m.reseed(seed)
 
 
-def _configured(hm: HardenedModule, mod: Noise) -> float:
-    """The strength ``harden`` gave the weight-noise module ``mod`` (its chain link's sigma)."""
+def weight_strength(hm: HardenedModule, mod: Noise) -> float:
+    """The strength a sweep gives the weight-noise module ``mod`` where it draws: its current
+    setting when that is one value, else the strength ``harden`` gave it (its chain link's sigma)."""
+    if mod.groups == 1:
+        return float(mod.sigma)
     link = hm.harden_config.weight_link(mod.site)
     return float(link.sigma) if link is not None else 0.0
 
@@ -200,8 +203,7 @@ class Engine:
         self.mods = [{m.site: m for m in hm.modules() if isinstance(m, Noise) and m.site in names}
                      for hm, names in ((hm, set(noise_sites(hm))) for hm in nets)]
         # weight noise: each network's own strength (its current setting), on at points with sigma > 0
-        self.weight_mods = [[(m, float(m.sigma) if m.groups == 1 else _configured(hm, m))
-                             for m in weight_noise_modules(hm).values()] for hm in nets]
+        self.weight_mods = [[(m, weight_strength(hm, m)) for m in weight_noise_modules(hm).values()] for hm in nets]
         self.weights = dict(cfg.sigma_map) if cfg.sigma_map is not None else {s: 1.0 for s in sites}
         self.runners = [self._runner(hm, cfg.compile_backend) for hm in nets]
         """What runs each network's forward passes: the network, or ``torch.compile`` of it."""

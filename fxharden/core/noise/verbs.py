@@ -21,7 +21,7 @@ from .models import Role
 from .module import Noise, SigmaLike
 
 __all__ = ["noise_modules", "noise_sites", "set_noise", "set_weight_noise", "seed_noise", "noise_off",
-           "check_sites", "check_hardened", "weight_noise_modules", "DRIFT_SUFFIX", "FAULTS_SUFFIX"]
+           "check_sites", "check_hardened", "weight_noise_modules", "link_modules", "DRIFT_SUFFIX", "FAULTS_SUFFIX"]
 
 def check_hardened(model: Any) -> HardenedModule:
     """``model`` itself, if ``harden`` made it; else a ``TypeError`` that says so."""
@@ -147,17 +147,27 @@ def set_weight_noise(model: nn.Module, sigma: SigmaLike, link: str = "") -> None
         ValueError: the model has no weight noise, or no link of that name: setting it would
             change nothing.
     """
+    for mod in link_modules(model, link, "set_weight_noise").values():
+        mod.set_sigma(sigma)
+
+
+def link_modules(model: nn.Module, link: str = "", verb: str = "this") -> Dict[str, Noise]:
+    """The weight-noise modules of one link of the chain (``WeightNoise.name``; site
+    ``<layer>.weight.<link>``, ``<layer>.weight`` for ``""``), by site.
+
+    Raises:
+        ValueError: the model has no weight noise, or no link of that name (``verb`` says
+            what asked, in the message)."""
     mods = noise_modules(check_hardened(model), Role.WEIGHTS)
     chosen = {site: m for site, m in mods.items() if site.endswith(f".weight.{link}" if link else ".weight")}
     if not chosen:
         names = sorted({site.rsplit(".weight", 1)[-1].lstrip(".") for site in mods})
         if names:
-            raise ValueError(f"set_weight_noise: this model has no weight-noise link named {link!r}; its links are "
+            raise ValueError(f"{verb}: this model has no weight-noise link named {link!r}; its links are "
                              f"{', '.join(repr(n) for n in names)} (pass link=<name>)")
         raise ValueError(
-            "set_weight_noise: this model has no weight noise to set (it was hardened without "
+            f"{verb}: this model has no weight noise to set (it was hardened without "
             "HardenConfig(weight_noise=...), or no layer has weights it perturbs); harden the original model "
             "with e.g. weight_noise=WeightNoise('additive', 0.1) (or WeightNoiseConfig(kind='additive', "
             "sigma=0.1)), or use fxharden.set_noise for activation noise")
-    for mod in chosen.values():
-        mod.set_sigma(sigma)
+    return chosen
